@@ -1,0 +1,1 @@
+"""Seamline test suite."""
