@@ -17,14 +17,16 @@ from coordinator.errors import ExitCode, SeamlineError
 log = logging.getLogger(__name__)
 
 # Modules that each define ``register(group: click.Group) -> None``.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "coordinator.cli_broker",
-)
+_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli_broker",)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.option("--log-json", is_flag=True, help="Emit logs as JSON lines on stderr.")
 def cli(log_level: str, log_json: bool) -> None:
     """Seamline: load history under a live Kafka stream, idempotent, bounded, reconciled."""
