@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -75,3 +75,20 @@ class Clock(Protocol):
 
 
 PropertyMap = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """What executing one slice produced."""
+
+    rows: int
+    commit: CommitRecord | None  # None: nothing written (the token was already in the table)
+    quarantined: int = 0
+    already_committed: bool = False
+
+
+class SliceExecutor(Protocol):
+    """Runs one slice end to end (read, transform, write). Must be a picklable module-level
+    callable: the runner calls it in worker processes. ``job`` is a ``JobSpec``."""
+
+    def __call__(self, job: Any, slice_: Slice, token: CommitToken) -> SliceResult: ...
