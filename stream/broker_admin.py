@@ -124,8 +124,7 @@ def _produce_one(bootstrap: str, topic: str, value: bytes, timeout: float) -> tu
         else:
             reports.append((msg.partition() or 0, msg.offset() or 0))
 
-    producer = Producer({"bootstrap.servers": bootstrap, "logger": log, "acks": "all",
-                         "enable.idempotence": True})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"}, logger=log)
     producer.produce(topic, value=value, key=b"smoke", on_delivery=on_delivery)
     left = producer.flush(timeout)
     if left or not reports or isinstance(reports[0], str):
@@ -139,8 +138,8 @@ def _consume_one(bootstrap: str, topic: str, partition: int, offset: int, value:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader",
-                         "enable.auto.commit": False, "logger": log,
-                         "isolation.level": "read_committed"})
+                         "enable.auto.commit": False, "isolation.level": "read_committed"},
+                        logger=log)
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
         msg = consumer.poll(timeout)
