@@ -104,6 +104,7 @@ class Cut:
     taken_at: datetime
     epoch: Epoch
     watermark_ms: EventTimeMs | None = None
+    plan_hash: str | None = None  # set once the plan for this cut is stored
 
     def __post_init__(self) -> None:
         ids = [p.partition for p in self.partitions]

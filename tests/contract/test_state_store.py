@@ -1,0 +1,397 @@
+"""The state store contract: the same behaviour suite on SQLite and on a real PostgreSQL.
+
+PostgreSQL comes from Debian's packages (installed with apt-get if absent); a throw-away
+cluster is initdb'd in a temp dir and started on a free loopback port as the ``postgres``
+user (postgres refuses to run as root). If that cannot be done the suite FAILS, never skips.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from coordinator.errors import StaleEpochError, StateError
+from coordinator.state import StateStore, state_exists
+from coordinator.values import (
+    CommitToken,
+    Cut,
+    Epoch,
+    EventTimeMs,
+    Offset,
+    OffsetRange,
+    PartitionCut,
+    PartitionId,
+    Scope,
+    Slice,
+    TimeBucket,
+)
+
+PG_PASSWORD = "pw-Zq8-never-logged"
+JOB = "orders"
+
+
+@dataclass(frozen=True)
+class PgServer:
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def url(self, db: str, password: str | None = None) -> str:
+        pw = self.password if password is None else password
+        return f"postgresql+psycopg://{self.user}:{pw}@{self.host}:{self.port}/{db}"
+
+
+def _pg_bindir() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not dirs:
+        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+        dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not dirs:
+        pytest.fail("PostgreSQL could not be provided: no initdb after apt-get install postgresql")
+    return Path(dirs[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for this test session (fails loudly if impossible)."""
+    bindir = _pg_bindir()
+    root = Path(tempfile.mkdtemp(prefix="seamline-pg-"))
+    data, pwfile = root / "data", root / "pw"
+    pwfile.write_text(PG_PASSWORD)
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(pwfile, "postgres")
+    root.chmod(0o700)
+    port = _free_port()
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "seamline", "-A", "scram-sha-256"]
+    subprocess.run(_as_postgres([*initdb, f"--pwfile={pwfile}"]), check=True, capture_output=True)
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    ctl = str(bindir / "pg_ctl")
+    start = [ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"]
+    res = subprocess.run(_as_postgres(start), capture_output=True, text=True)
+    if res.returncode != 0:
+        log_text = (root / "log").read_text() if (root / "log").exists() else ""
+        pytest.fail(f"PostgreSQL did not start: {res.stderr}\n{log_text}")
+    try:
+        yield PgServer("127.0.0.1", port, "seamline", PG_PASSWORD)
+    finally:
+        subprocess.run(_as_postgres([ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _new_pg_database(server: PgServer) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    dsn = f"host={server.host} port={server.port} user={server.user} dbname=postgres"
+    with psycopg.connect(dsn, password=server.password, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server.url(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL for a fresh, empty state store on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'job.db'}"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return _new_pg_database(server)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[StateStore]:
+    s = StateStore(store_url)
+    yield s
+    s.close()
+
+
+def _cut(epoch: int = 1, job_id: str = JOB) -> Cut:
+    return Cut(
+        job_id=job_id,
+        topic="orders",
+        partitions=(
+            PartitionCut(PartitionId(0), Offset(0), Offset(250)),
+            PartitionCut(PartitionId(1), Offset(10), Offset(10)),
+        ),
+        taken_at=datetime(2024, 5, 1, 12, 30, 15, 123000, tzinfo=UTC),
+        epoch=Epoch(epoch),
+        watermark_ms=EventTimeMs(1_714_566_615_000),
+    )
+
+
+def _plan() -> list[Slice]:
+    day = TimeBucket(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
+    return [
+        Slice("k-p0-000000000-000000100", Scope("kafka", (_r(0, 0, 100),)), est_rows=100),
+        Slice("k-p0-000000100-000000250", Scope("kafka", (_r(0, 100, 250),)), est_rows=150),
+        Slice("a-day-20240101", Scope("archive", bucket=day), files=("a/1.parquet",)),
+    ]
+
+
+def _r(p: int, a: int, b: int) -> OffsetRange:
+    return OffsetRange(PartitionId(p), Offset(a), Offset(b))
+
+
+def _planned(store: StateStore, epoch: int = 1) -> list[Slice]:
+    store.ensure_job(JOB)
+    store.save_cut(_cut(epoch))
+    plan = _plan()
+    store.save_plan(JOB, epoch, plan, "h" * 64)
+    return plan
+
+
+def test_new_job_starts_at_epoch_one_and_ensure_is_idempotent(store: StateStore) -> None:
+    assert store.ensure_job(JOB) == 1
+    assert store.ensure_job(JOB) == 1
+    assert store.current_epoch(JOB) == 1
+
+
+def test_unknown_job_is_a_clear_state_error(store: StateStore) -> None:
+    with pytest.raises(StateError, match="job=nope is not in the state store"):
+        store.current_epoch("nope")
+    assert store.get_cut("nope") is None
+
+
+def test_unknown_schema_version_is_refused(store_url: str) -> None:
+    StateStore(store_url).close()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE schema_version SET version = 99"))
+    engine.dispose()
+    with pytest.raises(StateError, match=r"expected schema version 1, found \[99\]"):
+        StateStore(store_url)
+
+
+def test_open_existing_only_never_creates(store_url: str) -> None:
+    assert not state_exists(store_url)
+    with pytest.raises(StateError, match="no state store"):
+        StateStore(store_url, create=False)
+    assert not state_exists(store_url)
+    StateStore(store_url).close()
+    assert state_exists(store_url)
+    StateStore(store_url, create=False).close()
+
+
+def test_cut_round_trips_and_first_cut_wins(store: StateStore) -> None:
+    store.ensure_job(JOB)
+    cut = _cut()
+    assert store.save_cut(cut) == cut
+    assert store.get_cut(JOB) == cut
+    later = Cut(JOB, "orders", (), datetime(2025, 1, 1, tzinfo=UTC), Epoch(1))
+    assert store.save_cut(later) == cut  # taken once per epoch
+    assert store.get_cut(JOB, epoch=2) is None
+
+
+def test_plan_is_stored_once_and_immutable(store: StateStore) -> None:
+    plan = _planned(store)
+    records = store.list_slices(JOB)
+    assert [r.slice for r in records] == plan
+    assert {r.status for r in records} == {"pending"}
+    assert all(r.attempts == 0 and r.epoch == 1 for r in records)
+    cut = store.get_cut(JOB)
+    assert cut is not None and cut.plan_hash == "h" * 64
+    store.save_plan(JOB, 1, plan, "h" * 64)  # the same plan again: no-op
+    assert len(store.list_slices(JOB)) == 3
+    with pytest.raises(StateError, match="the plan is immutable"):
+        store.save_plan(JOB, 1, plan[:1], "x" * 64)
+
+
+def test_plan_needs_a_cut(store: StateStore) -> None:
+    store.ensure_job(JOB)
+    with pytest.raises(StateError, match="no cut stored"):
+        store.save_plan(JOB, 1, _plan(), "h" * 64)
+
+
+def test_slice_lifecycle_records_attempts_rows_token_and_durations(store: StateStore) -> None:
+    plan = _planned(store)
+    sid = plan[0].slice_id
+    assert store.mark_running(JOB, sid, 1) == 1
+    store.mark_failed(JOB, sid, 1, "boom: expected 3 columns, found 2")
+    failed = store.get_slice(JOB, sid)
+    assert failed.status == "failed" and failed.last_error is not None
+    assert failed.duration_s is not None and failed.finished_at is not None
+    assert store.mark_running(JOB, sid, 1) == 2
+    token = CommitToken(JOB, sid, 2, Epoch(1), "backfill", plan[0].scope.ranges)
+    store.mark_committed(
+        JOB, sid, 1, rows=100, token=token, snapshot_id=42, checksum={"sum": "1", "n": 100}
+    )
+    done = store.get_slice(JOB, sid)
+    assert (done.status, done.attempts, done.rows, done.token) == ("committed", 2, 100, token)
+    assert done.snapshot_id == 42 and done.last_error is None
+    assert done.total_duration_s >= (done.duration_s or 0.0)
+    store.mark_reconciled(JOB, sid, 1, checksum={"sum": "1", "n": 100, "scheme": "v1"})
+    rec = store.get_slice(JOB, sid)
+    assert rec.status == "reconciled" and rec.checksum == {"sum": "1", "n": 100, "scheme": "v1"}
+
+
+def test_invalid_transitions_are_refused(store: StateStore) -> None:
+    plan = _planned(store)
+    sid = plan[0].slice_id
+    with pytest.raises(StateError, match="expected status in \\['running'\\], found 'pending'"):
+        store.mark_committed(JOB, sid, 1, rows=1, token=None)
+    with pytest.raises(StateError, match="not in the plan"):
+        store.mark_running(JOB, "k-nope", 1)
+    store.mark_running(JOB, sid, 1)
+    store.mark_committed(JOB, sid, 1, rows=1, token=None)
+    with pytest.raises(StateError, match="found 'committed'"):
+        store.mark_running(JOB, sid, 1)
+    with pytest.raises(StateError, match="found 'pending'"):
+        store.mark_reconciled(JOB, plan[1].slice_id, 1)
+
+
+def test_running_slice_can_restart_after_a_crash(store: StateStore) -> None:
+    plan = _planned(store)
+    sid = plan[0].slice_id
+    store.mark_running(JOB, sid, 1)
+    assert store.mark_running(JOB, sid, 1) == 2  # a dead coordinator left it running
+
+
+def test_stale_epoch_cannot_mark_take_cut_or_plan(store_url: str) -> None:
+    old = StateStore(store_url)
+    plan = _planned(old)
+    old.mark_running(JOB, plan[0].slice_id, 1)
+    new = StateStore(store_url)  # a second coordinator takes a new cut
+    assert new.bump_epoch(JOB) == 2
+    before = old.list_slices(JOB, epoch=1)
+    for call in (
+        lambda: old.mark_running(JOB, plan[1].slice_id, 1),
+        lambda: old.mark_committed(JOB, plan[0].slice_id, 1, rows=5, token=None),
+        lambda: old.mark_failed(JOB, plan[0].slice_id, 1, "x"),
+        lambda: old.mark_reconciled(JOB, plan[0].slice_id, 1),
+        lambda: old.save_cut(_cut(1)),
+        lambda: old.save_plan(JOB, 1, plan, "h" * 64),
+        lambda: old.check_epoch(JOB, 1),
+    ):
+        with pytest.raises(StaleEpochError, match="expected epoch=2, found epoch=1"):
+            call()
+    assert old.list_slices(JOB, epoch=1) == before
+    new.save_cut(_cut(2))
+    assert new.get_cut(JOB) == _cut(2)
+    assert new.list_slices(JOB) == []  # epoch 2 has no plan yet
+    old.close()
+    new.close()
+
+
+def test_concurrent_writers_each_land_atomically(store_url: str) -> None:
+    setup = StateStore(store_url)
+    setup.ensure_job(JOB)
+    setup.save_cut(_cut())
+    plan = [Slice(f"k-p0-{i:03d}", Scope("kafka", (_r(0, i, i + 1),))) for i in range(24)]
+    setup.save_plan(JOB, 1, plan, "c" * 64)
+    errors: list[BaseException] = []
+
+    def worker(ids: list[str]) -> None:
+        s = StateStore(store_url)
+        try:
+            for sid in ids:
+                attempt = s.mark_running(JOB, sid, 1)
+                s.mark_committed(JOB, sid, 1, rows=attempt, token=None)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            s.close()
+
+    threads = [
+        threading.Thread(target=worker, args=([p.slice_id for p in plan[k::4]],)) for k in range(4)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    records = setup.list_slices(JOB)
+    assert [(r.status, r.attempts, r.rows) for r in records] == [("committed", 1, 1)] * 24
+    setup.close()
+
+
+def test_live_progress_upserts_per_partition(store: StateStore) -> None:
+    store.record_live_progress(JOB, 0, 100, 150, quarantined=2)
+    store.record_live_progress(JOB, 1, 7, 7)
+    store.record_live_progress(JOB, 0, 140, 160, quarantined=3)
+    got = store.get_live_progress(JOB)
+    assert [
+        (p.partition, p.committed_offset, p.high_watermark, p.lag, p.quarantined) for p in got
+    ] == [
+        (0, 140, 160, 20, 3),
+        (1, 7, 7, 0, 0),
+    ]
+    assert got[0].updated_at.tzinfo is not None
+    with pytest.raises(StateError, match="expected offsets >= 0"):
+        store.record_live_progress(JOB, 0, -1, 0)
+
+
+def test_reconcile_results_keep_the_latest(store: StateStore) -> None:
+    assert store.latest_reconcile(JOB) is None
+    store.record_reconcile(JOB, {"lost": 1, "slices": ["a"]}, False)
+    store.record_reconcile(JOB, {"lost": 0, "slices": ["a"]}, True)
+    latest = store.latest_reconcile(JOB)
+    assert latest is not None and latest.reconciled is True
+    assert latest.document == {"lost": 0, "slices": ["a"]}
+
+
+def test_pauses_are_recorded(store: StateStore) -> None:
+    store.record_pause(JOB, 1.5, "live lag=120000 > lag_threshold=100000")
+    store.record_pause(JOB, 0.5, "live lag=101000 > lag_threshold=100000")
+    assert [(p.seconds, p.reason[:12]) for p in store.list_pauses(JOB)] == [
+        (1.5, "live lag=120"),
+        (0.5, "live lag=101"),
+    ]
+
+
+def test_password_never_reaches_logs_errors_or_the_database(
+    pg_server: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _new_pg_database(pg_server)
+    caplog.set_level(logging.DEBUG)
+    with StateStore(url) as s:
+        assert PG_PASSWORD not in s.url
+        _planned(s)
+        s.mark_running(JOB, "a-day-20240101", 1)
+        s.mark_failed(JOB, "a-day-20240101", 1, "x")
+    assert PG_PASSWORD not in caplog.text
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        dump = [
+            conn.execute(sa.text(f"SELECT * FROM {name}")).all()
+            for name in ("schema_version", "jobs", "cuts", "cut_partitions", "slices")
+        ]
+    engine.dispose()
+    assert PG_PASSWORD not in repr(dump)
+    wrong = pg_server.url(url.rsplit("/", 1)[1], password="wrong-Secret-77")
+    with pytest.raises(StateError) as info:
+        StateStore(wrong)
+    assert "wrong-Secret-77" not in str(info.value)
+    assert "password authentication failed" in str(info.value)
