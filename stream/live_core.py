@@ -1,0 +1,190 @@
+"""Pure bookkeeping of the live consumer: positions, micro-batches and the pre-commit check.
+
+The table is the source of truth (DESIGN §3). A partition's *position* is the next offset the
+table holds for it (its committed live offset, else the cut's ``hwm``); it moves only when a
+batch commits. A batch therefore always covers ``[position, last offset + 1)`` per partition:
+contiguous with what the table already holds, so a restart or a rebalance can neither skip nor
+repeat an offset. Offsets are sparse (transaction markers), so a range may start below its
+first record. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from coordinator.values import Offset, OffsetRange, PartitionId
+from stream.decode import RawMessage
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """When a micro-batch is flushed.
+
+    A batch is flushed once it holds ``max_records`` or its oldest record is ``max_seconds``
+    old, but never sooner than ``min_commit_seconds`` after the previous commit: under load
+    batches grow instead of commits getting more frequent (fewer snapshots, less contention
+    with the backfill's overwrites). ``hard_records`` bounds memory regardless.
+    """
+
+    max_records: int
+    max_seconds: float
+    min_commit_seconds: float = 1.0
+    hard_factor: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_records <= 0 or self.max_seconds <= 0 or self.min_commit_seconds < 0:
+            raise ValueError(
+                f"expected positive batch limits, found max_records={self.max_records} "
+                f"max_seconds={self.max_seconds} min_commit_seconds={self.min_commit_seconds}"
+            )
+
+    @property
+    def hard_records(self) -> int:
+        """Flush at this size even inside the minimum commit interval."""
+        return self.max_records * self.hard_factor
+
+
+def start_positions(
+    partitions: Iterable[int],
+    table_offsets: Mapping[PartitionId, Offset],
+    fallback: Mapping[PartitionId, Offset],
+) -> dict[PartitionId, Offset]:
+    """Where each partition starts: the table's committed live offset, else ``fallback`` (hwm).
+
+    Raises ``KeyError`` naming the partition when neither knows it.
+    """
+    out: dict[PartitionId, Offset] = {}
+    for p in partitions:
+        pid = PartitionId(p)
+        if pid in table_offsets:
+            out[pid] = table_offsets[pid]
+        elif pid in fallback:
+            out[pid] = fallback[pid]
+        else:
+            raise KeyError(
+                f"partition={p}: no committed live offset in the table and no cut hwm; "
+                "take the job's cut first (seamline plan) or pass start offsets"
+            )
+    return out
+
+
+def stale_partitions(
+    ranges: Iterable[OffsetRange],
+    table_offsets: Mapping[PartitionId, Offset],
+    fallback: Mapping[PartitionId, Offset],
+) -> dict[PartitionId, Offset]:
+    """Partitions whose range does not start exactly at the table's current offset.
+
+    Returns ``{partition: offset to re-seek to}``. A partition absent from the table must start
+    at its ``fallback`` (the cut's hwm). Such a batch was read by a consumer that lost the race
+    for the partition (another process committed it first): it must be dropped, never written.
+    """
+    stale: dict[PartitionId, Offset] = {}
+    for r in ranges:
+        expected = table_offsets.get(r.partition, fallback.get(r.partition))
+        if expected is None or expected != r.start:
+            stale[r.partition] = expected if expected is not None else r.start
+    return stale
+
+
+@dataclass
+class LiveBook:
+    """Positions and the in-flight micro-batch of the partitions this consumer owns."""
+
+    positions: dict[PartitionId, Offset] = field(default_factory=dict)
+    pending: dict[PartitionId, list[RawMessage]] = field(default_factory=dict)
+    batch_started: float | None = None
+    last_commit: float = 0.0
+    dropped: int = 0  # messages ignored: not owned or below the position (already committed)
+
+    @property
+    def size(self) -> int:
+        """Records in the in-flight batch."""
+        return sum(len(v) for v in self.pending.values())
+
+    def assign(self, positions: Mapping[PartitionId, Offset]) -> None:
+        """Own these partitions from these positions; any buffered data for them is dropped."""
+        for p, off in positions.items():
+            self.positions[p] = off
+            self.pending.pop(p, None)
+        self._reset_clock_if_empty()
+
+    def revoke(self, partitions: Iterable[int]) -> int:
+        """Stop owning ``partitions``; returns how many buffered records were discarded."""
+        discarded = 0
+        for p in partitions:
+            pid = PartitionId(p)
+            self.positions.pop(pid, None)
+            discarded += len(self.pending.pop(pid, []))
+        self._reset_clock_if_empty()
+        return discarded
+
+    def add(self, msg: RawMessage, now: float) -> bool:
+        """Buffer ``msg`` if this consumer owns it and it is at or past the position."""
+        pid = PartitionId(msg.partition)
+        pos = self.positions.get(pid)
+        buf = self.pending.get(pid)
+        last = buf[-1].offset if buf else None
+        if pos is None or msg.offset < pos or (last is not None and msg.offset <= last):
+            self.dropped += 1
+            return False
+        self.pending.setdefault(pid, []).append(msg)
+        if self.batch_started is None:
+            self.batch_started = now
+        return True
+
+    def due(self, limits: BatchLimits, now: float) -> bool:
+        """Whether the in-flight batch should be flushed now."""
+        size = self.size
+        if size == 0 or self.batch_started is None:
+            return False
+        if size >= limits.hard_records:
+            return True
+        if now - self.last_commit < limits.min_commit_seconds:
+            return False
+        return size >= limits.max_records or now - self.batch_started >= limits.max_seconds
+
+    def ranges(self) -> tuple[OffsetRange, ...]:
+        """The batch's offset ranges: ``[position, last offset + 1)`` per partition with data."""
+        return tuple(
+            OffsetRange(p, self.positions[p], Offset(msgs[-1].offset + 1))
+            for p, msgs in sorted(self.pending.items())
+            if msgs
+        )
+
+    def messages(self) -> list[RawMessage]:
+        """The batch's records, partition by partition in offset order."""
+        return [m for _, msgs in sorted(self.pending.items()) for m in msgs]
+
+    def take(self, partitions: Iterable[int]) -> list[RawMessage]:
+        """Remove and return the buffered records of ``partitions``."""
+        out: list[RawMessage] = []
+        for p in partitions:
+            out.extend(self.pending.pop(PartitionId(p), []))
+        self._reset_clock_if_empty()
+        return out
+
+    def committed(self, ranges: Iterable[OffsetRange], now: float) -> None:
+        """The table now holds ``ranges``: advance positions and clear those partitions."""
+        for r in ranges:
+            if r.partition in self.positions:
+                self.positions[r.partition] = r.end
+            self.pending.pop(r.partition, None)
+        self.last_commit = now
+        self._reset_clock_if_empty()
+
+    def reseek(self, positions: Mapping[PartitionId, Offset]) -> int:
+        """Drop the buffered records of ``positions``' partitions and restart them there."""
+        discarded = 0
+        for p, off in positions.items():
+            discarded += len(self.pending.pop(p, []))
+            if p in self.positions:
+                self.positions[p] = off
+        self._reset_clock_if_empty()
+        return discarded
+
+    def _reset_clock_if_empty(self) -> None:
+        if not any(self.pending.values()):
+            self.pending.clear()
+            self.batch_started = None

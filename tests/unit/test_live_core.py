@@ -1,0 +1,131 @@
+"""Pure bookkeeping of the live consumer: batches tile the offsets exactly once."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.values import Offset, OffsetRange, PartitionId
+from stream.decode import RawMessage
+from stream.live_core import BatchLimits, LiveBook, stale_partitions, start_positions
+
+
+def _msg(p: int, o: int) -> RawMessage:
+    return RawMessage(p, o, b"{}")
+
+
+def P(p: int) -> PartitionId:
+    return PartitionId(p)
+
+
+def O(o: int) -> Offset:
+    return Offset(o)
+
+
+def test_start_positions_prefer_table_then_cut() -> None:
+    got = start_positions([0, 1], {P(0): O(50)}, {P(0): O(10), P(1): O(7)})
+    assert got == {0: 50, 1: 7}
+
+
+def test_start_positions_unknown_partition_names_it() -> None:
+    with pytest.raises(KeyError, match="partition=2"):
+        start_positions([2], {}, {P(0): O(1)})
+
+
+def test_stale_when_range_does_not_start_at_table_offset() -> None:
+    ranges = [OffsetRange(P(0), O(10), O(20)), OffsetRange(P(1), O(5), O(6))]
+    assert stale_partitions(ranges, {P(0): O(10), P(1): O(6)}, {}) == {1: 6}
+    assert stale_partitions(ranges, {P(0): O(10)}, {P(1): O(5)}) == {}
+    assert stale_partitions(ranges, {P(0): O(10)}, {P(1): O(3)}) == {1: 3}
+
+
+def test_batch_ranges_start_at_position_even_when_offsets_are_sparse() -> None:
+    book = LiveBook()
+    book.assign({P(0): O(100)})
+    for o in (102, 103, 107):
+        assert book.add(_msg(0, o), now=0.0)
+    assert not book.add(_msg(0, 99), now=0.0)  # below the position: already in the table
+    assert not book.add(_msg(0, 103), now=0.0)  # duplicate delivery
+    assert not book.add(_msg(1, 5), now=0.0)  # not owned
+    assert book.ranges() == (OffsetRange(P(0), O(100), O(108)),)
+    book.committed(book.ranges(), now=1.0)
+    assert book.positions == {0: 108} and book.size == 0
+
+
+def test_due_respects_size_age_and_min_commit_interval() -> None:
+    limits = BatchLimits(max_records=3, max_seconds=5.0, min_commit_seconds=1.0, hard_factor=2)
+    book = LiveBook(last_commit=10.0)
+    book.assign({P(0): O(0)})
+    assert not book.due(limits, 10.5)
+    for o in range(3):
+        book.add(_msg(0, o), now=10.2)
+    assert not book.due(limits, 10.5)  # full, but inside the minimum commit interval
+    assert book.due(limits, 11.0)
+    for o in range(3, 6):
+        book.add(_msg(0, o), now=10.6)
+    assert book.due(limits, 10.7)  # hard bound overrides the interval
+    book2 = LiveBook()
+    book2.assign({P(0): O(0)})
+    book2.add(_msg(0, 0), now=0.0)
+    assert not book2.due(limits, 4.9) and book2.due(limits, 5.0)
+
+
+def test_revoke_and_reseek_discard_buffered_records() -> None:
+    book = LiveBook()
+    book.assign({P(0): O(0), P(1): O(0)})
+    for o in range(4):
+        book.add(_msg(0, o), 0.0)
+        book.add(_msg(1, o), 0.0)
+    assert book.revoke([1]) == 4
+    assert book.reseek({P(0): O(2)}) == 4
+    assert book.positions == {0: 2} and book.size == 0 and book.batch_started is None
+
+
+@st.composite
+def _runs(draw: st.DrawFn) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
+    """Sparse offsets per partition and a schedule of (action, count) steps."""
+    offsets = {
+        p: sorted(draw(st.sets(st.integers(0, 200), min_size=1, max_size=40))) for p in range(3)
+    }
+    steps = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["read", "commit", "crash"]), st.integers(1, 15)), max_size=30
+        )
+    )
+    return offsets, steps
+
+
+@settings(max_examples=200, deadline=None)
+@given(_runs())
+def test_commits_tile_offsets_exactly_once_across_crashes(
+    run: tuple[dict[int, list[int]], list[tuple[str, int]]],
+) -> None:
+    offsets, steps = run
+    table: dict[PartitionId, Offset] = {}
+    committed_records: list[tuple[int, int]] = []
+    fallback = {P(p): O(0) for p in offsets}
+    book = LiveBook()
+    book.assign(start_positions(offsets, table, fallback))
+    cursor = {p: 0 for p in offsets}
+    for action, n in [*steps, ("commit", 0)]:
+        if action == "read":
+            for p, offs in offsets.items():
+                for o in offs[cursor[p] : cursor[p] + n]:
+                    book.add(_msg(p, o), 0.0)
+                cursor[p] = min(len(offs), cursor[p] + n)
+        elif action == "commit" and book.size:
+            ranges = book.ranges()
+            assert not stale_partitions(ranges, table, fallback)
+            committed_records += [(m.partition, m.offset) for m in book.messages()]
+            table.update({r.partition: r.end for r in ranges})
+            book.committed(ranges, 0.0)
+        elif action == "crash":
+            book = LiveBook()
+            book.assign(start_positions(offsets, table, fallback))
+            cursor = {
+                p: sum(1 for o in offs if o < book.positions[P(p)]) for p, offs in offsets.items()
+            }
+    assert len(committed_records) == len(set(committed_records))
+    expected = {(p, o) for p, offs in offsets.items() for o in offs[: cursor[p]]}
+    assert set(committed_records) == expected
