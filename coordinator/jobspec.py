@@ -166,6 +166,9 @@ class LiveSpec(_Model):
     quarantine_topic: str | None = None
     expire_snapshots_every: Annotated[int, Field(ge=0)] = 50
     keep_snapshots: Annotated[int, Field(ge=1)] = 20
+    # Minimum seconds between two live table commits (batches grow under load instead):
+    # keeps the snapshot count low and leaves room for the backfill's overwrites.
+    min_commit_seconds: Annotated[float, Field(ge=0)] = 1.0
 
 
 class StateSpec(_Model):

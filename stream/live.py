@@ -79,6 +79,7 @@ class LiveProgress:
     high: dict[PartitionId, Offset] = field(default_factory=dict)
     records: int = 0
     quarantined: int = 0
+    quarantined_by_partition: dict[PartitionId, int] = field(default_factory=dict)
     commits: int = 0
     dropped_batches: int = 0
     last_commit_s: float = 0.0
@@ -255,7 +256,7 @@ class LiveConsumer:
         self._quarantine.write(bad)
         record = self._commit(data, ranges)
         if record is not None:
-            self._after_commit(record, data.num_rows, len(bad))
+            self._after_commit(record, data.num_rows, bad)
         return record
 
     def _commit(self, data: pa.Table, ranges: tuple[OffsetRange, ...]) -> CommitRecord | None:
@@ -292,13 +293,18 @@ class LiveConsumer:
             hint="the batch was not committed; restart the live consumer",
         )
 
-    def _after_commit(self, record: CommitRecord, rows: int, quarantined: int) -> None:
+    def _after_commit(self, record: CommitRecord, rows: int, bad: list[Quarantined]) -> None:
         ranges = record.token.ranges
         now = self._clock()
         self._book.committed(ranges, now)
         p = self.progress
         p.records += rows
-        p.quarantined += quarantined
+        committed_parts = {r.partition for r in ranges}
+        for q in bad:
+            if q.partition in committed_parts:
+                p.quarantined += 1
+                qp = PartitionId(q.partition)
+                p.quarantined_by_partition[qp] = p.quarantined_by_partition.get(qp, 0) + 1
         p.commits += 1
         p.last_commit_s = time.time()
         for r in ranges:

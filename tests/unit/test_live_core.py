@@ -15,40 +15,40 @@ def _msg(p: int, o: int) -> RawMessage:
     return RawMessage(p, o, b"{}")
 
 
-def P(p: int) -> PartitionId:
+def _p(p: int) -> PartitionId:
     return PartitionId(p)
 
 
-def O(o: int) -> Offset:
+def _o(o: int) -> Offset:
     return Offset(o)
 
 
 def test_start_positions_prefer_table_then_cut() -> None:
-    got = start_positions([0, 1], {P(0): O(50)}, {P(0): O(10), P(1): O(7)})
+    got = start_positions([0, 1], {_p(0): _o(50)}, {_p(0): _o(10), _p(1): _o(7)})
     assert got == {0: 50, 1: 7}
 
 
 def test_start_positions_unknown_partition_names_it() -> None:
     with pytest.raises(KeyError, match="partition=2"):
-        start_positions([2], {}, {P(0): O(1)})
+        start_positions([2], {}, {_p(0): _o(1)})
 
 
 def test_stale_when_range_does_not_start_at_table_offset() -> None:
-    ranges = [OffsetRange(P(0), O(10), O(20)), OffsetRange(P(1), O(5), O(6))]
-    assert stale_partitions(ranges, {P(0): O(10), P(1): O(6)}, {}) == {1: 6}
-    assert stale_partitions(ranges, {P(0): O(10)}, {P(1): O(5)}) == {}
-    assert stale_partitions(ranges, {P(0): O(10)}, {P(1): O(3)}) == {1: 3}
+    ranges = [OffsetRange(_p(0), _o(10), _o(20)), OffsetRange(_p(1), _o(5), _o(6))]
+    assert stale_partitions(ranges, {_p(0): _o(10), _p(1): _o(6)}, {}) == {1: 6}
+    assert stale_partitions(ranges, {_p(0): _o(10)}, {_p(1): _o(5)}) == {}
+    assert stale_partitions(ranges, {_p(0): _o(10)}, {_p(1): _o(3)}) == {1: 3}
 
 
 def test_batch_ranges_start_at_position_even_when_offsets_are_sparse() -> None:
     book = LiveBook()
-    book.assign({P(0): O(100)})
+    book.assign({_p(0): _o(100)})
     for o in (102, 103, 107):
         assert book.add(_msg(0, o), now=0.0)
     assert not book.add(_msg(0, 99), now=0.0)  # below the position: already in the table
     assert not book.add(_msg(0, 103), now=0.0)  # duplicate delivery
     assert not book.add(_msg(1, 5), now=0.0)  # not owned
-    assert book.ranges() == (OffsetRange(P(0), O(100), O(108)),)
+    assert book.ranges() == (OffsetRange(_p(0), _o(100), _o(108)),)
     book.committed(book.ranges(), now=1.0)
     assert book.positions == {0: 108} and book.size == 0
 
@@ -56,7 +56,7 @@ def test_batch_ranges_start_at_position_even_when_offsets_are_sparse() -> None:
 def test_due_respects_size_age_and_min_commit_interval() -> None:
     limits = BatchLimits(max_records=3, max_seconds=5.0, min_commit_seconds=1.0, hard_factor=2)
     book = LiveBook(last_commit=10.0)
-    book.assign({P(0): O(0)})
+    book.assign({_p(0): _o(0)})
     assert not book.due(limits, 10.5)
     for o in range(3):
         book.add(_msg(0, o), now=10.2)
@@ -66,19 +66,19 @@ def test_due_respects_size_age_and_min_commit_interval() -> None:
         book.add(_msg(0, o), now=10.6)
     assert book.due(limits, 10.7)  # hard bound overrides the interval
     book2 = LiveBook()
-    book2.assign({P(0): O(0)})
+    book2.assign({_p(0): _o(0)})
     book2.add(_msg(0, 0), now=0.0)
     assert not book2.due(limits, 4.9) and book2.due(limits, 5.0)
 
 
 def test_revoke_and_reseek_discard_buffered_records() -> None:
     book = LiveBook()
-    book.assign({P(0): O(0), P(1): O(0)})
+    book.assign({_p(0): _o(0), _p(1): _o(0)})
     for o in range(4):
         book.add(_msg(0, o), 0.0)
         book.add(_msg(1, o), 0.0)
     assert book.revoke([1]) == 4
-    assert book.reseek({P(0): O(2)}) == 4
+    assert book.reseek({_p(0): _o(2)}) == 4
     assert book.positions == {0: 2} and book.size == 0 and book.batch_started is None
 
 
@@ -104,7 +104,7 @@ def test_commits_tile_offsets_exactly_once_across_crashes(
     offsets, steps = run
     table: dict[PartitionId, Offset] = {}
     committed_records: list[tuple[int, int]] = []
-    fallback = {P(p): O(0) for p in offsets}
+    fallback = {_p(p): _o(0) for p in offsets}
     book = LiveBook()
     book.assign(start_positions(offsets, table, fallback))
     cursor = {p: 0 for p in offsets}
@@ -124,7 +124,7 @@ def test_commits_tile_offsets_exactly_once_across_crashes(
             book = LiveBook()
             book.assign(start_positions(offsets, table, fallback))
             cursor = {
-                p: sum(1 for o in offs if o < book.positions[P(p)]) for p, offs in offsets.items()
+                p: sum(1 for o in offs if o < book.positions[_p(p)]) for p, offs in offsets.items()
             }
     assert len(committed_records) == len(set(committed_records))
     expected = {(p, o) for p, offs in offsets.items() for o in offs[: cursor[p]]}

@@ -1,0 +1,144 @@
+"""``seamline live JOB``: run the live consumer from the cut onwards, exactly once into the table.
+
+Start offsets: the table's committed live offsets (read by the consumer itself on every
+assignment), else the ``hwm`` of the job's cut from the state store. SIGTERM/SIGINT flush the
+in-flight batch, commit it and exit 0. Progress (committed offset, high watermark, lag,
+quarantined) is written to the state store's live progress, which ``seamline status`` shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+import click
+
+from coordinator.errors import ConfigError, LiveError
+from coordinator.jobspec import JobSpec, load_job
+from coordinator.values import Offset, PartitionId
+
+log = logging.getLogger(__name__)
+
+
+def _cut_offsets(job: JobSpec) -> tuple[dict[PartitionId, Offset], int]:
+    from coordinator.state import StateStore
+
+    store = StateStore(job.state_url())
+    try:
+        cut = store.get_cut(job.job_id)
+    finally:
+        store.close()
+    if cut is None:
+        raise LiveError(
+            f"job={job.job_id}: expected a stored cut, found none",
+            hint="take the cut first (seamline plan JOB), then start the live consumer",
+        )
+    return {p.partition: p.hwm for p in cut.partitions}, int(cut.epoch)
+
+
+def _parse_partitions(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        parts = tuple(sorted({int(p) for p in text.split(",") if p.strip()}))
+    except ValueError:
+        raise ConfigError(
+            f"key=--partitions: expected comma-separated integers, found {text!r}"
+        ) from None
+    if not parts or min(parts) < 0:
+        raise ConfigError(f"key=--partitions: expected partitions >= 0, found {text!r}")
+    return parts
+
+
+def _progress_writer(job: JobSpec, metrics: Any) -> Any:
+    from coordinator.state import StateStore
+    from stream.live import LiveProgress
+
+    store = StateStore(job.state_url())
+
+    def write(p: LiveProgress) -> None:
+        for part, committed in p.committed.items():
+            high = p.high.get(part, committed)
+            store.record_live_progress(
+                job.job_id,
+                part,
+                committed,
+                max(high, committed),
+                quarantined=p.quarantined_by_partition.get(part, 0),
+            )
+        if metrics is not None:
+            metrics.update(p)
+
+    return write
+
+
+def run_live(
+    job: JobSpec, metrics_port: int | None, partitions: tuple[int, ...] | None
+) -> dict[str, int]:
+    """Run until SIGTERM/SIGINT; returns the final counters."""
+    from stream.decode import load_transform
+    from stream.live import LiveConsumer, LiveSettings
+    from stream.live_core import BatchLimits
+    from stream.live_sink import open_live_sink
+    from stream.metrics import LiveMetrics
+    from stream.quarantine import QuarantineWriter, default_topic, ensure_topic
+
+    start, epoch = _cut_offsets(job)
+    conf = job.kafka_config()
+    dlq = job.live.quarantine_topic or default_topic(job.stream.topic)
+    ensure_topic(conf, dlq)
+    metrics = LiveMetrics(job.job_id) if metrics_port is not None else None
+    if metrics is not None and metrics_port is not None:
+        metrics.serve(metrics_port)
+    settings = LiveSettings(
+        job_id=job.job_id,
+        topic=job.stream.topic,
+        group=job.stream.group or f"seamline-live-{job.job_id}",
+        schema=job.schema_.arrow_schema(),
+        limits=BatchLimits(
+            job.live.batch_records, job.live.batch_seconds, job.live.min_commit_seconds
+        ),
+        epoch=epoch,
+        partitions=partitions,
+    )
+    consumer = LiveConsumer(
+        settings,
+        conf,
+        open_live_sink(job),
+        load_transform(job.transform.function),
+        start,
+        QuarantineWriter(conf, dlq, job.stream.topic),
+        on_progress=_progress_writer(job, metrics),
+    )
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: flushing and stopping", signum)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    progress = consumer.run()
+    return {
+        "records": progress.records,
+        "quarantined": progress.quarantined,
+        "commits": progress.commits,
+        "dropped_batches": progress.dropped_batches,
+    }
+
+
+@click.command("live")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
+@click.option("--partitions", default=None, help="Explicit assignment, e.g. 0,2 (no group).")
+def live(job_file: str, metrics_port: int | None, partitions: str | None) -> None:
+    """Consume the job's topic from the cut onwards into the table, exactly once."""
+    job = load_job(job_file)
+    counters = run_live(job, metrics_port, _parse_partitions(partitions))
+    click.echo(" ".join(f"{k}={v}" for k, v in counters.items()))
+
+
+def register(group: click.Group) -> None:
+    """Add ``live`` to the ``seamline`` group."""
+    group.add_command(live)
