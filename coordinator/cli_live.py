@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -74,10 +75,23 @@ def _progress_writer(job: JobSpec, metrics: Any) -> Any:
     return write
 
 
+def _install_stop_handlers() -> threading.Event:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: flushing and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return stop
+
+
 def run_live(
     job: JobSpec, metrics_port: int | None, partitions: tuple[int, ...] | None
 ) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the final counters."""
+    stop = _install_stop_handlers()
     from stream.decode import load_transform
     from stream.live import LiveConsumer, LiveSettings
     from stream.live_core import BatchLimits
@@ -111,14 +125,8 @@ def run_live(
         start,
         QuarantineWriter(conf, dlq, job.stream.topic),
         on_progress=_progress_writer(job, metrics),
+        stop_event=stop,
     )
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: flushing and stopping", signum)
-        consumer.stop()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     progress = consumer.run()
     return {
         "records": progress.records,

@@ -123,6 +123,7 @@ class LiveConsumer:
         quarantine: QuarantineSink,
         on_progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self._conf = dict(kafka_conf)
@@ -134,7 +135,7 @@ class LiveConsumer:
         self._clock = clock
         self._book = LiveBook()
         self.progress = LiveProgress()
-        self._stop = threading.Event()
+        self._stop = stop_event or threading.Event()
         self._consumer: Any = None
         self._last_report = 0.0
 

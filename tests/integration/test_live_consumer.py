@@ -1,0 +1,82 @@
+"""The live consumer on a real broker and a real Iceberg table: exactly once by (partition, offset)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_live_support import (
+    BackgroundProducer,
+    ends,
+    log_count,
+    produce,
+    start_live,
+    stop_live,
+    store_cut,
+    table_offsets,
+    table_rows,
+    wait_until,
+    write_job,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _assert_exact(rows: list[tuple[int, int]], expected: set[tuple[int, int]]) -> None:
+    dupes = [k for k, n in Counter(rows).items() if n > 1]
+    assert not dupes, f"{len(dupes)} (partition, offset) written twice, e.g. {dupes[:5]}"
+    got = set(rows)
+    assert got == expected, (
+        f"lost={len(expected - got)} e.g. {sorted(expected - got)[:5]}, "
+        f"phantom={len(got - expected)} e.g. {sorted(got - expected)[:5]}"
+    )
+
+
+def test_live_starts_at_cut_and_sigterm_flushes(
+    kafka_bootstrap: str, kafka_topic: object, tmp_path: Path
+) -> None:
+    topic = kafka_topic(3)  # type: ignore[operator]
+    before = produce(kafka_bootstrap, topic, 600)  # history: below the cut
+    job = write_job(tmp_path, kafka_bootstrap, topic, batch_seconds=30.0)
+    store_cut(job, ends(before))
+    proc = start_live(job)
+    wait_until(lambda: log_count(job, "assigned") > 0, 60, "the consumer's assignment")
+    after = produce(kafka_bootstrap, topic, 900)
+    time.sleep(2.0)  # batch_seconds is long: only SIGTERM can flush these
+    assert stop_live(proc) == 0
+    _assert_exact(table_rows(job), set(after))
+    assert table_offsets(job) == ends({**before, **after})
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(
+    kafka_bootstrap: str, kafka_topic: object, tmp_path: Path
+) -> None:
+    topic = kafka_topic(3)  # type: ignore[operator]
+    job = write_job(tmp_path, kafka_bootstrap, topic, batch_records=4000)
+    store_cut(job, {0: 0, 1: 0, 2: 0})
+    producer = BackgroundProducer(
+        kafka_bootstrap, topic, 100_000, pace_every=2000, pace_s=1.0
+    )
+    producer.start()
+    rng = random.Random(7)
+    kills = 0
+    while kills < 10:
+        proc = start_live(job)
+        time.sleep(rng.uniform(3.0, 8.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        kills += 1
+    producer.join(120)
+    assert producer.error is None and not producer.is_alive()
+    proc = start_live(job)
+    target = ends(producer.result)
+    wait_until(lambda: table_offsets(job) == target, 90, f"table offsets {target}")
+    assert stop_live(proc) == 0
+    _assert_exact(table_rows(job), set(producer.result))
+    assert len(producer.result) == 100_000
