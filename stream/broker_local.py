@@ -25,6 +25,8 @@ from stream.broker_probe import is_serving
 from stream.broker_setup import (
     KAFKA_VERSION,
     LOOPBACK,
+    Java,
+    cds_options,
     ensure_kafka_jars,
     file_lock,
     find_java,
@@ -33,6 +35,7 @@ from stream.broker_setup import (
     log4j2_properties,
     new_cluster_id,
     port_is_free,
+    promote_cds_archive,
     require_free_port,
     server_properties,
 )
@@ -57,6 +60,7 @@ class LocalBroker:
     pid: int | None = None
     host: str = LOOPBACK
     started_at: str | None = None
+    cds_dump: str | None = None  # where this JVM dumps its class archive at exit, if it does
 
     @property
     def bootstrap(self) -> str:
@@ -88,7 +92,8 @@ def read_state(data_dir: Path) -> LocalBroker | None:
         doc = json.loads(path.read_text())
         return LocalBroker(port=int(doc["port"]), controller_port=int(doc["controller_port"]),
                            cluster_id=str(doc["cluster_id"]), pid=doc.get("pid"),
-                           host=str(doc.get("host", LOOPBACK)), started_at=doc.get("started_at"))
+                           host=str(doc.get("host", LOOPBACK)), started_at=doc.get("started_at"),
+                           cds_dump=doc.get("cds_dump"))
     except (ValueError, KeyError, TypeError) as exc:
         raise BrokerError(f"unreadable broker record {path}: {exc}",
                           hint="stop any broker using this data dir and delete the file") from exc
@@ -209,14 +214,16 @@ def start_local(data_dir: Path, *, port: int | None = None,
         running = _running(data_dir)
         if running is not None:
             return _reuse(running, data_dir, port, deadline)
-        java = find_java()
         previous = read_state(data_dir)
-        client_port, controller_port = _choose_ports(previous, port)
+        client_port, controller_port = _choose_ports(previous, port)  # cheapest checks first
+        java = find_java()
         libs = ensure_kafka_jars()
+        cds, dump = cds_options(libs, java)
         cluster_id = _prepare(data_dir, java, libs, client_port, controller_port)
         broker = LocalBroker(port=client_port, controller_port=controller_port,
-                             cluster_id=cluster_id, started_at=_now())
-        broker = dataclasses.replace(broker, pid=_launch(java, libs, data_dir))
+                             cluster_id=cluster_id, started_at=_now(),
+                             cds_dump=str(dump) if dump else None)
+        broker = dataclasses.replace(broker, pid=_launch(java, libs, data_dir, cds))
         write_state(data_dir, broker)
         _await_start(broker, data_dir, deadline, timeout)
         log.info("local Kafka broker pid=%s serving at %s", broker.pid, broker.bootstrap)
@@ -263,7 +270,7 @@ def _choose_ports(previous: LocalBroker | None, requested: int | None) -> tuple[
     return port, free_port(exclude=frozenset({port}))
 
 
-def _prepare(data_dir: Path, java: str, libs: Path, port: int, controller_port: int) -> str:
+def _prepare(data_dir: Path, java: Java, libs: Path, port: int, controller_port: int) -> str:
     """Write config files and format storage once; return the cluster id."""
     (data_dir / "logs").mkdir(exist_ok=True)
     props = server_properties(port=port, controller_port=controller_port, data_dir=data_dir)
@@ -291,9 +298,9 @@ def _cluster_id_of(meta: Path) -> str:
     raise BrokerError(f"no cluster.id in {meta}", hint="the data dir is damaged: delete it")
 
 
-def _launch(java: str, libs: Path, data_dir: Path) -> int:
+def _launch(java: Java, libs: Path, data_dir: Path, cds: list[str]) -> int:
     cmd = java_command(java=java, libs=libs, data_dir=data_dir, main="kafka.Kafka",
-                       args=[str(_props_path(data_dir))])
+                       args=[str(_props_path(data_dir))], extra=cds)
     with (data_dir / "logs" / "stdout.log").open("ab") as out:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                  stderr=subprocess.STDOUT, cwd=data_dir,
@@ -353,8 +360,10 @@ def stop_local(data_dir: Path, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> li
         for pid in sorted(pids):
             log.info("stopping local Kafka broker pid=%d", pid)
             _terminate(pid, timeout)
+        if state is not None and state.cds_dump is not None:
+            promote_cds_archive(Path(state.cds_dump))
         if state is not None and state.pid is not None:
-            write_state(data_dir, dataclasses.replace(state, pid=None))
+            write_state(data_dir, dataclasses.replace(state, pid=None, cds_dump=None))
     return sorted(pids)
 
 

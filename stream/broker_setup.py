@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,8 +53,17 @@ MAVEN_HINT = (
 # --- Java -------------------------------------------------------------------------------
 
 
-def find_java() -> str:
-    """Return the ``java`` executable to use (``$JAVA_HOME/bin/java`` first, then ``PATH``).
+@dataclasses.dataclass(frozen=True)
+class Java:
+    """A Java runtime: its executable, major version and a short id of its exact build."""
+
+    path: str
+    major: int
+    build: str
+
+
+def find_java() -> Java:
+    """Return the Java to use (``$JAVA_HOME/bin/java`` first, then ``PATH``).
 
     Raises:
         BrokerError: no Java found, or it is older than 17.
@@ -60,11 +72,13 @@ def find_java() -> str:
     if java is None:
         raise BrokerError("no java executable found on PATH (and JAVA_HOME unset)",
                           hint=JAVA_HINT)
-    major = java_major_version(_java_version_text(java))
+    text = _java_version_text(java)
+    major = java_major_version(text)
     if major < MIN_JAVA:
         raise BrokerError(f"Java is too old: expected {MIN_JAVA} or newer, found {major} "
                           f"at {java}", hint=JAVA_HINT)
-    return java
+    build = hashlib.sha256(f"{java}\n{text}".encode()).hexdigest()[:12]
+    return Java(path=java, major=major, build=build)
 
 
 def _java_candidate() -> str | None:
@@ -270,13 +284,57 @@ def log4j2_properties() -> str:
     return LOG4J2_TEMPLATE.read_text()
 
 
-def java_command(*, java: str, libs: Path, data_dir: Path, main: str,
-                 args: list[str], heap: str = "512m") -> list[str]:
-    """The JVM command line running ``main`` with the Kafka jars and our log set-up."""
+def java_command(*, java: Java, libs: Path, data_dir: Path, main: str, args: list[str],
+                 heap: str = "512m", extra: list[str] | None = None) -> list[str]:
+    """The JVM command line running ``main`` with the Kafka jars and our log set-up.
+
+    The JIT stops at C1 (a dev broker starts ~30% faster); ``SEAMLINE_KAFKA_JVM_OPTS`` is
+    appended last, so it can override any option (e.g. ``-XX:TieredStopAtLevel=4``).
+    """
     return [
-        java, f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-        "-Djava.awt.headless=true",
+        java.path, f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={data_dir / 'logs'}",
         f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
+        *(extra or []), *shlex.split(os.environ.get("SEAMLINE_KAFKA_JVM_OPTS", "")),
         "-cp", f"{libs}{os.sep}*", main, *args,
     ]
+
+
+# --- Class-data sharing: a dynamic CDS archive of the broker's classes -------------------
+# The first broker dumps the classes it loaded at exit into a uniquely named ``.part`` file;
+# once that JVM is gone the file is renamed to the archive every later start maps (about
+# 1.5 s faster). A stale or mismatched archive is ignored by the JVM (-Xshare:auto).
+
+_PART_SETTLE_S = 60.0
+
+
+def cds_options(libs: Path, java: Java) -> tuple[list[str], Path | None]:
+    """JVM options using the CDS archive, or dumping one; and the dump path to promote later."""
+    cds_dir = libs.parent / "cds"
+    archive = cds_dir / f"kafka-{java.build}.jsa"
+    if not archive.is_file():
+        _promote_settled_parts(cds_dir, archive)
+    if archive.is_file():
+        return [f"-XX:SharedArchiveFile={archive}"], None
+    cds_dir.mkdir(parents=True, exist_ok=True)
+    part = cds_dir / f"kafka-{java.build}.{uuid.uuid4().hex[:8]}.jsa.part"
+    return [f"-XX:ArchiveClassesAtExit={part}"], part
+
+
+def promote_cds_archive(part: Path) -> None:
+    """Call once the JVM that dumps to ``part`` has exited: make it the archive (first wins)."""
+    if not part.is_file():
+        return
+    archive = part.with_name(part.name.split(".", 1)[0] + ".jsa")
+    if archive.is_file():
+        part.unlink(missing_ok=True)
+    else:
+        os.replace(part, archive)
+
+
+def _promote_settled_parts(cds_dir: Path, archive: Path) -> None:
+    for part in sorted(cds_dir.glob(f"{archive.stem}.*.jsa.part")):
+        with contextlib.suppress(OSError):
+            if time.time() - part.stat().st_mtime > _PART_SETTLE_S:
+                promote_cds_archive(part)
