@@ -1,0 +1,109 @@
+"""The reconciliation report: frozen values, JSON form, and the overall verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from coordinator.values import OffsetRange, Scope
+from reconcile.checksum import SCHEME, Checksum
+from reconcile.coverage import PartitionCoverage
+from reconcile.drilldown import DrillDown
+
+UnitKind = Literal["history", "archive", "live", "unplanned"]
+
+
+def describe_scope(scope: Scope) -> str:
+    """Short human form of a scope, e.g. ``p0[0,500)`` or ``2024010100-2024010200``."""
+    if scope.bucket is not None:
+        return scope.bucket.label()
+    return " ".join(f"p{r.partition}[{r.start},{r.end})" for r in scope.ranges)
+
+
+@dataclass(frozen=True)
+class SliceReport:
+    """Both sides of one slice (or a pseudo-slice: a live chunk or an unplanned range)."""
+
+    slice_id: str
+    kind: UnitKind
+    scope: str
+    source: Checksum
+    table: Checksum
+    quarantined: int = 0
+    duplicate_keys: int = 0
+    drilldown: DrillDown | None = None
+    ranges: tuple[OffsetRange, ...] = ()
+
+    @property
+    def matches(self) -> bool:
+        """Counts and both checksums equal, and no duplicate business keys."""
+        return self.source == self.table and self.duplicate_keys == 0
+
+    @property
+    def verdict(self) -> Literal["match", "mismatch"]:
+        """``match`` or ``mismatch``."""
+        return "match" if self.matches else "mismatch"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {
+            "slice_id": self.slice_id,
+            "kind": self.kind,
+            "scope": self.scope,
+            "verdict": self.verdict,
+            "source": self.source.to_json(),
+            "table": self.table.to_json(),
+            "quarantined": self.quarantined,
+            "duplicate_keys": self.duplicate_keys,
+            "drilldown": self.drilldown.to_json() if self.drilldown else None,
+        }
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """Everything one reconciliation found; ``reconciled`` only when every part passed."""
+
+    job_id: str
+    topic: str
+    run_at: datetime
+    min_age_s: float
+    slices: tuple[SliceReport, ...]
+    partitions: tuple[PartitionCoverage, ...]
+    scheme: str = SCHEME
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def reconciled(self) -> bool:
+        """Every slice matches and every partition's coverage is clean."""
+        return all(s.matches for s in self.slices) and all(p.ok for p in self.partitions)
+
+    @property
+    def mismatched(self) -> Sequence[SliceReport]:
+        """The slices that did not match."""
+        return [s for s in self.slices if not s.matches]
+
+    def totals(self) -> dict[str, int]:
+        """Summed counts over partitions and slices."""
+        keys = ("lost", "gap", "duplicated", "overlap", "phantom", "wrong_side", "quarantined")
+        out = {k: sum(getattr(p, k) for p in self.partitions) for k in keys}
+        out["source_rows"] = sum(s.source.rows for s in self.slices)
+        out["table_rows"] = sum(s.table.rows for s in self.slices)
+        out["mismatched_slices"] = len(self.mismatched)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form: top-level ``reconciled``, per-slice and per-partition counts."""
+        return {
+            "reconciled": self.reconciled,
+            "job_id": self.job_id,
+            "topic": self.topic,
+            "scheme": self.scheme,
+            "run_at": self.run_at.isoformat(),
+            "min_age_s": self.min_age_s,
+            "totals": self.totals(),
+            "partitions": [p.to_json() for p in self.partitions],
+            "slices": [s.to_json() for s in self.slices],
+            "notes": list(self.notes),
+        }
