@@ -1,0 +1,68 @@
+"""The ``SliceExecutor`` the coordinator's runner calls in worker processes (picklable).
+
+``execute_slice`` looks the slice's token up first: a slice already in the table is not
+written again (``already_committed=True``). Otherwise it reads the slice (Kafka range or
+archive bucket), confirms quarantined records to the dead-letter topic, and writes the slice's
+scope in ONE commit.
+
+Crash testing: when the environment variable ``SEAMLINE_TEST_CRASH_AT`` names a crash point
+(``before_commit``: data files written, commit not yet made; ``after_commit``: committed, result
+not yet returned) the process SIGKILLs itself there. Tests set it in child processes only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from backfill.archive_source import read_archive_slice
+from backfill.kafka_source import decode_kafka_slice
+from backfill.sink_common import crash_point
+from backfill.sinks import open_sink
+from coordinator.jobspec import JobSpec
+from coordinator.lineage import with_lineage
+from coordinator.ports import SliceResult
+from coordinator.values import CommitToken, Slice
+from stream.decode import Quarantined
+from stream.quarantine import QuarantineWriter, default_topic, ensure_topic
+
+log = logging.getLogger(__name__)
+
+
+def read_slice(job: JobSpec, slice_: Slice) -> tuple[pa.Table, list[Quarantined]]:
+    """All rows of one slice (with lineage) and its quarantined records."""
+    if slice_.scope.source == "archive":
+        return read_archive_slice(job, slice_), []
+    tables: list[pa.Table] = []
+    bad: list[Quarantined] = []
+    for table, quarantined in decode_kafka_slice(job, slice_):
+        tables.append(table)
+        bad.extend(quarantined)
+    if not tables:
+        return with_lineage(job.schema_.arrow_schema()).empty_table(), bad
+    return pa.concat_tables(tables), bad
+
+
+def _quarantine(job: JobSpec, bad: list[Quarantined]) -> None:
+    if not bad:
+        return
+    topic = job.live.quarantine_topic or default_topic(job.stream.topic)
+    conf = job.kafka_config()
+    ensure_topic(conf, topic)
+    QuarantineWriter(conf, topic, job.stream.topic).write(bad)
+
+
+def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResult:
+    """Run one slice end to end; idempotent by token."""
+    sink = open_sink(job)
+    sink.ensure_table()
+    found = sink.find_commit(token.job_id, slice_.slice_id)
+    if found is not None:
+        log.info("slice already committed: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
+        return SliceResult(rows=found.rows or 0, commit=found, already_committed=True)
+    data, bad = read_slice(job, slice_)
+    _quarantine(job, bad)
+    record = sink.write_slice(slice_.scope, data, token)
+    crash_point("after_commit")
+    return SliceResult(rows=data.num_rows, commit=record, quarantined=len(bad))

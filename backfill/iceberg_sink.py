@@ -1,0 +1,261 @@
+"""Iceberg writer (pyiceberg, any catalog; seamline uses the SQL catalog). DESIGN §3-§4.
+
+* ``overwrite``: one ``Table.overwrite`` whose filter is exactly the slice's scope (its own
+  offsets, or archive tag AND bucket), so live rows in the same day survive.
+* ``merge``: key uniqueness is checked, then backfill-side rows outside the scope whose key
+  is in the batch are found by an Arrow semi-join, and one overwrite replaces
+  ``scope OR (side = backfill AND key IN matched)``. Live rows are never touched.
+* Every commit carries the token in ``snapshot_properties``; live commits also set the
+  table properties ``seamline.live.offset.<p>`` in the same atomic commit so the newest live
+  offsets are found even when the newest snapshot is a backfill one.
+* Conflicts (``CommitFailedException``/``ValidationException``: certainly not applied) are
+  retried with backoff after a reload; any other commit error is an unknown outcome: the
+  token is looked up and, if absent, ``CommitOutcomeUnknownError`` is raised. Files are
+  never deleted by seamline in that state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform, HourTransform
+
+from backfill import sink_common as common
+from backfill.scopes import (
+    ice_and,
+    ice_eq,
+    ice_in,
+    ice_not,
+    ice_or,
+    ice_true,
+    iceberg_scope,
+    iceberg_side,
+)
+from coordinator import lineage
+from coordinator.errors import CommitOutcomeUnknownError, WriterError
+from coordinator.ports import CommitRecord
+from coordinator.values import CommitToken, Offset, PartitionId, Scope, SnapshotId, WriteMode
+
+log = logging.getLogger(__name__)
+
+_NO_MATCH = "Delete operation did not match any records"
+
+
+@contextlib.contextmanager
+def _quiet_empty_delete() -> Iterator[None]:
+    """pyiceberg warns when an overwrite's delete matches nothing: normal for a first load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_MATCH, category=UserWarning)
+        yield
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, CommitFailedException | ValidationException)
+
+
+def _key_filter(keys: Sequence[str], matched: pa.Table) -> BooleanExpression:
+    if len(keys) == 1:
+        return ice_in(keys[0], set(matched.column(keys[0]).to_pylist()))
+    rows = matched.select(list(keys)).to_pylist()
+    return ice_or(*[ice_and(*[ice_eq(k, r[k]) for k in keys]) for r in rows])
+
+
+class IcebergSink:
+    """A ``TableSink`` over one Iceberg table."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        identifier: str,
+        schema: pa.Schema,
+        event_time: str,
+        *,
+        partition_by: str = "day",
+        mode: WriteMode = "overwrite",
+        key: Sequence[str] = (),
+        policy: common.RetryPolicy = common.DEFAULT_RETRY,
+    ) -> None:
+        self.catalog = catalog
+        self.identifier = identifier
+        self.schema = lineage.with_lineage(schema)
+        self.event_time = event_time
+        self.partition_by = partition_by
+        self.mode = mode
+        self.key = tuple(key)
+        self.policy = policy
+
+    # -- table ---------------------------------------------------------------------------
+
+    def ensure_table(self) -> None:
+        """Create the namespace and the partitioned table if they do not exist (race-safe)."""
+        namespace = self.identifier.rsplit(".", 1)[0]
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            self.catalog.create_namespace(namespace)
+        if self.catalog.table_exists(self.identifier):
+            return
+        try:
+            tx = self.catalog.create_table_transaction(self.identifier, schema=self.schema)
+            transforms: dict[str, Any] = {"day": DayTransform(), "hour": HourTransform()}
+            transform = transforms.get(self.partition_by)
+            if transform is not None:
+                with tx.update_spec() as spec:
+                    spec.add_field(
+                        self.event_time, transform, f"{self.event_time}_{self.partition_by}"
+                    )
+            tx.commit_transaction()
+        except TableAlreadyExistsError:
+            log.info("table created concurrently: %s", self.identifier)
+
+    def _table(self) -> Table:
+        return self.catalog.load_table(self.identifier)
+
+    def _rows(self, table: Table, data: pa.Table) -> pa.Table:
+        try:
+            return common.conform(data, table.schema().as_arrow(), sort_by=self.event_time)
+        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+            raise WriterError(
+                f"table={self.identifier}: rows do not fit the table schema ({exc})",
+                hint="check the transform returns the job's schema",
+            ) from None
+
+    # -- commits -------------------------------------------------------------------------
+
+    def _commit(self, what: str, token: CommitToken, action: Callable[[], None]) -> CommitRecord:
+        """Run one commit with conflict retries; resolve unknown outcomes by token."""
+        try:
+            common.retry_conflicts(what, action, _is_conflict, self.policy)
+        except WriterError:
+            raise
+        except (ValueError, TypeError) as exc:  # refused before anything was committed
+            raise WriterError(f"{what}: write refused ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            found = self._find_exact(token)
+            if found is not None:
+                log.warning("commit reported %s but the token landed: %s", exc, what)
+                return found
+            raise CommitOutcomeUnknownError(
+                f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
+                hint="look the token up with find_commit before retrying; never delete files",
+            ) from exc
+        found = self._find_exact(token)
+        if found is None:
+            raise WriterError(f"{what}: expected the committed token in the table, found none")
+        return found
+
+    def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one commit."""
+        what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
+        if self.mode == "merge":
+            common.check_unique_keys(data, self.key)
+        props = token.to_properties()
+
+        def action() -> None:
+            table = self._table()
+            rows = self._rows(table, data)
+            target = iceberg_scope(scope, self.event_time)
+            if self.mode == "merge":
+                rows, target = self._merge_plan(table, rows, target)
+            with _quiet_empty_delete(), table.transaction() as tx:
+                tx.overwrite(rows, overwrite_filter=target, snapshot_properties=props)
+                common.crash_point("before_commit")  # files written, not committed
+
+        return self._commit(what, token, action)
+
+    def _merge_plan(
+        self, table: Table, rows: pa.Table, scope_expr: BooleanExpression
+    ) -> tuple[pa.Table, BooleanExpression]:
+        """Rows to write and the rows to replace: the scope plus backfill-side rows elsewhere
+        whose key the batch holds. Live rows win: batch rows whose key is live are dropped."""
+        if rows.num_rows == 0:
+            return rows, scope_expr
+        cols = (*self.key, lineage.SIDE)
+        existing = table.scan(row_filter=ice_not(scope_expr), selected_fields=cols).to_arrow()
+        live = existing.filter(pc.equal(existing[lineage.SIDE], "live"))
+        kept = common.anti_join(rows, live, self.key)
+        if kept.num_rows < rows.num_rows:
+            log.info("merge keeps %d live rows over the batch", rows.num_rows - kept.num_rows)
+        backfill = existing.filter(pc.equal(existing[lineage.SIDE], "backfill"))
+        matched = common.semi_keys(backfill, kept, self.key)
+        if matched.num_rows == 0:
+            return kept, scope_expr
+        log.info("merge replaces %d keys outside the slice scope", matched.num_rows)
+        side = iceberg_side("backfill")
+        return kept, ice_or(scope_expr, ice_and(side, _key_filter(self.key, matched)))
+
+    def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Append a live micro-batch and record its offsets, atomically."""
+        what = f"table={self.identifier} live slice_id={token.slice_id}"
+        props = token.to_properties()
+        offsets = common.live_offset_properties(token)
+
+        def action() -> None:
+            table = self._table()
+            rows = self._rows(table, data)
+            current = common.parse_live_offsets(dict(table.properties))
+            newest = common.merge_offsets(current, common.parse_live_offsets(offsets))
+            with table.transaction() as tx:
+                tx.append(rows, snapshot_properties=props)
+                tx.set_properties(
+                    {f"{common.LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in newest.items()}
+                )
+
+        return self._commit(what, token, action)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset per partition, from the table properties the live commits set."""
+        return common.parse_live_offsets(dict(self._table().properties))
+
+    def _records(self) -> Iterator[CommitRecord]:
+        snaps = sorted(self._table().snapshots(), key=lambda s: s.sequence_number or 0)
+        for snap in reversed(snaps):
+            props: dict[str, Any] = dict(snap.summary.additional_properties) if snap.summary else {}
+            token = CommitToken.from_properties(props)
+            if token is None:
+                continue
+            added = props.get("added-records")
+            yield CommitRecord(
+                token=token,
+                snapshot_id=SnapshotId(snap.snapshot_id),
+                committed_at=common.ms_to_datetime(snap.timestamp_ms),
+                rows=int(added) if added is not None else None,
+            )
+
+    def commits(self) -> list[CommitRecord]:
+        """Every seamline commit still in the table's snapshot history, newest first."""
+        return list(self._records())
+
+    def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
+        """The newest snapshot carrying this slice's token."""
+        for rec in self._records():
+            if rec.token.job_id == job_id and rec.token.slice_id == slice_id:
+                return rec
+        return None
+
+    def _find_exact(self, token: CommitToken) -> CommitRecord | None:
+        for rec in self._records():
+            if rec.token == token:
+                return rec
+        return None
+
+    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of the table, optionally limited to ``scope`` and ``columns``."""
+        expr = iceberg_scope(scope, self.event_time) if scope is not None else ice_true()
+        fields = tuple(columns) if columns else ("*",)
+        return self._table().scan(row_filter=expr, selected_fields=fields).to_arrow()

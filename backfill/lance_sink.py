@@ -1,0 +1,241 @@
+"""Lance writer (pylance). DESIGN §3-§4.
+
+* Never a whole-table overwrite. ``overwrite`` replaces the scope with ONE ``Update``
+  transaction: deletion vectors for the scope's rows (``LanceFragment.delete``) plus the new
+  fragments, committed together, so a crash leaves either the old or the new scope.
+* ``merge``: ``merge_insert`` on the key, ``when_matched_update_all`` only for backfill-side
+  target rows (live rows win: a batch row whose key a live row holds is not written),
+  ``when_not_matched_by_source_delete(<scope>)``; executed uncommitted, the token attached,
+  then committed. Merges are serialised per dataset with a file lock (local datasets).
+* Tokens live in each version's ``transaction_properties``; they stay readable with
+  ``read_transaction`` after later commits until old versions are cleaned up.
+* Conflicts (``lance.commit.CommitConflictError``) re-run the whole operation after backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import lance
+import pyarrow as pa
+from lance.commit import CommitConflictError as LanceConflict
+from lance.dataset import Transaction
+from lance.fragment import write_fragments
+
+from backfill import sink_common as common
+from backfill.scopes import arrow_scope, lance_scope
+from coordinator import lineage
+from coordinator.errors import CommitOutcomeUnknownError, WriterError
+from coordinator.ports import CommitRecord
+from coordinator.values import CommitToken, Offset, PartitionId, Scope, SnapshotId, WriteMode
+
+log = logging.getLogger(__name__)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, LanceConflict) and exc.retryable
+
+
+def _aware(stamp: object) -> datetime:
+    """Lance version timestamps as aware UTC datetimes."""
+    if isinstance(stamp, datetime):
+        return stamp.astimezone(UTC)
+    raise WriterError(f"expected a datetime version timestamp, found {stamp!r}")
+
+
+class LanceSink:
+    """A ``TableSink`` over one Lance dataset."""
+
+    def __init__(
+        self,
+        uri: str,
+        schema: pa.Schema,
+        event_time: str,
+        *,
+        mode: WriteMode = "overwrite",
+        key: Sequence[str] = (),
+        policy: common.RetryPolicy = common.DEFAULT_RETRY,
+    ) -> None:
+        self.uri = uri
+        self.schema = lineage.with_lineage(schema)
+        self.event_time = event_time
+        self.mode = mode
+        self.key = tuple(key)
+        self.policy = policy
+
+    # -- dataset -------------------------------------------------------------------------
+
+    def ensure_table(self) -> None:
+        """Create an empty dataset with the job's schema plus lineage if none exists."""
+        if self._exists():
+            return
+        try:
+            lance.write_dataset(self.schema.empty_table(), self.uri, mode="create")
+        except (OSError, ValueError) as exc:
+            if not self._exists():
+                raise WriterError(f"uri={self.uri}: cannot create the dataset ({exc})") from exc
+            log.info("dataset created concurrently: %s", self.uri)
+
+    def _exists(self) -> bool:
+        try:
+            lance.dataset(self.uri)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _dataset(self) -> lance.LanceDataset:
+        return lance.dataset(self.uri)
+
+    def _rows(self, data: pa.Table) -> pa.Table:
+        try:
+            return common.conform(data, self.schema, sort_by=self.event_time)
+        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+            raise WriterError(
+                f"uri={self.uri}: rows do not fit the dataset schema ({exc})",
+                hint="check the transform returns the job's schema",
+            ) from None
+
+    @contextlib.contextmanager
+    def _merge_lock(self) -> Iterator[None]:
+        """Serialise merges that may insert the same new keys (local datasets only)."""
+        if "://" in self.uri:
+            yield
+            return
+        path = Path(self.uri)
+        lock = path.parent / f".{path.name}.seamline-merge.lock"
+        with open(lock, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    # -- commits -------------------------------------------------------------------------
+
+    def _commit(self, what: str, token: CommitToken, action: Callable[[], None]) -> CommitRecord:
+        try:
+            common.retry_conflicts(what, action, _is_conflict, self.policy)
+        except WriterError:
+            raise
+        except (ValueError, TypeError) as exc:  # refused before anything was committed
+            raise WriterError(f"{what}: write refused ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            found = self._find_exact(token)
+            if found is not None:
+                log.warning("commit reported %s but the token landed: %s", exc, what)
+                return found
+            raise CommitOutcomeUnknownError(
+                f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
+                hint="look the token up with find_commit before retrying; never delete files",
+            ) from exc
+        found = self._find_exact(token)
+        if found is None:
+            raise WriterError(f"{what}: expected the committed token in the dataset, found none")
+        return found
+
+    def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one version."""
+        what = f"uri={self.uri} slice_id={token.slice_id} attempt={token.attempt}"
+        rows = self._rows(data)
+        props = token.to_properties()
+        predicate = lance_scope(scope, self.event_time)
+        if self.mode == "merge":
+            common.check_unique_keys(rows, self.key)
+            with self._merge_lock():
+                return self._commit(what, token, lambda: self._merge(rows, predicate, props))
+        return self._commit(what, token, lambda: self._replace(rows, predicate, props))
+
+    def _replace(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> None:
+        ds = self._dataset()
+        removed: list[int] = []
+        updated: list[Any] = []
+        for frag in ds.get_fragments():
+            meta = frag.delete(predicate)
+            if meta is None:
+                removed.append(frag.fragment_id)
+            elif meta != frag.metadata:
+                updated.append(meta)
+        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        op = lance.LanceOperation.Update(
+            removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
+        )
+        txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
+        common.crash_point("before_commit")  # files written, not committed
+        lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+
+    def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> None:
+        ds = self._dataset()
+        builder = (
+            ds.merge_insert(list(self.key))
+            .when_matched_update_all(f"target.{lineage.SIDE} = 'backfill'")
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(predicate)
+        )
+        txn, stats = builder.execute_uncommitted(rows)
+        log.debug("merge stats: %s", stats)
+        txn.transaction_properties = props
+        common.crash_point("before_commit")  # files written, not committed
+        lance.LanceDataset.commit(self.uri, txn, read_version=txn.read_version, max_retries=0)
+
+    def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Append a live micro-batch with its token (offsets) in the same version."""
+        what = f"uri={self.uri} live slice_id={token.slice_id}"
+        rows = self._rows(data)
+        props = {**token.to_properties(), **common.live_offset_properties(token)}
+
+        def action() -> None:
+            lance.write_dataset(rows, self.uri, mode="append", transaction_properties=props)
+
+        return self._commit(what, token, action)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _transactions(self) -> Iterator[tuple[int, dict[str, str]]]:
+        ds = self._dataset()
+        for version in range(ds.version, 0, -1):
+            txn = ds.read_transaction(version)
+            if txn is not None and txn.transaction_properties:
+                yield version, dict(txn.transaction_properties)
+
+    def _records(self) -> Iterator[CommitRecord]:
+        ds = self._dataset()
+        stamps = {v["version"]: v["timestamp"] for v in ds.versions()}
+        for version, props in self._transactions():
+            token = CommitToken.from_properties(props)
+            if token is not None:
+                yield CommitRecord(token, SnapshotId(version), _aware(stamps[version]))
+
+    def commits(self) -> list[CommitRecord]:
+        """Every seamline commit still in the dataset's versions, newest first."""
+        return list(self._records())
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset per partition over every live commit still in the history."""
+        out: dict[PartitionId, Offset] = {}
+        for _, props in self._transactions():
+            out = common.merge_offsets(out, common.parse_live_offsets(props))
+        return out
+
+    def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
+        """The newest version carrying this slice's token."""
+        for rec in self._records():
+            if rec.token.job_id == job_id and rec.token.slice_id == slice_id:
+                return rec
+        return None
+
+    def _find_exact(self, token: CommitToken) -> CommitRecord | None:
+        for rec in self._records():
+            if rec.token == token:
+                return rec
+        return None
+
+    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of the dataset, optionally limited to ``scope`` and ``columns``."""
+        expr = arrow_scope(scope, self.event_time) if scope is not None else None
+        return self._dataset().to_table(columns=columns, filter=expr)
