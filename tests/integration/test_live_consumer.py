@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.state import StateStore
+from stream.quarantine import default_topic, read_quarantine
 from tests.integration.test_live_support import (
     BackgroundProducer,
     ends,
@@ -60,9 +62,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     topic = kafka_topic(3)  # type: ignore[operator]
     job = write_job(tmp_path, kafka_bootstrap, topic, batch_records=4000)
     store_cut(job, {0: 0, 1: 0, 2: 0})
-    producer = BackgroundProducer(
-        kafka_bootstrap, topic, 100_000, pace_every=2000, pace_s=1.0
-    )
+    producer = BackgroundProducer(kafka_bootstrap, topic, 100_000, pace_every=2000, pace_s=1.0)
     producer.start()
     rng = random.Random(7)
     kills = 0
@@ -80,3 +80,58 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     assert stop_live(proc) == 0
     _assert_exact(table_rows(job), set(producer.result))
     assert len(producer.result) == 100_000
+
+
+def test_poison_records_go_to_quarantine_with_their_offsets(
+    kafka_bootstrap: str, kafka_topic: object, tmp_path: Path
+) -> None:
+    topic = kafka_topic(3)  # type: ignore[operator]
+    job = write_job(tmp_path, kafka_bootstrap, topic)
+    store_cut(job, {0: 0, 1: 0, 2: 0})
+
+    def poison(i: int) -> bytes | None:
+        if i % 100 != 37:
+            return None
+        kinds = [b"{not json", b'{"ts": 1700000000000, "name": "no id"}', b'{"id": "x", "ts": 1}']
+        return kinds[(i // 100) % 3]
+
+    delivered = produce(kafka_bootstrap, topic, 6000, poison=poison)
+    bad = {k for k, v in delivered.items() if b'"id": ' not in v or b'"id": "x"' in v}
+    assert len(bad) == 60
+    proc = start_live(job)
+    target = ends(delivered)
+    wait_until(lambda: table_offsets(job) == target, 60, f"table offsets {target}")
+    assert stop_live(proc) == 0
+    _assert_exact(table_rows(job), set(delivered) - bad)
+    dlq = job.live.quarantine_topic or default_topic(topic)
+    assert read_quarantine(job.kafka_config(), dlq) == bad
+    store = StateStore(job.state_url())
+    try:
+        assert sum(p.quarantined for p in store.get_live_progress(job.job_id)) == 60
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_two_consumers_in_one_group_with_forced_rebalances(
+    kafka_bootstrap: str, kafka_topic: object, tmp_path: Path
+) -> None:
+    topic = kafka_topic(3)  # type: ignore[operator]
+    job = write_job(tmp_path, kafka_bootstrap, topic, batch_records=2000)
+    store_cut(job, {0: 0, 1: 0, 2: 0})
+    producer = BackgroundProducer(kafka_bootstrap, topic, 30_000, pace_every=1000, pace_s=0.5)
+    producer.start()
+    first = start_live(job)
+    wait_until(lambda: log_count(job, "assigned") >= 1, 60, "first assignment")
+    time.sleep(2.0)
+    second = start_live(job)  # joining forces a rebalance mid-stream
+    wait_until(lambda: log_count(job, "assigned") >= 3, 60, "rebalance to two members")
+    time.sleep(2.0)
+    first.send_signal(signal.SIGKILL)  # the survivor takes its partitions after the timeout
+    first.wait(30)
+    producer.join(120)
+    assert producer.error is None and not producer.is_alive()
+    target = ends(producer.result)
+    wait_until(lambda: table_offsets(job) == target, 90, f"table offsets {target}")
+    assert stop_live(second) == 0
+    _assert_exact(table_rows(job), set(producer.result))
