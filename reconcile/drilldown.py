@@ -16,6 +16,7 @@ content; counted once per pair).
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,11 +82,16 @@ class DrillDown:
         }
 
 
+def _plain(v: object) -> bool:
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return isinstance(v, int | str | bool | None)
+
+
 def _jsonable(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     if doc is None:
         return None
-    ok = (int, float, str, bool, type(None))
-    return {k: v if isinstance(v, ok) else str(v) for k, v in doc.items()}
+    return {k: v if _plain(v) else str(v) for k, v in doc.items()}
 
 
 def coordinates(data: pa.Table, key: Sequence[str]) -> U64:

@@ -317,3 +317,80 @@ def test_every_mutation_is_detected_and_localised(
         check_detected(run(), m)
     replace_all(fmt, sink, clean, iceberg_catalog, lance_uri)
     check_clean(run(), corpus)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium(html: Path, tmp_path: Path, name: str) -> tuple[Path, str]:
+    """Screenshot and DOM of ``html`` from headless Chromium; fails loudly without it."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if exe is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium", pytrace=False)
+    png = tmp_path / f"{name}.png"
+    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / ('chrome-' + name)}"]
+    subprocess.run(
+        [*base, f"--screenshot={png}", "--window-size=1200,1600", html.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    dom = subprocess.run(
+        [*base, "--dump-dom", html.as_uri()], check=True, capture_output=True, text=True,
+        timeout=120,
+    ).stdout  # fmt: skip
+    return png, dom
+
+
+def test_html_report_renders_the_verdict_in_chromium(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory, lance_uri: str
+) -> None:
+    from reconcile.report import render_html, render_json, render_text
+
+    corpus = build_corpus(tmp_path, kafka_bootstrap, kafka_topic(2), "lance")
+    sink = _sink("lance", corpus, None, lance_uri)
+    src = MemoSource(corpus.job)
+    load_table(corpus, sink, src)
+    report = reconcile_job(corpus.job, corpus.cut, corpus.slices, sink=sink, source=src)
+    assert report.reconciled
+    assert json.loads(render_json(report))["reconciled"] is True
+    assert "RECONCILED" in render_text(report)
+    html = tmp_path / "report.html"
+    html.write_text(render_html(report), encoding="utf-8")
+    png, dom = _chromium(html, tmp_path, "reconciled")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'id="verdict"' in dom and 'data-reconciled="true"' in dom
+    assert ">RECONCILED<" in dom.replace("\n", "")
+
+    clean = sink.scan()
+    m = next(m for m in mutations(corpus) if m.name == "overlap")
+    replace_all("lance", sink, m.apply(clean, corpus), None, lance_uri)
+    bad = reconcile_job(corpus.job, corpus.cut, corpus.slices, sink=sink, source=src)
+    html_bad = tmp_path / "report-bad.html"
+    html_bad.write_text(render_html(bad), encoding="utf-8")
+    png_bad, dom_bad = _chromium(html_bad, tmp_path, "mismatch")
+    assert png_bad.stat().st_size > 10_000
+    assert 'data-reconciled="false"' in dom_bad and "NOT RECONCILED" in dom_bad
+    assert 'class="bad-mark"' in dom_bad
+    keep = Path("/tmp/seamline-reconcile-report")
+    keep.mkdir(exist_ok=True)
+    for f in (png, png_bad, html, html_bad):
+        shutil_copy(f, keep / f.name)
+
+
+def shutil_copy(src: Path, dst: Path) -> None:
+    """Keep the rendered report for a person to look at (best effort)."""
+    import shutil
+
+    shutil.copyfile(src, dst)
