@@ -1,0 +1,89 @@
+"""docker-compose.yml: the services users get, pinned, wired to each other."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stream.broker_setup import KAFKA_VERSION
+
+COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    result: dict[str, dict[str, Any]] = doc["services"]
+    return result
+
+
+def test_services_are_kafka_minio_bucket_job_and_rest_catalog(
+        services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"kafka", "minio", "minio-create-bucket", "iceberg-rest"}
+
+
+def test_every_image_is_pinned_to_a_tag(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image, _, tag = service["image"].rpartition(":")
+        assert image and tag and tag != "latest", f"{name}: {service['image']}"
+
+
+def test_kafka_is_the_same_version_as_the_local_broker_kraft_on_9092(
+        services: dict[str, dict[str, Any]]) -> None:
+    kafka = services["kafka"]
+    env = kafka["environment"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert "9092:9092" in kafka["ports"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "EXTERNAL://localhost:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 1
+    assert "healthcheck" in kafka
+
+
+def test_bucket_job_waits_for_minio_and_creates_the_warehouse_bucket(
+        services: dict[str, dict[str, Any]]) -> None:
+    job = services["minio-create-bucket"]
+    assert job["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert job["image"].startswith("minio/mc:")
+    assert "healthcheck" in services["minio"]
+    script = " ".join(job["command"])
+    assert "http://minio:9000" in script
+    assert "mc mb --ignore-existing seamline/warehouse" in script
+
+
+def test_rest_catalog_uses_minio_and_the_created_bucket(
+        services: dict[str, dict[str, Any]]) -> None:
+    rest = services["iceberg-rest"]
+    env = rest["environment"]
+    assert rest["depends_on"] == {
+        "minio-create-bucket": {"condition": "service_completed_successfully"}}
+    assert "8181:8181" in rest["ports"]
+    assert env["CATALOG_S3_ENDPOINT"] == "http://minio:9000"
+    assert env["CATALOG_WAREHOUSE"] == "s3://warehouse/"
+    assert env["CATALOG_S3_PATH__STYLE__ACCESS"] == "true"
+    minio = services["minio"]["environment"]
+    bucket_job = services["minio-create-bucket"]["environment"]
+    assert env["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"] == bucket_job["S3_ACCESS_KEY"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"] \
+        == bucket_job["S3_SECRET_KEY"]
+
+
+def _compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    done = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _compose_available(), reason="`docker compose` is not installed here")
+def test_docker_compose_accepts_the_file() -> None:
+    done = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
