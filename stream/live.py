@@ -30,7 +30,7 @@ from coordinator import lineage
 from coordinator.errors import CommitConflictError, CommitOutcomeUnknownError, LiveError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.decode import Quarantined, RawMessage, Transform, decode_batch
+from stream.decode import Quarantined, RawMessage, Transform, decode_batch_fast
 from stream.live_core import BatchLimits, LiveBook, stale_partitions, start_positions
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ class LiveConsumer:
         ranges = self._book.ranges()
         if not ranges:
             return None
-        data, bad = decode_batch(
+        data, bad = decode_batch_fast(
             self._book.messages(), self.settings.schema, self._transform, "live"
         )
         self._quarantine.write(bad)

@@ -1,0 +1,111 @@
+"""The vectorised decode path returns exactly what the reference decode returns."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.decode import RawMessage, decode_batch, decode_batch_fast, identity
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("us", pa.timestamp("us", tz="UTC")),
+        pa.field("name", pa.string()),
+        pa.field("small", pa.int32()),
+        pa.field("price", pa.float64()),
+        pa.field("flag", pa.bool_()),
+    ]
+)
+
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+    st.just("2024-01-01T00:00:00+00:00"),
+    st.just([1]),
+    st.just({"a": 1}),
+)
+_GOOD = {
+    "id": st.integers(-(2**62), 2**62),
+    "ts": st.integers(0, 2**41),
+    "us": st.one_of(st.none(), st.integers(0, 2**41)),
+    "name": st.one_of(st.none(), st.text(max_size=8)),
+    "small": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+    "price": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+    "flag": st.one_of(st.none(), st.booleans()),
+}
+
+
+@st.composite
+def _value(draw: st.DrawFn) -> bytes | None:
+    kind = draw(st.sampled_from(["good"] * 6 + ["mutated", "missing", "raw", "extra"]))
+    doc: dict[str, Any] = {k: draw(v) for k, v in _GOOD.items()}
+    if kind == "mutated":
+        doc[draw(st.sampled_from(sorted(_GOOD)))] = draw(_ANY)
+    elif kind == "missing":
+        doc.pop(draw(st.sampled_from(sorted(_GOOD))))
+    elif kind == "extra":
+        doc["other"] = draw(_ANY)
+    elif kind == "raw":
+        return draw(
+            st.sampled_from(
+                [
+                    None,
+                    b"",
+                    b"  ",
+                    b"{",
+                    b"[1,2]",
+                    b"3",
+                    b'{"id": 1,\n "ts": 2}',
+                    b'{"id": 1, "ts": 1}{"id": 2, "ts": 2}',
+                    b'{"id": 1, "ts": 1} {"id": 2}',
+                ]
+            )
+        )
+    return json.dumps(doc).encode()
+
+
+def _same(messages: list[RawMessage], transform: Any = identity) -> None:
+    try:
+        slow = decode_batch(messages, SCHEMA, transform, "live")
+    except (pa.ArrowInvalid, OverflowError) as exc:  # the reference raises: so must the fast path
+        try:
+            decode_batch_fast(messages, SCHEMA, transform, "live")
+        except type(exc):
+            return
+        raise AssertionError("fast path accepted a batch the reference rejects") from exc
+    fast = decode_batch_fast(messages, SCHEMA, transform, "live")
+    assert fast[0].schema == slow[0].schema
+    assert fast[0].equals(slow[0])
+    assert fast[1] == slow[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_value(), max_size=30))
+def test_fast_path_equals_reference(values: list[bytes | None]) -> None:
+    _same([RawMessage(i % 3, 10 + i, v) for i, v in enumerate(values)])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.fixed_dictionaries(_GOOD), min_size=1, max_size=30))
+def test_fast_path_equals_reference_on_clean_batches(docs: list[dict[str, Any]]) -> None:
+    _same([RawMessage(0, i, json.dumps(d).encode()) for i, d in enumerate(docs)])
+
+
+def test_fast_path_equals_reference_with_a_failing_transform() -> None:
+    def fails_on_7(t: pa.Table) -> pa.Table:
+        if pc.any(pc.equal(t["id"], 7)).as_py():
+            raise ValueError("id 7")
+        return t
+
+    docs = [{"id": i, "ts": i, "name": "x"} for i in range(12)]
+    _same([RawMessage(0, i, json.dumps(d).encode()) for i, d in enumerate(docs)], fails_on_7)
