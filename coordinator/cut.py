@@ -66,9 +66,19 @@ class CutReading:
         )
 
 
+class _LibrdkafkaLog:
+    """Routes librdkafka's own log lines to DEBUG (errors reach the user as exceptions)."""
+
+    _log = logging.getLogger(f"{__name__}.librdkafka")
+
+    def log(self, _level: int, fmt: str, *args: Any) -> None:
+        self._log.debug(fmt, *args)
+
+
 def _consumer(job: JobSpec, isolation: str) -> Any:
     return Consumer(
         {
+            "logger": _LibrdkafkaLog(),
             **job.kafka_config(),
             "group.id": f"seamline-cut-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
