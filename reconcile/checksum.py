@@ -222,6 +222,23 @@ def _bytes_payload(arr: pa.Array) -> U64:
     return h ^ mix(lens.astype(np.uint64) ^ np.uint64(_LEN_SALT))
 
 
+def _repeated_bytes_payload(arr: pa.Array) -> U64:
+    """Hash each distinct value once when values repeat (a C++ hash pass is far cheaper
+    than hashing every byte); the payloads are identical to :func:`_bytes_payload`."""
+    if len(arr) < 1024:
+        return _bytes_payload(arr)
+    enc = pc.dictionary_encode(arr)
+    if 2 * len(enc.dictionary) > len(arr):
+        return _bytes_payload(arr)
+    if len(enc.dictionary) == 0:
+        return np.zeros(len(arr), dtype=np.uint64)
+    indices = enc.indices
+    indices = pc.fill_null(indices, 0) if indices.null_count else indices
+    positions = np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.intp)
+    payload: U64 = _bytes_payload(enc.dictionary)[positions]
+    return payload
+
+
 def _payload(arr: pa.Array, name: str) -> U64:
     t = arr.type
     if pa.types.is_dictionary(t):
@@ -235,9 +252,9 @@ def _payload(arr: pa.Array, name: str) -> U64:
     if pa.types.is_decimal(t):
         return _decimal_payload(arr)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t):
-        return _bytes_payload(arr)
+        return _repeated_bytes_payload(arr)
     if pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return _bytes_payload(arr)
+        return _repeated_bytes_payload(arr)
     if pa.types.is_null(t):
         return np.zeros(len(arr), dtype=np.uint64)
     raise ReconcileError(
