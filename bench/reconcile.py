@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from reconcile.checksum import Checksum, ChecksumAccumulator  # noqa: E402
 
 CHUNK = 1_000_000
-BATCH = 131_072
+BATCH = 262_144
 NAMES = np.array([f"customer-{i:05d}" for i in range(5000)], dtype=object)
 
 
@@ -120,7 +120,10 @@ def main() -> None:
         child(args.child)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
-    big, small = args.dir / f"orders-{args.rows}.parquet", args.dir / "orders-quarter.parquet"
+    big, small = (
+        args.dir / f"orders-{args.rows}.parquet",
+        args.dir / f"orders-{args.rows // 4}.parquet",
+    )
     for path, n in ((big, args.rows), (small, args.rows // 4)):
         if not path.exists():
             write_parquet(path, n)
