@@ -196,8 +196,10 @@ class LanceSink:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _transactions(self) -> Iterator[tuple[int, dict[str, str]]]:
-        ds = self._dataset()
+    def _transactions(
+        self, ds: lance.LanceDataset | None = None
+    ) -> Iterator[tuple[int, dict[str, str]]]:
+        ds = ds if ds is not None else self._dataset()
         for version in range(ds.version, 0, -1):
             txn = ds.read_transaction(version)
             if txn is not None and txn.transaction_properties:
@@ -206,7 +208,7 @@ class LanceSink:
     def _records(self) -> Iterator[CommitRecord]:
         ds = self._dataset()
         stamps = {v["version"]: v["timestamp"] for v in ds.versions()}
-        for version, props in self._transactions():
+        for version, props in self._transactions(ds):  # one snapshot of the history
             token = CommitToken.from_properties(props)
             if token is not None:
                 yield CommitRecord(token, SnapshotId(version), _aware(stamps[version]))
