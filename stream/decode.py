@@ -208,7 +208,6 @@ def _transform_one_by_one(
 # input; anything else (an error, a null in a required field, an ISO timestamp, a type the
 # fast path does not handle) falls back to :func:`decode_batch` for the whole batch.
 
-_BLANK = b" \t\x0b\x0c\xef\xbb\xbf"
 _FAST_TYPES = (pa.int64(), pa.int32(), pa.float64(), pa.string(), pa.bool_())
 
 
@@ -217,26 +216,36 @@ def _fast_supported(schema: pa.Schema) -> bool:
 
 
 def _fast_parse(messages: Sequence[RawMessage], schema: pa.Schema) -> pa.Table | None:
+    return _fast_parse_values([m.value for m in messages], schema)
+
+
+def _fast_parse_values(values: Sequence[bytes | None], schema: pa.Schema) -> pa.Table | None:
     import pyarrow.compute as pc
     import pyarrow.json as pajson
 
-    values = [m.value for m in messages]
-    # One non-blank line per record: then "as many rows as records" proves each line gave one.
-    if any(v is None or b"\n" in v or b"\r" in v or not v.strip(_BLANK) for v in values):
+    # One line per record, each holding a "{" (so not blank): then "as many rows as records"
+    # proves that each line gave exactly one row.
+    try:
+        joined = b"\n".join(values)  # type: ignore[arg-type]  # a None raises TypeError
+    except TypeError:
+        return None
+    if joined.count(b"\n") != len(values) - 1 or b"\r" in joined:
+        return None
+    if not pc.all(pc.match_substring(pa.array(values, pa.binary()), "{")).as_py():
         return None
     parse_schema = pa.schema(
         [pa.field(f.name, pa.int64() if pa.types.is_timestamp(f.type) else f.type) for f in schema]
     )
     try:
         raw = pajson.read_json(
-            pa.py_buffer(b"\n".join(values)),  # type: ignore[arg-type]
+            pa.py_buffer(joined),
             parse_options=pajson.ParseOptions(
                 explicit_schema=parse_schema, unexpected_field_behavior="ignore"
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
-    if raw.num_rows != len(messages):
+    if raw.num_rows != len(values):
         return None
     columns = []
     for f in schema:
@@ -272,3 +281,27 @@ def decode_batch_fast(
     parts = pa.array([m.partition for m in messages], pa.int32())
     offs = pa.array([m.offset for m in messages], pa.int64())
     return add_lineage(out, parts, offs, "kafka", side), []
+
+
+def decode_columns(
+    partitions: Sequence[int],
+    offsets: Sequence[int],
+    values: Sequence[bytes | None],
+    schema: pa.Schema,
+    transform: Transform,
+    side: Side,
+) -> tuple[pa.Table, list[Quarantined]]:
+    """:func:`decode_batch_fast` over columns (no per-record objects on the fast path)."""
+    if values and _fast_supported(schema):
+        table = _fast_parse_values(values, schema)
+        if table is not None:
+            try:
+                out = transform(table)
+            except Exception:
+                out = None
+            if out is not None and out.num_rows == len(values):
+                parts = pa.array(partitions, pa.int32())
+                offs = pa.array(offsets, pa.int64())
+                return add_lineage(out, parts, offs, "kafka", side), []
+    messages = [RawMessage(p, o, v) for p, o, v in zip(partitions, offsets, values, strict=True)]
+    return decode_batch(messages, schema, transform, side)

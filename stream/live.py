@@ -30,7 +30,7 @@ from coordinator import lineage
 from coordinator.errors import CommitConflictError, CommitOutcomeUnknownError, LiveError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.decode import Quarantined, RawMessage, Transform, decode_batch_fast
+from stream.decode import Quarantined, Transform, decode_columns
 from stream.live_core import BatchLimits, LiveBook, stale_partitions, start_positions
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,18 @@ class LiveConsumer:
     def _poll_once(self) -> None:
         msgs = self._consumer.consume(_CONSUME_MAX, _POLL_S)
         now = self._clock()
+        by_partition: dict[int, tuple[list[int], list[bytes | None]]] = {}
         for m in msgs:
-            err = m.error()
-            if err is not None:
-                self._on_error(err)
+            if m.error() is not None:
+                self._on_error(m.error())
                 continue
-            self._book.add(
-                RawMessage(m.partition(), m.offset(), m.value(), m.key(), m.timestamp()[1]), now
-            )
+            entry = by_partition.get(m.partition())
+            if entry is None:
+                entry = by_partition[m.partition()] = ([], [])
+            entry[0].append(m.offset())
+            entry[1].append(m.value())
+        for p, (offsets, values) in by_partition.items():
+            self._book.add_many(p, offsets, values, now)
         if self._book.due(self.settings.limits, now):
             self.flush()
         self.report()
@@ -251,8 +255,9 @@ class LiveConsumer:
         ranges = self._book.ranges()
         if not ranges:
             return None
-        data, bad = decode_batch_fast(
-            self._book.messages(), self.settings.schema, self._transform, "live"
+        parts, offsets, values = self._book.columns()
+        data, bad = decode_columns(
+            parts, offsets, values, self.settings.schema, self._transform, "live"
         )
         self._quarantine.write(bad)
         record = self._commit(data, ranges)
@@ -328,9 +333,11 @@ class LiveConsumer:
             self.progress.committed.setdefault(p, pos)
             try:
                 _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.settings.topic, p), timeout=2.0
+                    TopicPartition(self.settings.topic, p), cached=True
                 )
             except KafkaException:
+                continue
+            if high < 0:  # not known yet: no fetch response for this partition so far
                 continue
             self.progress.high[p] = Offset(high)
             self.progress.lag[p] = max(0, high - self.progress.committed[p])

@@ -10,6 +10,7 @@ first record. Nothing here does I/O.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -89,11 +90,19 @@ def stale_partitions(
 
 
 @dataclass
+class _Buffer:
+    """Buffered records of one partition, in offset order (columnar: cheap to append)."""
+
+    offsets: list[int] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+
+
+@dataclass
 class LiveBook:
     """Positions and the in-flight micro-batch of the partitions this consumer owns."""
 
     positions: dict[PartitionId, Offset] = field(default_factory=dict)
-    pending: dict[PartitionId, list[RawMessage]] = field(default_factory=dict)
+    pending: dict[PartitionId, _Buffer] = field(default_factory=dict)
     batch_started: float | None = None
     last_commit: float = 0.0
     dropped: int = 0  # messages ignored: not owned or below the position (already committed)
@@ -101,7 +110,7 @@ class LiveBook:
     @property
     def size(self) -> int:
         """Records in the in-flight batch."""
-        return sum(len(v) for v in self.pending.values())
+        return sum(len(b.offsets) for b in self.pending.values())
 
     def assign(self, positions: Mapping[PartitionId, Offset]) -> None:
         """Own these partitions from these positions; any buffered data for them is dropped."""
@@ -116,23 +125,47 @@ class LiveBook:
         for p in partitions:
             pid = PartitionId(p)
             self.positions.pop(pid, None)
-            discarded += len(self.pending.pop(pid, []))
+            buf = self.pending.pop(pid, None)
+            discarded += len(buf.offsets) if buf else 0
         self._reset_clock_if_empty()
         return discarded
 
     def add(self, msg: RawMessage, now: float) -> bool:
         """Buffer ``msg`` if this consumer owns it and it is at or past the position."""
-        pid = PartitionId(msg.partition)
+        return self.add_many(msg.partition, [msg.offset], [msg.value], now) == 1
+
+    def add_many(
+        self, partition: int, offsets: list[int], values: list[bytes | None], now: float
+    ) -> int:
+        """Buffer one partition's records (in fetch order); returns how many were kept.
+
+        Records not owned, below the position or not past the last buffered offset are
+        dropped (already committed, or delivered twice after a seek).
+        """
+        pid = PartitionId(partition)
         pos = self.positions.get(pid)
-        buf = self.pending.get(pid)
-        last = buf[-1].offset if buf else None
-        if pos is None or msg.offset < pos or (last is not None and msg.offset <= last):
-            self.dropped += 1
-            return False
-        self.pending.setdefault(pid, []).append(msg)
-        if self.batch_started is None:
+        if pos is None or not offsets:
+            self.dropped += len(offsets)
+            return 0
+        buf = self.pending.setdefault(pid, _Buffer())
+        floor = buf.offsets[-1] + 1 if buf.offsets else pos
+        if offsets[0] >= floor and all(a < b for a, b in itertools.pairwise(offsets)):
+            buf.offsets.extend(offsets)
+            buf.values.extend(values)
+            kept = len(offsets)
+        else:
+            kept = 0
+            for o, v in zip(offsets, values, strict=True):
+                if o >= floor:
+                    buf.offsets.append(o)
+                    buf.values.append(v)
+                    floor = o + 1
+                    kept += 1
+        self.dropped += len(offsets) - kept
+        if kept and self.batch_started is None:
             self.batch_started = now
-        return True
+        self._reset_clock_if_empty()
+        return kept
 
     def due(self, limits: BatchLimits, now: float) -> bool:
         """Whether the in-flight batch should be flushed now."""
@@ -148,22 +181,25 @@ class LiveBook:
     def ranges(self) -> tuple[OffsetRange, ...]:
         """The batch's offset ranges: ``[position, last offset + 1)`` per partition with data."""
         return tuple(
-            OffsetRange(p, self.positions[p], Offset(msgs[-1].offset + 1))
-            for p, msgs in sorted(self.pending.items())
-            if msgs
+            OffsetRange(p, self.positions[p], Offset(buf.offsets[-1] + 1))
+            for p, buf in sorted(self.pending.items())
+            if buf.offsets
         )
+
+    def columns(self) -> tuple[list[int], list[int], list[bytes | None]]:
+        """The batch as ``(partitions, offsets, values)``, partition by partition."""
+        parts: list[int] = []
+        offs: list[int] = []
+        vals: list[bytes | None] = []
+        for p, buf in sorted(self.pending.items()):
+            parts.extend([int(p)] * len(buf.offsets))
+            offs.extend(buf.offsets)
+            vals.extend(buf.values)
+        return parts, offs, vals
 
     def messages(self) -> list[RawMessage]:
         """The batch's records, partition by partition in offset order."""
-        return [m for _, msgs in sorted(self.pending.items()) for m in msgs]
-
-    def take(self, partitions: Iterable[int]) -> list[RawMessage]:
-        """Remove and return the buffered records of ``partitions``."""
-        out: list[RawMessage] = []
-        for p in partitions:
-            out.extend(self.pending.pop(PartitionId(p), []))
-        self._reset_clock_if_empty()
-        return out
+        return [RawMessage(p, o, v) for p, o, v in zip(*self.columns(), strict=True)]
 
     def committed(self, ranges: Iterable[OffsetRange], now: float) -> None:
         """The table now holds ``ranges``: advance positions and clear those partitions."""
@@ -178,13 +214,14 @@ class LiveBook:
         """Drop the buffered records of ``positions``' partitions and restart them there."""
         discarded = 0
         for p, off in positions.items():
-            discarded += len(self.pending.pop(p, []))
+            buf = self.pending.pop(p, None)
+            discarded += len(buf.offsets) if buf else 0
             if p in self.positions:
                 self.positions[p] = off
         self._reset_clock_if_empty()
         return discarded
 
     def _reset_clock_if_empty(self) -> None:
-        if not any(self.pending.values()):
+        if not any(b.offsets for b in self.pending.values()):
             self.pending.clear()
             self.batch_started = None

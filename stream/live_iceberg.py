@@ -34,6 +34,7 @@ from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.table import Table
 from pyiceberg.table.update import ValidatableTableRequirement
 
+from backfill.sink_common import conform
 from coordinator.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Offset, PartitionId, SnapshotId
@@ -109,8 +110,10 @@ class IcebergLiveTable:
         keep_snapshots: int = 20,
         expire_every: int = 50,
         min_snapshot_age_s: float = 60.0,
+        sort_by: str | None = None,
     ) -> None:
         self._table = table
+        self._sort_by = sort_by
         self._keep = keep_snapshots
         self._expire_every = expire_every
         self._min_age_s = min_snapshot_age_s
@@ -150,11 +153,12 @@ class IcebergLiveTable:
         self._table.refresh()
         current = live_offsets_from_properties(self._table.metadata.properties)
         requirement = AssertLiveOffsets(expected=_expected(token, current))
+        rows = self._conform(data)
         try:
             with self._table.transaction() as txn:
                 txn._stage((), (requirement,))  # type: ignore[arg-type]  # validated now and again by the catalog
                 txn.set_properties(live_offset_properties(token))
-                txn.append(data, snapshot_properties=token.to_properties())
+                txn.append(rows, snapshot_properties=token.to_properties())
         except (LiveOffsetsMovedError, CommitFailedException) as exc:
             raise CommitConflictError(
                 f"slice={token.slice_id}: live commit not applied ({exc})",
@@ -175,6 +179,15 @@ class IcebergLiveTable:
             committed_at=datetime.now(UTC),
             rows=data.num_rows,
         )
+
+    def _conform(self, data: pa.Table) -> pa.Table:
+        try:
+            return conform(data, self._table.schema().as_arrow(), sort_by=self._sort_by)
+        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+            raise WriterError(
+                f"table={self._table.name()}: live rows do not fit the table schema ({exc})",
+                hint="check the transform returns the job's schema",
+            ) from None
 
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
         """The newest snapshot carrying this token, or ``None``."""

@@ -50,6 +50,7 @@ def open_live_sink(job: JobSpec, *, min_snapshot_age_s: float = 60.0) -> LiveSin
         keep_snapshots=job.live.keep_snapshots,
         expire_every=job.live.expire_snapshots_every,
         min_snapshot_age_s=min_snapshot_age_s,
+        sort_by=job.schema_.event_time,
     )
     sink.ensure_maintenance_properties()
     return sink

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.decode import RawMessage, decode_batch, decode_batch_fast, identity
+from stream.decode import RawMessage, decode_batch, decode_batch_fast, decode_columns, identity
 
 SCHEMA = pa.schema(
     [
@@ -81,12 +81,33 @@ def _same(messages: list[RawMessage], transform: Any = identity) -> None:
         try:
             decode_batch_fast(messages, SCHEMA, transform, "live")
         except type(exc):
+            pass
+        else:
+            raise AssertionError("fast path accepted a batch the reference rejects") from exc
+        try:
+            decode_columns(
+                [m.partition for m in messages],
+                [m.offset for m in messages],
+                [m.value for m in messages],
+                SCHEMA,
+                transform,
+                "live",
+            )
+        except type(exc):
             return
         raise AssertionError("fast path accepted a batch the reference rejects") from exc
-    fast = decode_batch_fast(messages, SCHEMA, transform, "live")
-    assert fast[0].schema == slow[0].schema
-    assert fast[0].equals(slow[0])
-    assert fast[1] == slow[1]
+    columns = (
+        [m.partition for m in messages],
+        [m.offset for m in messages],
+        [m.value for m in messages],
+    )
+    for fast in (
+        decode_batch_fast(messages, SCHEMA, transform, "live"),
+        decode_columns(*columns, SCHEMA, transform, "live"),
+    ):
+        assert fast[0].schema == slow[0].schema
+        assert fast[0].equals(slow[0])
+        assert fast[1] == slow[1]
 
 
 @settings(max_examples=300, deadline=None)
