@@ -349,4 +349,4 @@ def register(group: click.Group) -> None:
             )
             if code == ExitCode.NOT_RECONCILED:
                 click.echo("not reconciled yet: run `seamline reconcile` before calling it done")
-        raise click.exceptions.Exit(int(code))
+        sys.exit(int(code))  # SystemExit: cli.main drops click Exit codes (standalone_mode=False)
