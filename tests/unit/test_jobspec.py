@@ -1,0 +1,134 @@
+"""The job file: validated up front, did-you-mean, ${ENV} secrets never echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.errors import ConfigError, ExitCode
+from coordinator.jobspec import load_job
+
+BASE = """
+[job]
+id = "orders"
+
+[stream]
+bootstrap = "127.0.0.1:39092"
+topic = "orders"
+
+[schema]
+event_time = "ts"
+required = ["order_id"]
+[schema.fields]
+order_id = "int64"
+ts = "timestamp_ms"
+amount = "decimal(18,2)"
+
+[table]
+format = "lance"
+uri = "out/orders.lance"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_job(write(tmp_path, text))
+    assert info.value.exit_code == ExitCode.CONFIG
+    message = str(info.value)
+    assert "\n" not in message  # one clear line
+    return message
+
+
+def test_valid_job_has_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, BASE))
+    assert job.job_id == "orders" and job.backfill.mode == "overwrite"
+    assert job.backfill.slice_records == 250_000 and job.history.kafka is True
+    assert job.state_url() == f"sqlite:///{tmp_path / '.seamline' / 'orders.db'}"
+    assert job.resolve("out/orders.lance") == tmp_path / "out" / "orders.lance"
+    assert job.schema_.arrow_schema().names == ["order_id", "ts", "amount"]
+    assert job.kafka_config() == {
+        "bootstrap.servers": "127.0.0.1:39092",
+        "security.protocol": "PLAINTEXT",
+    }
+
+
+def test_job_id_defaults_to_the_file_name(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, BASE.replace('[job]\nid = "orders"\n', "")))
+    assert job.job_id == "job"
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE + "\n[backfill]\nconcurency = 3\n")
+    assert "key=backfill.concurency: unknown key (did you mean 'concurrency'?)" in msg
+
+
+def test_unknown_section_suggests_the_right_one(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE + "\n[backfil]\nmode = 'merge'\n")
+    assert "key=backfil: unknown key (did you mean 'backfill'?)" in msg
+
+
+def test_wrong_type_names_the_key_and_what_was_found(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE + '\n[backfill]\nslice_records = "lots"\n')
+    assert "key=backfill.slice_records" in msg and "'lots'" in msg
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE.replace('topic = "orders"\n', ""))
+    assert "key=stream.topic: required key is missing" in msg
+
+
+def test_bad_topic_and_job_id_are_rejected(tmp_path: Path) -> None:
+    assert "key=stream.topic" in error_of(
+        tmp_path, BASE.replace('"orders"\n\n[schema]', '"a/b"\n\n[schema]')
+    )
+    assert "key=job_id" in error_of(tmp_path, BASE.replace('id = "orders"', 'id = "../x"'))
+
+
+def test_env_secret_is_expanded_and_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_PW", "s3cret-Value-9")
+    text = BASE.replace(
+        'topic = "orders"\n',
+        'topic = "orders"\n[stream.security]\nprotocol = "SASL_PLAINTEXT"\n'
+        'sasl_mechanism = "PLAIN"\nsasl_username = "app"\nsasl_password = "${KAFKA_PW}"\n',
+    )
+    job = load_job(write(tmp_path, text))
+    assert job.kafka_config()["sasl.password"] == "s3cret-Value-9"
+    assert "s3cret-Value-9" not in repr(job) and "s3cret-Value-9" not in str(job.model_dump())
+
+
+def test_missing_env_variable_names_the_key(tmp_path: Path) -> None:
+    text = BASE + '\n[state]\nurl = "postgresql+psycopg://app:${NO_SUCH_SEAMLINE_VAR}@db/x"\n'
+    msg = error_of(tmp_path, text)
+    assert "key=state.url: environment variable NO_SUCH_SEAMLINE_VAR is not set" in msg
+
+
+def test_secret_values_are_masked_in_type_errors(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE + "\n[state]\nurl = 12345\n")
+    assert "key=state.url" in msg and "12345" not in msg
+
+
+def test_cross_checks(tmp_path: Path) -> None:
+    assert "key=schema.event_time" in error_of(
+        tmp_path, BASE.replace('event_time = "ts"', 'event_time = "when"')
+    )
+    iceberg = BASE.replace('format = "lance"\nuri = "out/orders.lance"', 'format = "iceberg"')
+    assert "iceberg needs 'identifier' and 'catalog_uri'" in error_of(tmp_path, iceberg)
+    merge = error_of(tmp_path, BASE + '\n[backfill]\nmode = "merge"\n')
+    assert "key=table.key: merge mode needs key columns" in merge
+    unknown_col = error_of(tmp_path, BASE.replace('uri = "out', 'key = ["nope"]\nuri = "out'))
+    assert "unknown column 'nope'" in unknown_col
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_job(tmp_path / "missing.toml")
+    assert "is not valid TOML" in error_of(tmp_path, "[stream\n")
