@@ -88,7 +88,10 @@ def _install_stop_handlers() -> threading.Event:
 
 
 def run_live(
-    job: JobSpec, metrics_port: int | None, partitions: tuple[int, ...] | None
+    job: JobSpec,
+    metrics_port: int | None,
+    partitions: tuple[int, ...] | None,
+    engine: str = "confluent",
 ) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the final counters."""
     stop = _install_stop_handlers()
@@ -117,6 +120,18 @@ def run_live(
         epoch=epoch,
         partitions=partitions,
     )
+    if engine == "faust":
+        from stream.faust_app import run_worker
+
+        run_worker(
+            settings,
+            conf,
+            open_live_sink(job),
+            load_transform(job.transform.function),
+            start,
+            QuarantineWriter(conf, dlq, job.stream.topic),
+        )
+        return {}
     consumer = LiveConsumer(
         settings,
         conf,
@@ -140,10 +155,19 @@ def run_live(
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
 @click.option("--partitions", default=None, help="Explicit assignment, e.g. 0,2 (no group).")
-def live(job_file: str, metrics_port: int | None, partitions: str | None) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["confluent", "faust"]),
+    default="confluent",
+    show_default=True,
+    help="confluent-kafka consumer, or a Faust worker (group offsets set from the table).",
+)
+def live(job_file: str, metrics_port: int | None, partitions: str | None, engine: str) -> None:
     """Consume the job's topic from the cut onwards into the table, exactly once."""
     job = load_job(job_file)
-    counters = run_live(job, metrics_port, _parse_partitions(partitions))
+    if engine == "faust" and partitions is not None:
+        raise ConfigError("key=--partitions: the faust engine assigns through its group")
+    counters = run_live(job, metrics_port, _parse_partitions(partitions), engine)
     click.echo(" ".join(f"{k}={v}" for k, v in counters.items()))
 
 
