@@ -229,3 +229,73 @@ def test_unreachable_broker_is_an_error_and_writes_nothing(tmp_path: Path) -> No
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "bootstrap=127.0.0.1:1: broker unreachable" in lines[0]
     assert not (tmp_path / ".seamline").exists()
+
+
+def test_retention_loss_after_the_cut_is_reported_as_source_data_loss(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
+) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    topic = kafka_topic(2)
+    produce(kafka_bootstrap, topic, {0: 10, 1: 10})
+    job = write_job(tmp_path, job_toml(topic, kafka_bootstrap, slice_records=5))
+    out_json(seamline("plan", str(job), "--no-count", "--output", "json"))
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for fut in admin.delete_records([TopicPartition(topic, 1, 7)]).values():
+        fut.result(30)
+    exec_dir = tmp_path / "exec"
+    exec_dir.mkdir()
+    res = seamline(
+        "run",
+        str(job),
+        "--executor",
+        "tests.integration.test_coordinator_executor:execute",
+        env={"SEAMLINE_TEST_EXEC_DIR": str(exec_dir)},
+    )
+    assert res.returncode == ExitCode.SOURCE_DATA_LOSS, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source data loss" in lines[0]
+    assert "partition=1 offsets=[0,5)" in lines[0] and "partition=1 offsets=[5,7)" in lines[0]
+    assert not (exec_dir / "executions.log").exists()  # nothing ran
+
+
+def test_plan_buckets_archive_files_by_event_time(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    topic = kafka_topic(1)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    day_ms = 86_400_000
+    base = 1_704_067_200_000  # 2024-01-01T00:00Z
+    for name, times in {
+        "a": [base, base + day_ms - 1],
+        "b": [base + day_ms, base + 2 * day_ms],
+    }.items():
+        table = pa.table(
+            {
+                "order_id": pa.array(range(len(times)), pa.int64()),
+                "ts": pa.array(times, pa.timestamp("ms", tz="UTC")),
+                "amount": pa.array([1.0] * len(times)),
+            }
+        )
+        pq.write_table(table, archive / f"{name}.parquet")
+    extra = '\n[history]\nkafka = true\n[[history.archive]]\nglob = "archive/*.parquet"\n'
+    job = write_job(tmp_path, job_toml(topic, kafka_bootstrap, extra=extra))
+    doc = out_json(seamline("plan", str(job), "--dry-run", "--output", "json"))
+    archive_slices = [s for s in doc["slices"] if s["kind"] == "archive"]
+    assert [s["slice_id"] for s in archive_slices] == [
+        "a-day-20240101",
+        "a-day-20240102",
+        "a-day-20240103",
+    ]
+    assert archive_slices[0]["files"] == [str(archive / "a.parquet")]
+    assert archive_slices[0]["scope"]["bucket"] == {
+        "start": "2024-01-01T00:00:00+00:00",
+        "end": "2024-01-02T00:00:00+00:00",
+    }
+    assert archive_slices[2]["files"] == [str(archive / "b.parquet")]
+    assert not (tmp_path / ".seamline").exists()
