@@ -123,6 +123,8 @@ def run_live(
     if engine == "faust":
         from stream.faust_app import run_worker
 
+        if stop.is_set():  # stopped while starting: nothing consumed yet
+            return {}
         run_worker(
             settings,
             conf,

@@ -13,6 +13,7 @@ import pytest
 from tests.integration.test_live_support import (
     BackgroundProducer,
     ends,
+    log_count,
     start_live,
     stop_live,
     store_cut,
@@ -31,7 +32,7 @@ def test_faust_worker_survives_kill_9_exactly_once(
     topic = kafka_topic(3)  # type: ignore[operator]
     job = write_job(tmp_path, kafka_bootstrap, topic, batch_records=2000)
     store_cut(job, {0: 0, 1: 0, 2: 0})
-    producer = BackgroundProducer(kafka_bootstrap, topic, 30_000, pace_every=1000, pace_s=0.5)
+    producer = BackgroundProducer(kafka_bootstrap, topic, 30_000, pace_every=1000, pace_s=1.0)
     producer.start()
     rng = random.Random(11)
     for _ in range(3):
@@ -39,9 +40,11 @@ def test_faust_worker_survives_kill_9_exactly_once(
         time.sleep(rng.uniform(6.0, 12.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
+    ready = log_count(job, "Worker]: Ready")
     producer.join(120)
     assert producer.error is None and not producer.is_alive()
     proc = start_live(job, "--engine", "faust")
+    wait_until(lambda: log_count(job, "Worker]: Ready") >= 1 + ready, 90, "the worker to start")
     target = ends(producer.result)
     wait_until(lambda: table_offsets(job) == target, 120, f"table offsets {target}")
     assert stop_live(proc) == 0
