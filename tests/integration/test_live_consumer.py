@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import random
 import signal
+import socket
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from coordinator.state import StateStore
+from stream.lag import live_lag
+from stream.live_sink import open_live_sink
 from stream.quarantine import default_topic, read_quarantine
 from tests.integration.test_live_support import (
     BackgroundProducer,
@@ -46,13 +50,26 @@ def test_live_starts_at_cut_and_sigterm_flushes(
     before = produce(kafka_bootstrap, topic, 600)  # history: below the cut
     job = write_job(tmp_path, kafka_bootstrap, topic, batch_seconds=30.0)
     store_cut(job, ends(before))
-    proc = start_live(job)
+    port = _free_port()
+    proc = start_live(job, "--metrics-port", str(port))
     wait_until(lambda: log_count(job, "assigned") > 0, 60, "the consumer's assignment")
     after = produce(kafka_bootstrap, topic, 900)
     time.sleep(2.0)  # batch_seconds is long: only SIGTERM can flush these
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert 'seamline_live_lag{job="livejob",partition="0"}' in metrics
     assert stop_live(proc) == 0
     _assert_exact(table_rows(job), set(after))
     assert table_offsets(job) == ends({**before, **after})
+    sink = open_live_sink(job)
+    assert live_lag(job.kafka_config(), topic, sink) == {0: 0, 1: 0, 2: 0}
+    produce(kafka_bootstrap, topic, 30)
+    assert live_lag(job.kafka_config(), topic, sink) == {0: 10, 1: 10, 2: 10}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow
