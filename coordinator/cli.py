@@ -47,7 +47,7 @@ _register_all()
 def main() -> None:
     """Console-script entry point: run the group and map seamline errors to exit codes."""
     try:
-        cli.main(standalone_mode=False)
+        rc = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -59,4 +59,5 @@ def main() -> None:
     except SeamlineError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    # with standalone_mode=False, click returns the code of ctx.exit(n) instead of raising
+    sys.exit(rc if isinstance(rc, int) else 0)
