@@ -219,7 +219,8 @@ def start_local(data_dir: Path, *, port: int | None = None,
         java = find_java()
         libs = ensure_kafka_jars()
         cds, dump = cds_options(libs, java)
-        cluster_id = _prepare(data_dir, java, libs, client_port, controller_port)
+        cluster_id = _prepare(data_dir, java, libs, client_port, controller_port,
+                              cds if dump is None else [])
         broker = LocalBroker(port=client_port, controller_port=controller_port,
                              cluster_id=cluster_id, started_at=_now(),
                              cds_dump=str(dump) if dump else None)
@@ -270,7 +271,8 @@ def _choose_ports(previous: LocalBroker | None, requested: int | None) -> tuple[
     return port, free_port(exclude=frozenset({port}))
 
 
-def _prepare(data_dir: Path, java: Java, libs: Path, port: int, controller_port: int) -> str:
+def _prepare(data_dir: Path, java: Java, libs: Path, port: int, controller_port: int,
+             cds: list[str]) -> str:
     """Write config files and format storage once; return the cluster id."""
     (data_dir / "logs").mkdir(exist_ok=True)
     props = server_properties(port=port, controller_port=controller_port, data_dir=data_dir)
@@ -282,7 +284,7 @@ def _prepare(data_dir: Path, java: Java, libs: Path, port: int, controller_port:
     cluster_id = new_cluster_id()
     cmd = java_command(java=java, libs=libs, data_dir=data_dir, main="kafka.tools.StorageTool",
                        args=["format", "-t", cluster_id, "-c", str(_props_path(data_dir))],
-                       heap="256m")
+                       heap="256m", extra=cds)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise BrokerError(f"formatting Kafka storage in {data_dir / 'data'} failed "
