@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from coordinator.errors import BrokerError
 from stream.broker_local import (
@@ -116,15 +116,22 @@ def _from_env(bootstrap: str) -> BrokerHandle:
 
 
 def _from_container(stack: contextlib.ExitStack) -> BrokerHandle:
-    try:
-        from testcontainers.community.kafka import KafkaContainer
+    from testcontainers.community.kafka import KafkaContainer
 
-        container = KafkaContainer(CONTAINER_IMAGE).with_kraft()
+    container = KafkaContainer(CONTAINER_IMAGE).with_kraft()
+    stack.callback(_stop_quietly, container)
+    try:
         container.start()
     except Exception as exc:
         raise BrokerError(f"could not start a Kafka container ({CONTAINER_IMAGE}): {exc}",
                           hint="check `docker info`, or set SEAMLINE_KAFKA=local") from exc
-    stack.callback(container.stop)
     bootstrap = str(container.get_bootstrap_server())
     log.info("using a Kafka container at %s", bootstrap)
     return BrokerHandle(bootstrap, "container", None)
+
+
+def _stop_quietly(container: Any) -> None:
+    try:
+        container.stop()
+    except Exception as exc:  # a container that never started has nothing to stop
+        log.debug("stopping the Kafka container failed: %s", exc)
