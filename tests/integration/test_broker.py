@@ -3,6 +3,7 @@ broker's lifecycle (reuse, restart keeping data, clean stop) through the API and
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from coordinator.cli import cli
 from coordinator.pytest_plugin import TopicFactory
 from stream.broker import local_status, start_local, stop_local
 from stream.broker_admin import create_topic
@@ -156,7 +159,18 @@ def _seamline(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=180, check=False)
 
 
-def test_cli_start_status_smoke_stop_contract(broker_dir: Path) -> None:
+@pytest.fixture
+def runner() -> Iterator[CliRunner]:
+    """Click's runner; the root logger the CLI configures is restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield CliRunner()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_cli_start_status_smoke_stop_contract(
+        broker_dir: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     started = _seamline("broker", "start", "--data-dir", str(broker_dir))
     assert started.returncode == 0, started.stderr
     assert re.fullmatch(r"bootstrap=127\.0\.0\.1:\d+\n", started.stdout)
@@ -164,16 +178,18 @@ def test_cli_start_status_smoke_stop_contract(broker_dir: Path) -> None:
     # The CLI process has exited; the broker it started in its own session keeps serving.
     status = _seamline("broker", "status", "--data-dir", str(broker_dir))
     assert (status.returncode, status.stdout) == (0, started.stdout)
-    again = _seamline("broker", "start", "--data-dir", str(broker_dir))
-    assert (again.returncode, again.stdout) == (0, started.stdout)
 
-    smoke = _seamline("broker", "smoke", "--data-dir", str(broker_dir))
-    assert smoke.returncode == 0, smoke.stderr
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    again = runner.invoke(cli, ["broker", "start", "--data-dir", str(broker_dir)])
+    assert (again.exit_code, again.stdout) == (0, started.stdout)
+
+    smoke = runner.invoke(cli, ["broker", "smoke", "--data-dir", str(broker_dir)])
+    assert smoke.exit_code == 0, smoke.output
     assert smoke.stdout.startswith(started.stdout)
     assert "round_trip=ok" in smoke.stdout
 
-    stopped = _seamline("broker", "stop", "--data-dir", str(broker_dir))
-    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped pid=")
+    stopped = runner.invoke(cli, ["broker", "stop", "--data-dir", str(broker_dir)])
+    assert stopped.exit_code == 0 and stopped.stdout.startswith("stopped pid=")
     assert _java_pids_for(broker_dir) == []
     after = _seamline("broker", "status", "--data-dir", str(broker_dir))
     assert (after.returncode, after.stdout) == (1, "")
