@@ -84,6 +84,8 @@ def smoke(data_dir: Path, bootstrap: str | None) -> None:
 
     if not bootstrap:
         bootstrap = start_local(data_dir).bootstrap
+        click.echo(f"the broker keeps running; stop it with: seamline broker stop "
+                   f"--data-dir {data_dir}", err=True)
     click.echo(f"bootstrap={bootstrap}")
     result = round_trip(bootstrap)
     click.echo(f"round_trip=ok topic={result.topic} partition={result.partition} "
