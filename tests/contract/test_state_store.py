@@ -90,7 +90,9 @@ def _as_postgres(argv: list[str]) -> list[str]:
 def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL server for this test session (fails loudly if impossible)."""
     bindir = _pg_bindir()
-    root = Path(tempfile.mkdtemp(prefix="seamline-pg-"))
+    # Running as root, the server runs as ``postgres``, which must be able to reach its data dir:
+    # TMPDIR may be a root-only 0700 dir (CI makes one), so the cluster goes under /tmp itself.
+    root = Path(tempfile.mkdtemp(prefix="seamline-pg-", dir="/tmp" if os.geteuid() == 0 else None))
     data, pwfile = root / "data", root / "pw"
     pwfile.write_text(PG_PASSWORD)
     if os.geteuid() == 0:
