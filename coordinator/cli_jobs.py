@@ -20,12 +20,12 @@ from rich.table import Table
 
 from coordinator.errors import ExitCode, StateError
 from coordinator.jobspec import JobSpec, load_job
-from coordinator.planner import Plan, with_estimates
+from coordinator.orchestrate import JobOutcome, pause_json, run_job
+from coordinator.planner import with_estimates
 from coordinator.planner_io import count_kafka_slices
-from coordinator.runner import Runner, RunnerConfig, RunReport, StopSignal
+from coordinator.runner import StopSignal
 from coordinator.runner_prepare import (
     PlanView,
-    check_source_retained,
     dry_run_plan,
     ensure_cut,
     ensure_plan,
@@ -182,6 +182,7 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
             }
             for p in store.get_live_progress(job_id)
         ],
+        "pauses": [pause_json(p) for p in store.list_pauses(job_id)],
         "reconcile": None
         if latest is None
         else {
@@ -213,6 +214,13 @@ def _print_status(doc: dict[str, Any]) -> None:
             f"live partition={p['partition']} committed={p['committed_offset']} "
             f"hwm={p['high_watermark']} lag={p['lag']} quarantined={p['quarantined']}"
         )
+    pauses = doc["pauses"]
+    if pauses:
+        total = sum(p["seconds"] for p in pauses)
+        click.echo(
+            f"paused {len(pauses)} times ({total:.1f}s) for live lag, "
+            f"last at {pauses[-1]['started_at']}"
+        )
     rec = doc["reconcile"]
     click.echo(
         "reconcile: none yet"
@@ -234,28 +242,45 @@ def _signals(stop: StopSignal) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _reconcile_after_run(job: JobSpec, cut: Cut, report: RunReport) -> ExitCode:
-    """Hook for the reconciler (wired by the lead): not reconciled yet = not done."""
-    del job, cut
-    return report.exit_code if report.exit_code != ExitCode.OK else ExitCode.NOT_RECONCILED
-
-
-def _execute(job: JobSpec, executor: str, output: str, timeout_s: float) -> tuple[Plan, RunReport]:
-    cut = ensure_cut(job, timeout_s=timeout_s)
-    view = ensure_plan(job, cut, count=False)
+def _run(
+    job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float
+) -> JobOutcome:
     stop = StopSignal()
     progress: ProgressSink = (
         RichProgress() if output == "text" and sys.stderr.isatty() else NullProgress()
     )
-    config = RunnerConfig(
-        executor=executor,
-        concurrency=job.backfill.concurrency,
-        max_attempts=job.backfill.max_attempts,
+    with _signals(stop):
+        return run_job(
+            job,
+            executor=executor,
+            progress=progress,
+            stop=stop,
+            min_age_s=min_age_s,
+            timeout_s=timeout_s,
+        )
+
+
+def _print_outcome(out: JobOutcome) -> None:
+    run = out.run
+    click.echo(
+        f"job={out.cut.job_id} committed {run.committed}/{run.total} slices, "
+        f"{run.rows:,} rows, {run.retries} retries, failed={list(run.failed)}"
+        + (" (cancelled)" if run.cancelled else "")
     )
-    with StateStore(job.state_url()) as store, _signals(stop):
-        check_source_retained(job, store, cut, timeout_s)
-        report = Runner(job, store, cut.epoch, config, progress=progress, stop=stop).run()
-    return view.plan, report
+    if out.pauses:
+        total = sum(p.seconds for p in out.pauses)
+        click.echo(f"paused {len(out.pauses)} times ({total:.1f}s) for live lag")
+    if out.reconcile is not None:
+        t = out.reconcile.totals()
+        counts = " ".join(
+            f"{k}={t[k]}"
+            for k in ("lost", "duplicated", "phantom", "overlap", "gap", "quarantined")
+        )
+        click.echo(f"reconciled={out.reconcile.reconciled} {counts}")
+    elif out.reconcile_error is not None:
+        click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
+    if out.exit_code == ExitCode.NOT_RECONCILED:
+        click.echo("not reconciled: see `seamline reconcile JOB --html report.html`")
 
 
 def register(group: click.Group) -> None:
@@ -319,34 +344,24 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Slice executor as module:function.",
     )
+    @click.option(
+        "--min-age",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Leave live records younger than this many seconds out of the reconciliation.",
+    )
     @_output
     @_timeout
-    def run(job_file: str, executor: str, output: str, timeout_s: float) -> None:
-        """Cut (reused), plan (reused), then run every slice not yet committed."""
+    def run(job_file: str, executor: str, output: str, timeout_s: float, min_age: float) -> None:
+        """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
+
+        Exit 0 only when every slice committed and reconciliation passed.
+        """
         job = _job(job_file)
-        plan_, report = _execute(job, executor, output, timeout_s)
-        code = _reconcile_after_run(job, plan_.cut, report)
-        doc = {
-            "job_id": job.job_id,
-            "epoch": plan_.cut.epoch,
-            "plan_hash": plan_.plan_hash,
-            "total": report.total,
-            "committed": report.committed,
-            "failed": list(report.failed),
-            "remaining": report.remaining,
-            "rows": report.rows,
-            "retries": report.retries,
-            "cancelled": report.cancelled,
-            "exit_code": int(code),
-        }
+        out = _run(job, executor, output, timeout_s, min_age)
         if output == "json":
-            click.echo(json.dumps(doc))
+            click.echo(json.dumps(out.to_json()))
         else:
-            click.echo(
-                f"job={job.job_id} committed {report.committed}/{report.total} slices, "
-                f"{report.rows:,} rows, {report.retries} retries, failed={list(report.failed)}"
-                + (" (cancelled)" if report.cancelled else "")
-            )
-            if code == ExitCode.NOT_RECONCILED:
-                click.echo("not reconciled yet: run `seamline reconcile` before calling it done")
-        sys.exit(int(code))  # SystemExit: cli.main drops click Exit codes (standalone_mode=False)
+            _print_outcome(out)
+        sys.exit(int(out.exit_code))  # SystemExit: cli.main drops click Exit codes

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from coordinator.state_slices import SliceRecord
     from coordinator.values import Cut
     from reconcile.model import ReconcileReport
+    from reconcile.run import UnitSource
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +53,36 @@ def _record(
     store.record_reconcile(job.job_id, report.to_json(), True)
 
 
-def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
-    from reconcile.report import render_html, render_json, render_text
+def reconcile_and_record(
+    job: JobSpec, *, min_age_s: float = 0.0, source: UnitSource | None = None
+) -> ReconcileReport:
+    """Reconcile the job's stored plan; on a pass, record the result and mark the slices.
+
+    The one entry point ``seamline reconcile`` and ``seamline run`` (``coordinator.
+    orchestrate``) share. ``source`` replaces the Kafka side (e.g. bounded to the table's
+    committed live offsets). Raises ``StateError`` without a stored cut.
+    """
     from reconcile.run import reconcile_job
 
-    job = load_job(job_path)
     store, records, cut, epoch = _load_plan(job)
-    slices = [r.slice for r in records]
-    report = reconcile_job(job, cut, slices, min_age_s=min_age)
+    with store:
+        slices = [r.slice for r in records]
+        report = reconcile_job(job, cut, slices, min_age_s=min_age_s, source=source)
+        if report.reconciled:
+            _record(store, job, epoch, records, report)
+    return report
+
+
+def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
+    from reconcile.report import render_html, render_json, render_text
+
+    job = load_job(job_path)
+    report = reconcile_and_record(job, min_age_s=min_age)
     click.echo(render_json(report) if output == "json" else render_text(report))
     if html is not None:
         html.write_text(render_html(report), encoding="utf-8")
     if not report.reconciled:
         return int(ExitCode.NOT_RECONCILED)
-    _record(store, job, epoch, records, report)
     return int(ExitCode.OK)
 
 
