@@ -25,7 +25,19 @@ Counts, each of which must be 0 except ``quarantined`` (informational):
   aborted transaction, or a shifted offset), including offsets below ``log_start``.
 * ``wrong_side``: rows written by the side that does not own the offset (backfill rows at or
   above ``hwm``, live rows below it).
-* ``quarantined``: quarantined source offsets the table does not hold.
+* ``in_flight``: missing source offsets at or above the live side's committed position
+  (``live_position``: the next offset the table says the live consumer will write): the live
+  consumer has not reached them yet. They are split off ``lost`` to say *why* a record is
+  missing, but they FAIL the run like ``lost``: without ``--min-age`` nothing is hidden.
+  (Missing offsets below the live position were skipped: those are ``lost``.)
+* ``quarantined``: quarantined source offsets the table does not hold (decoder-refused or
+  listed in the dead-letter topic).
+* ``superseded`` (merge mode only): source offsets whose business key the table holds from a
+  later record (a live row, or a later offset of the same partition): "latest wins".
+* ``left_out``: offset positions ``[end, committed_end)`` not compared because their records
+  are younger than ``--min-age`` (an upper bound on records: offsets are sparse).
+
+``quarantined``, ``superseded`` and ``left_out`` are informational; every other count fails.
 """
 
 from __future__ import annotations
@@ -44,7 +56,8 @@ I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
 SAMPLE: Final = 20
-FAILING: Final = ("lost", "gap", "duplicated", "overlap", "phantom", "wrong_side")
+FAILING: Final = ("lost", "in_flight", "gap", "duplicated", "overlap", "phantom", "wrong_side")
+INFO: Final = ("quarantined", "superseded", "left_out")
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,9 @@ class PartitionCoverage:
     phantom: int = 0
     wrong_side: int = 0
     quarantined: int = 0
+    in_flight: int = 0
+    superseded: int = 0
+    left_out: int = 0
     samples: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
@@ -75,7 +91,7 @@ class PartitionCoverage:
         """Plain JSON form."""
         keys = ("partition", "log_start", "hwm", "end", "source_records", "table_rows")
         doc: dict[str, Any] = {k: getattr(self, k) for k in keys}
-        doc.update({k: getattr(self, k) for k in (*FAILING, "quarantined")})
+        doc.update({k: getattr(self, k) for k in (*FAILING, *INFO)})
         doc["ok"] = self.ok
         doc["samples"] = {k: list(v) for k, v in self.samples.items() if v}
         return doc
@@ -114,8 +130,15 @@ def compare_offsets(
     table_offsets: I64 | list[int],
     table_live: Bools | list[bool],
     quarantine: I64 | list[int] | tuple[int, ...] = (),
+    superseded: I64 | list[int] | tuple[int, ...] = (),
+    live_position: int | None = None,
+    left_out: int = 0,
 ) -> PartitionCoverage:
-    """Count lost, gap, duplicated, overlap, phantom and wrong-side offsets of one partition."""
+    """Count every kind of the module docstring for one partition.
+
+    ``live_position`` is the live side's committed next offset (``None``: no live split, every
+    missing offset is ``lost``); ``superseded`` the offsets a later record replaced (merge).
+    """
     src = _sorted_unique(source)
     src = src[(src >= log_start) & (src < end)]
     offs = np.asarray(table_offsets, dtype=np.int64)
@@ -124,9 +147,12 @@ def compare_offsets(
     offs, live = offs[keep], live[keep]
     present = np.unique(offs)
     missing = np.setdiff1d(src, present, assume_unique=True)
-    quarantine_set = _sorted_unique(quarantine)
-    is_quarantined = np.isin(missing, quarantine_set, assume_unique=True)
-    lost, quarantined = missing[~is_quarantined], missing[is_quarantined]
+    is_quarantined = np.isin(missing, _sorted_unique(quarantine), assume_unique=True)
+    quarantined, missing = missing[is_quarantined], missing[~is_quarantined]
+    is_superseded = np.isin(missing, _sorted_unique(superseded), assume_unique=True)
+    replaced, missing = missing[is_superseded], missing[~is_superseded]
+    waiting = missing >= live_position if live_position is not None else missing < 0
+    in_flight, lost = missing[waiting], missing[~waiting]
     dup_back, extra_back = _repeated(offs[~live])
     dup_live, extra_live = _repeated(offs[live])
     overlap = np.intersect1d(offs[~live], offs[live])
@@ -141,6 +167,8 @@ def compare_offsets(
         "phantom": _sample(phantom),
         "wrong_side": _sample(wrong),
         "quarantined": _sample(quarantined),
+        "in_flight": _sample(in_flight),
+        "superseded": _sample(replaced),
     }
     return PartitionCoverage(
         partition=partition,
@@ -156,5 +184,8 @@ def compare_offsets(
         phantom=len(phantom),
         wrong_side=len(wrong),
         quarantined=len(quarantined),
+        in_flight=len(in_flight),
+        superseded=len(replaced),
+        left_out=left_out,
         samples=samples,
     )

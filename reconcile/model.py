@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from coordinator.values import OffsetRange, Scope
 from reconcile.checksum import SCHEME, Checksum
-from reconcile.coverage import PartitionCoverage
+from reconcile.coverage import FAILING, INFO, PartitionCoverage
 from reconcile.drilldown import DrillDown
+from reconcile.keys import KeyCheck
 
 UnitKind = Literal["history", "archive", "live", "unplanned"]
 
@@ -35,6 +36,7 @@ class SliceReport:
     duplicate_keys: int = 0
     drilldown: DrillDown | None = None
     ranges: tuple[OffsetRange, ...] = ()
+    superseded: int = 0  # merge mode: source rows a later record of the same key replaced
 
     @property
     def matches(self) -> bool:
@@ -57,6 +59,7 @@ class SliceReport:
             "table": self.table.to_json(),
             "quarantined": self.quarantined,
             "duplicate_keys": self.duplicate_keys,
+            "superseded": self.superseded,
             "drilldown": self.drilldown.to_json() if self.drilldown else None,
         }
 
@@ -73,11 +76,17 @@ class ReconcileReport:
     partitions: tuple[PartitionCoverage, ...]
     scheme: str = SCHEME
     notes: tuple[str, ...] = field(default=())
+    keys: KeyCheck | None = None  # business-key uniqueness (archive rows, or table in merge)
+    dead_letter_topic: str | None = None  # None: quarantine given by the caller
+    dead_letters: int = 0  # distinct (partition, offset) listed as quarantined by the writers
 
     @property
     def reconciled(self) -> bool:
-        """Every slice matches and every partition's coverage is clean."""
-        return all(s.matches for s in self.slices) and all(p.ok for p in self.partitions)
+        """Every slice matches, every partition's coverage is clean, keys are unique."""
+        keys_ok = self.keys is None or self.keys.ok
+        return (
+            keys_ok and all(s.matches for s in self.slices) and all(p.ok for p in self.partitions)
+        )
 
     @property
     def mismatched(self) -> Sequence[SliceReport]:
@@ -86,8 +95,8 @@ class ReconcileReport:
 
     def totals(self) -> dict[str, int]:
         """Summed counts over partitions and slices."""
-        keys = ("lost", "gap", "duplicated", "overlap", "phantom", "wrong_side", "quarantined")
-        out = {k: sum(getattr(p, k) for p in self.partitions) for k in keys}
+        out = {k: sum(getattr(p, k) for p in self.partitions) for k in (*FAILING, *INFO)}
+        out["duplicate_keys"] = self.keys.duplicated if self.keys else 0
         out["source_rows"] = sum(s.source.rows for s in self.slices)
         out["table_rows"] = sum(s.table.rows for s in self.slices)
         out["mismatched_slices"] = len(self.mismatched)
@@ -103,6 +112,9 @@ class ReconcileReport:
             "run_at": self.run_at.isoformat(),
             "min_age_s": self.min_age_s,
             "totals": self.totals(),
+            "keys": self.keys.to_json() if self.keys else None,
+            "dead_letter_topic": self.dead_letter_topic,
+            "dead_letters": self.dead_letters,
             "partitions": [p.to_json() for p in self.partitions],
             "slices": [s.to_json() for s in self.slices],
             "notes": list(self.notes),

@@ -16,7 +16,8 @@ from typing import Final
 from rich.console import Console
 from rich.table import Table
 
-from reconcile.coverage import FAILING, PartitionCoverage
+from reconcile.coverage import FAILING, INFO, PartitionCoverage
+from reconcile.keys import KeyCheck
 from reconcile.model import ReconcileReport, SliceReport
 
 _W: Final = 1000
@@ -32,20 +33,25 @@ def _verdict(report: ReconcileReport) -> str:
     return "RECONCILED" if report.reconciled else "NOT RECONCILED"
 
 
-def render_text(report: ReconcileReport, *, width: int = 120) -> str:
+def render_text(report: ReconcileReport, *, width: int = 200) -> str:
     """Rich tables: partitions, slices, then the named differences."""
     out = io.StringIO()
     console = Console(file=out, width=width, force_terminal=False, color_system=None)
     console.print(f"job={report.job_id} topic={report.topic} scheme={report.scheme}")
     parts = Table(title="coverage per partition")
-    for col in ("partition", "log_start", "hwm", "end", "source", "table", *FAILING, "quarantined"):
+    for col in ("partition", "log_start", "hwm", "end", "source", "table", *FAILING, *INFO):
         parts.add_column(col, justify="right")
     for p in report.partitions:
         parts.add_row(
             str(p.partition), str(p.log_start), str(p.hwm), str(p.end), str(p.source_records),
-            str(p.table_rows), *(str(getattr(p, k)) for k in (*FAILING, "quarantined")),
+            str(p.table_rows), *(str(getattr(p, k)) for k in (*FAILING, *INFO)),
         )  # fmt: skip
     console.print(parts)
+    console.print(_dead_letter_line(report))
+    if report.keys is not None:
+        console.print(_keys_line(report.keys))
+        for d in report.keys.samples:
+            console.print(f"  duplicate key {d.key}: {d.rows} rows at {list(d.where)}")
     slices = Table(title="slices")
     for col in ("slice", "kind", "scope", "source rows", "table rows", "verdict", "differences"):
         slices.add_column(col)
@@ -62,6 +68,17 @@ def render_text(report: ReconcileReport, *, width: int = 120) -> str:
     return out.getvalue()
 
 
+def _dead_letter_line(report: ReconcileReport) -> str:
+    where = f"topic={report.dead_letter_topic}" if report.dead_letter_topic else "given by caller"
+    quarantined = report.totals()["quarantined"]
+    return f"dead letters ({where}): {report.dead_letters} listed; quarantined={quarantined}"
+
+
+def _keys_line(keys: KeyCheck) -> str:
+    verdict = "unique" if keys.ok else f"NOT unique: duplicated={keys.duplicated}"
+    return f"business key {list(keys.key)} over the {keys.domain} ({keys.rows} rows): {verdict}"
+
+
 def _diff_summary(s: SliceReport) -> str:
     parts = []
     if s.drilldown:
@@ -69,6 +86,8 @@ def _diff_summary(s: SliceReport) -> str:
         parts = [f"{k}={getattr(d, k)}" for k in ("missing", "extra", "changed") if getattr(d, k)]
     if s.duplicate_keys:
         parts.append(f"duplicate_keys={s.duplicate_keys}")
+    if s.superseded:
+        parts.append(f"superseded={s.superseded}")
     return " ".join(parts)
 
 
@@ -121,7 +140,7 @@ def _partition_svg(p: PartitionCoverage) -> str:
 def _coverage_line(p: PartitionCoverage) -> str:
     cells = " · ".join(
         f'<span class="{"mism" if getattr(p, k) and k in FAILING else ""}">{k}={getattr(p, k)}</span>'
-        for k in (*FAILING, "quarantined")
+        for k in (*FAILING, *INFO)
     )
     return f"<div>source records={p.source_records} table rows={p.table_rows} · {cells}</div>"
 
@@ -155,8 +174,18 @@ def render_html(report: ReconcileReport) -> str:
         f"job {escape(report.job_id)} · topic {escape(report.topic)} · "
         f"{len(report.slices)} slices, {totals['mismatched_slices']} mismatched · "
         f"{totals['source_rows']} source rows, {totals['table_rows']} table rows · "
-        f"lost {totals['lost']} · overlap {totals['overlap']} · gap {totals['gap']}"
+        f"lost {totals['lost']} · in flight {totals['in_flight']} · overlap "
+        f"{totals['overlap']} · gap {totals['gap']} · quarantined {totals['quarantined']} · "
+        f"superseded {totals['superseded']} · duplicate keys {totals['duplicate_keys']}"
     )
+    keys = ""
+    if report.keys is not None:
+        samples = "".join(
+            f"<li>{escape(json.dumps(d.to_json()))}</li>" for d in report.keys.samples
+        )
+        cls = "match" if report.keys.ok else "mism"
+        keys = f'<p class="{cls}" id="keys">{escape(_keys_line(report.keys))}</p><ul>{samples}</ul>'
+
     parts = "".join(
         f"<h3>partition {p.partition}</h3>{_partition_svg(p)}{_coverage_line(p)}"
         for p in report.partitions
@@ -178,6 +207,7 @@ def render_html(report: ReconcileReport) -> str:
         f'data-reconciled="{"true" if ok else "false"}">{_verdict(report)}'
         f'<div class="sub">{sub}</div></div>'
         f"<h2>Offsets per partition</h2>{legend}{parts}"
+        f'<p id="dead-letters">{escape(_dead_letter_line(report))}</p>{keys}'
         f"<h2>Slices</h2><table>{head}{_slice_rows(report)}</table>"
         f"<p class=sub>checksum scheme {escape(report.scheme)} · run at "
         f"{report.run_at.isoformat()} · min age {report.min_age_s}s</p></body></html>"

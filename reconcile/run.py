@@ -2,16 +2,30 @@
 
 Units are compared one at a time (memory O(slice)): every planned slice, every history range
 no slice covers ("unplanned"), and the live range ``[hwm, end)`` of each partition in chunks
-of ``backfill.slice_records`` offsets. ``end`` is the read-committed end when the run starts;
-with ``min_age_s`` the live range stops before the first record younger than that (records
-still in flight are left out; history below the cut is always compared).
+of ``backfill.slice_records`` offsets. ``end`` is the read-committed end when the run starts.
+
+In-flight records (``--min-age``). Without it, every committed record up to ``end`` must be in
+the table: records the live consumer has not written yet are reported as ``in_flight`` (those
+at or above the live side's committed position, read from the table) and FAIL the run, so
+nothing is hidden; missing records below that position are ``lost``. With ``min_age_s`` the
+live range of a partition stops before its first record whose Kafka timestamp is younger than
+``run_at - min_age_s``: those records and everything after them are not compared (``left_out``
+counts their offset positions) and table rows at or above that bound are not compared either.
+History below the cut is always compared in full, and a record older than the bound that the
+live side has not written still fails (``in_flight`` or ``lost``): only young records are
+excused. A record with a producer timestamp in the future therefore stops the comparison of
+its partition early (conservative: left out, counted, never passed as compared).
+
+Dead letters: unless ``quarantine`` is given, the job's dead-letter topic is read and every
+``(partition, offset)`` it lists counts as quarantined, not lost, as do the offsets the
+source-side decoder refuses. Merge mode and business keys: see :mod:`reconcile.keys`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -23,12 +37,13 @@ from coordinator import lineage
 from coordinator.errors import ReconcileError
 from coordinator.jobspec import JobSpec
 from coordinator.ports import TableSink
-from coordinator.values import Cut, Offset, OffsetRange, PartitionId, Scope, Slice
+from coordinator.values import Cut, Offset, OffsetRange, PartitionCut, PartitionId, Scope, Slice
 from reconcile.checksum import Checksum, checksum, hashed_columns
 from reconcile.coverage import I64, PartitionCoverage, compare_offsets
 from reconcile.drilldown import KAFKA_KEY, bisect_diff
+from reconcile.keys import KeyCheck, check_unique, key_index, superseded_rows
 from reconcile.model import ReconcileReport, SliceReport, UnitKind, describe_scope
-from reconcile.source import SourceUnit
+from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +111,7 @@ class _Partition:
 
     offsets: list[I64] = field(default_factory=list)
     quarantined: list[I64] = field(default_factory=list)
+    superseded: list[I64] = field(default_factory=list)
     upper: int | None = None  # first offset left out by min-age
 
 
@@ -178,6 +194,7 @@ class _Run:
     source: UnitSource
     cutoff_ms: int | None
     parts: dict[int, _Partition]
+    merge_index: pa.Table | None = None  # key index, merge mode only
 
     def kafka_unit(self, unit: Unit) -> SliceReport | None:
         p = self.parts[unit.scope.ranges[0].partition] if unit.kind == "live" else _Partition()
@@ -195,10 +212,30 @@ class _Run:
             )
             part.quarantined.append(data.quarantined)
         table = self.sink.scan(scope)
-        return compare_unit(
-            Unit(unit.unit_id, unit.kind, scope, unit.slice), data.rows, table,
+        rows, replaced = data.rows, 0
+        if self.merge_index is not None and unit.kind != "live" and rows is not None:
+            rows, replaced = self.drop_superseded(rows, table)
+        report = compare_unit(
+            Unit(unit.unit_id, unit.kind, scope, unit.slice), rows, table,
             key=KAFKA_KEY, quarantined=len(data.quarantined),
         )  # fmt: skip
+        return replace(report, superseded=replaced) if replaced else report
+
+    def drop_superseded(self, rows: pa.Table, table: pa.Table) -> tuple[pa.Table, int]:
+        """Source rows minus those a later record of the same key replaced (merge mode)."""
+        assert self.merge_index is not None
+        lineage_cols = [lineage.PARTITION, lineage.OFFSET]
+        missing = rows.join(table.select(lineage_cols), lineage_cols, join_type="left anti")
+        gone = superseded_rows(missing, self.merge_index, self.job.table.key)
+        if gone.num_rows == 0:
+            return rows, 0
+        for p in set(gone[lineage.PARTITION].to_pylist()):
+            offs = gone.filter(pc.equal(gone[lineage.PARTITION], p))[lineage.OFFSET]
+            self.parts.setdefault(p, _Partition()).superseded.append(
+                np.asarray(offs.to_numpy(zero_copy_only=False), dtype=np.int64)
+            )
+        kept = rows.join(gone, lineage_cols, join_type="left anti")
+        return kept, gone.num_rows
 
     def archive_unit(self, unit: Unit) -> SliceReport:
         from backfill.archive_source import read_archive_slice
@@ -210,25 +247,55 @@ class _Run:
     def coverage(
         self, ends: Mapping[int, int], quarantine: Mapping[int, Iterable[int]]
     ) -> list[PartitionCoverage]:
-        out = []
-        for pcut in self.cut.partitions:
-            p, facts = pcut.partition, self.parts[pcut.partition]
-            end = facts.upper if facts.upper is not None else max(pcut.hwm, ends.get(p, pcut.hwm))
-            rows = self.sink.scan(
-                Scope("kafka", (OffsetRange(p, Offset(0), Offset(end)),)),
-                columns=[lineage.PARTITION, lineage.OFFSET, lineage.SIDE],
-            )
-            given = np.asarray(list(quarantine.get(p, ())), dtype=np.int64)
-            out.append(
-                compare_offsets(
-                    p, log_start=pcut.log_start, hwm=pcut.hwm, end=end,
-                    source=np.concatenate([np.zeros(0, np.int64), *facts.offsets]),
-                    table_offsets=np.asarray(rows.column(lineage.OFFSET).to_numpy(), np.int64),
-                    table_live=np.asarray(pc.equal(rows.column(lineage.SIDE), "live").to_numpy(zero_copy_only=False), np.bool_),
-                    quarantine=np.concatenate([given, *facts.quarantined]),
-                )
-            )  # fmt: skip
-        return out
+        live_at = self.sink.live_offsets()
+        return [self.partition_coverage(p, ends, quarantine, live_at) for p in self.cut.partitions]
+
+    def partition_coverage(
+        self,
+        pcut: PartitionCut,
+        ends: Mapping[int, int],
+        quarantine: Mapping[int, Iterable[int]],
+        live_at: Mapping[PartitionId, Offset],
+    ) -> PartitionCoverage:
+        p, facts = pcut.partition, self.parts[pcut.partition]
+        committed_end = max(pcut.hwm, ends.get(p, pcut.hwm))
+        end = facts.upper if facts.upper is not None else committed_end
+        rows = self.sink.scan(
+            Scope("kafka", (OffsetRange(p, Offset(0), Offset(end)),)),
+            columns=[lineage.PARTITION, lineage.OFFSET, lineage.SIDE],
+        )
+        given = np.asarray(sorted(quarantine.get(p, ())), dtype=np.int64)
+        live = pc.equal(rows.column(lineage.SIDE), "live").to_numpy(zero_copy_only=False)
+        return compare_offsets(
+            p, log_start=pcut.log_start, hwm=pcut.hwm, end=end,
+            source=np.concatenate([np.zeros(0, np.int64), *facts.offsets]),
+            table_offsets=np.asarray(rows.column(lineage.OFFSET).to_numpy(), np.int64),
+            table_live=np.asarray(live, np.bool_),
+            quarantine=np.concatenate([given, *facts.quarantined]),
+            superseded=np.concatenate([np.zeros(0, np.int64), *facts.superseded]),
+            live_position=max(pcut.hwm, live_at.get(p, pcut.hwm)),
+            left_out=committed_end - end,
+        )  # fmt: skip
+
+
+def _key_check(
+    job: JobSpec, sink: TableSink, slices: Sequence[Slice]
+) -> tuple[pa.Table | None, KeyCheck | None]:
+    """The key index and the uniqueness check, when the job declares keys and needs them."""
+    merge = job.backfill.mode == "merge"
+    if not job.table.key or not (merge or any(s.scope.source == "archive" for s in slices)):
+        return None, None
+    index = key_index(sink, job.table.key, job.schema_.event_time)
+    return (index if merge else None), check_unique(index, job.table.key, merge=merge)
+
+
+def _dead_letters(
+    job: JobSpec, quarantine: Mapping[int, Iterable[int]] | None
+) -> tuple[str | None, dict[int, set[int]]]:
+    """The caller's quarantine, or (``None``) the job's dead-letter topic and what it lists."""
+    if quarantine is not None:
+        return None, {p: set(v) for p, v in quarantine.items()}
+    return dead_letter_topic(job), read_dead_letters(job)
 
 
 def reconcile_job(
@@ -244,9 +311,10 @@ def reconcile_job(
 ) -> ReconcileReport:
     """Compare source and table for every slice and partition of ``job`` (see module doc).
 
-    ``quarantine`` maps partition to offsets the live consumer dead-lettered (counted as
-    quarantined, not lost); offsets the decoder refuses on the source side are added to it.
-    Raises ``ReconcileError``/``SourceError`` when the comparison cannot run.
+    ``quarantine`` maps partition to offsets quarantined by the writers (counted as
+    quarantined, not lost); ``None`` reads them from the job's dead-letter topic. Offsets the
+    decoder refuses on the source side are added to it. Raises ``ReconcileError`` /
+    ``SourceError`` / ``LiveError`` (dead-letter topic) when the comparison cannot run.
     """
     if sink is None:
         from backfill.sinks import open_sink
@@ -256,18 +324,23 @@ def reconcile_job(
         from reconcile.source import KafkaUnits
 
         source = KafkaUnits(job)
+    dlq_topic, given = _dead_letters(job, quarantine)
     run_at = (now or datetime.now(UTC)).astimezone(UTC)
     cutoff = int(run_at.timestamp() * 1000 - min_age_s * 1000) if min_age_s > 0 else None
-    ends = source.ends([p.partition for p in cut.partitions])
-    run = _Run(job, cut, sink, source, cutoff, {p.partition: _Partition() for p in cut.partitions})
+    partitions = [p.partition for p in cut.partitions]
+    ends = source.ends(partitions) if partitions else {}
+    index, keys = _key_check(job, sink, slices)
+    run = _Run(job, cut, sink, source, cutoff, {p: _Partition() for p in partitions}, index)
     reports: list[SliceReport] = []
     for unit in plan_units(cut, slices, ends, job.backfill.slice_records):
         report = run.archive_unit(unit) if unit.kind == "archive" else run.kafka_unit(unit)
         if report is not None:
             reports.append(report)
-    coverage = run.coverage(ends, quarantine or {})
+    coverage = run.coverage(ends, given)
     report_ = ReconcileReport(
-        job.job_id, cut.topic, run_at, min_age_s, tuple(reports), tuple(coverage)
-    )
+        job.job_id, cut.topic, run_at, min_age_s, tuple(reports), tuple(coverage),
+        keys=keys, dead_letter_topic=dlq_topic,
+        dead_letters=sum(len(v) for v in given.values()),
+    )  # fmt: skip
     log.info("reconciled job_id=%s result=%s", job.job_id, report_.reconciled)
     return report_

@@ -24,6 +24,7 @@ from coordinator.jobspec import JobSpec
 from coordinator.values import OffsetRange
 from reconcile.coverage import I64
 from stream.decode import Transform, decode_batch, load_transform
+from stream.quarantine import default_topic, read_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +94,22 @@ class KafkaUnits:
             np.asarray(stamps, dtype=np.int64),
             np.asarray(bad, dtype=np.int64),
         )
+
+
+def dead_letter_topic(job: JobSpec) -> str:
+    """The job's dead-letter topic: ``live.quarantine_topic`` or ``<topic>.seamline-dlq``."""
+    return job.live.quarantine_topic or default_topic(job.stream.topic)
+
+
+def read_dead_letters(job: JobSpec, *, timeout_s: float = 30.0) -> dict[int, set[int]]:
+    """Partition -> offsets of the job's topic held in its dead-letter topic (none if absent).
+
+    Both the live consumer and the backfill executor confirm quarantined records there before
+    committing the batch that skipped them. Raises ``LiveError`` when the topic cannot be read.
+    """
+    topic = dead_letter_topic(job)
+    out: dict[int, set[int]] = {}
+    for p, o in read_quarantine(job.kafka_config(), topic, timeout_s=timeout_s):
+        out.setdefault(p, set()).add(o)
+    log.info("dead letters topic=%s records=%d", topic, sum(len(v) for v in out.values()))
+    return out
