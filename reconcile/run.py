@@ -128,6 +128,30 @@ def _trim_young(unit: SourceUnit, cutoff_ms: int) -> tuple[SourceUnit, int | Non
     return SourceUnit(rows, unit.offsets[keep], unit.timestamps_ms[keep], q), upper
 
 
+def _drop_dead(unit: SourceUnit, dead: Mapping[int, set[int]]) -> SourceUnit:
+    """Move rows whose offset the dead-letter topic lists from ``rows`` to ``quarantined``
+    (a writer quarantined them: they are expected absent from the table)."""
+    rows = unit.rows
+    if rows is None or not dead:
+        return unit
+    listed = pa.table(
+        {
+            lineage.PARTITION: pa.array([p for p, offs in dead.items() for _ in offs], pa.int32()),
+            lineage.OFFSET: pa.array([o for offs in dead.values() for o in offs], pa.int64()),
+        }
+    )
+    keys = [lineage.PARTITION, lineage.OFFSET]
+    hit = rows.select(keys).join(listed, keys, join_type="inner")
+    if hit.num_rows == 0:
+        return unit
+    kept = rows.join(listed, keys, join_type="left anti")
+    moved = np.asarray(hit[lineage.OFFSET].to_numpy(), dtype=np.int64)
+    quarantined = np.union1d(unit.quarantined, moved)
+    return SourceUnit(
+        kept if kept.num_rows else None, unit.offsets, unit.timestamps_ms, quarantined
+    )
+
+
 def _limit(scope: Scope, upper: int | None) -> Scope:
     if upper is None:
         return scope
@@ -195,6 +219,7 @@ class _Run:
     cutoff_ms: int | None
     parts: dict[int, _Partition]
     merge_index: pa.Table | None = None  # key index, merge mode only
+    dead: Mapping[int, set[int]] = field(default_factory=dict)  # dead-letter offsets
 
     def kafka_unit(self, unit: Unit) -> SliceReport | None:
         p = self.parts[unit.scope.ranges[0].partition] if unit.kind == "live" else _Partition()
@@ -212,6 +237,7 @@ class _Run:
             )
             part.quarantined.append(data.quarantined)
         table = self.sink.scan(scope)
+        data = _drop_dead(data, self.dead)
         rows, replaced = data.rows, 0
         if self.merge_index is not None and unit.kind != "live" and rows is not None:
             rows, replaced = self.drop_superseded(rows, table)
@@ -330,7 +356,7 @@ def reconcile_job(
     partitions = [p.partition for p in cut.partitions]
     ends = source.ends(partitions) if partitions else {}
     index, keys = _key_check(job, sink, slices)
-    run = _Run(job, cut, sink, source, cutoff, {p: _Partition() for p in partitions}, index)
+    run = _Run(job, cut, sink, source, cutoff, {p: _Partition() for p in partitions}, index, given)
     reports: list[SliceReport] = []
     for unit in plan_units(cut, slices, ends, job.backfill.slice_records):
         report = run.archive_unit(unit) if unit.kind == "archive" else run.kafka_unit(unit)
