@@ -5,9 +5,10 @@
 * ``merge``: key uniqueness is checked, then backfill-side rows outside the scope whose key
   is in the batch are found by an Arrow semi-join, and one overwrite replaces
   ``scope OR (side = backfill AND key IN matched)``. Live rows are never touched.
-* Every commit carries the token in ``snapshot_properties``; live commits also set the
-  table properties ``seamline.live.offset.<p>`` in the same atomic commit so the newest live
-  offsets are found even when the newest snapshot is a backfill one.
+* Every commit carries the token in ``snapshot_properties``. Live appends, live offsets and
+  maintenance go through :class:`backfill.iceberg_live.IcebergLiveTable` (the one live code
+  path: offset-conditional commits, one table property ``seamline.live.offset.<p>`` per
+  partition, snapshot expiry that keeps the offsets).
 * Conflicts (``CommitFailedException``/``ValidationException``: certainly not applied) are
   retried with backoff after a reload; any other commit error is an unknown outcome: the
   token is looked up and, if absent, ``CommitOutcomeUnknownError`` is raised. Files are
@@ -36,6 +37,12 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, HourTransform
 
 from backfill import sink_common as common
+from backfill.iceberg_live import (
+    MAINTENANCE_PROPERTIES,
+    IcebergLiveTable,
+    committed_record,
+    snapshot_records,
+)
 from backfill.scopes import (
     ice_and,
     ice_eq,
@@ -49,7 +56,7 @@ from backfill.scopes import (
 from coordinator import lineage
 from coordinator.errors import CommitOutcomeUnknownError, WriterError
 from coordinator.ports import CommitRecord
-from coordinator.values import CommitToken, Offset, PartitionId, Scope, SnapshotId, WriteMode
+from coordinator.values import CommitToken, Offset, PartitionId, Scope, WriteMode
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,7 @@ class IcebergSink:
         mode: WriteMode = "overwrite",
         key: Sequence[str] = (),
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
+        maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
     ) -> None:
         self.catalog = catalog
         self.identifier = identifier
@@ -98,6 +106,8 @@ class IcebergSink:
         self.mode = mode
         self.key = tuple(key)
         self.policy = policy
+        self.maintenance = maintenance
+        self._live: IcebergLiveTable | None = None
 
     # -- table ---------------------------------------------------------------------------
 
@@ -109,7 +119,9 @@ class IcebergSink:
         if self.catalog.table_exists(self.identifier):
             return
         try:
-            tx = self.catalog.create_table_transaction(self.identifier, schema=self.schema)
+            tx = self.catalog.create_table_transaction(
+                self.identifier, schema=self.schema, properties=MAINTENANCE_PROPERTIES
+            )
             transforms: dict[str, Any] = {"day": DayTransform(), "hour": HourTransform()}
             transform = transforms.get(self.partition_by)
             if transform is not None:
@@ -135,10 +147,10 @@ class IcebergSink:
 
     # -- commits -------------------------------------------------------------------------
 
-    def _commit(self, what: str, token: CommitToken, action: Callable[[], None]) -> CommitRecord:
+    def _commit(self, what: str, token: CommitToken, action: Callable[[], Table]) -> CommitRecord:
         """Run one commit with conflict retries; resolve unknown outcomes by token."""
         try:
-            common.retry_conflicts(what, action, _is_conflict, self.policy)
+            table = common.retry_conflicts(what, action, _is_conflict, self.policy)
         except WriterError:
             raise
         except (ValueError, TypeError) as exc:  # refused before anything was committed
@@ -152,7 +164,7 @@ class IcebergSink:
                 f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
                 hint="look the token up with find_commit before retrying; never delete files",
             ) from exc
-        found = self._find_exact(token)
+        found = committed_record(table, token)
         if found is None:
             raise WriterError(f"{what}: expected the committed token in the table, found none")
         return found
@@ -164,7 +176,7 @@ class IcebergSink:
             common.check_unique_keys(data, self.key)
         props = token.to_properties()
 
-        def action() -> None:
+        def action() -> Table:
             table = self._table()
             rows = self._rows(table, data)
             target = iceberg_scope(scope, self.event_time)
@@ -173,6 +185,7 @@ class IcebergSink:
             with _quiet_empty_delete(), table.transaction() as tx:
                 tx.overwrite(rows, overwrite_filter=target, snapshot_properties=props)
                 common.crash_point("before_commit")  # files written, not committed
+            return table
 
         return self._commit(what, token, action)
 
@@ -197,62 +210,45 @@ class IcebergSink:
         side = iceberg_side("backfill")
         return kept, ice_or(scope_expr, ice_and(side, _key_filter(self.key, matched)))
 
+    def live_table(self) -> IcebergLiveTable:
+        """The shared live-append code over this table (loaded once, refreshed per call)."""
+        if self._live is None:
+            m = self.maintenance
+            self._live = IcebergLiveTable(
+                self._table(),
+                keep_snapshots=m.keep_versions,
+                expire_every=m.every_commits,
+                min_snapshot_age_s=m.min_age_s,
+                sort_by=self.event_time,
+            )
+        return self._live
+
     def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
-        """Append a live micro-batch and record its offsets, atomically."""
-        what = f"table={self.identifier} live slice_id={token.slice_id}"
-        props = token.to_properties()
-        offsets = common.live_offset_properties(token)
+        """Append a live micro-batch, conditional on the table's live offsets (see
+        :meth:`IcebergLiveTable.append_live`); raises ``CommitConflictError`` if another
+        writer already moved a partition's offset."""
+        return self.live_table().append_live(data, token)
 
-        def action() -> None:
-            table = self._table()
-            rows = self._rows(table, data)
-            current = common.parse_live_offsets(dict(table.properties))
-            newest = common.merge_offsets(current, common.parse_live_offsets(offsets))
-            with table.transaction() as tx:
-                tx.append(rows, snapshot_properties=props)
-                tx.set_properties(
-                    {f"{common.LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in newest.items()}
-                )
-
-        return self._commit(what, token, action)
+    def maintain(self) -> int:
+        """Expire old snapshots (the live offsets are kept); returns how many were expired."""
+        return self.live_table().maintain()
 
     # -- reading -------------------------------------------------------------------------
 
     def live_offsets(self) -> dict[PartitionId, Offset]:
         """Next offset per partition, from the table properties the live commits set."""
-        return common.parse_live_offsets(dict(self._table().properties))
-
-    def _records(self) -> Iterator[CommitRecord]:
-        snaps = sorted(self._table().snapshots(), key=lambda s: s.sequence_number or 0)
-        for snap in reversed(snaps):
-            props: dict[str, Any] = dict(snap.summary.additional_properties) if snap.summary else {}
-            token = CommitToken.from_properties(props)
-            if token is None:
-                continue
-            added = props.get("added-records")
-            yield CommitRecord(
-                token=token,
-                snapshot_id=SnapshotId(snap.snapshot_id),
-                committed_at=common.ms_to_datetime(snap.timestamp_ms),
-                rows=int(added) if added is not None else None,
-            )
+        return self.live_table().live_offsets()
 
     def commits(self) -> list[CommitRecord]:
         """Every seamline commit still in the table's snapshot history, newest first."""
-        return list(self._records())
+        return list(snapshot_records(self._table()))
 
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
         """The newest snapshot carrying this slice's token."""
-        for rec in self._records():
-            if rec.token.job_id == job_id and rec.token.slice_id == slice_id:
-                return rec
-        return None
+        return self.live_table().find_commit(job_id, slice_id)
 
     def _find_exact(self, token: CommitToken) -> CommitRecord | None:
-        for rec in self._records():
-            if rec.token == token:
-                return rec
-        return None
+        return next((r for r in snapshot_records(self._table()) if r.token == token), None)
 
     def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of the table, optionally limited to ``scope`` and ``columns``."""

@@ -9,7 +9,10 @@
   then committed. Merges are serialised per dataset with a file lock (local datasets).
 * Tokens live in each version's ``transaction_properties``; they stay readable with
   ``read_transaction`` after later commits until old versions are cleaned up.
-* Conflicts (``lance.commit.CommitConflictError``) re-run the whole operation after backoff.
+* Conflicts (``lance.commit.CommitConflictError``) re-run the operation after backoff
+  (``overwrite`` keeps its new fragment files and only recomputes the deletions).
+* Live appends, live offsets and maintenance go through :class:`backfill.lance_live.LanceLive`
+  (the one live code path: offset-conditional, atomic with the token, checkpointed offsets).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from lance.dataset import Transaction
 from lance.fragment import write_fragments
 
 from backfill import sink_common as common
+from backfill.lance_live import LanceLive
 from backfill.scopes import arrow_scope, lance_scope
 from coordinator import lineage
 from coordinator.errors import CommitOutcomeUnknownError, WriterError
@@ -61,6 +65,7 @@ class LanceSink:
         mode: WriteMode = "overwrite",
         key: Sequence[str] = (),
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
+        maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
     ) -> None:
         self.uri = uri
         self.schema = lineage.with_lineage(schema)
@@ -68,6 +73,7 @@ class LanceSink:
         self.mode = mode
         self.key = tuple(key)
         self.policy = policy
+        self.live = LanceLive(uri, self.schema, policy=policy, maintenance=maintenance)
 
     # -- dataset -------------------------------------------------------------------------
 
@@ -118,9 +124,11 @@ class LanceSink:
 
     # -- commits -------------------------------------------------------------------------
 
-    def _commit(self, what: str, token: CommitToken, action: Callable[[], None]) -> CommitRecord:
+    def _commit(
+        self, what: str, token: CommitToken, action: Callable[[], lance.LanceDataset]
+    ) -> CommitRecord:
         try:
-            common.retry_conflicts(what, action, _is_conflict, self.policy)
+            done = common.retry_conflicts(what, action, _is_conflict, self.policy)
         except WriterError:
             raise
         except (ValueError, TypeError) as exc:  # refused before anything was committed
@@ -134,10 +142,7 @@ class LanceSink:
                 f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
                 hint="look the token up with find_commit before retrying; never delete files",
             ) from exc
-        found = self._find_exact(token)
-        if found is None:
-            raise WriterError(f"{what}: expected the committed token in the dataset, found none")
-        return found
+        return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC))
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
         """Replace (overwrite) or upsert (merge) exactly ``scope`` in one version."""
@@ -149,9 +154,12 @@ class LanceSink:
             common.check_unique_keys(rows, self.key)
             with self._merge_lock():
                 return self._commit(what, token, lambda: self._merge(rows, predicate, props))
-        return self._commit(what, token, lambda: self._replace(rows, predicate, props))
+        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        return self._commit(what, token, lambda: self._replace(new, predicate, props))
 
-    def _replace(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> None:
+    def _replace(self, new: list[Any], predicate: str, props: dict[str, str]) -> lance.LanceDataset:
+        """Delete the scope at the newest version and add ``new`` (written once, re-used by
+        conflict retries) in one ``Update`` version."""
         ds = self._dataset()
         removed: list[int] = []
         updated: list[Any] = []
@@ -161,15 +169,14 @@ class LanceSink:
                 removed.append(frag.fragment_id)
             elif meta != frag.metadata:
                 updated.append(meta)
-        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
         op = lance.LanceOperation.Update(
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
         )
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
         common.crash_point("before_commit")  # files written, not committed
-        lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+        return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
 
-    def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> None:
+    def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> lance.LanceDataset:
         ds = self._dataset()
         builder = (
             ds.merge_insert(list(self.key))
@@ -181,18 +188,18 @@ class LanceSink:
         log.debug("merge stats: %s", stats)
         txn.transaction_properties = props
         common.crash_point("before_commit")  # files written, not committed
-        lance.LanceDataset.commit(self.uri, txn, read_version=txn.read_version, max_retries=0)
+        return lance.LanceDataset.commit(
+            self.uri, txn, read_version=txn.read_version, max_retries=0
+        )
 
     def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
-        """Append a live micro-batch with its token (offsets) in the same version."""
-        what = f"uri={self.uri} live slice_id={token.slice_id}"
-        rows = self._rows(data)
-        props = {**token.to_properties(), **common.live_offset_properties(token)}
+        """Append a live micro-batch with its token and offsets in one version, conditional on
+        the dataset's live offsets (see :meth:`LanceLive.append_live`)."""
+        return self.live.append_live(self._rows(data), token)
 
-        def action() -> None:
-            lance.write_dataset(rows, self.uri, mode="append", transaction_properties=props)
-
-        return self._commit(what, token, action)
+    def maintain(self) -> int:
+        """Checkpoint the live offsets, then remove old versions; returns how many."""
+        return self.live.maintain()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -218,11 +225,8 @@ class LanceSink:
         return list(self._records())
 
     def live_offsets(self) -> dict[PartitionId, Offset]:
-        """Next offset per partition over every live commit still in the history."""
-        out: dict[PartitionId, Offset] = {}
-        for _, props in self._transactions():
-            out = common.merge_offsets(out, common.parse_live_offsets(props))
-        return out
+        """Next offset per partition: the config checkpoint plus later live versions."""
+        return self.live.live_offsets()
 
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
         """The newest version carrying this slice's token."""

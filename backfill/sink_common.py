@@ -10,7 +10,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -62,6 +62,29 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class MaintenancePolicy:
+    """How often and how far table maintenance (snapshot expiry / version cleanup) goes.
+
+    ``every_commits``: live commits between two automatic runs (0: only explicit
+    ``maintain()`` calls); ``keep_versions``: newest snapshots/versions always kept;
+    ``min_age_s``: nothing younger than this is removed (concurrent readers).
+    """
+
+    keep_versions: int = 20
+    every_commits: int = 50
+    min_age_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.keep_versions < 1 or self.every_commits < 0 or self.min_age_s < 0:
+            raise ValueError(
+                f"expected keep_versions >= 1, every_commits >= 0, min_age_s >= 0, found {self}"
+            )
+
+
+DEFAULT_MAINTENANCE = MaintenancePolicy()
 
 
 def retry_conflicts(
@@ -143,12 +166,25 @@ def live_offset_properties(token: CommitToken) -> dict[str, str]:
     return {f"{LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in end_offsets(token.ranges).items()}
 
 
-def parse_live_offsets(props: dict[str, str]) -> dict[PartitionId, Offset]:
+def parse_live_offsets(props: Mapping[str, str]) -> dict[PartitionId, Offset]:
     """Inverse of :func:`live_offset_properties` over a property map."""
     out: dict[PartitionId, Offset] = {}
     for k, v in props.items():
         if k.startswith(LIVE_OFFSET_PREFIX):
             out[PartitionId(int(k[len(LIVE_OFFSET_PREFIX) :]))] = Offset(int(v))
+    return out
+
+
+def moved_partitions(
+    token: CommitToken, current: dict[PartitionId, Offset]
+) -> list[tuple[PartitionId, Offset, Offset]]:
+    """``(partition, batch start, table offset)`` for every range not starting at the table's
+    current live offset of its partition (empty: the append may commit)."""
+    out = []
+    for r in token.ranges:
+        found = current.get(r.partition)
+        if found is not None and found != r.start:
+            out.append((r.partition, r.start, found))
     return out
 
 

@@ -52,6 +52,10 @@ class TableSink(Protocol):
     def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of the table (optionally limited to ``scope``)."""
 
+    def maintain(self) -> int:
+        """Expire old snapshots / clean up old versions, never losing the live offsets;
+        returns how many were removed (0 when skipped, e.g. on a concurrent commit)."""
+
 
 class BoundedSource(Protocol):
     """A bounded, re-readable source of one slice (Kafka range or archive bucket)."""

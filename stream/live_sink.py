@@ -1,56 +1,40 @@
 """Open the table the live consumer writes to, from a job.
 
-The table is created by the shared sink code (``backfill.sinks.open_sink(job).ensure_table()``)
-so both sides write the same table. Iceberg live appends go through
-:class:`~stream.live_iceberg.IcebergLiveTable`, whose commits are conditional on the table's
-live offsets (see there); it reads and writes the same ``seamline.live.offset.<p>`` properties.
+The live side opens the same sink as the history side (``backfill.sinks.open_sink``): one
+table code path per format. Live appends are conditional on the table's live offsets
+(:mod:`backfill.iceberg_live`, :mod:`backfill.lance_live`), and the sink's ``maintain()`` runs
+every ``live.expire_snapshots_every`` commits keeping ``live.keep_snapshots`` versions.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from pyiceberg.catalog.sql import SqlCatalog
+
+from backfill.iceberg_sink import IcebergSink
+from backfill.sinks import open_catalog, open_sink
 from coordinator.errors import ConfigError
 from coordinator.jobspec import JobSpec
-from stream.live import LiveSink
-from stream.live_iceberg import IcebergLiveTable
+from coordinator.ports import TableSink
 
 log = logging.getLogger(__name__)
 
 
-def _catalog(job: JobSpec) -> Any:
-    from pyiceberg.catalog.sql import SqlCatalog
-
-    t = job.table
-    if t.catalog_uri is None or t.identifier is None:
-        raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")
-    props = {k: v.get_secret_value() for k, v in t.catalog_properties.items()}
-    if t.warehouse is not None:
-        wh = t.warehouse
-        props["warehouse"] = wh if "://" in wh else job.resolve(wh).as_uri()
-    return SqlCatalog(t.catalog_name, uri=t.catalog_uri.get_secret_value(), **props)
+def _catalog(job: JobSpec) -> SqlCatalog:
+    """The job's Iceberg catalog (kept for callers of the former live-only helper)."""
+    if job.table.identifier is None:
+        raise ConfigError("key=table.identifier: iceberg needs 'identifier' and 'catalog_uri'")
+    return open_catalog(job)
 
 
-def open_live_sink(job: JobSpec, *, min_snapshot_age_s: float = 60.0) -> LiveSink:
-    """The live sink of ``job``'s table, created first with the shared table code if missing.
+def open_live_sink(job: JobSpec, *, min_snapshot_age_s: float = 60.0) -> TableSink:
+    """The live sink of ``job``'s table, created first if missing (shared table code).
 
-    Iceberg: an :class:`IcebergLiveTable` (offset-conditional appends, flat commit cost).
-    Lance: the shared ``backfill.sinks`` Lance sink.
+    Iceberg: the table's manifest-merge and metadata-cleanup properties are ensured too.
     """
-    from backfill.sinks import open_sink
-
-    shared = open_sink(job)
-    shared.ensure_table()
-    if job.table.format != "iceberg":
-        return shared
-    table = _catalog(job).load_table(str(job.table.identifier))
-    sink = IcebergLiveTable(
-        table,
-        keep_snapshots=job.live.keep_snapshots,
-        expire_every=job.live.expire_snapshots_every,
-        min_snapshot_age_s=min_snapshot_age_s,
-        sort_by=job.schema_.event_time,
-    )
-    sink.ensure_maintenance_properties()
+    sink = open_sink(job, min_age_s=min_snapshot_age_s)
+    sink.ensure_table()
+    if isinstance(sink, IcebergSink):
+        sink.live_table().ensure_maintenance_properties()
     return sink
