@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ORDER_FIELDS: dict[str, str] = {
@@ -62,13 +63,24 @@ def orders(first_id: int, n: int, start: datetime, end: datetime, seed: int) -> 
     )
 
 
+def normalise(table: pa.Table) -> pa.Table:
+    """The demo job's transform: currency codes upper-case, amounts rounded to cents.
+
+    Deterministic and row-wise, so live and history yield the same row for the same record.
+    """
+    for name, fix in (("currency", pc.utf8_upper), ("amount", lambda a: pc.round(a, 2))):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), fix(table.column(i)))
+    return table
+
+
 def write_archive(table: pa.Table, folder: Path) -> list[Path]:
     """Write ``table`` as one Parquet file per month of ``ts`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    months = pa.compute.strftime(table["ts"], format="%Y-%m")
+    months = pc.strftime(table["ts"], format="%Y-%m")
     paths = []
     for month in sorted(set(months.to_pylist())):
-        part = table.filter(pa.compute.equal(months, month))
+        part = table.filter(pc.equal(months, month))
         path = folder / f"orders-{month}.parquet"
         pq.write_table(part, path)
         paths.append(path)
