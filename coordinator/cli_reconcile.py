@@ -2,6 +2,12 @@
 
 Exit codes: 0 reconciled, 1 a difference was found (the result is not recorded, no slice is
 marked), 2 the comparison could not run (3 for an invalid job file, as everywhere).
+
+Quarantined records are read from the job's dead-letter topic (``live.quarantine_topic`` or
+``<topic>.seamline-dlq``) and count as quarantined, not lost. Without ``--min-age`` every
+committed record up to the topic's end must be in the table: records the live consumer has
+not written yet fail the run as ``in_flight``. With it, live records younger than the given
+age are left out (counted as ``left_out``); older missing records still fail.
 """
 
 from __future__ import annotations
@@ -98,7 +104,11 @@ def register(group: click.Group) -> None:
         type=click.FloatRange(min=0),
         default=0.0,
         show_default=True,
-        help="Leave out live records younger than this many seconds (still in flight).",
+        help=(
+            "Leave out live records whose Kafka timestamp is younger than this many seconds "
+            "(still in flight); without it, records the live side has not written yet fail "
+            "the run as in_flight."
+        ),
     )
     def reconcile(job: str, output: str, html: Path | None, min_age: float) -> None:
         """Compare source and table per slice and partition; exit 0 only when reconciled."""

@@ -16,6 +16,7 @@ when the job declares ``table.key`` and the run needs it (archive slices or merg
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,9 +103,10 @@ def check_unique(index: pa.Table, key: Sequence[str], *, merge: bool) -> KeyChec
     samples = []
     for entry in many.slice(0, SAMPLE).to_pylist():
         k = {c: entry[c] for c in key}
-        holders = rows.join(
-            pa.Table.from_pylist([k], schema=rows.select(list(key)).schema), list(key)
+        mask = functools.reduce(
+            pc.and_, [pc.equal(rows[c], pa.scalar(k[c], rows[c].type)) for c in key]
         )
+        holders = rows.filter(mask)
         where = tuple(
             {c: v for c, v in r.items() if c not in key} for r in holders.slice(0, 5).to_pylist()
         )

@@ -114,3 +114,41 @@ def test_rows_in_flight_beyond_end_are_not_compared() -> None:
     )
     assert cov.ok and cov.table_rows == 4 and cov.source_records == 4
     assert cov.to_json()["ok"] is True
+
+
+@settings(max_examples=100, deadline=None)
+@given(p=partitions(), data=st.data())
+def test_missing_records_split_into_lost_and_in_flight_at_the_live_position(
+    p: tuple[list[int], int, int, int], data: st.DataObject
+) -> None:
+    """Every missing record is counted exactly once: lost below the live side's position,
+    in flight at or above it; both fail (nothing is hidden without --min-age)."""
+    src, log_start, hwm, end = p
+    position = data.draw(st.integers(hwm, end))
+    written = [o for o in src if o < position and data.draw(st.booleans())]
+    cov = compare_offsets(
+        0, log_start=log_start, hwm=hwm, end=end, source=src,
+        table_offsets=written, table_live=[o >= hwm for o in written], live_position=position,
+    )  # fmt: skip
+    missing = sorted(set(src) - set(written))
+    assert cov.lost == len([o for o in missing if o < position])
+    assert cov.in_flight == len([o for o in missing if o >= position])
+    assert cov.lost + cov.in_flight == len(missing)
+    assert cov.ok == (not missing)
+    assert cov.gap <= cov.lost
+
+
+def test_superseded_offsets_are_neither_lost_nor_in_flight() -> None:
+    cov = compare_offsets(
+        0, log_start=0, hwm=5, end=8, source=list(range(8)),
+        table_offsets=[0, 1, 3, 4, 5, 6], table_live=[False] * 4 + [True] * 2,
+        superseded=[2], quarantine=[7], live_position=8, left_out=3,
+    )  # fmt: skip
+    assert cov.ok, cov.to_json()
+    assert (cov.superseded, cov.quarantined, cov.lost, cov.in_flight) == (1, 1, 0, 0)
+    assert cov.to_json()["left_out"] == 3 and cov.samples["superseded"] == (2,)
+    nothing_live = compare_offsets(
+        0, log_start=0, hwm=5, end=8, source=list(range(8)),
+        table_offsets=[0, 1, 2, 3, 4], table_live=[False] * 5, live_position=5,
+    )  # fmt: skip
+    assert (nothing_live.in_flight, nothing_live.lost, nothing_live.gap) == (3, 0, 0)
