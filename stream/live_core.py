@@ -14,6 +14,9 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from coordinator.values import Offset, OffsetRange, PartitionId
 from stream.decode import RawMessage
 
@@ -89,12 +92,51 @@ def stale_partitions(
     return stale
 
 
+def strictly_increasing(offsets: list[int]) -> bool:
+    """Whether ``offsets`` strictly increase (vectorised: one Arrow pass, no Python loop)."""
+    if len(offsets) < 64:
+        return all(a < b for a, b in itertools.pairwise(offsets))
+    arr = pa.array(offsets, pa.int64())
+    return bool(pc.all(pc.less(arr.slice(0, len(arr) - 1), arr.slice(1))).as_py())
+
+
 @dataclass
 class _Buffer:
     """Buffered records of one partition, in offset order (columnar: cheap to append)."""
 
     offsets: list[int] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A micro-batch taken out of the book for committing: its ranges and its records.
+
+    ``records`` holds ``(partition, offsets, values)`` per partition, in partition order.
+    """
+
+    ranges: tuple[OffsetRange, ...]
+    records: tuple[tuple[PartitionId, list[int], list[bytes | None]], ...]
+
+    @property
+    def size(self) -> int:
+        """Records in the batch."""
+        return sum(len(offs) for _, offs, _ in self.records)
+
+    def columns(
+        self, without: Iterable[PartitionId] = ()
+    ) -> tuple[list[int], list[int], list[bytes | None]]:
+        """``(partitions, offsets, values)`` of the batch, leaving out ``without``."""
+        skip = set(without)
+        parts: list[int] = []
+        offs: list[int] = []
+        vals: list[bytes | None] = []
+        for p, o, v in self.records:
+            if p not in skip:
+                parts.extend([int(p)] * len(o))
+                offs.extend(o)
+                vals.extend(v)
+        return parts, offs, vals
 
 
 @dataclass
@@ -106,6 +148,8 @@ class LiveBook:
     batch_started: float | None = None
     last_commit: float = 0.0
     dropped: int = 0  # messages ignored: not owned or below the position (already committed)
+    # Ends of the batch being committed (see :meth:`take`): the next batch starts there.
+    inflight: dict[PartitionId, Offset] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -117,6 +161,7 @@ class LiveBook:
         for p, off in positions.items():
             self.positions[p] = off
             self.pending.pop(p, None)
+            self.inflight.pop(p, None)
         self._reset_clock_if_empty()
 
     def revoke(self, partitions: Iterable[int]) -> int:
@@ -125,6 +170,7 @@ class LiveBook:
         for p in partitions:
             pid = PartitionId(p)
             self.positions.pop(pid, None)
+            self.inflight.pop(pid, None)
             buf = self.pending.pop(pid, None)
             discarded += len(buf.offsets) if buf else 0
         self._reset_clock_if_empty()
@@ -148,8 +194,8 @@ class LiveBook:
             self.dropped += len(offsets)
             return 0
         buf = self.pending.setdefault(pid, _Buffer())
-        floor = buf.offsets[-1] + 1 if buf.offsets else pos
-        if offsets[0] >= floor and all(a < b for a, b in itertools.pairwise(offsets)):
+        floor = buf.offsets[-1] + 1 if buf.offsets else self.inflight.get(pid, pos)
+        if offsets[0] >= floor and strictly_increasing(offsets):
             buf.offsets.extend(offsets)
             buf.values.extend(values)
             kept = len(offsets)
@@ -179,12 +225,56 @@ class LiveBook:
         return size >= limits.max_records or now - self.batch_started >= limits.max_seconds
 
     def ranges(self) -> tuple[OffsetRange, ...]:
-        """The batch's offset ranges: ``[position, last offset + 1)`` per partition with data."""
+        """The batch's offset ranges: ``[position, last offset + 1)`` per partition with data.
+
+        While a batch is in flight, the buffered one starts where the in-flight one ends.
+        """
         return tuple(
-            OffsetRange(p, self.positions[p], Offset(buf.offsets[-1] + 1))
+            OffsetRange(p, self.inflight.get(p, self.positions[p]), Offset(buf.offsets[-1] + 1))
             for p, buf in sorted(self.pending.items())
             if buf.offsets
         )
+
+    def take(self, now: float) -> Batch:
+        """Move the buffered batch out for committing; records read next follow it.
+
+        At most one batch is in flight: raises ``ValueError`` until :meth:`settle` was called.
+        Positions do not move until :meth:`settle` says what the table committed.
+        """
+        if self.inflight:
+            raise ValueError(
+                f"expected no batch in flight, found one ending at {dict(self.inflight)}"
+            )
+        ranges = self.ranges()
+        records = tuple(
+            (p, buf.offsets, buf.values) for p, buf in sorted(self.pending.items()) if buf.offsets
+        )
+        self.inflight = {r.partition: r.end for r in ranges}
+        self.pending = {}
+        self.batch_started = None
+        self.last_commit = now
+        return Batch(ranges, records)
+
+    def settle(
+        self, committed: Iterable[OffsetRange], reseek: Mapping[PartitionId, Offset]
+    ) -> dict[PartitionId, Offset]:
+        """The in-flight batch is resolved: ``committed`` ranges are in the table.
+
+        Partitions of the in-flight batch that were not committed restart at ``reseek``'s
+        offset (else at their unchanged position), and the records buffered behind them are
+        dropped. Returns ``{partition: offset}`` of the owned partitions the reader must seek.
+        """
+        done = {r.partition for r in committed}
+        for r in committed:
+            if r.partition in self.positions:
+                self.positions[r.partition] = r.end
+        restart = dict(reseek)
+        for p in self.inflight:
+            if p not in done and p not in restart and p in self.positions:
+                restart[p] = self.positions[p]
+        self.inflight = {}
+        self.reseek(restart)
+        return {p: o for p, o in restart.items() if p in self.positions}
 
     def columns(self) -> tuple[list[int], list[int], list[bytes | None]]:
         """The batch as ``(partitions, offsets, values)``, partition by partition."""

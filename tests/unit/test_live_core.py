@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from coordinator.values import Offset, OffsetRange, PartitionId
 from stream.decode import RawMessage
-from stream.live_core import BatchLimits, LiveBook, stale_partitions, start_positions
+from stream.live_core import Batch, BatchLimits, LiveBook, stale_partitions, start_positions
 
 
 def _msg(p: int, o: int) -> RawMessage:
@@ -129,3 +129,133 @@ def test_commits_tile_offsets_exactly_once_across_crashes(
     assert len(committed_records) == len(set(committed_records))
     expected = {(p, o) for p, offs in offsets.items() for o in offs[: cursor[p]]}
     assert set(committed_records) == expected
+
+
+def test_take_moves_the_batch_out_and_the_next_one_follows_it() -> None:
+    book = LiveBook()
+    book.assign({_p(0): _o(10), _p(1): _o(0)})
+    book.add_many(0, [10, 11, 12], [b"a", b"b", b"c"], now=1.0)
+    book.add_many(1, [4], [b"d"], now=1.0)
+    batch = book.take(now=2.0)
+    assert batch.ranges == (OffsetRange(_p(0), _o(10), _o(13)), OffsetRange(_p(1), _o(0), _o(5)))
+    assert batch.columns() == ([0, 0, 0, 1], [10, 11, 12, 4], [b"a", b"b", b"c", b"d"])
+    assert batch.columns(without=[_p(0)]) == ([1], [4], [b"d"])
+    assert book.size == 0 and book.last_commit == 2.0
+    assert book.add_many(0, [12, 13], [b"c", b"e"], now=2.5) == 1  # 12 is in flight already
+    with pytest.raises(ValueError, match="in flight"):
+        book.take(now=3.0)
+    assert book.ranges() == (OffsetRange(_p(0), _o(13), _o(14)),)
+    assert book.settle(batch.ranges, {}) == {}
+    assert book.positions == {0: 13, 1: 5} and book.size == 1
+
+
+def test_settle_reseeks_partitions_the_table_did_not_take() -> None:
+    book = LiveBook()
+    book.assign({_p(0): _o(0), _p(1): _o(0)})
+    book.add_many(0, [0, 1], [b"a", b"b"], now=0.0)
+    book.add_many(1, [0, 1], [b"a", b"b"], now=0.0)
+    batch = book.take(now=0.0)
+    book.add_many(0, [2], [b"c"], now=0.0)
+    book.add_many(1, [2], [b"c"], now=0.0)
+    seek = book.settle([r for r in batch.ranges if r.partition == 0], {_p(1): _o(7)})
+    assert seek == {1: 7}  # partition 1: another consumer committed up to 7
+    assert book.positions == {0: 2, 1: 7} and book.ranges() == (OffsetRange(_p(0), _o(2), _o(3)),)
+    batch = book.take(now=0.0)
+    assert book.settle((), {}) == {0: 2}  # failed outright: re-read from the position
+
+
+@st.composite
+def _pipelined(draw: st.DrawFn) -> tuple[dict[int, list[int]], list[tuple[str, int]]]:
+    offsets = {
+        p: sorted(draw(st.sets(st.integers(0, 200), min_size=1, max_size=40))) for p in range(3)
+    }
+    actions = ["read", "take", "land", "refuse", "steal", "crash"]
+    steps = draw(st.lists(st.tuples(st.sampled_from(actions), st.integers(1, 15)), max_size=40))
+    return offsets, steps
+
+
+class _Pipeline:
+    """A consumer with one commit in flight against a table another writer may race."""
+
+    def __init__(self, offsets: dict[int, list[int]]) -> None:
+        self.offsets = offsets
+        self.table: dict[PartitionId, Offset] = {}
+        self.fallback = {_p(p): _o(0) for p in offsets}
+        self.written: list[tuple[int, int]] = []
+        self.inflight: Batch | None = None
+        self.crash()
+
+    def crash(self) -> None:
+        self.book = LiveBook()
+        self.book.assign(start_positions(self.offsets, self.table, self.fallback))
+        self.inflight = None
+        self.cursor = {p: self._index(p, self.book.positions[_p(p)]) for p in self.offsets}
+
+    def _index(self, p: int, offset: int) -> int:
+        return sum(1 for o in self.offsets[p] if o < offset)
+
+    def read(self, n: int) -> None:
+        for p, offs in self.offsets.items():
+            chunk = offs[self.cursor[p] : self.cursor[p] + n]
+            self.book.add_many(p, chunk, [b"{}"] * len(chunk), 0.0)
+            self.cursor[p] += len(chunk)
+
+    def take(self) -> None:
+        if self.inflight is None and self.book.size:
+            self.inflight = self.book.take(0.0)
+
+    def land(self) -> None:
+        """What the commit thread does (stale check, conditional append), then settle."""
+        if self.inflight is None:
+            return
+        stale = stale_partitions(self.inflight.ranges, self.table, self.fallback)
+        good = [r for r in self.inflight.ranges if r.partition not in stale]
+        for p, offs, _ in self.inflight.records:
+            if p not in stale:
+                self.written += [(p, o) for o in offs]
+        self.table.update({r.partition: r.end for r in good})
+        self._settled(self.book.settle(good, stale))
+
+    def refuse(self) -> None:
+        if self.inflight is not None:
+            self._settled(self.book.settle((), {}))
+
+    def _settled(self, seek: dict[PartitionId, Offset]) -> None:
+        self.inflight = None
+        for p, off in seek.items():
+            self.cursor[p] = self._index(p, off)
+
+    def steal(self, n: int) -> None:
+        """Another consumer commits the next ``n`` records of one partition."""
+        p = n % len(self.offsets)
+        start = self.table.get(_p(p), _o(0))
+        taken = [o for o in self.offsets[p] if o >= start][:n]
+        if taken:
+            self.written += [(p, o) for o in taken]
+            self.table[_p(p)] = _o(taken[-1] + 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_pipelined())
+def test_pipelined_commits_tile_offsets_exactly_once(
+    run: tuple[dict[int, list[int]], list[tuple[str, int]]],
+) -> None:
+    offsets, steps = run
+    pipe = _Pipeline(offsets)
+    for action, n in steps:
+        if action == "read":
+            pipe.read(n)
+        elif action == "steal":
+            pipe.steal(n)
+        else:
+            getattr(pipe, action)()
+    for _ in range(4):  # drain: settle the batch in flight, then commit what is buffered
+        pipe.land()
+        pipe.take()
+        pipe.land()
+    assert pipe.book.size == 0
+    assert len(pipe.written) == len(set(pipe.written)), "a record was written twice"
+    expected = {(p, o) for p, offs in offsets.items() for o in offs if o < pipe.table.get(_p(p), 0)}
+    assert set(pipe.written) == expected, "a record was lost"
+    for p, offs in offsets.items():  # everything read is in the table
+        assert pipe.table.get(_p(p), 0) >= (offs[pipe.cursor[p] - 1] + 1 if pipe.cursor[p] else 0)
