@@ -91,7 +91,7 @@ def register(group: click.Group) -> None:
                 options,
                 progress=_progress(),
                 stop=stop,
-                say=lambda text: err.print(Text("> ", style="bold") + Text(text)),
+                say=lambda text: err.print(Text("> ", style="bold") + Text(text), soft_wrap=True),
             )
         if output == "json":
             click.echo(json.dumps(result.summary, indent=2))

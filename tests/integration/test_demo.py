@@ -103,7 +103,7 @@ def _assert_reconciled(proc: subprocess.CompletedProcess[str], workdir: Path) ->
     assert doc["late_events_in_table"] == doc["late_events"]
     assert doc["archive_slices"] > 0 and doc["kafka_slices"] > 0
     assert doc["slices"] == doc["archive_slices"] + doc["kafka_slices"]
-    assert doc["backfill_rows"] == ROWS
+    assert doc["backfill_rows"] > ROWS  # live records produced before the cut are history
     assert doc["backfill_rows_per_s"] > 0 and doc["wall_seconds"] > 0
     html = Path(doc["html_report"])
     assert html.parent == workdir and "RECONCILED" in html.read_text()
