@@ -116,7 +116,7 @@ def _table_section(fmt: TableFormat, paths: DemoPaths) -> str:
         return f"""[table]
 format = "iceberg"
 identifier = "demo.orders"                  # namespace.table in the catalog
-catalog_uri = "sqlite:///{paths.catalog}"   # pyiceberg SQL catalog (SQLite here)
+catalog_uri = "sqlite:///{paths.catalog}"  # pyiceberg SQL catalog (SQLite here)
 warehouse = "{paths.warehouse.as_uri()}"
 key = ["order_id"]
 partition_by = "day"                        # day(ts): archive months and live days prune well
@@ -131,7 +131,8 @@ key = ["order_id"]
 def render_job(fmt: TableFormat, paths: DemoPaths, bootstrap: str, topic: str) -> str:
     """The job file's text (annotated: the README shows it)."""
     fields = "\n".join(f'{name} = "{kind}"' for name, kind in ORDER_FIELDS.items())
-    return f"""# A seamline job: onboard the `{topic}` topic into a {fmt} table.
+    article = "an Iceberg" if fmt == "iceberg" else "a Lance"
+    return f"""# A seamline job: onboard the `{topic}` topic into {article} table.
 # History = the archive (monthly Parquet files) + the topic's retained records below the cut;
 # live = the topic from the cut onwards. `seamline run` loads history in parallel slices,
 # `seamline live` keeps consuming, `seamline reconcile` proves every record is there once.
@@ -142,7 +143,7 @@ id = "{JOB_ID}"
 [stream]
 bootstrap = "{bootstrap}"
 topic = "{topic}"
-group = "seamline-{JOB_ID}-live"            # the live consumer's group (monitoring only)
+group = "seamline-{JOB_ID}-live"     # the live consumer's group (monitoring only)
 
 [schema]
 event_time = "ts"                           # decides the day/month a row belongs to
