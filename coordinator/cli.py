@@ -17,7 +17,7 @@ from coordinator.errors import ExitCode, SeamlineError
 log = logging.getLogger(__name__)
 
 # Modules that each define ``register(group: click.Group) -> None``.
-_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli_broker", "coordinator.cli_live", "coordinator.cli_jobs", "coordinator.cli_reconcile", "coordinator.cli_demo")
+_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli_broker", "coordinator.cli_live", "coordinator.cli_jobs", "coordinator.cli_reconcile", "coordinator.cli_demo", "coordinator.cli_reprocess")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
