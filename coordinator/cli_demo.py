@@ -8,6 +8,7 @@ in-flight slices and shuts everything down; a second one stops at once (still cl
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -83,6 +84,8 @@ def register(group: click.Group) -> None:
         from coordinator.demo import DemoOptions, run_demo
         from coordinator.demo_report import render_summary_text
 
+        # commit retries against the live writer are expected here: not worth a warning line
+        logging.getLogger("pyiceberg.table").setLevel(logging.ERROR)
         err = Console(stderr=True, highlight=False)
         options = DemoOptions(table_format, rows, workdir, reprocess)  # type: ignore[arg-type]
         stop = StopSignal()

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from coordinator import lineage
 from coordinator.demo_job import (
     PARTITIONS,
+    TOPIC_CONFIG,
     DemoPaths,
     Seeded,
     TableFormat,
@@ -43,7 +44,7 @@ from coordinator.demo_job import (
 )
 from coordinator.demo_live import LagWatch, LiveProcess, LiveProducer, lag_probe, wait_caught_up
 from coordinator.demo_report import reconcile_counts, table_json
-from coordinator.errors import CancelledError, ConfigError, ExitCode, LiveError, ReconcileError
+from coordinator.errors import CancelledError, ExitCode, LiveError, ReconcileError
 from coordinator.jobspec import JobSpec, load_job
 from coordinator.runner import StopSignal
 from coordinator.runner_progress import ProgressSink
@@ -165,7 +166,7 @@ class _Demo:
         from stream.broker_admin import create_topic
 
         topic = new_topic_name()
-        create_topic(bootstrap, topic, partitions=PARTITIONS)
+        create_topic(bootstrap, topic, partitions=PARTITIONS, config=TOPIC_CONFIG)
         self.say(f"topic {topic} ({PARTITIONS} partitions); generating "
                  f"{self.options.rows:,} orders over three years")  # fmt: skip
         seeded = seed_history(self.paths, bootstrap, topic, self.options.rows)
@@ -233,6 +234,12 @@ class _Demo:
             "reconciled_under_live": outcome.reconciled,
         }
 
+    def incident(self, job: JobSpec, cut: Cut, seeded: Seeded) -> dict[str, Any]:
+        from coordinator.demo_reprocess import run_reprocess_demo
+
+        _check(self.stop)
+        return run_reprocess_demo(job, cut, seeded.window, self.say)
+
     def finish_live(self) -> dict[str, Any]:
         from coordinator.demo_live import LATE_EVERY, POISON_AT
 
@@ -295,8 +302,6 @@ def run_demo(
     """Run the whole demo (see the module docstring); stops everything it started."""
     from stream.broker import provide_broker
 
-    if options.reprocess:
-        raise ConfigError("key=--reprocess: not available yet", hint="run without --reprocess")
     demo = _Demo(options, progress, stop, say)
     with contextlib.ExitStack() as stack:
         handle = stack.enter_context(provide_broker(demo.paths.broker))
@@ -308,9 +313,11 @@ def run_demo(
         _check(stop)
         cut = demo.start_live(stack, job, seeded)
         run = demo.backfill(job)
+        if options.reprocess:  # under live traffic, like a real incident
+            run["reprocess"] = demo.incident(job, cut, seeded)
         live = demo.finish_live()
         _check(stop)
         rec = demo.reconcile(job, cut, seeded)
     summary = demo.summary(job, [rec, run, live])
-    ok = bool(summary["reconciled"])
+    ok = bool(summary["reconciled"]) and summary.get("reprocess", {}).get("ok", True)
     return DemoResult(summary, ExitCode.OK if ok else ExitCode.NOT_RECONCILED)

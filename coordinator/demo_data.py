@@ -74,6 +74,14 @@ def normalise(table: pa.Table) -> pa.Table:
     return table
 
 
+def normalise_buggy(table: pa.Table) -> pa.Table:
+    """A broken release of :func:`normalise` (amounts in cents): ``seamline demo --reprocess``
+    rewrites one week with it to show reconciliation catching it and a reprocess repairing it."""
+    table = normalise(table)
+    i = table.schema.get_field_index("amount")
+    return table.set_column(i, table.schema.field(i), pc.multiply(table.column(i), 100.0))
+
+
 def write_archive(table: pa.Table, folder: Path) -> list[Path]:
     """Write ``table`` as one Parquet file per month of ``ts`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

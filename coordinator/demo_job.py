@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 TableFormat = Literal["iceberg", "lance"]
 JOB_ID = "demo-orders"
 TOPIC_DAYS = 365
+# The demo topic keeps everything: its records carry event-time timestamps up to a year old,
+# which a time-based retention would delete at once.
+TOPIC_CONFIG = {"retention.ms": "-1"}
 PARTITIONS = 3
 SEED = 7
 _MARKER = ".seamline-demo"
@@ -198,10 +201,13 @@ def _produce_all(bootstrap: str, topic: str, table: pa.Table) -> int:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "acks": "all",
                          "enable.idempotence": True})  # fmt: skip
     count = 0
-    for key, value in to_json_messages(table):
+    # Kafka record timestamps = event times, as if each order had been produced when it
+    # happened (``seamline reprocess`` finds an event-time range's offsets by timestamp).
+    stamps = table["ts"].cast(pa.int64()).to_pylist()
+    for (key, value), ts in zip(to_json_messages(table), stamps, strict=True):
         while True:
             try:
-                producer.produce(topic, key=key, value=value, on_delivery=done)
+                producer.produce(topic, key=key, value=value, timestamp=ts, on_delivery=done)
                 break
             except BufferError:
                 producer.poll(0.1)

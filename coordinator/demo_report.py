@@ -77,15 +77,23 @@ def render_summary_text(doc: dict[str, Any], width: int = 100) -> str:
         ("backfill paused for live lag (s)", f"{doc['paused_s']:.1f}"),
         ("wall time (s)", f"{doc['wall_seconds']:.1f}"),
     ]  # fmt: skip
+    rep = doc.get("reprocess")
+    if rep is not None:
+        rows.append(("incident week (rows broken, detected, repaired)",
+                     f"{rep['week'][0][:10]} ({rep['rows_rewritten_by_bug']:,}, "
+                     f"{rep['detected']}, {rep['repaired']})"))  # fmt: skip
     for what, value in rows:
         table.add_row(what, value)
     console.print(table)
     t = doc["table"]
     where = (f"{t['identifier']} in catalog {t['catalog_uri']} (warehouse {t['warehouse']})"
              if t["format"] == "iceberg" else t["uri"])  # fmt: skip
-    console.print(f"table: {where}")
-    console.print(f"job file: {doc['job_file']}   HTML report: {doc['html_report']}")
-    console.print(f"try: seamline status {doc['job_file']}   seamline reconcile {doc['job_file']}")
+    for line in (
+        f"table: {where}",
+        f"job file: {doc['job_file']}   HTML report: {doc['html_report']}",
+        f"try: seamline status {doc['job_file']}   seamline reconcile {doc['job_file']}",
+    ):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
     return out.getvalue()
 
 
