@@ -14,16 +14,17 @@ zombie consumer a range is written by at most one process, and never skipped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from coordinator.errors import LiveError
 from coordinator.ports import CommitRecord
@@ -50,19 +51,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Messages per ``consume()`` call: large chunks keep the per-call overhead negligible.
-_CONSUME_MAX = 20_000
+#: Messages per ``consume()`` call. Measured (300k small records, tuned fetch): 5,000 costs
+#: 1.3 us/message of CPU, 20,000-50,000 cost 1.5-1.8 (more Message objects alive at once).
+_CONSUME_MAX = 5_000
 _POLL_S = 0.2
 _REPORT_EVERY_S = 2.0
 
 #: librdkafka fetch settings of the live consumer (a job's ``kafka`` settings override them).
-#: The 1 MB default per-partition fetch caps a consumer at ~130 k msg/s of small records; the
-#: prefetch queue stays bounded by ``queued.max.messages.kbytes``.
+#: The 1 MB default per-partition fetch caps a consumer at ~130 k msg/s of small records (16 MB:
+#: ~460 k msg/s read rate); the prefetch queue stays bounded by ``queued.max.messages.kbytes``.
 FETCH_DEFAULTS: dict[str, Any] = {
     "fetch.max.bytes": 64 << 20,
     "max.partition.fetch.bytes": 16 << 20,
     "queued.max.messages.kbytes": 64 << 10,
-    "fetch.wait.max.ms": 100,
 }
 
 
@@ -213,17 +214,20 @@ class LiveConsumer:
         """Hand each partition's run of messages to the book in one call."""
         if not msgs:
             return
-        errors = [m for m in msgs if m.error() is not None]
-        for m in errors:
-            self._on_error(m.error())
-        if errors:
-            msgs = [m for m in msgs if m.error() is None]
-        parts = [m.partition() for m in msgs]
-        offsets = [m.offset() for m in msgs]
-        values = [m.value() for m in msgs]
+        errors = list(map(Message.error, msgs))
+        if errors.count(None) != len(errors):
+            for err in errors:
+                if err is not None:
+                    self._on_error(err)
+            msgs = [m for m, err in zip(msgs, errors, strict=True) if err is None]
+        # Messages without an error always have a partition and an offset.
+        parts = cast("list[int]", list(map(Message.partition, msgs)))
+        offsets = cast("list[int]", list(map(Message.offset, msgs)))
+        values = list(map(Message.value, msgs))
         start = 0
-        for end in _run_ends(parts):
-            self._book.add_many(parts[start], offsets[start:end], values[start:end], now)
+        for p, run in itertools.groupby(parts):  # consume() returns long runs per partition
+            end = start + len(list(run))
+            self._book.add_many(p, offsets[start:end], values[start:end], now)
             start = end
 
     def _on_error(self, err: Any) -> None:
@@ -369,10 +373,3 @@ class LiveConsumer:
             self.progress.lag[p] = max(0, high - self.progress.committed[p])
         if self._on_progress is not None:
             self._on_progress(self.progress)
-
-
-def _run_ends(parts: list[int]) -> list[int]:
-    """End indexes of the runs of equal partitions in ``parts`` (consume returns runs)."""
-    ends = [i for i in range(1, len(parts)) if parts[i] != parts[i - 1]]
-    ends.append(len(parts))
-    return ends
