@@ -39,6 +39,7 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import ValidatableTableRequirement
 
 from backfill import sink_common as common
+from backfill.iceberg_write import CachedTransaction
 from coordinator.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Offset, PartitionId, SnapshotId
@@ -187,7 +188,7 @@ class IcebergLiveTable:
         requirement = AssertLiveOffsets(expected=_expected(token, current))
         rows = self._conform(data)
         try:
-            with self._table.transaction() as txn:
+            with CachedTransaction(self._table) as txn:
                 txn._stage((), (requirement,))  # type: ignore[arg-type]  # catalog re-validates
                 txn.set_properties(live_offset_properties(token))
                 txn.append(rows, snapshot_properties=token.to_properties())

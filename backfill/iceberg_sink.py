@@ -33,6 +33,7 @@ from pyiceberg.exceptions import (
     ValidationException,
 )
 from pyiceberg.expressions import BooleanExpression
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, HourTransform
 
@@ -43,6 +44,7 @@ from backfill.iceberg_live import (
     committed_record,
     snapshot_records,
 )
+from backfill.iceberg_write import CachedTransaction, stage_overwrite, write_data_files
 from backfill.scopes import (
     ice_and,
     ice_eq,
@@ -170,24 +172,38 @@ class IcebergSink:
         return found
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
-        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one commit."""
+        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one commit.
+
+        Overwrite writes its data files once; a conflict retry re-commits only metadata.
+        """
         what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
         if self.mode == "merge":
             common.check_unique_keys(data, self.key)
         props = token.to_properties()
+        target = iceberg_scope(scope, self.event_time)
+        files: list[DataFile] | None = None
+        if self.mode == "overwrite":
+            loaded = self._table()
+            files = self._write_files(what, loaded, self._rows(loaded, data))
 
         def action() -> Table:
             table = self._table()
-            rows = self._rows(table, data)
-            target = iceberg_scope(scope, self.event_time)
-            if self.mode == "merge":
-                rows, target = self._merge_plan(table, rows, target)
-            with _quiet_empty_delete(), table.transaction() as tx:
-                tx.overwrite(rows, overwrite_filter=target, snapshot_properties=props)
+            staged, expr = files, target
+            if staged is None:  # merge: the plan depends on the table's current rows
+                rows, expr = self._merge_plan(table, self._rows(table, data), target)
+                staged = self._write_files(what, table, rows)
+            with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                stage_overwrite(tx, expr, staged, props)
                 common.crash_point("before_commit")  # files written, not committed
             return table
 
         return self._commit(what, token, action)
+
+    def _write_files(self, what: str, table: Table, rows: pa.Table) -> list[DataFile]:
+        try:
+            return write_data_files(table, rows)
+        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+            raise WriterError(f"{what}: data files refused ({type(exc).__name__}: {exc})") from exc
 
     def _merge_plan(
         self, table: Table, rows: pa.Table, scope_expr: BooleanExpression

@@ -133,9 +133,10 @@ class LanceLive:
         read: list[int] = []
 
         def attempt() -> lance.LanceDataset:
-            ds, state = self._open()
-            read.append(ds.version)
-            return self._commit_at(ds, state, new, token, props)
+            with common.dataset_lock(self.uri, "commit"):  # fair turns with the backfill
+                ds, state = self._open()
+                read.append(ds.version)
+                return self._commit_at(ds, state, new, token, props)
 
         try:
             done = common.retry_conflicts(what, attempt, _is_retryable, self.policy)

@@ -17,12 +17,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import lance
@@ -107,21 +104,6 @@ class LanceSink:
                 hint="check the transform returns the job's schema",
             ) from None
 
-    @contextlib.contextmanager
-    def _merge_lock(self) -> Iterator[None]:
-        """Serialise merges that may insert the same new keys (local datasets only)."""
-        if "://" in self.uri:
-            yield
-            return
-        path = Path(self.uri)
-        lock = path.parent / f".{path.name}.seamline-merge.lock"
-        with open(lock, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
     # -- commits -------------------------------------------------------------------------
 
     def _commit(
@@ -152,22 +134,48 @@ class LanceSink:
         predicate = lance_scope(scope, self.event_time)
         if self.mode == "merge":
             common.check_unique_keys(rows, self.key)
-            with self._merge_lock():
+            with common.dataset_lock(self.uri, "merge"):
                 return self._commit(what, token, lambda: self._merge(rows, predicate, props))
         new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
-        return self._commit(what, token, lambda: self._replace(new, predicate, props))
+        seen: dict[int, tuple[Any, Any]] = {}
+        return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
 
-    def _replace(self, new: list[Any], predicate: str, props: dict[str, str]) -> lance.LanceDataset:
-        """Delete the scope at the newest version and add ``new`` (written once, re-used by
-        conflict retries) in one ``Update`` version."""
+    def _replace(
+        self,
+        new: list[Any],
+        predicate: str,
+        props: dict[str, str],
+        seen: dict[int, tuple[Any, Any]],
+    ) -> lance.LanceDataset:
+        """Delete the scope at the newest version and add ``new`` in one ``Update`` version.
+
+        ``new`` is written once and ``seen`` keeps each fragment's deletion result by its
+        metadata, so a retry after a concurrent (live) commit only evaluates the fragments
+        that are new or changed: the retry window stays small under a fast live appender.
+        """
+        with common.dataset_lock(self.uri, "commit"):
+            return self._replace_locked(new, predicate, props, seen)
+
+    def _replace_locked(
+        self,
+        new: list[Any],
+        predicate: str,
+        props: dict[str, str],
+        seen: dict[int, tuple[Any, Any]],
+    ) -> lance.LanceDataset:
         ds = self._dataset()
         removed: list[int] = []
         updated: list[Any] = []
         for frag in ds.get_fragments():
-            meta = frag.delete(predicate)
+            before = frag.metadata
+            hit = seen.get(frag.fragment_id)
+            if hit is None or hit[0] != before:
+                hit = (before, frag.delete(predicate))
+                seen[frag.fragment_id] = hit
+            meta = hit[1]
             if meta is None:
                 removed.append(frag.fragment_id)
-            elif meta != frag.metadata:
+            elif meta != before:
                 updated.append(meta)
         op = lance.LanceOperation.Update(
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
@@ -177,6 +185,12 @@ class LanceSink:
         return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
 
     def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> lance.LanceDataset:
+        with common.dataset_lock(self.uri, "commit"):
+            return self._merge_locked(rows, predicate, props)
+
+    def _merge_locked(
+        self, rows: pa.Table, predicate: str, props: dict[str, str]
+    ) -> lance.LanceDataset:
         ds = self._dataset()
         builder = (
             ds.merge_insert(list(self.key))

@@ -5,14 +5,17 @@ Pure functions, except :func:`retry_conflicts`, which sleeps between attempts.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
@@ -45,6 +48,26 @@ def crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         log.warning("test crash point reached: %s", name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def dataset_lock(uri: str, name: str) -> Iterator[None]:
+    """An exclusive host-local file lock beside a local dataset (no-op for remote URIs).
+
+    Only an optimisation (fair turns between writers on one host) or a serialisation of work
+    that must not overlap; correctness never depends on it for remote datasets.
+    """
+    if "://" in uri:
+        yield
+        return
+    path = Path(uri)
+    lock = path.parent / f".{path.name}.seamline-{name}.lock"
+    with open(lock, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
