@@ -198,8 +198,9 @@ def _produce_all(bootstrap: str, topic: str, table: pa.Table) -> int:
         if err is not None:
             errors.append(str(err))
 
+    # log_level 3: no "coordinator load in progress" retry warnings on a fresh broker
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "acks": "all",
-                         "enable.idempotence": True})  # fmt: skip
+                         "enable.idempotence": True, "log_level": 3})  # fmt: skip
     count = 0
     # Kafka record timestamps = event times, as if each order had been produced when it
     # happened (``seamline reprocess`` finds an event-time range's offsets by timestamp).

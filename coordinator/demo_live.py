@@ -46,8 +46,10 @@ class LiveProducer(threading.Thread):
     ) -> None:
         super().__init__(name="demo-live-producer", daemon=True)
         self.topic, self.first_id, self.window, self.rate = topic, first_id, window, rate
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                                   "acks": "all", "enable.idempotence": True})  # fmt: skip
+        self._producer: Producer | None = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+             "enable.idempotence": True, "log_level": 3}
+        )  # fmt: skip
         self._halt = threading.Event()
         self._rng = np.random.default_rng(11)
         self.sent = self.late = self.poison = 0
@@ -81,14 +83,16 @@ class LiveProducer(threading.Thread):
 
     def run(self) -> None:
         """Produce in 0.1 s ticks, keeping the average rate steady."""
+        producer = self._producer
+        assert producer is not None
         t0 = time.monotonic()
         while not self._halt.is_set():
             due = int((time.monotonic() - t0) * self.rate)
             while self.sent < due:
                 key, value = self.message(self.sent)
-                self._producer.produce(self.topic, key=key, value=value, on_delivery=self._done)
+                producer.produce(self.topic, key=key, value=value, on_delivery=self._done)
                 self.sent += 1
-            self._producer.poll(0)
+            producer.poll(0)
             self._halt.wait(0.1)
 
     def wait_for(self, count: int, timeout_s: float) -> None:
@@ -102,7 +106,10 @@ class LiveProducer(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout_s)
+        if self._producer is None:
+            return
         left = self._producer.flush(timeout_s)
+        self._producer = None  # released now, not after the broker stopped (no reconnect noise)
         if left or self.errors:
             raise LiveError(
                 f"topic={self.topic}: expected every live record acknowledged, found {left} "
