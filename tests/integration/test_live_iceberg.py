@@ -8,11 +8,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from backfill.iceberg_live import IcebergLiveTable
 from coordinator.errors import CommitConflictError
 from coordinator.lineage import with_lineage
 from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
 from stream.decode import RawMessage, decode_batch, identity
-from stream.live_iceberg import IcebergLiveTable
 
 pytestmark = pytest.mark.integration
 
