@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from coordinator.values import Offset, OffsetRange, PartitionId
 from stream.decode import RawMessage
-from stream.live_core import Batch, BatchLimits, LiveBook, stale_partitions, start_positions
+from stream.live_core import (
+    Batch,
+    BatchLimits,
+    LiveBook,
+    stale_partitions,
+    start_positions,
+    strictly_increasing,
+)
 
 
 def _msg(p: int, o: int) -> RawMessage:
@@ -259,3 +266,10 @@ def test_pipelined_commits_tile_offsets_exactly_once(
     assert set(pipe.written) == expected, "a record was lost"
     for p, offs in offsets.items():  # everything read is in the table
         assert pipe.table.get(_p(p), 0) >= (offs[pipe.cursor[p] - 1] + 1 if pipe.cursor[p] else 0)
+
+
+@given(st.lists(st.integers(0, 50), max_size=200))
+def test_strictly_increasing_matches_the_definition(offsets: list[int]) -> None:
+    expected = all(offsets[i] < offsets[i + 1] for i in range(len(offsets) - 1))
+    assert strictly_increasing(offsets) == expected
+    assert strictly_increasing(sorted(set(offsets)))
