@@ -182,12 +182,12 @@ class IcebergSink:
         props = token.to_properties()
         target = iceberg_scope(scope, self.event_time)
         files: list[DataFile] | None = None
+        fresh: list[Table] = [self._table()]  # the first attempt commits on this load
         if self.mode == "overwrite":
-            loaded = self._table()
-            files = self._write_files(what, loaded, self._rows(loaded, data))
+            files = self._write_files(what, fresh[0], self._rows(fresh[0], data))
 
         def action() -> Table:
-            table = self._table()
+            table = fresh.pop() if fresh else self._table()
             staged, expr = files, target
             if staged is None:  # merge: the plan depends on the table's current rows
                 rows, expr = self._merge_plan(table, self._rows(table, data), target)
