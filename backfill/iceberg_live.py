@@ -34,12 +34,14 @@ from typing import Any, Literal
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
-from pyiceberg.table import Table
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import ValidatableTableRequirement
+from pyiceberg.utils.properties import property_as_bool
 
 from backfill import sink_common as common
-from backfill.iceberg_write import CachedTransaction
+from backfill.iceberg_write import CachedTransaction, write_data_files
 from coordinator.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Offset, PartitionId, SnapshotId
@@ -91,6 +93,11 @@ class AssertLiveOffsets(ValidatableTableRequirement):  # type: ignore[misc]
                     f"live offset {key}: expected {want}, found {found} "
                     "(another live consumer committed this range)"
                 )
+
+
+def _is_cas_conflict(exc: BaseException) -> bool:
+    """A lost compare-and-set after pyiceberg's own rebases: retry with fresh metadata."""
+    return isinstance(exc, CommitFailedException)
 
 
 def _expected(token: CommitToken, current: Mapping[PartitionId, Offset]) -> dict[str, int]:
@@ -149,6 +156,7 @@ class IcebergLiveTable:
         self._table = table
         self._sort_by = sort_by
         self.policy = common.MaintenancePolicy(keep_snapshots, expire_every, min_snapshot_age_s)
+        self.retry = common.DEFAULT_RETRY
         self._commits = 0
 
     @property
@@ -183,26 +191,23 @@ class IcebergLiveTable:
                 f"slice_id={token.slice_id}: expected a live token with ranges, found "
                 f"side={token.side} ranges={len(token.ranges)}"
             )
+        what = f"table={self._table.name()} slice_id={token.slice_id}"
         self._table.refresh()
-        current = live_offsets_from_properties(self._table.metadata.properties)
-        requirement = AssertLiveOffsets(expected=_expected(token, current))
         rows = self._conform(data)
         try:
-            with CachedTransaction(self._table) as txn:
-                txn._stage((), (requirement,))  # type: ignore[arg-type]  # catalog re-validates
-                txn.set_properties(live_offset_properties(token))
-                txn.append(rows, snapshot_properties=token.to_properties())
-        except (ValidationException, CommitFailedException) as exc:
+            files = write_data_files(self._table, rows)  # once; conflict retries re-use them
+            common.retry_conflicts(
+                what, lambda: self._commit_files(files, token), _is_cas_conflict, self.retry
+            )
+        except ValidationException as exc:  # an offset moved: certainly not applied
             raise CommitConflictError(
-                f"table={self._table.name()} slice_id={token.slice_id}: live commit not "
-                f"applied ({exc})",
+                f"{what}: live commit not applied ({exc})",
                 hint="re-read the table's live offsets and re-seek",
             ) from exc
+        except WriterError:
+            raise
         except (ValueError, TypeError) as exc:  # refused before anything was committed
-            raise WriterError(
-                f"table={self._table.name()} slice_id={token.slice_id}: live write refused "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
+            raise WriterError(f"{what}: live write refused ({type(exc).__name__}: {exc})") from exc
         except Exception as exc:
             return self._resolve_unknown(token, exc)
         rec = committed_record(self._table, token)
@@ -218,6 +223,24 @@ class IcebergLiveTable:
             except Exception as exc:  # the commit landed; maintenance retries next round
                 log.warning("table maintenance failed after a live commit: %s", exc)
         return rec
+
+    def _commit_files(self, files: list[DataFile], token: CommitToken) -> None:
+        """One conditional commit of ``files`` at the table's current live offsets."""
+        self._table.refresh()
+        current = live_offsets_from_properties(self._table.metadata.properties)
+        requirement = AssertLiveOffsets(expected=_expected(token, current))
+        merge = property_as_bool(
+            self._table.metadata.properties,
+            TableProperties.MANIFEST_MERGE_ENABLED,
+            TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
+        )
+        with CachedTransaction(self._table) as txn:
+            txn._stage((), (requirement,))  # type: ignore[arg-type]  # catalog re-validates
+            txn.set_properties(live_offset_properties(token))
+            update = txn.update_snapshot(snapshot_properties=token.to_properties())
+            with update.merge_append() if merge else update.fast_append() as append:
+                for data_file in files:
+                    append.append_data_file(data_file)
 
     def _resolve_unknown(self, token: CommitToken, exc: Exception) -> CommitRecord:
         try:
