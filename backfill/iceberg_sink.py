@@ -56,7 +56,7 @@ from backfill.scopes import (
     iceberg_side,
 )
 from coordinator import lineage
-from coordinator.errors import CommitOutcomeUnknownError, WriterError
+from coordinator.errors import WriterError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Offset, PartitionId, Scope, WriteMode
 
@@ -151,22 +151,17 @@ class IcebergSink:
 
     def _commit(self, what: str, token: CommitToken, action: Callable[[], Table]) -> CommitRecord:
         """Run one commit with conflict retries; resolve unknown outcomes by token."""
-        try:
-            table = common.retry_conflicts(what, action, _is_conflict, self.policy)
-        except WriterError:
-            raise
-        except (ValueError, TypeError) as exc:  # refused before anything was committed
-            raise WriterError(f"{what}: write refused ({type(exc).__name__}: {exc})") from exc
-        except Exception as exc:
-            found = self._find_exact(token)
-            if found is not None:
-                log.warning("commit reported %s but the token landed: %s", exc, what)
-                return found
-            raise CommitOutcomeUnknownError(
-                f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
-                hint="look the token up with find_commit before retrying; never delete files",
-            ) from exc
-        found = committed_record(table, token)
+        done = common.commit_with_token(
+            what,
+            token,
+            action,
+            is_conflict=_is_conflict,
+            policy=self.policy,
+            find_exact=self._find_exact,
+        )
+        if isinstance(done, CommitRecord):
+            return done
+        found = committed_record(done, token)
         if found is None:
             raise WriterError(f"{what}: expected the committed token in the table, found none")
         return found

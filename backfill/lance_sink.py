@@ -32,7 +32,7 @@ from backfill import sink_common as common
 from backfill.lance_live import LanceLive
 from backfill.scopes import arrow_scope, lance_scope
 from coordinator import lineage
-from coordinator.errors import CommitOutcomeUnknownError, WriterError
+from coordinator.errors import WriterError
 from coordinator.ports import CommitRecord
 from coordinator.values import CommitToken, Offset, PartitionId, Scope, SnapshotId, WriteMode
 
@@ -109,21 +109,16 @@ class LanceSink:
     def _commit(
         self, what: str, token: CommitToken, action: Callable[[], lance.LanceDataset]
     ) -> CommitRecord:
-        try:
-            done = common.retry_conflicts(what, action, _is_conflict, self.policy)
-        except WriterError:
-            raise
-        except (ValueError, TypeError) as exc:  # refused before anything was committed
-            raise WriterError(f"{what}: write refused ({type(exc).__name__}: {exc})") from exc
-        except Exception as exc:
-            found = self._find_exact(token)
-            if found is not None:
-                log.warning("commit reported %s but the token landed: %s", exc, what)
-                return found
-            raise CommitOutcomeUnknownError(
-                f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
-                hint="look the token up with find_commit before retrying; never delete files",
-            ) from exc
+        done = common.commit_with_token(
+            what,
+            token,
+            action,
+            is_conflict=_is_conflict,
+            policy=self.policy,
+            find_exact=self._find_exact,
+        )
+        if isinstance(done, CommitRecord):
+            return done
         return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC))
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:

@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coordinator import lineage
-from coordinator.errors import CommitConflictError, DuplicateKeyError
+from coordinator.errors import (
+    CommitConflictError,
+    CommitOutcomeUnknownError,
+    DuplicateKeyError,
+    WriterError,
+)
+from coordinator.ports import CommitRecord
 from coordinator.values import (
     TOKEN_PREFIX,
     CommitToken,
@@ -138,6 +144,40 @@ def retry_conflicts(
             log.info("commit conflict, retrying: %s (attempt=%d, wait_s=%.3f)", what, attempt, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+def commit_with_token(
+    what: str,
+    token: CommitToken,
+    action: Callable[[], T],
+    *,
+    is_conflict: Callable[[BaseException], bool],
+    policy: RetryPolicy,
+    find_exact: Callable[[CommitToken], CommitRecord | None],
+) -> T | CommitRecord:
+    """Run one commit and classify its failure (DESIGN §3).
+
+    Returns what ``action`` returned when it committed, or the :class:`CommitRecord` found by
+    token when the commit reported an error but had landed. Raises ``CommitConflictError``
+    (certainly not applied, after the policy's retries), ``WriterError`` (refused before
+    anything was committed) or ``CommitOutcomeUnknownError`` (may have landed, token not
+    found: never delete files in that state).
+    """
+    try:
+        return retry_conflicts(what, action, is_conflict, policy)
+    except WriterError:
+        raise
+    except (ValueError, TypeError) as exc:  # refused before anything was committed
+        raise WriterError(f"{what}: write refused ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        found = find_exact(token)
+        if found is not None:
+            log.warning("commit reported %s but the token landed: %s", exc, what)
+            return found
+        raise CommitOutcomeUnknownError(
+            f"{what}: commit outcome unknown ({type(exc).__name__}: {exc}); token not found",
+            hint="look the token up with find_commit before retrying; never delete files",
+        ) from exc
 
 
 def conform(data: pa.Table, schema: pa.Schema, sort_by: str | None = None) -> pa.Table:
