@@ -13,6 +13,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from coordinator.errors import (
     CommitConflictError,
     CommitOutcomeUnknownError,
     DuplicateKeyError,
+    SeamlineError,
     WriterError,
 )
 from coordinator.ports import CommitRecord
@@ -146,6 +148,26 @@ def retry_conflicts(
     raise AssertionError("unreachable")
 
 
+_COMMIT_GUARD: ContextVar[Callable[[CommitToken], None] | None] = ContextVar(
+    "seamline_commit_guard", default=None
+)
+
+
+@contextlib.contextmanager
+def commit_guard(guard: Callable[[CommitToken], None]) -> Iterator[None]:
+    """Run ``guard(token)`` right before every commit attempt made inside this block.
+
+    The coordinator's worker installs an epoch check here, so a stale coordinator (an older
+    epoch) cannot commit even when its slice was already reading when the epoch moved on. The
+    guard raises (e.g. ``StaleEpochError``) to refuse; nothing is committed then.
+    """
+    reset = _COMMIT_GUARD.set(guard)
+    try:
+        yield
+    finally:
+        _COMMIT_GUARD.reset(reset)
+
+
 def commit_with_token(
     what: str,
     token: CommitToken,
@@ -163,9 +185,16 @@ def commit_with_token(
     anything was committed) or ``CommitOutcomeUnknownError`` (may have landed, token not
     found: never delete files in that state).
     """
+    guard = _COMMIT_GUARD.get()
+
+    def guarded() -> T:
+        if guard is not None:
+            guard(token)
+        return action()
+
     try:
-        return retry_conflicts(what, action, is_conflict, policy)
-    except WriterError:
+        return retry_conflicts(what, guarded, is_conflict, policy)
+    except SeamlineError:  # raised on purpose (a guard, a refusal): certainly not applied
         raise
     except (ValueError, TypeError) as exc:  # refused before anything was committed
         raise WriterError(f"{what}: write refused ({type(exc).__name__}: {exc})") from exc

@@ -24,7 +24,8 @@ import multiprocessing
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from coordinator.errors import (
     DuplicateKeyError,
     ExitCode,
     SourceDataLossError,
+    StaleEpochError,
 )
 from coordinator.logs import redact
 from coordinator.ports import SliceResult
@@ -43,7 +45,7 @@ from coordinator.values import CommitToken, Epoch, Slice
 log = logging.getLogger(__name__)
 
 LagGate = Callable[[], float | None]
-_TERMINAL = (ConfigError, SourceDataLossError, DuplicateKeyError)
+_TERMINAL = (ConfigError, SourceDataLossError, DuplicateKeyError, StaleEpochError)
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,23 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides about cancelling
 
 
+@contextmanager
+def _epoch_guard(job: Any) -> Iterator[None]:
+    """Check the token's epoch against the state store right before every table commit."""
+    from backfill.sink_common import commit_guard
+
+    with (
+        StateStore(job.state_url(), create=False) as store,
+        commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)),
+    ):
+        yield
+
+
 def run_one(ref: str, job: Any, slice_: Slice, token: CommitToken) -> Outcome:
     """Worker entry point: run one slice, never raise (errors come back as values)."""
     try:
-        result = load_executor(ref)(job, slice_, token)
+        with _epoch_guard(job):
+            result = load_executor(ref)(job, slice_, token)
     except Exception as exc:
         log.warning("slice=%s attempt=%d failed: %s", slice_.slice_id, token.attempt, exc)
         text = redact(f"{type(exc).__name__}: {exc}")

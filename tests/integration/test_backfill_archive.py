@@ -77,3 +77,27 @@ def test_archive_slice_runs_once_through_the_executor(tmp_path: Path) -> None:
     assert first.rows == 24 and not first.already_committed
     again = execute_slice(job, slice_, CommitToken("contract", "a-0301", 2, Epoch(1), "backfill"))
     assert again.already_committed and again.rows == 24
+
+
+def test_a_stale_coordinator_cannot_commit(tmp_path: Path) -> None:
+    """The runner's worker checks the epoch right before the table commit (DESIGN §3)."""
+    from backfill.sinks import open_sink
+    from coordinator.runner import run_one
+    from coordinator.state import StateStore
+
+    job = make_job("iceberg-overwrite", tmp_path, "127.0.0.1:1", "t")
+    name = _write("parquet", tmp_path)
+    bucket = TimeBucket(DAY, DAY + timedelta(days=1))
+    slice_ = Slice("a-0301", Scope("archive", bucket=bucket), files=(name,))
+    with StateStore(job.state_url()) as store:
+        assert store.ensure_job(job.job_id) == 1
+        store.bump_epoch(job.job_id)  # a newer coordinator took over
+    ref = "backfill.executor:execute_slice"
+    stale = run_one(ref, job, slice_, CommitToken("contract", "a-0301", 1, Epoch(1), "backfill"))
+    assert stale.error is not None and "StaleEpochError" in stale.error
+    assert not stale.retriable
+    sink = open_sink(job)
+    assert sink.scan().num_rows == 0 and sink.find_commit("contract", "a-0301") is None
+    current = run_one(ref, job, slice_, CommitToken("contract", "a-0301", 1, Epoch(2), "backfill"))
+    assert current.error is None and current.result is not None and current.result.rows == 24
+    assert sink.scan().num_rows == 24
