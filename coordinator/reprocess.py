@@ -195,6 +195,7 @@ def plan_reprocess(
 def _execute(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str, s: Slice) -> int:
     """Run one slice with retries on transient errors; returns its rows."""
     from backfill.executor import execute_slice
+    from backfill.sink_common import commit_guard
     from coordinator.values import CommitToken
 
     for tries in range(1, job.backfill.max_attempts + 1):
@@ -202,7 +203,8 @@ def _execute(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str, s: Slic
         attempt = store.start_attempt(run_id, s.slice_id)
         token = CommitToken(job.job_id, s.slice_id, attempt, cut.epoch, "backfill", s.scope.ranges)
         try:
-            result = execute_slice(job, s, token)
+            with commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)):
+                result = execute_slice(job, s, token)
         except SeamlineError as exc:
             store.finish_slice(run_id, s.slice_id, error=f"{type(exc).__name__}: {exc}")
             if not exc.transient or tries == job.backfill.max_attempts:
