@@ -11,6 +11,8 @@ Decisions:
 
 * Measuring costs a broker round trip and a table metadata read, so one measurement is reused
   for ``min_interval_s`` seconds (the runner asks before every submission).
+* A table that does not exist yet is created (empty, as the first slice or live commit
+  would) so that lag counts from the cut's ``hwm`` instead of failing the measurement.
 * A failed measurement does not stop the backfill: it is logged and the gate says "go"
   (monitoring trouble must not stall a run forever).
 * ``max_wait_s`` bounds the total pause of one gate: a live consumer that is not running at
@@ -67,6 +69,9 @@ def table_lag_probe(
         from stream.lag import live_lag
 
         sink = open_sink(job)
+        # Before the first slice or live commit the table may not exist yet: that is "live
+        # wrote nothing" (lag from the cut's hwm), not a failed measurement that lets slices go.
+        sink.ensure_table()
         return live_lag(
             job.kafka_config(), job.stream.topic, sink, start_offsets, timeout_s=timeout_s
         )
