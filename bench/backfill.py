@@ -30,6 +30,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from backfill.iceberg_sink import IcebergSink
 from backfill.lance_sink import LanceSink
 from backfill.sink_common import DEFAULT_RETRY
+from coordinator import lineage
 from coordinator.values import (
     CommitToken,
     Epoch,
@@ -70,6 +71,25 @@ def orders(n: int, seed: int = 1, base: int = 0) -> pa.Table:
     return add_lineage(user, None, None, "archive", "backfill")
 
 
+def rederived(data: pa.Table, b: TimeBucket, new: int, base: int) -> pa.Table:
+    """A re-derived bucket: all of ``b``'s rows with every other amount changed, plus ``new``
+    new orders (ids from ``base``) inside ``b``. Merging it and upserting it must give the same
+    table: every other row stays, the bucket's rows are updated, the new ones inserted."""
+    cur = in_bucket(data, b)
+    flip = pa.array(np.arange(cur.num_rows) % 2 == 0)
+    amount = pc.if_else(flip, pc.add(cur["amount"], 1.0), cur["amount"])
+    cur = cur.set_column(cur.schema.get_field_index("amount"), "amount", amount)
+    extra = orders(new, seed=9, base=base)
+    span = int((b.end - b.start).total_seconds() * 1000)
+    lo = int(b.start.timestamp() * 1000)
+    ts = np.sort(np.random.default_rng(9).integers(lo, lo + span, new))
+    i = extra.schema.get_field_index("ts")
+    extra = extra.set_column(
+        i, extra.schema.field(i), pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    )
+    return pa.concat_tables([cur, extra]).combine_chunks()
+
+
 def months() -> list[TimeBucket]:
     """Month buckets covering the 3 years."""
     out, cur = [], START
@@ -87,6 +107,19 @@ def timed(label: str, rows: int, fn: Callable[[], Any]) -> float:
     dt = time.perf_counter() - t
     print(f"{label:<44} {rows:>10,} rows {dt:8.2f} s {rows / dt:>12,.0f} rows/s", flush=True)
     return rows / dt
+
+
+def check_rows(label: str, found: int, expected: int) -> None:
+    """Refuse figures for work that was not done: the written rows must all be there."""
+    if found != expected:
+        raise SystemExit(f"{label}: expected {expected:,} rows, found {found:,}; figures invalid")
+    print(f"{'':<4}verified: {found:,} rows in the output", flush=True)
+
+
+def backfill_rows(sink: IcebergSink | LanceSink) -> int:
+    """Rows the backfill side wrote (live rows of a concurrent appender left out)."""
+    side = sink.scan(columns=[lineage.SIDE])[lineage.SIDE]
+    return int(pc.sum(pc.equal(side, "backfill")).as_py() or 0)
 
 
 def token(slice_id: str, side: str = "backfill", rng: OffsetRange | None = None) -> CommitToken:
@@ -177,8 +210,8 @@ def with_live(kind: str, target: str, fn: Callable[[], Any]) -> Callable[[], Any
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=10_000_000)
-    p.add_argument("--merge-rows", type=int, default=100_000)
-    p.add_argument("--upsert-rows", type=int, default=2_000)
+    p.add_argument("--merge-rows", type=int, default=10_000, help="new keys in the merged month")
+    p.add_argument("--upsert-rows", type=int, default=500, help="new keys in the upsert batch")
     p.add_argument("--no-live", action="store_true", help="skip the runs with a live appender")
     a = p.parse_args()
     warnings.filterwarnings("ignore", message="Delete operation did not match any records")
@@ -187,6 +220,7 @@ def main() -> None:
     print(f"bench root {root}; rows={a.rows:,} over {DAYS} days; month slices={len(months())}")
     f: dict[str, float] = {}
     f["raw"] = timed("raw ceiling: write_dataset by day", a.rows, lambda: raw_ceiling(data, root))
+    check_rows("raw", pads.dataset(root / "raw", partitioning="hive").count_rows(), a.rows)
     naive = IcebergSink(catalog(root / "naive"), "bench.naive", USER, "ts")
     naive.ensure_table()
     naive_tbl = naive.catalog.load_table("bench.naive")
@@ -196,38 +230,45 @@ def main() -> None:
         a.rows,
         lambda: naive_tbl.append(data_us),
     )
+    check_rows("naive", naive.scan(columns=["order_id"]).num_rows, a.rows)
     ice = IcebergSink(catalog(root / "ice"), "bench.ice", USER, "ts")
     ice.ensure_table()
     f["ice_ow"] = timed(
         "iceberg overwrite writer (month slices)", a.rows, lambda: write_months(ice, data)
     )
+    check_rows("iceberg overwrite", backfill_rows(ice), a.rows)
     merge = IcebergSink(ice.catalog, "bench.ice", USER, "ts", mode="merge", key=["order_id"])
-    upd = orders(a.merge_rows, seed=7, base=a.rows - a.merge_rows // 2)  # half new, half updates
-    b = TimeBucket(START, START + timedelta(days=DAYS + 1))
+    mb, ub = months()[6], months()[18]  # merge re-derives one month, upsert another
+    upd = rederived(data, mb, a.merge_rows, base=a.rows)
     f["ice_merge"] = timed(
-        "iceberg merge writer (anti-join + scoped ow)",
-        a.merge_rows,
-        lambda: merge.write_slice(Scope("archive", bucket=b), upd, token("merge")),
+        f"iceberg merge writer (one month, {upd.num_rows:,})",
+        upd.num_rows,
+        lambda: merge.write_slice(Scope("archive", bucket=mb), upd, token("merge")),
     )
-    small = orders(a.upsert_rows, seed=8, base=a.rows - a.upsert_rows // 2)
+    check_rows("iceberg merge", backfill_rows(ice), a.rows + a.merge_rows)
+    small = rederived(data, ub, a.upsert_rows, base=a.rows + a.merge_rows)
+    small = small.slice(small.num_rows - 2 * a.upsert_rows)  # some updates + the new ones
     ice_tbl = ice.catalog.load_table("bench.ice")
     small_us = small.cast(ice_tbl.schema().as_arrow())
     f["upsert"] = timed(
-        "pyiceberg Table.upsert",
-        a.upsert_rows,
+        "pyiceberg Table.upsert (same kind of batch)",
+        small.num_rows,
         lambda: ice_tbl.upsert(small_us, join_cols=["order_id"]),
     )
+    check_rows("upsert", backfill_rows(ice), a.rows + a.merge_rows + a.upsert_rows)
     lan = LanceSink(str(root / "l.lance"), USER, "ts")
     lan.ensure_table()
     f["lance_ow"] = timed(
         "lance overwrite writer (month slices)", a.rows, lambda: write_months(lan, data)
     )
+    check_rows("lance overwrite", backfill_rows(lan), a.rows)
     lmerge = LanceSink(lan.uri, USER, "ts", mode="merge", key=["order_id"], policy=DEFAULT_RETRY)
     f["lance_merge"] = timed(
-        "lance merge writer (merge_insert)",
-        a.merge_rows,
-        lambda: lmerge.write_slice(Scope("archive", bucket=b), upd, token("merge")),
+        f"lance merge writer (one month, {upd.num_rows:,})",
+        upd.num_rows,
+        lambda: lmerge.write_slice(Scope("archive", bucket=mb), upd, token("merge")),
     )
+    check_rows("lance merge", backfill_rows(lan), a.rows + a.merge_rows)
     if not a.no_live:
         ice2 = IcebergSink(catalog(root / "live"), "bench.live", USER, "ts")
         ice2.ensure_table()
@@ -236,6 +277,7 @@ def main() -> None:
             a.rows,
             with_live("iceberg", str(root / "live"), lambda: write_months(ice2, data)),
         )
+        check_rows("iceberg overwrite + live", backfill_rows(ice2), a.rows)
         lan2 = LanceSink(str(root / "live.lance"), USER, "ts")
         lan2.ensure_table()
         f["lance_live"] = timed(
@@ -243,6 +285,7 @@ def main() -> None:
             a.rows,
             with_live("lance", lan2.uri, lambda: write_months(lan2, data)),
         )
+        check_rows("lance overwrite + live", backfill_rows(lan2), a.rows)
     print("\nratios (same run)")
     print(f"  iceberg overwrite / raw ceiling     {f['ice_ow'] / f['raw']:6.2f}  (target >= 0.9)")
     print(f"  iceberg overwrite / naive append    {f['ice_ow'] / f['naive']:6.2f}")
