@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.jobspec import JobSpec
+from coordinator.state_base import safe_url
 from reconcile.model import ReconcileReport
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def table_json(job: JobSpec) -> dict[str, Any]:
             "format": "iceberg",
             "identifier": t.identifier,
             "catalog_name": t.catalog_name,
-            "catalog_uri": t.catalog_uri.get_secret_value() if t.catalog_uri else None,
+            # masked: a catalog URL may carry a password, and this JSON is printed
+            "catalog_uri": safe_url(t.catalog_uri.get_secret_value()) if t.catalog_uri else None,
             "warehouse": t.warehouse,
         }
     uri = str(t.uri)
