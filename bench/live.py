@@ -40,6 +40,7 @@ from confluent_kafka import Producer
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.transforms import DayTransform
 
+from backfill.iceberg_live import IcebergLiveTable
 from coordinator.jobspec import LiveSpec
 from coordinator.lineage import with_lineage
 from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
@@ -47,7 +48,6 @@ from stream.broker_admin import create_topic, delete_topics
 from stream.decode import decode_columns, identity
 from stream.live import LiveConsumer, LiveSettings, LiveSink
 from stream.live_core import BatchLimits
-from stream.live_iceberg import IcebergLiveTable
 
 SCHEMA = pa.schema(
     [

@@ -120,30 +120,22 @@ def run_live(
         epoch=epoch,
         partitions=partitions,
     )
-    if engine == "faust":
-        from stream.faust_app import run_worker
-
-        if stop.is_set():  # stopped while starting: nothing consumed yet
-            return {}
-        run_worker(
-            settings,
-            conf,
-            open_live_sink(job),
-            load_transform(job.transform.function),
-            start,
-            QuarantineWriter(conf, dlq, job.stream.topic),
-        )
+    if engine == "faust" and stop.is_set():  # stopped while starting: nothing consumed yet
         return {}
-    consumer = LiveConsumer(
+    parts = (
         settings,
         conf,
         open_live_sink(job),
         load_transform(job.transform.function),
         start,
         QuarantineWriter(conf, dlq, job.stream.topic),
-        on_progress=_progress_writer(job, metrics),
-        stop_event=stop,
     )
+    if engine == "faust":
+        from stream.faust_app import run_worker
+
+        run_worker(*parts)
+        return {}
+    consumer = LiveConsumer(*parts, on_progress=_progress_writer(job, metrics), stop_event=stop)
     progress = consumer.run()
     return {
         "records": progress.records,

@@ -56,6 +56,15 @@ class SliceRecord:
         return self.slice.slice_id
 
 
+def _slice_key(job_id: str, epoch: int, slice_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """The WHERE clause naming one slice of one epoch."""
+    return (
+        t.slices.c.job_id == job_id,
+        t.slices.c.epoch == epoch,
+        t.slices.c.slice_id == slice_id,
+    )
+
+
 def _status(value: str) -> SliceStatus:
     for s in _STATUSES:
         if s == value:
@@ -172,11 +181,7 @@ class SliceStore(StoreBase):
 
     def _row(self, conn: Connection, job_id: str, slice_id: str, epoch: int) -> Row[Any]:
         row = conn.execute(
-            sa.select(t.slices).where(
-                t.slices.c.job_id == job_id,
-                t.slices.c.epoch == epoch,
-                t.slices.c.slice_id == slice_id,
-            )
+            sa.select(t.slices).where(*_slice_key(job_id, epoch, slice_id))
         ).one_or_none()
         if row is None:
             raise StateError(f"job={job_id} epoch={epoch} slice={slice_id} is not in the plan")
@@ -206,11 +211,7 @@ class SliceStore(StoreBase):
                 extra["total_duration_s"] = row.total_duration_s + duration
             conn.execute(
                 t.slices.update()
-                .where(
-                    t.slices.c.job_id == job_id,
-                    t.slices.c.epoch == epoch,
-                    t.slices.c.slice_id == slice_id,
-                )
+                .where(*_slice_key(job_id, epoch, slice_id))
                 .values(**extra)
             )
             return row
@@ -228,11 +229,7 @@ class SliceStore(StoreBase):
             attempt = int(row.attempts) + 1
             conn.execute(
                 t.slices.update()
-                .where(
-                    t.slices.c.job_id == job_id,
-                    t.slices.c.epoch == epoch,
-                    t.slices.c.slice_id == slice_id,
-                )
+                .where(*_slice_key(job_id, epoch, slice_id))
                 .values(status="running", attempts=attempt, started_at=_now(), finished_at=None)
             )
         return attempt

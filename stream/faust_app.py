@@ -5,7 +5,7 @@ ignores ``seek()`` in rebalance callbacks, so before the worker starts we commit
 the offsets the table says come next (else the cut's ``hwm``) and read them back. The agent then
 takes batches of events, drops anything below the table's position, decodes with the shared
 kernel, quarantines malformed records first and appends with an offset-conditional commit
-(:class:`~stream.live_iceberg.IcebergLiveTable`). A conflict re-reads the table's offsets.
+(:class:`~backfill.iceberg_live.IcebergLiveTable`). A conflict re-reads the table's offsets.
 Faust's own offset commits are monitoring only. Reads are ``read_committed``: the app runs
 with ``processing_guarantee="exactly_once"``, the only mode in which Faust asks for it.
 """

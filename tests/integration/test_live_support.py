@@ -190,7 +190,7 @@ def table_rows(job: JobSpec) -> list[tuple[int, int]]:
 
 def table_offsets(job: JobSpec) -> dict[int, int]:
     """The table's committed live offsets (``{}`` before the first commit)."""
-    from stream.live_iceberg import live_offsets_from_properties
+    from backfill.iceberg_live import live_offsets_from_properties
     from stream.live_sink import _catalog
 
     catalog = _catalog(job)
