@@ -16,16 +16,16 @@ import logging
 
 import pyarrow as pa
 
-from backfill.archive_source import read_archive_slice
-from backfill.kafka_source import decode_kafka_slice
-from backfill.sink_common import crash_point
-from backfill.sinks import open_sink
-from coordinator.jobspec import JobSpec
-from coordinator.lineage import with_lineage
-from coordinator.ports import SliceResult
-from coordinator.values import CommitToken, Slice
-from stream.decode import Quarantined
-from stream.quarantine import QuarantineWriter, default_topic, ensure_topic
+from backfill.sinks.common import crash_point
+from backfill.sinks.registry import open_sink
+from backfill.sources.archive import read_archive_slice
+from backfill.sources.kafka import decode_kafka_slice
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.lineage import with_lineage
+from coordinator.core.ports import SliceResult
+from coordinator.core.values import CommitToken, Slice
+from stream.decode.json_records import Quarantined
+from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
 
 log = logging.getLogger(__name__)
 

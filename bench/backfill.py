@@ -27,11 +27,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pyiceberg.catalog.sql import SqlCatalog
 
-from backfill.iceberg_sink import IcebergSink
-from backfill.lance_sink import LanceSink
-from backfill.sink_common import DEFAULT_RETRY
-from coordinator import lineage
-from coordinator.values import (
+from backfill.sinks.common import DEFAULT_RETRY
+from backfill.sinks.iceberg.sink import IcebergSink
+from backfill.sinks.lance.sink import LanceSink
+from coordinator.core import lineage
+from coordinator.core.values import (
     CommitToken,
     Epoch,
     Offset,
@@ -40,7 +40,7 @@ from coordinator.values import (
     Scope,
     TimeBucket,
 )
-from stream.decode import add_lineage
+from stream.decode.json_records import add_lineage
 
 START = datetime(2022, 1, 1, tzinfo=UTC)
 DAYS = 3 * 365

@@ -40,14 +40,14 @@ from confluent_kafka import Producer
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.transforms import DayTransform
 
-from backfill.iceberg_live import IcebergLiveTable
-from coordinator.jobspec import LiveSpec
-from coordinator.lineage import with_lineage
-from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.broker_admin import create_topic, delete_topics
-from stream.decode import decode_columns, identity
-from stream.live import LiveConsumer, LiveSettings, LiveSink
-from stream.live_core import BatchLimits
+from backfill.sinks.iceberg.live import IcebergLiveTable
+from coordinator.core.jobspec import LiveSpec
+from coordinator.core.lineage import with_lineage
+from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
+from stream.broker.admin import create_topic, delete_topics
+from stream.decode.json_records import decode_columns, identity
+from stream.live.core import BatchLimits
+from stream.live.loop import LiveConsumer, LiveSettings, LiveSink
 
 SCHEMA = pa.schema(
     [
@@ -97,7 +97,7 @@ def _produce(bootstrap: str, topic: str, n: int) -> dict[int, int]:
 def _sink(root: Path, fmt: str) -> LiveSink:
     live = LiveSpec()
     if fmt == "lance":
-        from backfill.lance_sink import LanceSink
+        from backfill.sinks.lance.sink import LanceSink
 
         lance_sink = LanceSink(str(root / "throughput.lance"), SCHEMA, "ts")
         lance_sink.ensure_table()

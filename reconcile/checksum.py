@@ -46,8 +46,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from coordinator import lineage
-from coordinator.errors import ReconcileError
+from coordinator.core import lineage
+from coordinator.core.errors import ReconcileError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from coordinator import lineage
+from coordinator.core import lineage
 from reconcile.checksum import U64, row_hashes
 
 log = logging.getLogger(__name__)

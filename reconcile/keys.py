@@ -25,8 +25,8 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from coordinator import lineage
-from coordinator.ports import TableSink
+from coordinator.core import lineage
+from coordinator.core.ports import TableSink
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from coordinator.values import OffsetRange, Scope
+from coordinator.core.values import OffsetRange, Scope
 from reconcile.checksum import SCHEME, Checksum
 from reconcile.coverage import FAILING, INFO, PartitionCoverage
 from reconcile.drilldown import DrillDown

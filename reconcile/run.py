@@ -33,11 +33,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from coordinator import lineage
-from coordinator.errors import ReconcileError
-from coordinator.jobspec import JobSpec
-from coordinator.ports import TableSink
-from coordinator.values import Cut, Offset, OffsetRange, PartitionCut, PartitionId, Scope, Slice
+from coordinator.core import lineage
+from coordinator.core.errors import ReconcileError
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.ports import TableSink
+from coordinator.core.values import (
+    Cut,
+    Offset,
+    OffsetRange,
+    PartitionCut,
+    PartitionId,
+    Scope,
+    Slice,
+)
 from reconcile.checksum import Checksum, checksum, hashed_columns
 from reconcile.coverage import I64, PartitionCoverage, compare_offsets
 from reconcile.drilldown import KAFKA_KEY, bisect_diff
@@ -264,7 +272,7 @@ class _Run:
         return kept, gone.num_rows
 
     def archive_unit(self, unit: Unit) -> SliceReport:
-        from backfill.archive_source import read_archive_slice
+        from backfill.sources.archive import read_archive_slice
 
         assert unit.slice is not None
         source = read_archive_slice(self.job, unit.slice)
@@ -343,7 +351,7 @@ def reconcile_job(
     ``SourceError`` / ``LiveError`` (dead-letter topic) when the comparison cannot run.
     """
     if sink is None:
-        from backfill.sinks import open_sink
+        from backfill.sinks.registry import open_sink
 
         sink = open_sink(job)
     if source is None:

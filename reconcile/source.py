@@ -1,8 +1,8 @@
 """Thin Kafka adapter of the reconciler: committed ends and decoded source units.
 
-All reading goes through :func:`backfill.kafka_source.iter_kafka_range` (bounded, read
+All reading goes through :func:`stream.kafka.reader.iter_kafka_range` (bounded, read
 committed, stops exactly at a range's end despite sparse offsets) and
-:func:`stream.decode.decode_batch` with the job's transform, so the source side yields exactly
+:func:`stream.decode.json_records.decode_batch` with the job's transform, so the source side yields exactly
 the rows the writers would write, plus the offsets the decoder quarantines.
 """
 
@@ -18,13 +18,13 @@ import pyarrow as pa
 from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from backfill.kafka_source import iter_kafka_range
-from coordinator.errors import SourceError
-from coordinator.jobspec import JobSpec
-from coordinator.values import OffsetRange
+from coordinator.core.errors import SourceError
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import OffsetRange
 from reconcile.coverage import I64
-from stream.decode import Transform, decode_batch, load_transform
-from stream.quarantine import default_topic, read_quarantine
+from stream.decode.json_records import Transform, decode_batch, load_transform
+from stream.kafka.quarantine import default_topic, read_quarantine
+from stream.kafka.reader import iter_kafka_range
 
 log = logging.getLogger(__name__)
 

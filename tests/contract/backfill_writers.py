@@ -16,12 +16,12 @@ from typing import Any
 import pyarrow as pa
 
 from backfill.executor import execute_slice
-from backfill.sink_common import CRASH_ENV
-from backfill.sinks import open_sink
-from coordinator import lineage
-from coordinator.jobspec import JobSpec, parse_job
-from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice
-from stream.decode import add_lineage
+from backfill.sinks.common import CRASH_ENV
+from backfill.sinks.registry import open_sink
+from coordinator.core import lineage
+from coordinator.core.jobspec import JobSpec, parse_job
+from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice
+from stream.decode.json_records import add_lineage
 
 WRITERS = ("iceberg-overwrite", "iceberg-merge", "lance-overwrite", "lance-merge")
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from backfill.executor import execute_slice
-from backfill.sinks import open_sink
-from coordinator import lineage
-from coordinator.jobspec import JobSpec
-from coordinator.ports import TableSink
-from coordinator.values import Scope, Slice, TimeBucket
+from backfill.sinks.registry import open_sink
+from coordinator.core import lineage
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.ports import TableSink
+from coordinator.core.values import Scope, Slice, TimeBucket
 from tests.contract.backfill_writers import (
     DAY0,
     WRITERS,

@@ -25,9 +25,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from coordinator.errors import StaleEpochError, StateError
-from coordinator.state import StateStore, state_exists
-from coordinator.values import (
+from coordinator.core.errors import StaleEpochError, StateError
+from coordinator.core.values import (
     CommitToken,
     Cut,
     Epoch,
@@ -40,6 +39,7 @@ from coordinator.values import (
     Slice,
     TimeBucket,
 )
+from coordinator.state.store import StateStore, state_exists
 
 PG_PASSWORD = "pw-Zq8-never-logged"
 JOB = "orders"

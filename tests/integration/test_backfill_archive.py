@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backfill.archive_source import read_archive_slice
 from backfill.executor import execute_slice
-from coordinator import lineage
-from coordinator.values import CommitToken, Epoch, Scope, Slice, TimeBucket
+from backfill.sources.archive import read_archive_slice
+from coordinator.core import lineage
+from coordinator.core.values import CommitToken, Epoch, Scope, Slice, TimeBucket
 from tests.contract.backfill_writers import make_job
 
 pytestmark = pytest.mark.integration
@@ -81,9 +81,9 @@ def test_archive_slice_runs_once_through_the_executor(tmp_path: Path) -> None:
 
 def test_a_stale_coordinator_cannot_commit(tmp_path: Path) -> None:
     """The runner's worker checks the epoch right before the table commit (DESIGN §3)."""
-    from backfill.sinks import open_sink
-    from coordinator.runner import run_one
-    from coordinator.state import StateStore
+    from backfill.sinks.registry import open_sink
+    from coordinator.run.runner import run_one
+    from coordinator.state.store import StateStore
 
     job = make_job("iceberg-overwrite", tmp_path, "127.0.0.1:1", "t")
     name = _write("parquet", tmp_path)

@@ -11,9 +11,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from backfill.kafka_source import iter_kafka_range
-from coordinator.errors import SourceError
-from coordinator.values import Offset, OffsetRange, PartitionId
+from coordinator.core.errors import SourceError
+from coordinator.core.values import Offset, OffsetRange, PartitionId
+from stream.kafka.reader import iter_kafka_range
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from coordinator.cli import cli
-from coordinator.pytest_plugin import TopicFactory
-from stream.broker import local_status, start_local, stop_local
-from stream.broker_admin import create_topic
+from coordinator.cli.main import cli
+from coordinator.testing.pytest_plugin import TopicFactory
+from stream.broker.admin import create_topic
+from stream.broker.provide import local_status, start_local, stop_local
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from coordinator.pytest_plugin import TopicFactory
+from coordinator.testing.pytest_plugin import TopicFactory
 
 pytestmark = pytest.mark.integration
 

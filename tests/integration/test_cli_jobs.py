@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from coordinator.errors import ExitCode
-from coordinator.pytest_plugin import TopicFactory
+from coordinator.core.errors import ExitCode
+from coordinator.testing.pytest_plugin import TopicFactory
 
 pytestmark = pytest.mark.integration
 

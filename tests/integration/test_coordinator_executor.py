@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coordinator.errors import ConfigError
-from coordinator.ports import CommitRecord, SliceResult
-from coordinator.values import CommitToken, Slice, SnapshotId
+from coordinator.core.errors import ConfigError
+from coordinator.core.ports import CommitRecord, SliceResult
+from coordinator.core.values import CommitToken, Slice, SnapshotId
 
 
 def _append(path: Path, line: str) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import ExitCode
-from coordinator.pytest_plugin import TopicFactory
+from coordinator.core.errors import ExitCode
+from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_cli_jobs import REPO, SEAMLINE, job_toml, produce, seamline, write_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import ExitCode, StaleEpochError
-from coordinator.jobspec import JobSpec, parse_job
-from coordinator.planner import make_plan
-from coordinator.runner import Runner, RunnerConfig, StopSignal
-from coordinator.state import StateStore
-from coordinator.values import Cut, Offset, PartitionCut, PartitionId
+from coordinator.core.errors import ExitCode, StaleEpochError
+from coordinator.core.jobspec import JobSpec, parse_job
+from coordinator.core.values import Cut, Offset, PartitionCut, PartitionId
+from coordinator.plan.planner import make_plan
+from coordinator.run.runner import Runner, RunnerConfig, StopSignal
+from coordinator.state.store import StateStore
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.demo_live import POISON_AT
-from coordinator.errors import ExitCode
+from coordinator.core.errors import ExitCode
+from coordinator.demo.live import POISON_AT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from backfill.sinks import open_sink
-from coordinator.demo_data import orders
-from coordinator.errors import ExitCode
-from coordinator.jobspec import JobSpec
-from coordinator.lag_gate import LagGate, lag_value
-from coordinator.orchestrate import JobOutcome, run_job
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.runner import StopSignal
-from coordinator.state import StateStore
+from backfill.sinks.registry import open_sink
+from coordinator.core.errors import ExitCode
+from coordinator.core.jobspec import JobSpec
+from coordinator.demo.data import orders
+from coordinator.run.lag_gate import LagGate, lag_value
+from coordinator.run.orchestrate import JobOutcome, run_job
+from coordinator.run.runner import StopSignal
+from coordinator.state.store import StateStore
+from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_e2e_support import (
     LIVE_FROM,
     ZERO,

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from backfill.sinks import open_sink
-from coordinator.errors import ExitCode
-from coordinator.jobspec import JobSpec
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.state import StateStore
+from backfill.sinks.registry import open_sink
+from coordinator.core.errors import ExitCode
+from coordinator.core.jobspec import JobSpec
+from coordinator.state.store import StateStore
+from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_e2e_support import (
     ZERO,
     LiveProducer,

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from coordinator.errors import ExitCode
-from coordinator.jobspec import JobSpec
-from coordinator.pytest_plugin import TopicFactory
+from coordinator.core.errors import ExitCode
+from coordinator.core.jobspec import JobSpec
+from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_e2e_onboarding import live_caught_up
 from tests.integration.test_e2e_support import (
     BUG_FROM,
@@ -55,9 +55,9 @@ def history_rows(job: JobSpec) -> tuple[pa.Table, pa.Table]:
 
 def iceberg_files(job: JobSpec) -> tuple[set[str], set[str]]:
     """(data files that cannot hold rows of the week, every data file)."""
-    from backfill.scopes import iceberg_bucket
-    from backfill.sinks import open_catalog
-    from coordinator.values import TimeBucket
+    from backfill.sinks.registry import open_catalog
+    from backfill.sinks.scopes import iceberg_bucket
+    from coordinator.core.values import TimeBucket
 
     table = open_catalog(job).load_table(str(job.table.identifier))
     week = iceberg_bucket("ts", TimeBucket(BUG_FROM, BUG_TO))

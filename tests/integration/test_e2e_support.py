@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from confluent_kafka import Producer
 
-from coordinator.demo_data import ORDER_FIELDS, orders, to_json_messages, write_archive
-from coordinator.jobspec import JobSpec, load_job
+from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.demo.data import ORDER_FIELDS, orders, to_json_messages, write_archive
 
 REPO = Path(__file__).resolve().parents[2]
 SEAMLINE = str(Path(sys.executable).parent / "seamline")
@@ -283,7 +283,7 @@ def counts(totals: dict[str, int]) -> dict[str, int]:
 
 def table_rows(job: JobSpec) -> pa.Table:
     """Every row of the job's table, sorted by lineage then order id."""
-    from backfill.sinks import open_sink
+    from backfill.sinks.registry import open_sink
 
     data = open_sink(job).scan()
     keys = [("_seamline_source", "ascending"), ("_kafka_partition", "ascending")]

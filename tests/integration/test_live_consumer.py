@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.state import StateStore
-from stream.lag import live_lag
-from stream.live_sink import open_live_sink
-from stream.quarantine import default_topic, read_quarantine
+from coordinator.service import open_live_sink
+from coordinator.state.store import StateStore
+from stream.kafka.quarantine import default_topic, read_quarantine
+from stream.live.lag import live_lag
 from tests.integration.test_live_support import (
     BackgroundProducer,
     ends,

@@ -8,11 +8,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from backfill.iceberg_live import IcebergLiveTable
-from coordinator.errors import CommitConflictError
-from coordinator.lineage import with_lineage
-from coordinator.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.decode import RawMessage, decode_batch, identity
+from backfill.sinks.iceberg.live import IcebergLiveTable
+from coordinator.core.errors import CommitConflictError
+from coordinator.core.lineage import with_lineage
+from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
+from stream.decode.json_records import RawMessage, decode_batch, identity
 
 pytestmark = pytest.mark.integration
 

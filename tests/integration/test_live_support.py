@@ -19,9 +19,9 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from coordinator.jobspec import JobSpec, load_job
-from coordinator.state import StateStore
-from coordinator.values import Cut, Offset, PartitionCut, PartitionId
+from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.core.values import Cut, Offset, PartitionCut, PartitionId
+from coordinator.state.store import StateStore
 
 SEAMLINE = str(Path(sys.executable).parent / "seamline")
 
@@ -175,7 +175,7 @@ def stop_live(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
 
 def table_rows(job: JobSpec) -> list[tuple[int, int]]:
     """Every ``(partition, offset)`` in the table (duplicates kept)."""
-    from stream.live_sink import _catalog
+    from coordinator.service import _catalog
 
     table = _catalog(job).load_table(str(job.table.identifier))
     data = table.scan(selected_fields=("_kafka_partition", "_kafka_offset")).to_arrow()
@@ -190,8 +190,8 @@ def table_rows(job: JobSpec) -> list[tuple[int, int]]:
 
 def table_offsets(job: JobSpec) -> dict[int, int]:
     """The table's committed live offsets (``{}`` before the first commit)."""
-    from backfill.iceberg_live import live_offsets_from_properties
-    from stream.live_sink import _catalog
+    from backfill.sinks.iceberg.live import live_offsets_from_properties
+    from coordinator.service import _catalog
 
     catalog = _catalog(job)
     ident = str(job.table.identifier)

@@ -16,10 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from backfill.sinks import open_catalog
-from coordinator.jobspec import JobSpec
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.values import (
+from backfill.sinks.registry import open_catalog
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import (
     CommitToken,
     Cut,
     Epoch,
@@ -30,6 +29,7 @@ from coordinator.values import (
     Slice,
     TimeBucket,
 )
+from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.model import ReconcileReport
 from reconcile.report import render_json, render_text
 from reconcile.run import reconcile_job
@@ -92,7 +92,7 @@ def _replace(job: JobSpec, data: pa.Table) -> None:
 
 
 def _scan(job: JobSpec) -> pa.Table:
-    from backfill.sinks import open_sink
+    from backfill.sinks.registry import open_sink
 
     return open_sink(job).scan()
 

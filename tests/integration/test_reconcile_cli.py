@@ -11,12 +11,12 @@ import lance
 import pyarrow.compute as pc
 import pytest
 
-from backfill.lance_sink import LanceSink
-from coordinator import lineage
-from coordinator.jobspec import load_job
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.state import StateStore
-from coordinator.values import CommitToken, Epoch
+from backfill.sinks.lance.sink import LanceSink
+from coordinator.core import lineage
+from coordinator.core.jobspec import load_job
+from coordinator.core.values import CommitToken, Epoch
+from coordinator.state.store import StateStore
+from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_reconcile_mutations import FIELDS, MemoSource, build_corpus, load_table
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ slice_records = 100
 
 
 def _seamline(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from coordinator.cli import main; main()"
+    code = "from coordinator.cli.main import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
     )

@@ -17,11 +17,9 @@ import lance
 import pytest
 from confluent_kafka import Producer
 
-from backfill.kafka_source import iter_kafka_range
-from backfill.sinks import open_sink
-from coordinator.jobspec import JobSpec
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.values import (
+from backfill.sinks.registry import open_sink
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import (
     CommitToken,
     Cut,
     Epoch,
@@ -32,8 +30,10 @@ from coordinator.values import (
     Scope,
     Slice,
 )
+from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.run import reconcile_job
-from stream.decode import decode_batch, identity
+from stream.decode.json_records import decode_batch, identity
+from stream.kafka.reader import iter_kafka_range
 from tests.contract.backfill_writers import make_job
 
 pytestmark = pytest.mark.integration

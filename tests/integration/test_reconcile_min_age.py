@@ -18,11 +18,9 @@ import lance
 import pytest
 from confluent_kafka import Producer
 
-from backfill.kafka_source import iter_kafka_range
-from backfill.lance_sink import LanceSink
-from coordinator.jobspec import JobSpec, load_job
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.values import (
+from backfill.sinks.lance.sink import LanceSink
+from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.core.values import (
     CommitToken,
     Cut,
     Epoch,
@@ -33,7 +31,9 @@ from coordinator.values import (
     Scope,
     Slice,
 )
-from stream.decode import decode_batch, identity
+from coordinator.testing.pytest_plugin import TopicFactory
+from stream.decode.json_records import decode_batch, identity
+from stream.kafka.reader import iter_kafka_range
 from tests.integration.test_reconcile_support import reconcile_json, run_slices, store_plan
 
 pytestmark = pytest.mark.integration

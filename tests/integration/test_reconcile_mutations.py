@@ -23,13 +23,12 @@ import pyarrow.compute as pc
 import pytest
 from confluent_kafka import Producer
 
-from backfill.iceberg_sink import IcebergSink
-from backfill.lance_sink import LanceSink
-from coordinator import lineage
-from coordinator.jobspec import JobSpec, parse_job
-from coordinator.ports import TableSink
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.values import (
+from backfill.sinks.iceberg.sink import IcebergSink
+from backfill.sinks.lance.sink import LanceSink
+from coordinator.core import lineage
+from coordinator.core.jobspec import JobSpec, parse_job
+from coordinator.core.ports import TableSink
+from coordinator.core.values import (
     CommitToken,
     Cut,
     Epoch,
@@ -40,10 +39,11 @@ from coordinator.values import (
     Scope,
     Slice,
 )
+from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.model import ReconcileReport
 from reconcile.run import reconcile_job
 from reconcile.source import KafkaUnits, SourceUnit
-from stream.decode import RawMessage, decode_batch, identity
+from stream.decode.json_records import RawMessage, decode_batch, identity
 
 pytestmark = pytest.mark.integration
 
@@ -156,7 +156,7 @@ class MemoSource:
 
 
 def _messages(src: MemoSource, rng: OffsetRange) -> list[RawMessage]:
-    from backfill.kafka_source import iter_kafka_range
+    from stream.kafka.reader import iter_kafka_range
 
     return [m for batch in iter_kafka_range(src.inner.conf, src.inner.topic, rng) for m in batch]
 

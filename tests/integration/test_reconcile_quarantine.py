@@ -15,9 +15,8 @@ import lance
 import pyarrow.compute as pc
 import pytest
 
-from coordinator import lineage
-from coordinator.pytest_plugin import TopicFactory
-from coordinator.values import (
+from coordinator.core import lineage
+from coordinator.core.values import (
     Cut,
     Epoch,
     Offset,
@@ -27,10 +26,11 @@ from coordinator.values import (
     Scope,
     Slice,
 )
+from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.run import reconcile_job
 from reconcile.source import dead_letter_topic, read_dead_letters
-from stream.decode import Quarantined
-from stream.quarantine import QuarantineWriter, ensure_topic
+from stream.decode.json_records import Quarantined
+from stream.kafka.quarantine import QuarantineWriter, ensure_topic
 from tests.integration.test_live_support import (
     ends,
     produce,
@@ -100,7 +100,7 @@ def test_live_and_backfill_quarantine_reconciles_with_zero_lost(
 def test_a_record_listed_only_in_the_dead_letter_topic_is_quarantined_not_lost(
     kafka_bootstrap: str, kafka_topic: TopicFactory, tmp_path: Path, lance_uri: str
 ) -> None:
-    from backfill.lance_sink import LanceSink
+    from backfill.sinks.lance.sink import LanceSink
 
     corpus = build_corpus(tmp_path, kafka_bootstrap, kafka_topic(2), "lance")
     sink = LanceSink(lance_uri, corpus.job.schema_.arrow_schema(), "ts")

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from backfill.executor import execute_slice
-from coordinator.jobspec import JobSpec
-from coordinator.state import StateStore
-from coordinator.values import CommitToken, Cut, Epoch, Slice
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import CommitToken, Cut, Epoch, Slice
+from coordinator.state.store import StateStore
 
 
 def seamline(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the ``seamline`` CLI in a fresh process."""
-    code = "from coordinator.cli import main; main()"
+    code = "from coordinator.cli.main import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
     )

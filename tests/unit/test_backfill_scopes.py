@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backfill import sink_common as common
-from backfill.scopes import arrow_scope, lance_scope, micros
-from coordinator import lineage
-from coordinator.errors import CommitConflictError, DuplicateKeyError
-from coordinator.values import (
+from backfill.sinks import common
+from backfill.sinks.scopes import arrow_scope, lance_scope, micros
+from coordinator.core import lineage
+from coordinator.core.errors import CommitConflictError, DuplicateKeyError
+from coordinator.core.values import (
     CommitToken,
     Epoch,
     Offset,

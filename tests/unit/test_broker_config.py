@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import stream.broker_probe
-import stream.broker_setup
-from coordinator import pytest_plugin
-from coordinator.errors import BrokerError
-from stream.broker import provide_broker
-from stream.broker_local import LocalBroker, read_state, start_local, write_state
-from stream.broker_setup import (
+import stream.broker.probe
+import stream.broker.setup
+from coordinator.core.errors import BrokerError
+from coordinator.testing import pytest_plugin
+from stream.broker.local import LocalBroker, read_state, start_local, write_state
+from stream.broker.provide import provide_broker
+from stream.broker.setup import (
     KAFKA_VERSION,
     POM_PATH,
     ensure_kafka_jars,
@@ -152,7 +152,7 @@ def test_unknown_seamline_kafka_mode_is_an_error(
         pass
 
 
-@pytest.mark.parametrize("module", [stream.broker_setup, stream.broker_probe, pytest_plugin])
+@pytest.mark.parametrize("module", [stream.broker.setup, stream.broker.probe, pytest_plugin])
 def test_docstring_examples(module: types.ModuleType) -> None:
     failed, _ = doctest.testmod(module)
     assert failed == 0

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.broker_setup import KAFKA_VERSION
+from stream.broker.setup import KAFKA_VERSION
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 

@@ -10,7 +10,13 @@ import pyarrow.compute as pc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.decode import RawMessage, decode_batch, decode_batch_fast, decode_columns, identity
+from stream.decode.json_records import (
+    RawMessage,
+    decode_batch,
+    decode_batch_fast,
+    decode_columns,
+    identity,
+)
 
 SCHEMA = pa.schema(
     [

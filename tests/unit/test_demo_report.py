@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.demo_report import table_json
-from coordinator.jobspec import parse_job
+from coordinator.core.jobspec import parse_job
+from coordinator.demo.report import table_json
 
 
 def test_table_json_masks_the_catalog_password(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import ConfigError, ExitCode
-from coordinator.jobspec import load_job
+from coordinator.core.errors import ConfigError, ExitCode
+from coordinator.core.jobspec import load_job
 
 BASE = """
 [job]

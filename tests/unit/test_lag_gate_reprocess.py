@@ -8,11 +8,11 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.jobspec import parse_job
-from coordinator.lag_gate import LagGate, lag_value, pause_for
-from coordinator.planner import ArchiveFile
-from coordinator.reprocess import archive_reprocess_slices, kafka_reprocess_slices, run_id_of
-from coordinator.values import Cut, Epoch, Offset, PartitionCut, PartitionId
+from coordinator.core.jobspec import parse_job
+from coordinator.core.values import Cut, Epoch, Offset, PartitionCut, PartitionId
+from coordinator.plan.planner import ArchiveFile
+from coordinator.run.lag_gate import LagGate, lag_value, pause_for
+from coordinator.run.reprocess import archive_reprocess_slices, kafka_reprocess_slices, run_id_of
 
 JOB = parse_job(
     {

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.values import Offset, OffsetRange, PartitionId
-from stream.decode import RawMessage
-from stream.live_core import (
+from coordinator.core.values import Offset, OffsetRange, PartitionId
+from stream.decode.json_records import RawMessage
+from stream.live.core import (
     Batch,
     BatchLimits,
     LiveBook,

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.errors import SourceDataLossError
-from coordinator.planner import (
+from coordinator.core.errors import SourceDataLossError
+from coordinator.core.values import Cut, Epoch, Offset, PartitionCut, PartitionId, Slice
+from coordinator.plan.planner import (
     ArchiveFile,
     BucketUnit,
     archive_slices,
@@ -24,7 +25,6 @@ from coordinator.planner import (
     time_buckets,
     with_estimates,
 )
-from coordinator.values import Cut, Epoch, Offset, PartitionCut, PartitionId, Slice
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 UNITS: list[BucketUnit] = ["hour", "day", "month"]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.errors import ReconcileError
+from coordinator.core.errors import ReconcileError
 from reconcile.checksum import SCHEME, Checksum, ChecksumAccumulator, checksum, mix, mix_int
 
 SCHEMA = pa.schema(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from coordinator import lineage
+from coordinator.core import lineage
 from reconcile.keys import check_unique, superseded_rows
 
 

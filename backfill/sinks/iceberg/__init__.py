@@ -1,0 +1,1 @@
+"""Apache Iceberg tables (pyiceberg): history slice writer and live appender."""

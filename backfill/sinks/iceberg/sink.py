@@ -1,0 +1,268 @@
+"""Iceberg writer (pyiceberg, any catalog; seamline uses the SQL catalog). DESIGN §3-§4.
+
+* ``overwrite``: one ``Table.overwrite`` whose filter is exactly the slice's scope (its own
+  offsets, or archive tag AND bucket), so live rows in the same day survive.
+* ``merge``: key uniqueness is checked, then backfill-side rows outside the scope whose key
+  is in the batch are found by an Arrow semi-join, and one overwrite replaces
+  ``scope OR (side = backfill AND key IN matched)``. Live rows are never touched.
+* Every commit carries the token in ``snapshot_properties``. Live appends, live offsets and
+  maintenance go through :class:`backfill.sinks.iceberg.live.IcebergLiveTable` (the one live code
+  path: offset-conditional commits, one table property ``seamline.live.offset.<p>`` per
+  partition, snapshot expiry that keeps the offsets).
+* Conflicts (``CommitFailedException``/``ValidationException``: certainly not applied) are
+  retried with backoff after a reload; any other commit error is an unknown outcome: the
+  token is looked up and, if absent, ``CommitOutcomeUnknownError`` is raised. Files are
+  never deleted by seamline in that state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform, HourTransform
+
+from backfill.sinks import common
+from backfill.sinks.iceberg.live import (
+    MAINTENANCE_PROPERTIES,
+    IcebergLiveTable,
+    committed_record,
+    snapshot_records,
+)
+from backfill.sinks.iceberg.write import CachedTransaction, stage_overwrite, write_data_files
+from backfill.sinks.scopes import (
+    ice_and,
+    ice_eq,
+    ice_in,
+    ice_not,
+    ice_or,
+    ice_true,
+    iceberg_scope,
+    iceberg_side,
+)
+from coordinator.core import lineage
+from coordinator.core.errors import WriterError
+from coordinator.core.ports import CommitRecord
+from coordinator.core.values import CommitToken, Offset, PartitionId, Scope, WriteMode
+
+log = logging.getLogger(__name__)
+
+_NO_MATCH = "Delete operation did not match any records"
+
+
+@contextlib.contextmanager
+def _quiet_empty_delete() -> Iterator[None]:
+    """pyiceberg warns when an overwrite's delete matches nothing: normal for a first load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_MATCH, category=UserWarning)
+        yield
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, CommitFailedException | ValidationException)
+
+
+def _key_filter(keys: Sequence[str], matched: pa.Table) -> BooleanExpression:
+    if len(keys) == 1:
+        return ice_in(keys[0], set(matched.column(keys[0]).to_pylist()))
+    rows = matched.select(list(keys)).to_pylist()
+    return ice_or(*[ice_and(*[ice_eq(k, r[k]) for k in keys]) for r in rows])
+
+
+class IcebergSink:
+    """A ``TableSink`` over one Iceberg table."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        identifier: str,
+        schema: pa.Schema,
+        event_time: str,
+        *,
+        partition_by: str = "day",
+        mode: WriteMode = "overwrite",
+        key: Sequence[str] = (),
+        policy: common.RetryPolicy = common.DEFAULT_RETRY,
+        maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
+    ) -> None:
+        self.catalog = catalog
+        self.identifier = identifier
+        self.schema = lineage.with_lineage(schema)
+        self.event_time = event_time
+        self.partition_by = partition_by
+        self.mode = mode
+        self.key = tuple(key)
+        self.policy = policy
+        self.maintenance = maintenance
+        self._live: IcebergLiveTable | None = None
+
+    # -- table ---------------------------------------------------------------------------
+
+    def ensure_table(self) -> None:
+        """Create the namespace and the partitioned table if they do not exist (race-safe)."""
+        namespace = self.identifier.rsplit(".", 1)[0]
+        with contextlib.suppress(NamespaceAlreadyExistsError):
+            self.catalog.create_namespace(namespace)
+        if self.catalog.table_exists(self.identifier):
+            return
+        try:
+            tx = self.catalog.create_table_transaction(
+                self.identifier, schema=self.schema, properties=MAINTENANCE_PROPERTIES
+            )
+            transforms: dict[str, Any] = {"day": DayTransform(), "hour": HourTransform()}
+            transform = transforms.get(self.partition_by)
+            if transform is not None:
+                with tx.update_spec() as spec:
+                    spec.add_field(
+                        self.event_time, transform, f"{self.event_time}_{self.partition_by}"
+                    )
+            tx.commit_transaction()
+        except TableAlreadyExistsError:
+            log.info("table created concurrently: %s", self.identifier)
+
+    def _table(self) -> Table:
+        return self.catalog.load_table(self.identifier)
+
+    def _rows(self, table: Table, data: pa.Table) -> pa.Table:
+        try:
+            return common.conform(data, table.schema().as_arrow(), sort_by=self.event_time)
+        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+            raise WriterError(
+                f"table={self.identifier}: rows do not fit the table schema ({exc})",
+                hint="check the transform returns the job's schema",
+            ) from None
+
+    # -- commits -------------------------------------------------------------------------
+
+    def _commit(self, what: str, token: CommitToken, action: Callable[[], Table]) -> CommitRecord:
+        """Run one commit with conflict retries; resolve unknown outcomes by token."""
+        done = common.commit_with_token(
+            what,
+            token,
+            action,
+            is_conflict=_is_conflict,
+            policy=self.policy,
+            find_exact=self._find_exact,
+        )
+        if isinstance(done, CommitRecord):
+            return done
+        found = committed_record(done, token)
+        if found is None:
+            raise WriterError(f"{what}: expected the committed token in the table, found none")
+        return found
+
+    def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one commit.
+
+        Overwrite writes its data files once; a conflict retry re-commits only metadata.
+        """
+        what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
+        if self.mode == "merge":
+            common.check_unique_keys(data, self.key)
+        props = token.to_properties()
+        target = iceberg_scope(scope, self.event_time)
+        files: list[DataFile] | None = None
+        fresh: list[Table] = [self._table()]  # the first attempt commits on this load
+        if self.mode == "overwrite":
+            files = self._write_files(what, fresh[0], self._rows(fresh[0], data))
+
+        def action() -> Table:
+            table = fresh.pop() if fresh else self._table()
+            staged, expr = files, target
+            if staged is None:  # merge: the plan depends on the table's current rows
+                rows, expr = self._merge_plan(table, self._rows(table, data), target)
+                staged = self._write_files(what, table, rows)
+            with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                stage_overwrite(tx, expr, staged, props)
+                common.crash_point("before_commit")  # files written, not committed
+            return table
+
+        return self._commit(what, token, action)
+
+    def _write_files(self, what: str, table: Table, rows: pa.Table) -> list[DataFile]:
+        try:
+            return write_data_files(table, rows)
+        except (ValueError, TypeError, pa.ArrowInvalid) as exc:
+            raise WriterError(f"{what}: data files refused ({type(exc).__name__}: {exc})") from exc
+
+    def _merge_plan(
+        self, table: Table, rows: pa.Table, scope_expr: BooleanExpression
+    ) -> tuple[pa.Table, BooleanExpression]:
+        """Rows to write and the rows to replace: the scope plus backfill-side rows elsewhere
+        whose key the batch holds. Live rows win: batch rows whose key is live are dropped."""
+        if rows.num_rows == 0:
+            return rows, scope_expr
+        cols = (*self.key, lineage.SIDE)
+        existing = table.scan(row_filter=ice_not(scope_expr), selected_fields=cols).to_arrow()
+        live = existing.filter(pc.equal(existing[lineage.SIDE], "live"))
+        kept = common.anti_join(rows, live, self.key)
+        if kept.num_rows < rows.num_rows:
+            log.info("merge keeps %d live rows over the batch", rows.num_rows - kept.num_rows)
+        backfill = existing.filter(pc.equal(existing[lineage.SIDE], "backfill"))
+        matched = common.semi_keys(backfill, kept, self.key)
+        if matched.num_rows == 0:
+            return kept, scope_expr
+        log.info("merge replaces %d keys outside the slice scope", matched.num_rows)
+        side = iceberg_side("backfill")
+        return kept, ice_or(scope_expr, ice_and(side, _key_filter(self.key, matched)))
+
+    def live_table(self) -> IcebergLiveTable:
+        """The shared live-append code over this table (loaded once, refreshed per call)."""
+        if self._live is None:
+            m = self.maintenance
+            self._live = IcebergLiveTable(
+                self._table(),
+                keep_snapshots=m.keep_versions,
+                expire_every=m.every_commits,
+                min_snapshot_age_s=m.min_age_s,
+                sort_by=self.event_time,
+            )
+        return self._live
+
+    def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Append a live micro-batch, conditional on the table's live offsets (see
+        :meth:`IcebergLiveTable.append_live`); raises ``CommitConflictError`` if another
+        writer already moved a partition's offset."""
+        return self.live_table().append_live(data, token)
+
+    def maintain(self) -> int:
+        """Expire old snapshots (the live offsets are kept); returns how many were expired."""
+        return self.live_table().maintain()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset per partition, from the table properties the live commits set."""
+        return self.live_table().live_offsets()
+
+    def commits(self) -> list[CommitRecord]:
+        """Every seamline commit still in the table's snapshot history, newest first."""
+        return list(snapshot_records(self._table()))
+
+    def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
+        """The newest snapshot carrying this slice's token."""
+        return self.live_table().find_commit(job_id, slice_id)
+
+    def _find_exact(self, token: CommitToken) -> CommitRecord | None:
+        return next((r for r in snapshot_records(self._table()) if r.token == token), None)
+
+    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of the table, optionally limited to ``scope`` and ``columns``."""
+        expr = iceberg_scope(scope, self.event_time) if scope is not None else ice_true()
+        fields = tuple(columns) if columns else ("*",)
+        return self._table().scan(row_filter=expr, selected_fields=fields).to_arrow()

@@ -1,0 +1,1 @@
+"""Lance datasets (pylance): history slice writer and live appender."""

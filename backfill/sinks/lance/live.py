@@ -1,0 +1,238 @@
+"""Live appends to a Lance dataset, conditional on the dataset's live offsets (DESIGN §3).
+
+The one implementation of the live side's table code for Lance (``LanceSink`` delegates).
+
+**Conditional and atomic.** A live batch is committed as ONE Lance transaction whose
+``transaction_properties`` hold the token and the batch's end offsets, so data and offsets land
+together. Lance lets two concurrent ``Append`` transactions both commit (they are compatible),
+so an append cannot be made conditional. The live commit is therefore a ``Merge`` operation
+listing the read version's fragments plus the new ones with the unchanged schema: Lance treats
+a ``Merge`` as incompatible with any concurrent data change (Append, Update, Delete, Merge,
+Rewrite), so committing it with ``read_version=V`` succeeds only if no data commit landed
+after ``V``. The offsets are checked at ``V``; a conflict re-reads the newest version and
+re-checks (the fragment files are kept and re-used): if a partition moved, the batch was
+written by someone else and :class:`CommitConflictError` is raised, never a second copy.
+``UpdateConfig`` (the checkpoint below) stays compatible, so maintenance never blocks it.
+
+**Offsets without scanning every version.** The newest live offsets are the per-partition
+maximum over a *checkpoint* kept in the dataset config (manifest-level keys
+``seamline.live.offset.<p>`` plus ``seamline.live.checkpoint-version`` = ``C``) and the live
+transactions of versions ``> C``. :func:`maintain` writes the checkpoint computed at the version
+``V`` it read (an ``UpdateConfig`` with ``read_version=V``: two maintainers conflict on the
+same keys, so the checkpoint only moves forward) and then removes only versions ``<= V`` that
+are older than the minimum age and not among the newest kept. Live commits after ``V`` are in
+versions ``> V`` and still scanned, so cleanup never loses an offset. Between checkpoints
+:func:`live_offsets` reads ``O(commits since the last maintenance)`` transaction files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import lance
+import pyarrow as pa
+from lance.commit import CommitConflictError as LanceConflict
+from lance.dataset import Transaction
+from lance.fragment import write_fragments
+
+from backfill.sinks import common
+from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
+from coordinator.core.ports import CommitRecord
+from coordinator.core.values import TOKEN_PREFIX, CommitToken, Offset, PartitionId, SnapshotId
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = f"{TOKEN_PREFIX}live.checkpoint-version"
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """Live offsets as of one dataset version."""
+
+    version: int
+    offsets: dict[PartitionId, Offset]
+
+
+def _checkpoint(ds: lance.LanceDataset) -> LiveState:
+    config = ds.config()
+    return LiveState(int(config.get(CHECKPOINT_KEY, "0")), common.parse_live_offsets(config))
+
+
+def live_state(ds: lance.LanceDataset, known: LiveState | None = None) -> LiveState:
+    """Live offsets at ``ds.version``: the config checkpoint (and ``known``, an earlier
+    state of the same dataset) plus the live transactions of the versions after them."""
+    base = _checkpoint(ds)
+    offsets = dict(base.offsets)
+    since = base.version
+    if known is not None and known.version <= ds.version:
+        offsets = common.merge_offsets(offsets, known.offsets)
+        since = max(since, known.version)
+    for version in range(since + 1, ds.version + 1):
+        txn = ds.read_transaction(version)
+        if txn is not None and txn.transaction_properties:
+            props = dict(txn.transaction_properties)
+            offsets = common.merge_offsets(offsets, common.parse_live_offsets(props))
+    return LiveState(ds.version, offsets)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, LanceConflict) and exc.retryable
+
+
+class LanceLive:
+    """Offset-conditional live appends, live offsets and maintenance of one dataset."""
+
+    def __init__(
+        self,
+        uri: str,
+        schema: pa.Schema,
+        *,
+        policy: common.RetryPolicy = common.DEFAULT_RETRY,
+        maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
+    ) -> None:
+        self.uri = uri
+        self.schema = schema
+        self.policy = policy
+        self.maintenance = maintenance
+        self._known: LiveState | None = None
+        self._commits = 0
+
+    def _open(self) -> tuple[lance.LanceDataset, LiveState]:
+        """The newest version and its live state. A concurrent maintenance may remove
+        versions below its newer checkpoint while we read: then re-open once."""
+        ds = lance.dataset(self.uri)
+        try:
+            state = live_state(ds, self._known)
+        except OSError as exc:
+            log.info("versions removed while reading live offsets, re-reading: %s", exc)
+            ds = lance.dataset(self.uri)
+            state = live_state(ds, self._known)
+        self._known = state
+        return ds, state
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset per partition at the newest version."""
+        return dict(self._open()[1].offsets)
+
+    def append_live(self, rows: pa.Table, token: CommitToken) -> CommitRecord:
+        """Append ``rows`` (already conformed) if every range of ``token`` starts at the
+        dataset's live offset of its partition. Raises ``CommitConflictError`` (not applied),
+        ``CommitOutcomeUnknownError`` (token not found after an ambiguous error)."""
+        if token.side != "live" or not token.ranges:
+            raise WriterError(
+                f"slice_id={token.slice_id}: expected a live token with ranges, found "
+                f"side={token.side} ranges={len(token.ranges)}"
+            )
+        what = f"uri={self.uri} live slice_id={token.slice_id}"
+        props = {**token.to_properties(), **common.live_offset_properties(token)}
+        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        read: list[int] = []
+
+        def attempt() -> lance.LanceDataset:
+            with common.dataset_lock(self.uri, "commit"):  # fair turns with the backfill
+                ds, state = self._open()
+                read.append(ds.version)
+                return self._commit_at(ds, state, new, token, props)
+
+        try:
+            done = common.retry_conflicts(what, attempt, _is_retryable, self.policy)
+        except WriterError:
+            raise
+        except Exception as exc:
+            done = self._resolve_unknown(what, token, min(read, default=0), exc)
+        self._after_commit()
+        return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC), rows.num_rows)
+
+    def _commit_at(
+        self,
+        ds: lance.LanceDataset,
+        state: LiveState,
+        new: list[Any],
+        token: CommitToken,
+        props: dict[str, str],
+    ) -> lance.LanceDataset:
+        moved = common.moved_partitions(token, state.offsets)
+        if moved:
+            shown = ", ".join(f"partition={p} expected={s} found={f}" for p, s, f in moved)
+            raise CommitConflictError(
+                f"uri={self.uri} slice_id={token.slice_id}: live offsets moved ({shown}); "
+                "another live consumer committed this range",
+                hint="re-read the table's live offsets and re-seek",
+            )
+        fragments = [f.metadata for f in ds.get_fragments()] + new
+        op = lance.LanceOperation.Merge(fragments, ds.lance_schema)
+        txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
+        return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+
+    def _resolve_unknown(
+        self, what: str, token: CommitToken, since: int, exc: Exception
+    ) -> lance.LanceDataset:
+        try:
+            ds = lance.dataset(self.uri)
+            for version in range(ds.version, since, -1):
+                txn = ds.read_transaction(version)
+                props = dict(txn.transaction_properties or {}) if txn is not None else {}
+                if CommitToken.from_properties(props) == token:
+                    log.warning("live commit reported %s but the token landed: %s", exc, what)
+                    return lance.dataset(self.uri, version=version)
+        except Exception as lookup:  # still unreachable: the outcome stays unknown
+            log.warning("token lookup failed: %s", lookup)
+        raise CommitOutcomeUnknownError(
+            f"{what}: live commit outcome unknown ({type(exc).__name__}: {exc})",
+            hint="look the token up with find_commit before retrying; never delete files",
+        ) from exc
+
+    def _after_commit(self) -> None:
+        self._commits += 1
+        every = self.maintenance.every_commits
+        if every and self._commits % every == 0:
+            try:
+                self.maintain()
+            except Exception as exc:  # the commit landed; maintenance retries next round
+                log.warning("dataset maintenance failed after a live commit: %s", exc)
+
+    def maintain(self) -> int:
+        """Checkpoint the live offsets into the dataset config, then remove old versions at or
+        below the checkpoint; returns how many versions were removed (0 on a conflict)."""
+        started = time.time()
+        ds, state = self._open()
+        config: dict[str, str | None] = {
+            f"{common.LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in state.offsets.items()
+        }
+        config[CHECKPOINT_KEY] = str(state.version)
+        op = lance.LanceOperation.UpdateConfig(
+            config_updates=lance.LanceOperation.UpdateMap(config, replace=False)
+        )
+        txn = Transaction(read_version=ds.version, operation=op)
+        try:
+            latest = lance.LanceDataset.commit(
+                self.uri, txn, read_version=ds.version, max_retries=0
+            )
+        except LanceConflict as exc:
+            log.info("live checkpoint skipped this round: %s", exc)
+            return 0
+        return self._cleanup(latest, state.version, started)
+
+    def _cleanup(self, latest: lance.LanceDataset, checkpoint: int, started: float) -> int:
+        cutoff = started - self.maintenance.min_age_s
+        newest_kept = latest.version - self.maintenance.keep_versions
+        old = [
+            int(v["version"])
+            for v in latest.versions()
+            if int(v["version"]) <= min(checkpoint, newest_kept) and _stamp(v["timestamp"]) < cutoff
+        ]
+        if not old:
+            return 0
+        latest.cleanup_old_versions(versions=old, error_if_tagged_old_versions=False)
+        log.debug("removed %d old versions (checkpoint=%d)", len(old), checkpoint)
+        return len(old)
+
+
+def _stamp(value: object) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise WriterError(f"expected a datetime version timestamp, found {value!r}")

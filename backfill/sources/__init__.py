@@ -1,0 +1,1 @@
+"""History sources: archive files and Kafka offset ranges, as decoded Arrow tables."""

@@ -1,0 +1,1 @@
+"""The ``seamline`` command line: parse, call a service, render. Nothing outside this package imports it."""

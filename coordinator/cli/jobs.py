@@ -1,0 +1,367 @@
+"""``seamline cut|plan|status|run``: the coordinator's commands.
+
+Errors are raised as :class:`SeamlineError` and turned into one ``error: ...`` line and an
+exit code by :func:`coordinator.cli.main.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from coordinator.core.errors import ExitCode, StateError
+from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.core.values import Cut
+from coordinator.plan.facts import count_kafka_slices
+from coordinator.plan.planner import with_estimates
+from coordinator.run.orchestrate import JobOutcome, pause_json, run_job
+from coordinator.run.prepare import (
+    PlanView,
+    dry_run_plan,
+    ensure_cut,
+    ensure_plan,
+    open_existing,
+)
+from coordinator.run.progress import NullProgress, ProgressSink, RichProgress
+from coordinator.run.runner import StopSignal
+from coordinator.state.codec import scope_to_json
+from coordinator.state.store import StateStore
+
+DEFAULT_EXECUTOR = "backfill.executor:execute_slice"
+
+_output = click.option(
+    "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+_timeout = click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker.",
+)
+
+
+def cut_json(cut: Cut) -> dict[str, Any]:
+    """Plain JSON of a cut."""
+    return {
+        "job_id": cut.job_id,
+        "topic": cut.topic,
+        "epoch": cut.epoch,
+        "taken_at": cut.taken_at.isoformat(),
+        "watermark_ms": cut.watermark_ms,
+        "plan_hash": cut.plan_hash,
+        "partitions": [
+            {"partition": p.partition, "log_start": p.log_start, "hwm": p.hwm}
+            for p in cut.partitions
+        ],
+    }
+
+
+def plan_json(view: PlanView) -> dict[str, Any]:
+    """Plain JSON of a plan with per-slice and total estimates."""
+    plan = view.plan
+    return {
+        "job_id": plan.cut.job_id,
+        "epoch": plan.cut.epoch,
+        "plan_hash": plan.plan_hash,
+        "stored": view.stored,
+        "exact": view.exact,
+        "cut": cut_json(plan.cut),
+        "slices": [
+            {
+                "slice_id": s.slice_id,
+                "kind": s.scope.source,
+                "scope": scope_to_json(s.scope),
+                "files": list(s.files),
+                "est_rows": s.est_rows,
+                "est_bytes": s.est_bytes,
+            }
+            for s in plan.slices
+        ],
+        "total": {
+            "slices": len(plan.slices),
+            "est_rows": plan.est_rows,
+            "est_bytes": plan.est_bytes,
+        },
+    }
+
+
+def _print_cut(cut: Cut) -> None:
+    table = Table(title=f"cut job={cut.job_id} topic={cut.topic} epoch={cut.epoch}")
+    for col in ("partition", "log_start", "hwm", "offsets below cut"):
+        table.add_column(col, justify="right")
+    for p in cut.partitions:
+        table.add_row(str(p.partition), str(p.log_start), str(p.hwm), str(p.hwm - p.log_start))
+    _console().print(table)
+    click.echo(f"taken_at={cut.taken_at.isoformat()} watermark_ms={cut.watermark_ms}")
+
+
+def _print_plan(view: PlanView) -> None:
+    plan = view.plan
+    title = f"plan job={plan.cut.job_id} epoch={plan.cut.epoch} hash={plan.plan_hash[:12]}"
+    table = Table(title=title)
+    for col in ("slice", "kind", "est rows", "est bytes"):
+        table.add_column(col, justify="right" if col.startswith("est") else "left")
+    for s in plan.slices:
+        table.add_row(s.slice_id, s.scope.source, f"{s.est_rows:,}", f"{s.est_bytes:,}")
+    table.add_row(
+        "total", f"{len(plan.slices)} slices", f"{plan.est_rows:,}", f"{plan.est_bytes:,}"
+    )
+    _console().print(table)
+    click.echo(
+        "row estimates: " + ("exact counts" if view.exact else "offset widths (upper bound)")
+    )
+
+
+def _console() -> Console:
+    """Stdout console; wide when not a terminal so ids are never cut short."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _job(path: str) -> JobSpec:
+    return load_job(path)
+
+
+def _recount(job: JobSpec, view: PlanView) -> PlanView:
+    kafka = [s for s in view.plan.slices if s.scope.source == "kafka"]
+    counts = count_kafka_slices(job, view.plan.cut, kafka)
+    return PlanView(with_estimates(view.plan, counts), stored=view.stored, exact=True)
+
+
+def _plan_view(job: JobSpec, dry_run: bool, count: bool, timeout_s: float) -> PlanView:
+    if dry_run:
+        view = dry_run_plan(job, count=count, timeout_s=timeout_s)
+    else:
+        view = ensure_plan(job, ensure_cut(job, timeout_s=timeout_s), count=count)
+    return _recount(job, view) if count and not view.exact else view
+
+
+def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
+    """Per-slice state, live progress and the latest reconcile result."""
+    cut = store.get_cut(job_id)
+    records = store.list_slices(job_id) if cut is not None else []
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    latest = store.latest_reconcile(job_id)
+    return {
+        "job_id": job_id,
+        "state_url": store.url,
+        "cut": cut_json(cut) if cut is not None else None,
+        "counts": counts,
+        "slices": [
+            {
+                "slice_id": r.slice_id,
+                "status": r.status,
+                "attempts": r.attempts,
+                "rows": r.rows,
+                "est_rows": r.slice.est_rows,
+                "duration_s": r.duration_s,
+                "last_error": r.last_error,
+            }
+            for r in records
+        ],
+        "live": [
+            {
+                "partition": p.partition,
+                "committed_offset": p.committed_offset,
+                "high_watermark": p.high_watermark,
+                "lag": p.lag,
+                "quarantined": p.quarantined,
+                "updated_at": p.updated_at.isoformat(),
+            }
+            for p in store.get_live_progress(job_id)
+        ],
+        "pauses": [pause_json(p) for p in store.list_pauses(job_id)],
+        "reconcile": None
+        if latest is None
+        else {
+            "run_at": latest.run_at.isoformat(),
+            "reconciled": latest.reconciled,
+            "document": dict(latest.document),
+        },
+    }
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    console = _console()
+    table = Table(title=f"job={doc['job_id']} slices {doc['counts']}")
+    for col in ("slice", "status", "attempts", "rows", "duration s", "last error"):
+        table.add_column(col)
+    for s in doc["slices"]:
+        duration = "" if s["duration_s"] is None else f"{s['duration_s']:.2f}"
+        table.add_row(
+            s["slice_id"],
+            s["status"],
+            str(s["attempts"]),
+            "" if s["rows"] is None else f"{s['rows']:,}",
+            duration,
+            (s["last_error"] or "")[:60],
+        )
+    console.print(table)
+    for p in doc["live"]:
+        click.echo(
+            f"live partition={p['partition']} committed={p['committed_offset']} "
+            f"hwm={p['high_watermark']} lag={p['lag']} quarantined={p['quarantined']}"
+        )
+    pauses = doc["pauses"]
+    if pauses:
+        total = sum(p["seconds"] for p in pauses)
+        click.echo(
+            f"paused {len(pauses)} times ({total:.1f}s) for live lag, "
+            f"last at {pauses[-1]['started_at']}"
+        )
+    rec = doc["reconcile"]
+    click.echo(
+        "reconcile: none yet"
+        if rec is None
+        else f"reconcile: reconciled={rec['reconciled']} at {rec['run_at']}"
+    )
+
+
+@contextmanager
+def _signals(stop: StopSignal) -> Iterator[None]:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.request()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run(
+    job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float
+) -> JobOutcome:
+    stop = StopSignal()
+    progress: ProgressSink = (
+        RichProgress() if output == "text" and sys.stderr.isatty() else NullProgress()
+    )
+    with _signals(stop):
+        return run_job(
+            job,
+            executor=executor,
+            progress=progress,
+            stop=stop,
+            min_age_s=min_age_s,
+            timeout_s=timeout_s,
+        )
+
+
+def _print_outcome(out: JobOutcome) -> None:
+    run = out.run
+    click.echo(
+        f"job={out.cut.job_id} committed {run.committed}/{run.total} slices, "
+        f"{run.rows:,} rows, {run.retries} retries, failed={list(run.failed)}"
+        + (" (cancelled)" if run.cancelled else "")
+    )
+    if out.pauses:
+        total = sum(p.seconds for p in out.pauses)
+        click.echo(f"paused {len(out.pauses)} times ({total:.1f}s) for live lag")
+    if out.reconcile is not None:
+        t = out.reconcile.totals()
+        counts = " ".join(
+            f"{k}={t[k]}"
+            for k in ("lost", "duplicated", "phantom", "overlap", "gap", "quarantined")
+        )
+        click.echo(f"reconciled={out.reconcile.reconciled} {counts}")
+    elif out.reconcile_error is not None:
+        click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
+    if out.exit_code == ExitCode.NOT_RECONCILED:
+        click.echo("not reconciled: see `seamline reconcile JOB --html report.html`")
+
+
+def register(group: click.Group) -> None:
+    """Add ``cut``, ``plan``, ``status`` and ``run`` to ``group``."""
+
+    @group.command()
+    @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option("--new-cut", is_flag=True, help="Take a new cut (bumps the epoch).")
+    @_output
+    @_timeout
+    def cut(job_file: str, new_cut: bool, output: str, timeout_s: float) -> None:
+        """Take (once) and show the job's cut: log_start and hwm per partition."""
+        result = ensure_cut(_job(job_file), new_cut=new_cut, timeout_s=timeout_s)
+        if output == "json":
+            click.echo(json.dumps(cut_json(result)))
+        else:
+            _print_cut(result)
+
+    @group.command()
+    @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option("--dry-run", is_flag=True, help="Write nothing (not even the state store).")
+    @click.option(
+        "--count/--no-count",
+        default=True,
+        show_default=True,
+        help="Count Kafka records exactly (reads the topic) or use offset widths.",
+    )
+    @_output
+    @_timeout
+    def plan(job_file: str, dry_run: bool, count: bool, output: str, timeout_s: float) -> None:
+        """Show the slice list with estimated rows and bytes per slice and in total."""
+        view = _plan_view(_job(job_file), dry_run, count, timeout_s)
+        if output == "json":
+            click.echo(json.dumps(plan_json(view)))
+        else:
+            _print_plan(view)
+
+    @group.command()
+    @click.argument("job_file", type=click.Path(dir_okay=False))
+    @_output
+    def status(job_file: str, output: str) -> None:
+        """Per-slice state, live progress and the latest reconcile result."""
+        job = _job(job_file)
+        store = open_existing(job)
+        if store is None:
+            raise StateError(
+                f"job={job.job_id}: no state store yet", hint="run `seamline cut` or `seamline run`"
+            )
+        with store:
+            doc = status_json(job.job_id, store)
+        if output == "json":
+            click.echo(json.dumps(doc))
+        else:
+            _print_status(doc)
+
+    @group.command()
+    @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option(
+        "--executor",
+        default=DEFAULT_EXECUTOR,
+        show_default=True,
+        help="Slice executor as module:function.",
+    )
+    @click.option(
+        "--min-age",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Leave live records younger than this many seconds out of the reconciliation.",
+    )
+    @_output
+    @_timeout
+    def run(job_file: str, executor: str, output: str, timeout_s: float, min_age: float) -> None:
+        """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
+
+        Exit 0 only when every slice committed and reconciliation passed.
+        """
+        job = _job(job_file)
+        out = _run(job, executor, output, timeout_s, min_age)
+        if output == "json":
+            click.echo(json.dumps(out.to_json()))
+        else:
+            _print_outcome(out)
+        sys.exit(int(out.exit_code))  # SystemExit: cli.main drops click Exit codes

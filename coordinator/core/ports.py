@@ -1,0 +1,98 @@
+"""Ports the core depends on. Adapters (Iceberg, Lance, Kafka, archive files) implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from coordinator.core.values import CommitToken, Offset, PartitionId, Scope, Slice, SnapshotId
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """A commit found in the table's history, with the token it carried."""
+
+    token: CommitToken
+    snapshot_id: SnapshotId  # Iceberg snapshot id or Lance version
+    committed_at: datetime
+    rows: int | None = None
+
+
+class TableSink(Protocol):
+    """A table seamline writes to (Iceberg or Lance). Rows already carry lineage columns.
+
+    Raises ``CommitConflictError`` (certainly not applied, retried internally first),
+    ``CommitOutcomeUnknownError`` (look the token up with :meth:`find_commit`),
+    ``DuplicateKeyError`` (merge mode), ``WriterError`` for anything else.
+    """
+
+    def ensure_table(self) -> None:
+        """Create the table with the job's schema plus lineage columns if it does not exist."""
+
+    def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Replace (overwrite mode) or upsert (merge mode) exactly ``scope`` in one commit.
+
+        Idempotent: if a commit for ``token.job_id``/``token.slice_id`` with the same content
+        is already in the table the result is the same table, never a second copy.
+        """
+
+    def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Append a live micro-batch; ``token.ranges`` are the batch's offsets, stored atomically."""
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset to consume per partition, from the table's own commit metadata."""
+
+    def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
+        """The newest commit carrying this slice's token, or ``None``."""
+
+    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of the table (optionally limited to ``scope``)."""
+
+    def maintain(self) -> int:
+        """Expire old snapshots / clean up old versions, never losing the live offsets;
+        returns how many were removed (0 when skipped, e.g. on a concurrent commit)."""
+
+
+class BoundedSource(Protocol):
+    """A bounded, re-readable source of one slice (Kafka range or archive bucket)."""
+
+    def read(self, slice_: Slice) -> Iterator[pa.RecordBatch]:
+        """Decoded, transformed batches with lineage columns, exactly the slice's records."""
+
+
+class Transform(Protocol):
+    """User code shared by live and history: Arrow in, Arrow out, deterministic."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table: ...
+
+
+class Clock(Protocol):
+    """Wall clock and sleeping, injected so the core is testable."""
+
+    def now(self) -> datetime: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+PropertyMap = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """What executing one slice produced."""
+
+    rows: int
+    commit: CommitRecord | None  # None: nothing written (the token was already in the table)
+    quarantined: int = 0
+    already_committed: bool = False
+
+
+class SliceExecutor(Protocol):
+    """Runs one slice end to end (read, transform, write). Must be a picklable module-level
+    callable: the runner calls it in worker processes. ``job`` is a ``JobSpec``."""
+
+    def __call__(self, job: Any, slice_: Slice, token: CommitToken) -> SliceResult: ...

@@ -1,0 +1,133 @@
+"""What ``seamline demo`` prints: the summary document (JSON) and its text form.
+
+The summary's counts come from the final reconciliation; ``table_rows`` is counted in the
+table itself, so ``table_rows == source_records - quarantined`` is a real check.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from coordinator.core.jobspec import JobSpec
+from coordinator.state.base import safe_url
+from reconcile.model import ReconcileReport
+
+log = logging.getLogger(__name__)
+
+COUNTS = ("lost", "duplicated", "phantom", "overlap", "gap", "wrong_side")
+
+
+def table_json(job: JobSpec) -> dict[str, Any]:
+    """Where the table is, so anyone can open it after the demo."""
+    t = job.table
+    if t.format == "iceberg":
+        return {
+            "format": "iceberg",
+            "identifier": t.identifier,
+            "catalog_name": t.catalog_name,
+            # masked: a catalog URL may carry a password, and this JSON is printed
+            "catalog_uri": safe_url(t.catalog_uri.get_secret_value()) if t.catalog_uri else None,
+            "warehouse": t.warehouse,
+        }
+    uri = str(t.uri)
+    return {"format": "lance", "uri": uri if "://" in uri else str(job.resolve(uri))}
+
+
+def source_records(report: ReconcileReport) -> int:
+    """Archive rows plus Kafka records (offsets that hold a committed record)."""
+    archive = sum(s.source.rows for s in report.slices if s.kind == "archive")
+    return archive + sum(p.source_records for p in report.partitions)
+
+
+def reconcile_counts(report: ReconcileReport) -> dict[str, Any]:
+    """The verdict and the counts that must all be 0, plus quarantined and mismatches."""
+    totals = report.totals()
+    doc: dict[str, Any] = {"reconciled": report.reconciled}
+    doc.update({k: totals[k] for k in COUNTS})
+    doc["quarantined"] = totals["quarantined"]
+    doc["mismatched_slices"] = totals["mismatched_slices"]
+    doc["source_records"] = source_records(report)
+    return doc
+
+
+def render_summary_text(doc: dict[str, Any], width: int = 100) -> str:
+    """The summary as a rich table plus how to open the table."""
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=False, color_system=None)
+    verdict = "RECONCILED" if doc["reconciled"] else "NOT RECONCILED"
+    table = Table(title=f"seamline demo: {verdict} ({doc['table']['format']})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("source records (archive + topic)", f"{doc['source_records']:,}"),
+        ("table rows", f"{doc['table_rows']:,}"),
+        *((k, str(doc[k])) for k in COUNTS),
+        ("quarantined (malformed, dead-lettered)", str(doc["quarantined"])),
+        ("slices (archive months + topic ranges)", f"{doc['slices']} "
+         f"({doc['archive_slices']} + {doc['kafka_slices']})"),
+        ("backfill rows/s", f"{doc['backfill_rows_per_s']:,.0f}"),
+        ("live records produced (late, malformed)", f"{doc['live_records']:,} "
+         f"({doc['late_events']}, {doc['malformed_records']})"),
+        ("late events in the table", str(doc["late_events_in_table"])),
+        ("live lag max (records)", f"{doc['live_lag_max']:,}"),
+        ("backfill paused for live lag (s)", f"{doc['paused_s']:.1f}"),
+        ("wall time (s)", f"{doc['wall_seconds']:.1f}"),
+    ]  # fmt: skip
+    rep = doc.get("reprocess")
+    if rep is not None:
+        rows.append(("incident week (rows broken, detected, repaired)",
+                     f"{rep['week'][0][:10]} ({rep['rows_rewritten_by_bug']:,}, "
+                     f"{rep['detected']}, {rep['repaired']})"))  # fmt: skip
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)
+    t = doc["table"]
+    where = (f"{t['identifier']} in catalog {t['catalog_uri']} (warehouse {t['warehouse']})"
+             if t["format"] == "iceberg" else t["uri"])  # fmt: skip
+    for line in (
+        f"table: {where}",
+        f"job file: {doc['job_file']}   HTML report: {doc['html_report']}",
+        f"try: seamline status {doc['job_file']}   seamline reconcile {doc['job_file']}",
+    ):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    return out.getvalue()
+
+
+class LineProgress:
+    """Progress as plain lines (for logs and pipes, where a live bar cannot draw)."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out or sys.stderr
+        self._total = self._done = self._rows = 0
+
+    def _say(self, text: str) -> None:
+        print(text, file=self._out, flush=True)
+
+    def start(self, total: int, done: int) -> None:
+        """The run begins."""
+        self._total, self._done = total, done
+        self._say(f"  backfill: {total} slices ({done} already committed)")
+
+    def slice_done(self, rows: int) -> None:
+        """One slice committed."""
+        self._done += 1
+        self._rows += rows
+        self._say(f"  backfill: {self._done}/{self._total} slices, {self._rows:,} rows")
+
+    def retry(self) -> None:
+        """A slice will be retried."""
+        self._say("  backfill: a slice failed and will be retried")
+
+    def note(self, text: str) -> None:
+        """A status note (lag pauses)."""
+        if text:
+            self._say(f"  backfill: {text}")
+
+    def stop(self) -> None:
+        """Nothing to tear down."""

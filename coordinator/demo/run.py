@@ -1,0 +1,323 @@
+"""``seamline demo``: onboard a live stream end to end on the embedded defaults.
+
+Steps (every one real: a Kafka broker, an Iceberg SQL catalog or a Lance dataset, the live
+consumer as its own process, the coordinator's runner and the reconciler):
+
+1. a broker (``KAFKA_BOOTSTRAP``, else a local one under the workdir, stopped at the end);
+2. a 3-partition topic; three years of orders: monthly Parquet archive + the newest year in
+   the topic; the job file ``job.toml`` in the workdir;
+3. a steady live producer (with late and malformed records), then the cut, then
+   ``seamline live job.toml`` in its own process;
+4. the backfill under the live stream (:func:`coordinator.run.orchestrate.run_job`, lag-gated);
+5. the producer stops, live catches up (lag 0 on every partition), live stops (SIGTERM);
+6. the final reconciliation, the report (text or JSON) and ``report.html``.
+
+Every process the demo starts is stopped on success, error, SIGINT or SIGTERM (``demo.json``
+in the workdir records their pids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from coordinator.core import lineage
+from coordinator.core.errors import CancelledError, ExitCode, LiveError, ReconcileError
+from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.core.values import Cut
+from coordinator.demo.job import (
+    PARTITIONS,
+    TOPIC_CONFIG,
+    DemoPaths,
+    Seeded,
+    TableFormat,
+    new_topic_name,
+    prepare_workdir,
+    render_job,
+    seed_history,
+)
+from coordinator.demo.live import LagWatch, LiveProcess, LiveProducer, lag_probe, wait_caught_up
+from coordinator.demo.report import reconcile_counts, table_json
+from coordinator.run.progress import ProgressSink
+from coordinator.run.runner import StopSignal
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+DEFAULT_ROWS = 200_000
+DEFAULT_WORKDIR = Path("seamline-demo")
+QUIET_EXECUTOR = "coordinator.demo.job:execute_slice_quietly"
+MIN_LIVE_BEFORE_CUT = 100  # live records produced before the cut: the seam is mid-stream
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``seamline demo`` was asked to do."""
+
+    table_format: TableFormat = "iceberg"
+    rows: int = DEFAULT_ROWS
+    workdir: Path = DEFAULT_WORKDIR
+    reprocess: bool = False
+    live_rate: float = 200.0  # live records per second
+    catch_up_s: float = 180.0  # deadline for live to reach lag 0 after the producer stops
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The summary document and the exit code (OK only when reconciled)."""
+
+    summary: dict[str, Any]
+    exit_code: ExitCode
+
+
+@dataclass
+class _Pids:
+    """``demo.json``: the processes the demo started, rewritten as they appear."""
+
+    path: Path
+    doc: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, **values: Any) -> None:
+        self.doc.update(values)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=2) + "\n")
+        os.replace(tmp, self.path)  # readers never see a half-written file
+
+
+def _check(stop: StopSignal) -> None:
+    if stop.stop.is_set():
+        raise CancelledError("the demo was cancelled (SIGINT/SIGTERM)", hint="run it again")
+
+
+def _broker_pid(kind: str, data_dir: Path) -> int | None:
+    if kind != "local":
+        return None
+    from stream.broker.local import read_state
+
+    state = read_state(data_dir)
+    return state.pid if state is not None else None
+
+
+def _late_rows_in_table(job: JobSpec, seeded: Seeded) -> int:
+    """Live rows whose event time lies in the archived years (they survived the overwrite)."""
+    from backfill.sinks.registry import open_sink
+
+    rows = open_sink(job).scan(columns=["ts", lineage.SIDE])
+    old = pc.less(rows["ts"], seeded.window.archive_end)
+    live = pc.equal(rows[lineage.SIDE], "live")
+    return int(pc.sum(pc.and_(old, live)).as_py() or 0)
+
+
+@dataclass
+class _TimedProgress:
+    """Forwards to the real progress sink and notes when the runner started and stopped."""
+
+    inner: ProgressSink
+    started: float | None = None
+    stopped: float | None = None
+
+    def start(self, total: int, done: int) -> None:
+        self.started = time.monotonic()
+        self.inner.start(total, done)
+
+    def slice_done(self, rows: int) -> None:
+        self.inner.slice_done(rows)
+
+    def retry(self) -> None:
+        self.inner.retry()
+
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+
+    def stop(self) -> None:
+        self.stopped = time.monotonic()
+        self.inner.stop()
+
+    @property
+    def seconds(self) -> float:
+        """How long the runner ran its slices."""
+        if self.started is None or self.stopped is None:
+            return 0.0
+        return self.stopped - self.started
+
+
+class _Demo:
+    """One demo run (private): the state shared by the steps."""
+
+    def __init__(self, options: DemoOptions, progress: ProgressSink, stop: StopSignal,
+                 say: Say) -> None:  # fmt: skip
+        self.options, self.progress, self.stop, self.say = options, progress, stop, say
+        self.paths: DemoPaths = prepare_workdir(options.workdir)
+        self.pids = _Pids(self.paths.pids)
+        self.pids.record(demo_pid=os.getpid(), workdir=str(self.paths.root))
+        self.t0 = time.monotonic()
+        self.facts: dict[str, Any] = {}
+
+    def seed(self, bootstrap: str) -> tuple[JobSpec, Seeded]:
+        from stream.broker.admin import create_topic
+
+        topic = new_topic_name()
+        create_topic(bootstrap, topic, partitions=PARTITIONS, config=TOPIC_CONFIG)
+        self.say(f"topic {topic} ({PARTITIONS} partitions); generating "
+                 f"{self.options.rows:,} orders over three years")  # fmt: skip
+        seeded = seed_history(self.paths, bootstrap, topic, self.options.rows)
+        self.say(f"history: {seeded.archive_rows:,} rows in {seeded.archive_files} monthly "
+                 f"Parquet files, {seeded.topic_records:,} records in the topic")  # fmt: skip
+        self.paths.job.write_text(render_job(self.options.table_format, self.paths, bootstrap,
+                                             topic))  # fmt: skip
+        self.say(f"job file: {self.paths.job}")
+        return load_job(self.paths.job), seeded
+
+    def start_live(self, stack: contextlib.ExitStack, job: JobSpec, seeded: Seeded) -> Cut:
+        from backfill.sinks.registry import open_sink
+        from coordinator.run.prepare import ensure_cut
+
+        open_sink(job).ensure_table()
+        producer = LiveProducer(job.stream.bootstrap, job.stream.topic, seeded.next_order_id,
+                                seeded.window, self.options.live_rate)  # fmt: skip
+        producer.start()
+        stack.callback(_quietly, producer.stop)
+        self.facts["producer"] = producer
+        producer.wait_for(MIN_LIVE_BEFORE_CUT, timeout_s=30)
+        cut = ensure_cut(job)
+        self.say("cut: " + ", ".join(f"p{p.partition} [{p.log_start}, {p.hwm})"
+                                     for p in cut.partitions) + " -> live from hwm")  # fmt: skip
+        live = LiveProcess(self.paths.job, self.paths.live_log)
+        self.pids.record(live_pid=live.start())
+        stack.callback(live.stop)
+        self.facts["live"] = live
+        watch = LagWatch(lag_probe(job, {p.partition: p.hwm for p in cut.partitions}))
+        watch.start()
+        stack.callback(watch.stop)
+        self.facts["watch"] = watch
+        self.say(f"live: producing {self.options.live_rate:.0f} orders/s; seamline live "
+                 f"pid={live.pid} consuming")  # fmt: skip
+        return cut
+
+    def backfill(self, job: JobSpec) -> dict[str, Any]:
+        from coordinator.run.orchestrate import run_job
+
+        self.say("backfill: history slices in parallel under the live stream")
+        timed = _TimedProgress(self.progress)
+        t0 = time.monotonic()
+        outcome = run_job(job, executor=QUIET_EXECUTOR, progress=timed, stop=self.stop)
+        total_s = time.monotonic() - t0
+        seconds = timed.seconds or total_s
+        _check(self.stop)
+        if outcome.run.exit_code != ExitCode.OK:
+            raise ReconcileError(
+                f"job={job.job_id}: expected every slice committed, found "
+                f"failed={list(outcome.run.failed)} remaining={outcome.run.remaining}",
+                hint=f"see `seamline status {self.paths.job}`",
+            )
+        kinds = [s.kind for s in (outcome.reconcile.slices if outcome.reconcile else ())]
+        self.say(f"backfill: {outcome.run.rows:,} rows in {seconds:.1f}s; reconciled under "
+                 f"live traffic: {outcome.reconciled} ({total_s - seconds:.1f}s)")  # fmt: skip
+        return {
+            "slices": outcome.run.total,
+            "archive_slices": kinds.count("archive"),
+            "kafka_slices": kinds.count("history"),
+            "backfill_rows": outcome.run.rows,
+            "backfill_seconds": round(seconds, 2),
+            "backfill_rows_per_s": round(outcome.run.rows / max(seconds, 1e-6), 1),
+            "paused_s": round(sum(p.seconds for p in outcome.pauses), 2),
+            "reconcile_under_live_seconds": round(total_s - seconds, 2),
+            "reconciled_under_live": outcome.reconciled,
+        }
+
+    def incident(self, job: JobSpec, cut: Cut, seeded: Seeded) -> dict[str, Any]:
+        from coordinator.demo.reprocess import run_reprocess_demo
+
+        _check(self.stop)
+        return run_reprocess_demo(job, cut, seeded.window, self.say)
+
+    def finish_live(self) -> dict[str, Any]:
+        from coordinator.demo.live import LATE_EVERY, POISON_AT
+
+        producer: LiveProducer = self.facts["producer"]
+        live: LiveProcess = self.facts["live"]
+        watch: LagWatch = self.facts["watch"]
+        producer.wait_for(POISON_AT[-1] + LATE_EVERY, timeout_s=60)
+        producer.stop()
+        self.say(f"live: producer stopped after {producer.sent:,} records; waiting for lag 0")
+        wait_caught_up(watch, live, self.options.catch_up_s, self.stop.stop)
+        watch.stop()
+        code = live.stop()
+        if code != 0:
+            raise LiveError(f"live consumer pid={live.pid}: expected exit 0 after SIGTERM, "
+                            f"found {code}", hint=f"see {live.log_file}")  # fmt: skip
+        self.say(f"live: caught up (lag 0 on every partition), stopped cleanly; max lag "
+                 f"{watch.max_lag:,} records")  # fmt: skip
+        return {"live_records": producer.sent, "late_events": producer.late,
+                "malformed_records": producer.poison, "live_lag_max": watch.max_lag}  # fmt: skip
+
+    def reconcile(self, job: JobSpec, cut: Cut, seeded: Seeded) -> dict[str, Any]:
+        from backfill.sinks.registry import open_sink
+        from coordinator.run.orchestrate import reconcile_run
+        from reconcile.report import render_html
+
+        self.say("reconcile: checksums per slice, offset coverage per partition")
+        t0 = time.monotonic()
+        report, error = reconcile_run(job, cut)
+        if report is None:
+            raise ReconcileError(f"job={job.job_id}: reconciliation could not run: {error}")
+        self.paths.html.write_text(render_html(report), encoding="utf-8")
+        doc = reconcile_counts(report)
+        doc["table_rows"] = open_sink(job).scan(columns=["order_id"]).num_rows
+        doc["late_events_in_table"] = _late_rows_in_table(job, seeded)
+        doc["reconcile_seconds"] = round(time.monotonic() - t0, 2)
+        self.facts["report"] = report
+        return doc
+
+    def summary(self, job: JobSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        for part in parts:
+            doc.update(part)
+        doc.update(table=table_json(job), topic=job.stream.topic,
+                   bootstrap=job.stream.bootstrap, job_file=str(self.paths.job),
+                   html_report=str(self.paths.html), workdir=str(self.paths.root),
+                   wall_seconds=round(time.monotonic() - self.t0, 1))  # fmt: skip
+        return doc
+
+
+def _quietly(func: Callable[[], Any]) -> None:
+    try:
+        func()
+    except Exception as exc:  # clean-up after an earlier error: that error is what matters
+        log.warning("clean-up step failed: %s", exc)
+
+
+def run_demo(
+    options: DemoOptions, *, progress: ProgressSink, stop: StopSignal, say: Say
+) -> DemoResult:
+    """Run the whole demo (see the module docstring); stops everything it started."""
+    from stream.broker.provide import provide_broker
+
+    demo = _Demo(options, progress, stop, say)
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(provide_broker(demo.paths.broker))
+        demo.pids.record(bootstrap=handle.bootstrap, broker_kind=handle.kind,
+                         broker_pid=_broker_pid(handle.kind, demo.paths.broker))  # fmt: skip
+        say(f"broker: {handle.bootstrap} ({handle.kind})")
+        _check(stop)
+        job, seeded = demo.seed(handle.bootstrap)
+        _check(stop)
+        cut = demo.start_live(stack, job, seeded)
+        run = demo.backfill(job)
+        if options.reprocess:  # under live traffic, like a real incident
+            run["reprocess"] = demo.incident(job, cut, seeded)
+        live = demo.finish_live()
+        _check(stop)
+        rec = demo.reconcile(job, cut, seeded)
+    summary = demo.summary(job, [rec, run, live])
+    ok = bool(summary["reconciled"]) and summary.get("reprocess", {}).get("ok", True)
+    return DemoResult(summary, ExitCode.OK if ok else ExitCode.NOT_RECONCILED)

@@ -1,0 +1,122 @@
+"""Thin I/O adapters feeding the pure planner: archive file facts and exact Kafka counts.
+
+* :func:`scan_archives` finds the job's archive files (globs relative to the job file) and
+  reads each file's event-time range and row count.
+* :func:`count_kafka_slices` counts the committed records of every Kafka slice by reading
+  ``[log_start, hwm)`` read_committed without decoding (offsets are sparse: transaction
+  markers and aborted records take offsets, so the offset width is only an upper bound).
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+import pyarrow.parquet as pq
+
+from coordinator.core.errors import ConfigError
+from coordinator.core.jobspec import ArchiveSpec, JobSpec
+from coordinator.core.values import Cut, Slice
+from coordinator.plan.planner import ArchiveFile, BucketUnit
+from stream.kafka.reader import iter_kafka_range
+
+log = logging.getLogger(__name__)
+
+
+def archive_unit(job: JobSpec) -> BucketUnit:
+    """The one bucket unit all archive sources share (buckets of one table must not overlap)."""
+    units = {a.bucket for a in job.history.archive}
+    if len(units) > 1:
+        raise ConfigError(
+            f"key=history.archive.bucket: expected one bucket unit, found {sorted(units)}",
+            hint="use the same bucket for every archive source",
+        )
+    return units.pop() if units else "day"
+
+
+def _event_times(path: Path, spec: ArchiveSpec, column: str) -> tuple[pa.ChunkedArray, int]:
+    if spec.format == "parquet":
+        table = pq.read_table(path, columns=[column])
+    elif spec.format == "csv":
+        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=[column]))
+    else:
+        table = pjson.read_json(path).select([column])
+    return table.column(column), table.num_rows
+
+
+def _as_utc(value: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(value.type):
+        return value if value.type.tz else pc.assume_timezone(value, "UTC")
+    if pa.types.is_date(value.type) or pa.types.is_string(value.type):
+        return value.cast(pa.timestamp("ms")).cast(pa.timestamp("ms", tz="UTC"))
+    if pa.types.is_integer(value.type):  # epoch milliseconds, like the stream
+        return value.cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    raise ConfigError(f"expected an event-time column, found type {value.type}")
+
+
+def scan_file(path: Path, spec: ArchiveSpec, column: str) -> ArchiveFile | None:
+    """Facts about one file; ``None`` for a file without rows."""
+    try:
+        values, rows = _event_times(path, spec, column)
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise ConfigError(
+            f"archive file={path}: cannot read event-time column {column!r} ({exc})",
+            hint="check history.archive.format and schema.event_time",
+        ) from None
+    times = _as_utc(values)
+    if rows == 0 or times.null_count == rows:
+        return None
+    lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
+    assert isinstance(lo, datetime) and isinstance(hi, datetime)
+    return ArchiveFile(str(path), lo.astimezone(UTC), hi.astimezone(UTC), rows, path.stat().st_size)
+
+
+def scan_archives(job: JobSpec) -> list[ArchiveFile]:
+    """Every archive file of ``job`` with its event-time range (sorted by path)."""
+    out: list[ArchiveFile] = []
+    for spec in job.history.archive:
+        pattern = str(job.resolve(spec.glob))
+        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+        if not paths:
+            log.warning("archive glob %s matched no files", pattern)
+        for path in paths:
+            found = scan_file(path, spec, job.schema_.event_time)
+            if found is not None:
+                out.append(found)
+    return sorted(out, key=lambda f: f.path)
+
+
+def count_kafka_slices(
+    job: JobSpec, cut: Cut, slices: Sequence[Slice], timeout_s: float = 30.0
+) -> dict[str, tuple[int, int]]:
+    """Exact (records, bytes) per Kafka slice, read read_committed below the cut.
+
+    Raises :class:`SourceError` when a partition cannot be read up to ``hwm`` within
+    ``timeout_s`` (an open transaction holds the last stable offset back).
+    """
+    conf = job.kafka_config()
+    out: dict[str, tuple[int, int]] = {}
+    for part in cut.partitions:
+        mine = [
+            s for s in slices if s.scope.ranges and s.scope.ranges[0].partition == part.partition
+        ]
+        if not mine:
+            continue
+        mine.sort(key=lambda s: s.scope.ranges[0].start)
+        starts = [s.scope.ranges[0].start for s in mine]
+        counts = [[0, 0] for _ in mine]
+        for batch in iter_kafka_range(conf, cut.topic, part.history, timeout_s=timeout_s):
+            for msg in batch:
+                i = bisect.bisect_right(starts, msg.offset) - 1
+                counts[i][0] += 1
+                counts[i][1] += len(msg.value or b"") + len(msg.key or b"")
+        out.update({s.slice_id: (c[0], c[1]) for s, c in zip(mine, counts, strict=True)})
+    return out

@@ -1,0 +1,264 @@
+"""The planner: pure functions from a cut (and archive file facts) to an immutable plan.
+
+No I/O here. Kafka history is split per partition into offset ranges of at most
+``slice_records`` offset positions that tile ``[log_start, hwm)`` exactly once; archive
+history is split into event-time buckets (inclusive start, exclusive end) that tile the
+archive's time range exactly once. Slice ids are deterministic and the plan hash is the
+sha256 of a canonical JSON of the cut's offsets and the slices' ids, scopes and files
+(estimates are left out: they are refined later and never change what a slice owns).
+
+>>> from coordinator.core.values import PartitionCut, PartitionId, Offset
+>>> [s.slice_id for s in kafka_slices((PartitionCut(PartitionId(0), Offset(0), Offset(5)),), 2)]
+['k-p0-000000000-000000002', 'k-p0-000000002-000000004', 'k-p0-000000004-000000005']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from coordinator.core.errors import ConfigError, SourceDataLossError
+from coordinator.core.values import (
+    Cut,
+    Offset,
+    OffsetRange,
+    PartitionCut,
+    PartitionId,
+    Scope,
+    Slice,
+    TimeBucket,
+    utc,
+)
+from coordinator.state.codec import slice_to_json
+
+BucketUnit = Literal["day", "hour", "month"]
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """Facts about one archive file, read by a thin adapter (``coordinator.archive_scan``)."""
+
+    path: str
+    min_time: datetime  # smallest event time in the file (inclusive)
+    max_time: datetime  # largest event time in the file (inclusive)
+    rows: int
+    bytes: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "min_time", utc(self.min_time))
+        object.__setattr__(self, "max_time", utc(self.max_time))
+        if self.max_time < self.min_time or self.rows < 0 or self.bytes < 0:
+            raise ValueError(
+                f"archive file={self.path}: expected min_time <= max_time and counts >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The immutable plan of one cut."""
+
+    cut: Cut
+    slices: tuple[Slice, ...]
+    plan_hash: str
+
+    @property
+    def est_rows(self) -> int:
+        """Estimated rows over all slices."""
+        return sum(s.est_rows for s in self.slices)
+
+    @property
+    def est_bytes(self) -> int:
+        """Estimated bytes over all slices."""
+        return sum(s.est_bytes for s in self.slices)
+
+
+def kafka_slice_id(rng: OffsetRange) -> str:
+    """``k-p<partition>-<start>-<end>`` with zero-padded offsets."""
+    return f"k-p{rng.partition}-{rng.start:09d}-{rng.end:09d}"
+
+
+def split_range(rng: OffsetRange, size: int) -> list[OffsetRange]:
+    """``rng`` cut into consecutive ranges of at most ``size`` offsets (none if empty)."""
+    if size <= 0:
+        raise ValueError(f"expected slice size > 0, found {size}")
+    return [
+        OffsetRange(rng.partition, Offset(a), Offset(min(a + size, rng.end)))
+        for a in range(rng.start, rng.end, size)
+    ]
+
+
+def kafka_slices(partitions: Sequence[PartitionCut], size: int) -> list[Slice]:
+    """Slices tiling ``[log_start, hwm)`` of every partition exactly once.
+
+    The estimate is the offset width (an upper bound: offsets are sparse).
+    """
+    return [
+        Slice(kafka_slice_id(r), Scope("kafka", (r,)), est_rows=r.width)
+        for p in partitions
+        for r in split_range(p.history, size)
+    ]
+
+
+def floor_time(ts: datetime, unit: BucketUnit) -> datetime:
+    """Start of the ``unit`` bucket holding ``ts`` (UTC)."""
+    ts = utc(ts)
+    if unit == "hour":
+        return ts.replace(minute=0, second=0, microsecond=0)
+    if unit == "day":
+        return ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    return ts.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_boundary(start: datetime, unit: BucketUnit) -> datetime:
+    """Start of the bucket after the one starting at ``start``."""
+    if unit == "hour":
+        return start + timedelta(hours=1)
+    if unit == "day":
+        return start + timedelta(days=1)
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    return start.replace(year=year, month=month)
+
+
+def time_buckets(first: datetime, last: datetime, unit: BucketUnit) -> list[TimeBucket]:
+    """Buckets tiling ``[floor(first), end)`` exactly once, the last one holding ``last``."""
+    if utc(last) < utc(first):
+        raise ValueError(f"expected first <= last, found {first}..{last}")
+    out: list[TimeBucket] = []
+    start = floor_time(first, unit)
+    while start <= utc(last):
+        end = next_boundary(start, unit)
+        out.append(TimeBucket(start, end))
+        start = end
+    return out
+
+
+def bucket_slice_id(bucket: TimeBucket, unit: BucketUnit) -> str:
+    """``a-day-20240101``, ``a-hour-2024010113`` or ``a-month-202401``."""
+    fmt = {"hour": "%Y%m%d%H", "day": "%Y%m%d", "month": "%Y%m"}[unit]
+    return f"a-{unit}-{bucket.start.strftime(fmt)}"
+
+
+def _overlap_share(f: ArchiveFile, bucket: TimeBucket) -> float:
+    """The share of ``f``'s time range inside ``bucket`` (uniform spread assumed)."""
+    span = (f.max_time - f.min_time).total_seconds()
+    if span == 0:
+        return 1.0 if bucket.start <= f.min_time < bucket.end else 0.0
+    lo, hi = max(f.min_time, bucket.start), min(f.max_time, bucket.end)
+    return max(0.0, (hi - lo).total_seconds() / span)
+
+
+def archive_slices(files: Sequence[ArchiveFile], unit: BucketUnit) -> list[Slice]:
+    """One slice per bucket over the files' event-time range, with the files it needs.
+
+    Buckets no file overlaps are left out (nothing to load, nothing to overwrite). Estimates
+    assume rows spread evenly over a file's time range.
+    """
+    if not files:
+        return []
+    first = min(f.min_time for f in files)
+    last = max(f.max_time for f in files)
+    out: list[Slice] = []
+    for bucket in time_buckets(first, last, unit):
+        members = sorted(
+            (f for f in files if f.min_time < bucket.end and f.max_time >= bucket.start),
+            key=lambda f: f.path,
+        )
+        if not members:
+            continue
+        shares = [_overlap_share(f, bucket) for f in members]
+        out.append(
+            Slice(
+                slice_id=bucket_slice_id(bucket, unit),
+                scope=Scope("archive", bucket=bucket),
+                files=tuple(f.path for f in members),
+                est_rows=round(sum(f.rows * s for f, s in zip(members, shares, strict=True))),
+                est_bytes=round(sum(f.bytes * s for f, s in zip(members, shares, strict=True))),
+            )
+        )
+    return out
+
+
+def _canonical(cut: Cut, slices: Iterable[Slice]) -> bytes:
+    doc = {
+        "job_id": cut.job_id,
+        "topic": cut.topic,
+        "partitions": [[p.partition, p.log_start, p.hwm] for p in cut.partitions],
+        "slices": [
+            {k: v for k, v in slice_to_json(s).items() if k not in ("est_rows", "est_bytes")}
+            for s in slices
+        ],
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def plan_hash(cut: Cut, slices: Iterable[Slice]) -> str:
+    """sha256 (hex) of the canonical JSON of the cut's offsets and the slices."""
+    return hashlib.sha256(_canonical(cut, slices)).hexdigest()
+
+
+def make_plan(
+    cut: Cut,
+    slice_records: int,
+    archive_files: Sequence[ArchiveFile] = (),
+    unit: BucketUnit = "day",
+    *,
+    include_kafka: bool = True,
+) -> Plan:
+    """The plan of ``cut``: archive buckets first (oldest history), then Kafka slices."""
+    slices = archive_slices(archive_files, unit)
+    if include_kafka:
+        slices += kafka_slices(cut.partitions, slice_records)
+    ids = [s.slice_id for s in slices]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"job={cut.job_id}: the plan has duplicate slice ids")
+    return Plan(cut, tuple(slices), plan_hash(cut, slices))
+
+
+def with_estimates(plan: Plan, estimates: Mapping[str, tuple[int, int]]) -> Plan:
+    """``plan`` with (rows, bytes) estimates replaced for the slices in ``estimates``."""
+    slices = tuple(
+        replace(s, est_rows=estimates[s.slice_id][0], est_bytes=estimates[s.slice_id][1])
+        if s.slice_id in estimates
+        else s
+        for s in plan.slices
+    )
+    return Plan(plan.cut, slices, plan.plan_hash)
+
+
+def lost_ranges(
+    slices: Iterable[Slice], log_starts: Mapping[PartitionId, Offset], done: Iterable[str] = ()
+) -> list[OffsetRange]:
+    """Offsets a not-yet-done Kafka slice needs that retention already deleted."""
+    finished = set(done)
+    lost: list[OffsetRange] = []
+    for s in slices:
+        if s.slice_id in finished:
+            continue
+        for r in s.scope.ranges:
+            low = log_starts.get(r.partition)
+            if low is not None and low > r.start and r.width > 0:
+                lost.append(OffsetRange(r.partition, r.start, Offset(min(low, r.end))))
+    return sorted(lost)
+
+
+def check_retention(
+    cut: Cut,
+    slices: Iterable[Slice],
+    log_starts: Mapping[PartitionId, Offset],
+    done: Iterable[str] = (),
+) -> None:
+    """Raise :class:`SourceDataLossError` if retention deleted offsets the plan still needs."""
+    lost = lost_ranges(slices, log_starts, done)
+    if lost:
+        named = ", ".join(f"partition={r.partition} offsets=[{r.start},{r.end})" for r in lost)
+        total = sum(r.width for r in lost)
+        raise SourceDataLossError(
+            f"job={cut.job_id} topic={cut.topic}: source data loss, retention deleted "
+            f"{total} planned offsets: {named}",
+            hint="load the lost range from an archive, or take a new cut with --new-cut "
+            "(the loss stays reported)",
+        )

@@ -1,0 +1,206 @@
+"""Run a job end to end: cut (reused), plan (reused), slices under the lag gate, reconcile.
+
+:func:`run_job` is the service ``seamline run`` and ``seamline demo`` both call. A run is
+done only when every slice committed AND reconciliation passed (DESIGN §5): that is the only
+outcome with ``ExitCode.OK``.
+
+What a run reconciles while the live consumer keeps writing (``seamline live`` in another
+process):
+
+* **History** (every planned Kafka slice and archive bucket, and any history offset below the
+  cut no slice covers) is compared exactly: source and table must match row for row.
+* **Live** is compared only up to the live offsets committed *in the table* when the
+  reconciliation starts (per partition; the cut's ``hwm`` where live has committed nothing).
+  Records above that are still in flight, not lost, so they are left out: no false alarm, no
+  timing guess. What the live side claims as written must be in the table exactly once, and
+  nothing may sit at the seam twice (overlap) or be missing (gap).
+* ``min_age_s`` can narrow the live range further (records younger than that are left out),
+  as in ``seamline reconcile --min-age``.
+
+A reconciliation that cannot run (e.g. the table does not exist because a test executor wrote
+nothing) leaves the run NOT_RECONCILED with the reason in ``JobOutcome.reconcile_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from coordinator.core.errors import ExitCode, SeamlineError
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import Cut, OffsetRange
+from coordinator.run.lag_gate import LagGate
+from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan
+from coordinator.run.progress import NullProgress, ProgressSink
+from coordinator.run.runner import Runner, RunnerConfig, RunReport, StopSignal
+from coordinator.state.store import PauseRecord, StateStore
+
+if TYPE_CHECKING:
+    from reconcile.model import ReconcileReport
+    from reconcile.run import UnitSource
+    from reconcile.source import SourceUnit
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXECUTOR = "backfill.executor:execute_slice"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """Everything one run did; ``exit_code`` is OK only when committed and reconciled."""
+
+    cut: Cut
+    plan_hash: str
+    run: RunReport
+    reconcile: ReconcileReport | None  # None: not reached (slices left) or could not run
+    pauses: tuple[PauseRecord, ...]
+    exit_code: ExitCode
+    reconcile_error: str | None = None
+
+    @property
+    def reconciled(self) -> bool:
+        """Every slice committed and the reconciliation passed."""
+        return self.exit_code == ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON: the run's counts, pauses and the reconcile totals."""
+        rec = self.reconcile
+        return {
+            "job_id": self.cut.job_id,
+            "epoch": self.cut.epoch,
+            "plan_hash": self.plan_hash,
+            "total": self.run.total,
+            "committed": self.run.committed,
+            "failed": list(self.run.failed),
+            "remaining": self.run.remaining,
+            "rows": self.run.rows,
+            "retries": self.run.retries,
+            "cancelled": self.run.cancelled,
+            "pauses": [pause_json(p) for p in self.pauses],
+            "paused_s": sum(p.seconds for p in self.pauses),
+            "reconciled": self.reconciled,
+            "reconcile": None if rec is None else rec.totals(),
+            "reconcile_error": self.reconcile_error,
+            "exit_code": int(self.exit_code),
+        }
+
+
+def pause_json(p: PauseRecord) -> dict[str, Any]:
+    """Plain JSON of one lag pause."""
+    return {"started_at": p.started_at.isoformat(), "seconds": p.seconds, "reason": p.reason}
+
+
+@dataclass(frozen=True)
+class LiveBoundedSource:
+    """A reconcile source whose live range ends at the table's committed live offsets.
+
+    ``bounds`` maps partition to the table's live offset; partitions without one end at the
+    cut's ``hwm`` (the live side has claimed nothing there yet).
+    """
+
+    inner: UnitSource
+    cut: Cut
+    bounds: Mapping[int, int]
+
+    def ends(self, partitions: Sequence[int]) -> dict[int, int]:
+        """min(read-committed end, table's live offset), never below the cut."""
+        ends = self.inner.ends(partitions)
+        out: dict[int, int] = {}
+        for p in partitions:
+            hwm = int(self.cut.hwm(p))
+            out[p] = max(hwm, min(ends.get(p, hwm), self.bounds.get(p, hwm)))
+        return out
+
+    def read(self, ranges: Sequence[OffsetRange]) -> SourceUnit:
+        """The inner source's units, unchanged."""
+        return self.inner.read(ranges)
+
+
+def live_bounded_source(job: JobSpec, cut: Cut) -> LiveBoundedSource:
+    """The job's Kafka source bounded by the live offsets committed in the table now."""
+    from backfill.sinks.registry import open_sink
+    from reconcile.source import KafkaUnits
+
+    bounds = {int(p): int(o) for p, o in open_sink(job).live_offsets().items()}
+    log.info("job=%s reconciling live up to the table's offsets %s", job.job_id, bounds)
+    return LiveBoundedSource(KafkaUnits(job), cut, bounds)
+
+
+def reconcile_run(
+    job: JobSpec, cut: Cut, *, min_age_s: float = 0.0
+) -> tuple[ReconcileReport | None, str | None]:
+    """Reconcile after a run (history exact, live up to the table's offsets); records on pass.
+
+    Returns the report, or ``(None, reason)`` when the comparison could not run.
+    """
+    from coordinator.cli.reconcile import reconcile_and_record
+
+    try:
+        source = live_bounded_source(job, cut)
+        return reconcile_and_record(job, min_age_s=min_age_s, source=source), None
+    except SeamlineError as exc:
+        log.warning("job=%s reconciliation could not run: %s", job.job_id, exc)
+        return None, str(exc)
+    except Exception as exc:  # the table may not exist yet (nothing written), catalog errors
+        log.warning("job=%s reconciliation could not run: %r", job.job_id, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _final_code(report: RunReport, rec: ReconcileReport | None) -> ExitCode:
+    if report.exit_code != ExitCode.OK:
+        return report.exit_code
+    return ExitCode.OK if rec is not None and rec.reconciled else ExitCode.NOT_RECONCILED
+
+
+def run_job(
+    job: JobSpec,
+    *,
+    executor: str = DEFAULT_EXECUTOR,
+    progress: ProgressSink | None = None,
+    stop: StopSignal | None = None,
+    lag_gate: Callable[[], float | None] | None = None,
+    min_age_s: float = 0.0,
+    timeout_s: float = 10.0,
+) -> JobOutcome:
+    """Cut, plan, run every slice not yet committed, then reconcile (see the module doc).
+
+    ``lag_gate=None`` uses :class:`LagGate` for the job (threshold ``backfill.lag_threshold``,
+    lag counted from the cut's ``hwm``); pass ``lambda: None`` to run without a gate.
+    Raises ``ConfigError``/``SourceDataLossError``/``StateError`` before any slice runs.
+    """
+    cut = ensure_cut(job, timeout_s=timeout_s)
+    view = ensure_plan(job, cut, count=False)
+    cut = view.plan.cut
+    gate = lag_gate or LagGate(job, start_offsets={p.partition: p.hwm for p in cut.partitions})
+    config = RunnerConfig(
+        executor=executor,
+        concurrency=job.backfill.concurrency,
+        max_attempts=job.backfill.max_attempts,
+    )
+    with StateStore(job.state_url()) as store:
+        check_source_retained(job, store, cut, timeout_s)
+        runner = Runner(
+            job, store, cut.epoch, config, lag_gate=gate, progress=progress or NullProgress(),
+            stop=stop,
+        )  # fmt: skip
+        report = runner.run()
+    rec, error = (None, None)
+    if report.exit_code == ExitCode.OK:
+        rec, error = reconcile_run(job, cut, min_age_s=min_age_s)
+    with StateStore(job.state_url()) as store:
+        pauses = tuple(store.list_pauses(job.job_id))
+    code = _final_code(report, rec)
+    log.info("job=%s run finished exit_code=%s", job.job_id, code.name)
+    return JobOutcome(cut, view.plan.plan_hash, report, rec, pauses, code, error)
+
+
+__all__ = [
+    "DEFAULT_EXECUTOR",
+    "JobOutcome",
+    "LiveBoundedSource",
+    "live_bounded_source",
+    "reconcile_run",
+    "run_job",
+]

@@ -1,0 +1,136 @@
+"""Preparing a run: validate up front, take (or reuse) the cut, build (or reuse) the plan.
+
+Order matters for "nothing is written on a bad job": the job file, the transform, the archive
+settings and the broker/topic are all checked *before* the state store is created. A stored
+cut and plan are always reused (DESIGN §6: retries and resumes never re-plan against "now").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from coordinator.core.errors import StateError
+from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import Cut, Epoch
+from coordinator.plan.cut import read_cut, read_log_starts
+from coordinator.plan.facts import archive_unit, count_kafka_slices, scan_archives
+from coordinator.plan.planner import Plan, check_retention, make_plan, with_estimates
+from coordinator.state.store import StateStore, state_exists
+from stream.decode.json_records import load_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A plan as shown to the user: stored (the truth) or freshly computed."""
+
+    plan: Plan
+    stored: bool
+    exact: bool  # row estimates of Kafka slices are exact counts
+
+
+def validate_job(job: JobSpec) -> None:
+    """Checks that need no broker: the transform imports, archive settings agree."""
+    load_transform(job.transform.function)
+    archive_unit(job)
+
+
+def open_existing(job: JobSpec) -> StateStore | None:
+    """The job's state store if it exists (never creates one)."""
+    url = job.state_url()
+    return StateStore(url, create=False) if state_exists(url) else None
+
+
+def stored_cut(job: JobSpec) -> Cut | None:
+    """The cut stored for the job's current epoch, read without creating anything."""
+    store = open_existing(job)
+    if store is None:
+        return None
+    with store:
+        return store.get_cut(job.job_id)
+
+
+def ensure_cut(job: JobSpec, *, new_cut: bool = False, timeout_s: float = 10.0) -> Cut:
+    """The job's cut: the stored one, or a new one read from the broker and stored first.
+
+    ``new_cut`` bumps the epoch (every older coordinator becomes stale) and takes a new cut.
+    """
+    validate_job(job)
+    if not new_cut:
+        existing = stored_cut(job)
+        if existing is not None:
+            return existing
+    reading = read_cut(job, timeout_s)  # broker and topic are checked before any write
+    with StateStore(job.state_url()) as store:
+        epoch = store.ensure_job(job.job_id)
+        if new_cut and store.get_cut(job.job_id) is not None:
+            epoch = store.bump_epoch(job.job_id)
+        cut = store.save_cut(reading.to_cut(job.job_id, epoch))
+    log.info("job=%s epoch=%d cut ready", job.job_id, cut.epoch)
+    return cut
+
+
+def compute_plan(job: JobSpec, cut: Cut, *, count: bool, timeout_s: float = 30.0) -> PlanView:
+    """A fresh plan of ``cut`` (archive scan, Kafka slices), exact counts when ``count``."""
+    plan = make_plan(
+        cut,
+        job.backfill.slice_records,
+        scan_archives(job),
+        archive_unit(job),
+        include_kafka=job.history.kafka,
+    )
+    if not count:
+        return PlanView(plan, stored=False, exact=False)
+    kafka = [s for s in plan.slices if s.scope.source == "kafka"]
+    estimates = count_kafka_slices(job, cut, kafka, timeout_s)
+    return PlanView(with_estimates(plan, estimates), stored=False, exact=True)
+
+
+def stored_plan(store: StateStore, cut: Cut) -> Plan | None:
+    """The plan stored for ``cut``'s epoch, or ``None``."""
+    if cut.plan_hash is None:
+        return None
+    records = store.list_slices(cut.job_id, cut.epoch)
+    return Plan(cut, tuple(r.slice for r in records), cut.plan_hash)
+
+
+def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
+    """The stored plan of ``cut``, or a new one computed and stored."""
+    with StateStore(job.state_url()) as store:
+        existing = stored_plan(store, cut)
+        if existing is not None:
+            return PlanView(existing, stored=True, exact=False)
+        view = compute_plan(job, cut, count=count)
+        store.save_plan(cut.job_id, cut.epoch, view.plan.slices, view.plan.plan_hash)
+        fresh = store.get_cut(cut.job_id, cut.epoch)
+    if fresh is None or fresh.plan_hash != view.plan.plan_hash:
+        raise StateError(f"job={cut.job_id} epoch={cut.epoch}: plan was not stored")
+    return PlanView(Plan(fresh, view.plan.slices, view.plan.plan_hash), True, view.exact)
+
+
+def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanView:
+    """The plan without writing anything: the stored one if any, else computed."""
+    validate_job(job)
+    store = open_existing(job)
+    if store is not None:
+        with store:
+            cut = store.get_cut(job.job_id)
+            existing = stored_plan(store, cut) if cut is not None else None
+        if existing is not None:
+            return PlanView(existing, stored=True, exact=False)
+    else:
+        cut = None
+    if cut is None:
+        cut = read_cut(job, timeout_s).to_cut(job.job_id, Epoch(1))
+    return compute_plan(job, cut, count=count)
+
+
+def check_source_retained(job: JobSpec, store: StateStore, cut: Cut, timeout_s: float) -> None:
+    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed."""
+    records = store.list_slices(cut.job_id, cut.epoch)
+    pending = [r.slice for r in records if r.status in ("pending", "running", "failed")]
+    if not any(s.scope.source == "kafka" for s in pending):
+        return
+    check_retention(cut, pending, read_log_starts(job, timeout_s))

@@ -1,0 +1,1 @@
+"""The durable state store (SQLite or PostgreSQL): versioned schema, jobs, cuts, plans, slices, live progress."""

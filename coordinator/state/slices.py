@@ -1,0 +1,288 @@
+"""State store: the immutable plan and epoch-checked slice transitions.
+
+Transitions (every one checks the caller's epoch in the same transaction)::
+
+    pending|failed|running --mark_running--> running   (running again = resume after a crash)
+    running               --mark_committed--> committed
+    running               --mark_failed-----> failed
+    committed|reconciled  --mark_reconciled-> reconciled
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from coordinator.core.errors import StateError
+from coordinator.core.values import CommitToken, Epoch, Slice, SliceStatus, SnapshotId
+from coordinator.state import schema as t
+from coordinator.state.base import StoreBase, _now
+from coordinator.state.codec import scope_from_json, scope_to_json, token_from_json
+
+log = logging.getLogger(__name__)
+
+_STATUSES: tuple[SliceStatus, ...] = ("pending", "running", "committed", "reconciled", "failed")
+_MAX_ERROR = 4000
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """One planned slice and where it stands."""
+
+    slice: Slice
+    epoch: Epoch
+    status: SliceStatus
+    attempts: int
+    rows: int | None = None
+    quarantined: int | None = None
+    checksum: Mapping[str, Any] | None = None
+    token: CommitToken | None = None
+    snapshot_id: SnapshotId | None = None
+    last_error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    total_duration_s: float = 0.0
+
+    @property
+    def slice_id(self) -> str:
+        """The slice's id."""
+        return self.slice.slice_id
+
+
+def _slice_key(job_id: str, epoch: int, slice_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """The WHERE clause naming one slice of one epoch."""
+    return (
+        t.slices.c.job_id == job_id,
+        t.slices.c.epoch == epoch,
+        t.slices.c.slice_id == slice_id,
+    )
+
+
+def _status(value: str) -> SliceStatus:
+    for s in _STATUSES:
+        if s == value:
+            return s
+    raise StateError(f"unknown slice status {value!r} in the state store")
+
+
+def _record(row: Row[Any]) -> SliceRecord:
+    token_doc = row.commit_token
+    snapshot = token_doc.get("snapshot_id") if token_doc else None
+    return SliceRecord(
+        slice=Slice(
+            slice_id=row.slice_id,
+            scope=scope_from_json(row.scope),
+            files=tuple(row.files),
+            est_rows=row.est_rows,
+            est_bytes=row.est_bytes,
+        ),
+        epoch=Epoch(row.epoch),
+        status=_status(row.status),
+        attempts=row.attempts,
+        rows=row.rows,
+        quarantined=row.quarantined,
+        checksum=row.checksum,
+        token=token_from_json(token_doc.get("properties") if token_doc else None),
+        snapshot_id=None if snapshot is None else SnapshotId(int(snapshot)),
+        last_error=row.last_error,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_s=row.duration_s,
+        total_duration_s=row.total_duration_s,
+    )
+
+
+class SliceStore(StoreBase):
+    """Plan storage and slice transitions on top of :class:`StoreBase`."""
+
+    def save_plan(self, job_id: str, epoch: int, slices: Sequence[Slice], plan_hash: str) -> None:
+        """Store the plan of ``epoch`` once; the same plan again is a no-op.
+
+        Raises :class:`StateError` if a different plan is stored for this cut (plans are
+        immutable) or no cut is stored, :class:`StaleEpochError` for an old epoch.
+        """
+        with self._tx() as conn:
+            self._check_epoch(conn, job_id, epoch)
+            cut_row = conn.execute(
+                sa.select(t.cuts.c.plan_hash).where(
+                    t.cuts.c.job_id == job_id, t.cuts.c.epoch == epoch
+                )
+            ).one_or_none()
+            if cut_row is None:
+                raise StateError(f"job={job_id} epoch={epoch}: no cut stored; take the cut first")
+            stored = cut_row.plan_hash
+            if stored is not None:
+                if stored != plan_hash:
+                    raise StateError(
+                        f"job={job_id} epoch={epoch}: expected plan_hash={stored}, "
+                        f"found plan_hash={plan_hash} (the plan is immutable)",
+                        hint="resume with the stored plan, or take a new cut with --new-cut",
+                    )
+                return
+            self._insert_slices(conn, job_id, epoch, slices)
+            conn.execute(
+                t.cuts.update()
+                .where(t.cuts.c.job_id == job_id, t.cuts.c.epoch == epoch)
+                .values(plan_hash=plan_hash)
+            )
+        log.info("job=%s epoch=%d plan stored: %d slices", job_id, epoch, len(slices))
+
+    def _insert_slices(
+        self, conn: Connection, job_id: str, epoch: int, slices: Sequence[Slice]
+    ) -> None:
+        if not slices:
+            return
+        conn.execute(
+            t.slices.insert(),
+            [
+                {
+                    "job_id": job_id,
+                    "epoch": epoch,
+                    "slice_id": s.slice_id,
+                    "position": i,
+                    "kind": s.scope.source,
+                    "scope": scope_to_json(s.scope),
+                    "files": list(s.files),
+                    "est_rows": s.est_rows,
+                    "est_bytes": s.est_bytes,
+                    "status": "pending",
+                    "attempts": 0,
+                    "total_duration_s": 0.0,
+                }
+                for i, s in enumerate(slices)
+            ],
+        )
+
+    def list_slices(self, job_id: str, epoch: int | None = None) -> list[SliceRecord]:
+        """Every slice of the plan of ``epoch`` (default: current), in plan order."""
+        with self._tx() as conn:
+            if epoch is None:
+                epoch = self._require_job(conn, job_id)
+            rows = conn.execute(
+                sa.select(t.slices)
+                .where(t.slices.c.job_id == job_id, t.slices.c.epoch == epoch)
+                .order_by(t.slices.c.position)
+            ).all()
+        return [_record(r) for r in rows]
+
+    def get_slice(self, job_id: str, slice_id: str, epoch: int | None = None) -> SliceRecord:
+        """One slice; :class:`StateError` if it is not in the plan."""
+        with self._tx() as conn:
+            if epoch is None:
+                epoch = self._require_job(conn, job_id)
+            return _record(self._row(conn, job_id, slice_id, epoch))
+
+    def _row(self, conn: Connection, job_id: str, slice_id: str, epoch: int) -> Row[Any]:
+        row = conn.execute(
+            sa.select(t.slices).where(*_slice_key(job_id, epoch, slice_id))
+        ).one_or_none()
+        if row is None:
+            raise StateError(f"job={job_id} epoch={epoch} slice={slice_id} is not in the plan")
+        return row
+
+    def _transition(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        allowed: tuple[SliceStatus, ...],
+        values: Mapping[str, Any],
+    ) -> Row[Any]:
+        """Check epoch and current status, then update; returns the row before the update."""
+        with self._tx() as conn:
+            self._check_epoch(conn, job_id, epoch)
+            row = self._row(conn, job_id, slice_id, epoch)
+            if row.status not in allowed:
+                raise StateError(
+                    f"job={job_id} slice={slice_id}: expected status in {list(allowed)}, "
+                    f"found {row.status!r}"
+                )
+            extra = dict(values)
+            if "finished_at" in extra and row.started_at is not None:
+                duration = max(0.0, (extra["finished_at"] - row.started_at).total_seconds())
+                extra["duration_s"] = duration
+                extra["total_duration_s"] = row.total_duration_s + duration
+            conn.execute(
+                t.slices.update()
+                .where(*_slice_key(job_id, epoch, slice_id))
+                .values(**extra)
+            )
+            return row
+
+    def mark_running(self, job_id: str, slice_id: str, epoch: int) -> int:
+        """Start an attempt; returns its number (1 for the first)."""
+        with self._tx() as conn:
+            self._check_epoch(conn, job_id, epoch)
+            row = self._row(conn, job_id, slice_id, epoch)
+            if row.status not in ("pending", "failed", "running"):
+                raise StateError(
+                    f"job={job_id} slice={slice_id}: expected status pending, failed or "
+                    f"running, found {row.status!r}"
+                )
+            attempt = int(row.attempts) + 1
+            conn.execute(
+                t.slices.update()
+                .where(*_slice_key(job_id, epoch, slice_id))
+                .values(status="running", attempts=attempt, started_at=_now(), finished_at=None)
+            )
+        return attempt
+
+    def mark_committed(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        *,
+        rows: int,
+        token: CommitToken | None,
+        quarantined: int = 0,
+        snapshot_id: int | None = None,
+        checksum: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the slice's commit (its token as stored in the table, rows, checksum)."""
+        doc = {"properties": token.to_properties(), "snapshot_id": snapshot_id} if token else None
+        self._transition(
+            job_id,
+            slice_id,
+            epoch,
+            ("running",),
+            {
+                "status": "committed",
+                "rows": rows,
+                "quarantined": quarantined,
+                "commit_token": doc,
+                "checksum": dict(checksum) if checksum is not None else None,
+                "last_error": None,
+                "finished_at": _now(),
+            },
+        )
+
+    def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None:
+        """Record a failed attempt (the message must not hold secrets: it is stored)."""
+        self._transition(
+            job_id,
+            slice_id,
+            epoch,
+            ("running",),
+            {"status": "failed", "last_error": error[:_MAX_ERROR], "finished_at": _now()},
+        )
+
+    def mark_reconciled(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        checksum: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Mark a committed slice as proven by reconciliation (optionally storing checksums)."""
+        values: dict[str, Any] = {"status": "reconciled"}
+        if checksum is not None:
+            values["checksum"] = dict(checksum)
+        self._transition(job_id, slice_id, epoch, ("committed", "reconciled"), values)

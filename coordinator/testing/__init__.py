@@ -1,0 +1,1 @@
+"""Fixtures for users' own integration tests (the ``seamline`` pytest plugin)."""

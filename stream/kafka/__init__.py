@@ -1,0 +1,1 @@
+"""All Kafka client access: the one client builder, offset queries, the bounded range reader, the dead-letter topic."""

@@ -1,0 +1,190 @@
+"""The live side as a Faust app (faust-streaming), with the same exactly-once guarantees.
+
+The table is the source of truth. Faust seeks to the consumer group's committed offsets and
+ignores ``seek()`` in rebalance callbacks, so before the worker starts we commit, for the group,
+the offsets the table says come next (else the cut's ``hwm``) and read them back. The agent then
+takes batches of events, drops anything below the table's position, decodes with the shared
+kernel, quarantines malformed records first and appends with an offset-conditional commit
+(:class:`~backfill.sinks.iceberg.live.IcebergLiveTable`). A conflict re-reads the table's offsets.
+Faust's own offset commits are monitoring only. Reads are ``read_committed``: the app runs
+with ``processing_guarantee="exactly_once"``, the only mode in which Faust asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from coordinator.core.errors import CommitConflictError, LiveError
+from coordinator.core.values import CommitToken, Epoch, Offset, PartitionId
+from stream.decode.json_records import Transform, decode_columns
+from stream.live.core import LiveBook, stale_partitions, start_positions
+from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink, slice_id_for
+
+log = logging.getLogger(__name__)
+
+
+def commit_group_offsets(
+    kafka_conf: Mapping[str, str],
+    group: str,
+    topic: str,
+    offsets: Mapping[PartitionId, Offset],
+    timeout_s: float = 60.0,
+) -> None:
+    """Commit ``offsets`` for ``group`` and read them back (retries while a dead member of
+    the group has not yet timed out). Raises ``LiveError`` when that does not succeed."""
+    consumer = Consumer({**kafka_conf, "group.id": group, "enable.auto.commit": False})
+    tps = [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                consumer.commit(offsets=tps, asynchronous=False)
+                got = consumer.committed([TopicPartition(topic, p) for p in sorted(offsets)], 10)
+                if {tp.partition: tp.offset for tp in got} == dict(offsets):
+                    return
+                err = f"read back {[(tp.partition, tp.offset) for tp in got]}"
+            except KafkaException as exc:
+                err = str(exc)
+            if time.monotonic() > deadline:
+                raise LiveError(
+                    f"group={group} topic={topic}: expected to commit the table's offsets "
+                    f"{dict(offsets)}, found error {err}",
+                    hint="stop other members of the group and retry",
+                )
+            log.info("group offsets not committed yet (%s), retrying", err)
+            time.sleep(1.0)
+    finally:
+        consumer.close()
+
+
+class FaustBatchWriter:
+    """Writes batches of Faust events to the table exactly once (blocking; run in a thread)."""
+
+    def __init__(
+        self,
+        settings: LiveSettings,
+        sink: LiveSink,
+        transform: Transform,
+        start_offsets: Mapping[PartitionId, Offset],
+        quarantine: QuarantineSink,
+    ) -> None:
+        self.settings = settings
+        self._sink = sink
+        self._transform = transform
+        self._fallback = dict(start_offsets)
+        self._quarantine = quarantine
+        self._book = LiveBook()
+        self._book.assign(start_positions(self._fallback, sink.live_offsets(), self._fallback))
+        self.progress = LiveProgress()
+
+    def write(self, events: list[tuple[int, int, bytes | None]]) -> None:
+        """Buffer ``(partition, offset, value)`` events and commit them as one batch."""
+        by_partition: dict[int, tuple[list[int], list[bytes | None]]] = {}
+        for p, o, v in events:
+            entry = by_partition.setdefault(p, ([], []))
+            entry[0].append(o)
+            entry[1].append(v)
+        for p, (offsets, values) in by_partition.items():
+            self._book.add_many(p, offsets, values, time.monotonic())
+        for _attempt in range(self.settings.max_commit_attempts):
+            ranges = self._book.ranges()
+            if not ranges:
+                return
+            table = self._sink.live_offsets()
+            stale = stale_partitions(ranges, table, self._fallback)
+            if stale:
+                log.warning("table moved for %s: dropping what it holds", dict(stale))
+                self._book.reseek({p: table.get(p, o) for p, o in stale.items()})
+                self._rebuffer(by_partition, stale)
+                continue
+            try:
+                self._commit_once(ranges)
+                return
+            except CommitConflictError as exc:
+                log.info("live commit conflict, re-reading the table: %s", exc)
+        raise LiveError(f"job={self.settings.job_id}: live commit kept conflicting")
+
+    def _rebuffer(
+        self,
+        by_partition: dict[int, tuple[list[int], list[bytes | None]]],
+        stale: Mapping[PartitionId, Offset],
+    ) -> None:
+        for p in stale:
+            offsets, values = by_partition.get(int(p), ([], []))
+            self._book.add_many(int(p), offsets, values, time.monotonic())
+
+    def _commit_once(self, ranges: Any) -> None:
+        parts, offsets, values = self._book.columns()
+        data, bad = decode_columns(
+            parts, offsets, values, self.settings.schema, self._transform, "live"
+        )
+        self._quarantine.write(bad)
+        token = CommitToken(
+            self.settings.job_id,
+            slice_id_for(ranges),
+            1,
+            Epoch(self.settings.epoch),
+            "live",
+            ranges,
+        )
+        self._sink.append_live(data, token)
+        self._book.committed(ranges, time.monotonic())
+        self.progress.records += data.num_rows
+        self.progress.quarantined += len(bad)
+        self.progress.commits += 1
+        for r in ranges:
+            self.progress.committed[r.partition] = r.end
+
+
+def build_app(
+    settings: LiveSettings, kafka_conf: Mapping[str, str], writer: FaustBatchWriter
+) -> faust.App:
+    """A Faust app whose one agent feeds ``writer`` in batches."""
+    app = faust.App(
+        settings.group,
+        broker=f"kafka://{kafka_conf['bootstrap.servers']}",
+        web_enabled=False,
+        processing_guarantee="exactly_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        broker_rebalance_timeout=20.0,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        store="memory://",
+    )
+    topic = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
+    limits = settings.limits
+
+    @app.agent(topic)
+    async def live_agent(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(limits.max_records, within=limits.max_seconds):
+            batch = [(e.message.partition, e.message.offset, e.message.value) for e in events]
+            await loop.run_in_executor(None, writer.write, batch)
+
+    return app
+
+
+def run_worker(
+    settings: LiveSettings,
+    kafka_conf: Mapping[str, str],
+    sink: LiveSink,
+    transform: Transform,
+    start_offsets: Mapping[PartitionId, Offset],
+    quarantine: QuarantineSink,
+) -> None:
+    """Commit the table's offsets for the group, then run the Faust worker until stopped."""
+    positions = start_positions(start_offsets, sink.live_offsets(), start_offsets)
+    commit_group_offsets(kafka_conf, settings.group, settings.topic, positions)
+    writer = FaustBatchWriter(settings, sink, transform, start_offsets, quarantine)
+    app = build_app(settings, kafka_conf, writer)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()
