@@ -62,8 +62,54 @@ def _as_utc(value: pa.ChunkedArray) -> pa.ChunkedArray:
     raise ConfigError(f"expected an event-time column, found type {value.type}")
 
 
+def _footer_facts(path: Path, column: str) -> tuple[bool, ArchiveFile | None]:
+    """Facts of a Parquet file from its footer statistics alone, without reading data.
+
+    Returns ``(answered, facts)``; not answered when the footer cannot answer exactly (no
+    statistics in some row group, or a column type whose min/max order is not time order,
+    e.g. strings), so the caller scans the column instead.
+    """
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if column not in names:
+        return False, None
+    idx = names.index(column)
+    arrow_type = meta.schema.to_arrow_schema().field(column).type
+    if not (pa.types.is_timestamp(arrow_type) or pa.types.is_integer(arrow_type)
+            or pa.types.is_date(arrow_type)):
+        return False, None
+    lows, highs, nulls = [], [], 0
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(idx).statistics
+        if stats is None or not stats.has_null_count:
+            return False, None
+        nulls += stats.null_count
+        if stats.has_min_max:
+            lows.append(stats.min)
+            highs.append(stats.max)
+        elif stats.null_count != meta.row_group(rg).num_rows:
+            return False, None
+    if meta.num_rows == 0 or nulls == meta.num_rows:
+        return True, None
+    span = _as_utc(pa.chunked_array([pa.array([min(lows), max(highs)], type=arrow_type)]))
+    lo, hi = span[0].as_py(), span[1].as_py()
+    return True, ArchiveFile(str(path), lo.astimezone(UTC), hi.astimezone(UTC), meta.num_rows,
+                       path.stat().st_size)
+
+
 def scan_file(path: Path, spec: ArchiveSpec, column: str) -> ArchiveFile | None:
-    """Facts about one file; ``None`` for a file without rows."""
+    """Facts about one file; ``None`` for a file without rows.
+
+    Parquet files answer from their footer statistics when those are exact (no data read);
+    other files, and Parquet files without usable statistics, are scanned for the column.
+    """
+    if spec.format == "parquet":
+        try:
+            answered, found = _footer_facts(path, column)
+        except (OSError, pa.ArrowInvalid):
+            answered, found = False, None  # the scan below reports the file with its error
+        if answered:
+            return found
     try:
         values, rows = _event_times(path, spec, column)
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
