@@ -30,7 +30,7 @@ from lance.fragment import write_fragments
 
 from backfill.sinks import common
 from backfill.sinks.lance.live import LanceLive
-from backfill.sinks.scopes import arrow_scope, lance_scope
+from backfill.sinks.scopes import arrow_scope, lance_scope, lance_side
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
@@ -126,7 +126,7 @@ class LanceSink:
         what = f"uri={self.uri} slice_id={token.slice_id} attempt={token.attempt}"
         rows = self._rows(data)
         props = token.to_properties()
-        predicate = lance_scope(scope, self.event_time)
+        predicate = self._predicate(scope)
         if self.mode == "merge":
             common.check_unique_keys(rows, self.key)
             with common.dataset_lock(self.uri, "merge"):
@@ -134,6 +134,18 @@ class LanceSink:
         new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
         seen: dict[int, tuple[Any, Any]] = {}
         return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+
+    def _predicate(self, scope: Scope) -> str:
+        """The scope as Lance SQL (quoted identifiers, literals of the event-time type)."""
+        try:
+            column_type = self.schema.field(self.event_time).type
+            return lance_scope(scope, self.event_time, column_type)
+        except (KeyError, ValueError) as exc:
+            raise WriterError(
+                f"uri={self.uri} event_time={self.event_time!r}: cannot build the slice's "
+                f"delete scope ({exc})",
+                hint="declare event_time as a timestamp column of [schema.fields]",
+            ) from None
 
     def _replace(
         self,
@@ -189,7 +201,7 @@ class LanceSink:
         ds = self._dataset()
         builder = (
             ds.merge_insert(list(self.key))
-            .when_matched_update_all(f"target.{lineage.SIDE} = 'backfill'")
+            .when_matched_update_all(lance_side("backfill", qualifier="target"))
             .when_not_matched_insert_all()
             .when_not_matched_by_source_delete(predicate)
         )
