@@ -17,11 +17,12 @@ written by someone else and :class:`CommitConflictError` is raised, never a seco
 **Offsets without scanning every version.** The newest live offsets are the per-partition
 maximum over a *checkpoint* kept in the dataset config (manifest-level keys
 ``seamline.live.offset.<p>`` plus ``seamline.live.checkpoint-version`` = ``C``) and the live
-transactions of the versions ``> C`` that exist (listed, never guessed by number). The same
-commit folds the commit-token index (``backfill.sinks.lance.tokens``) up to ``C``. :func:`maintain` writes the checkpoint computed at the version
-``V`` it read (an ``UpdateConfig`` with ``read_version=V``: two maintainers conflict on the
-same keys, so the checkpoint only moves forward) and then removes only versions ``<= V`` that
-are older than the minimum age and not among the newest kept. Live commits after ``V`` are in
+transactions of the versions ``> C`` that exist (listed, never guessed by number).
+:func:`maintain` writes the checkpoint computed at the version ``V`` it read, and in the same
+commit folds the commit-token index (``backfill.sinks.lance.tokens``) up to ``V`` (an
+``UpdateConfig`` with ``read_version=V``: two maintainers conflict on the same keys, so the
+checkpoint only moves forward), then removes only versions ``<= V`` that are older than the
+minimum age and not among the newest kept. Live commits after ``V`` are in
 versions ``> V`` and still scanned, so cleanup never loses an offset. Between checkpoints
 :func:`live_offsets` reads ``O(commits since the last maintenance)`` transaction files.
 """
