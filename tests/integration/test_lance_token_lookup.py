@@ -119,3 +119,24 @@ def test_a_long_tail_is_folded_so_lookups_stay_short(tmp_path: Path) -> None:
     config = lance.dataset(sink.uri).config()
     assert tokens.checkpoint(config) >= tokens.FOLD_AFTER + 6
     assert fresh.live_offsets() == {0: 10 * (tokens.FOLD_AFTER + 6)}
+
+
+def test_versions_removed_without_a_fold_are_skipped_not_read(tmp_path: Path) -> None:
+    sink = _sink(tmp_path)
+    _backfill(sink, "k0", Rows(0, 5, 0, 10))
+    _live(sink, 6)
+    _backfill(sink, "k1", Rows(100, 5, 10, 10))
+    _live(sink, 2, start=6)
+    ds = lance.dataset(sink.uri)
+    gone = list(range(2, ds.version - 4))  # an outside cleanup: no token index was folded
+    ds.cleanup_old_versions(versions=gone, error_if_tagged_old_versions=False)
+    assert not {int(r["version"]) for r in lance.dataset(sink.uri).version_refs()} & set(gone)
+
+    fresh = _sink(tmp_path)
+    assert fresh.find_commit("contract", "k0") is None  # its only record was removed
+    k1 = fresh.find_commit("contract", "k1")
+    assert k1 is not None and k1.token.slice_id == "k1"
+    _backfill(fresh, "k0", Rows(0, 5, 0, 10), attempt=2)  # the re-run replaces, never adds
+    assert fresh.live_offsets() == {0: 80}
+    want = Counter({(5, o): 1 for o in range(20)}) + Counter({(0, o): 1 for o in range(80)})
+    assert _offsets(sink.uri) == want

@@ -78,15 +78,10 @@ def live_state(
     if known is not None and known.version <= ds.version:
         offsets = common.merge_offsets(offsets, known.offsets)
         since = max(since, known.version)
-    for version in tokens.existing_versions(ds, since):  # never a removed version
-        props = cache.props(ds, version) if cache is not None else _props(ds, version)
+    txns = cache if cache is not None else tokens.TransactionCache()
+    for _, props in tokens.transactions(ds, txns, since):  # never a removed version
         offsets = common.merge_offsets(offsets, common.parse_live_offsets(props))
     return LiveState(ds.version, offsets)
-
-
-def _props(ds: lance.LanceDataset, version: int) -> dict[str, str]:
-    txn = ds.read_transaction(version)
-    return dict(txn.transaction_properties or {}) if txn is not None else {}
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -184,8 +179,8 @@ class LanceLive:
     ) -> lance.LanceDataset:
         try:
             ds = lance.dataset(self.uri)
-            for version in tokens.existing_versions(ds, since):
-                if CommitToken.from_properties(self._txns.props(ds, version)) == token:
+            for version, props in tokens.transactions(ds, self._txns, since):
+                if CommitToken.from_properties(props) == token:
                     log.warning("live commit reported %s but the token landed: %s", exc, what)
                     return lance.dataset(self.uri, version=version)
         except Exception as lookup:  # still unreachable: the outcome stays unknown

@@ -234,12 +234,10 @@ class LanceSink:
         self, ds: lance.LanceDataset, match: Callable[[CommitToken], bool]
     ) -> CommitRecord | None:
         config = ds.config()
-        versions = tokens.existing_versions(ds, tokens.checkpoint(config))
-        for version in versions:  # newest first, only versions that exist
-            token = CommitToken.from_properties(self._txns.props(ds, version))
-            if token is not None and match(token):
+        for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config)):
+            if match(token):
                 return CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
-        if len(versions) > tokens.FOLD_AFTER:
+        if ds.version - tokens.checkpoint(config) > tokens.FOLD_AFTER:
             self._fold(ds)
         return next((r for r in tokens.indexed(config) if match(r.token)), None)
 

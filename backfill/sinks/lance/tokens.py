@@ -9,8 +9,9 @@ versions are cleaned up (the live consumer's maintenance). Lookups therefore rea
   ``UpdateConfig`` commit) by :func:`fold_updates` callers: the live maintenance writes it in the
   same commit as its offset checkpoint and removes only versions at or below it, and a backfill
   whose lookups meet a long tail folds it too; and
-* the **tail**: transactions of the versions above the checkpoint that still exist (listed with
-  ``version_refs()``, which reads no manifest), newest first.
+* the **tail**: transactions of the versions above the checkpoint that still exist, newest
+  first (read by number while the tail is short; listed with ``version_refs()``, which reads
+  no manifest, when it is long or a version turns out to be gone).
 
 So cleanup never removes a token a running backfill needs, and a lookup reads
 ``O(versions since the last fold)`` transaction files, whatever the dataset's history length.
@@ -68,17 +69,39 @@ def checkpoint(config: Mapping[str, str]) -> int:
 
 
 def existing_versions(ds: lance.LanceDataset, above: int) -> list[int]:
-    """Versions ``above < v <= ds.version`` that still exist, newest first (no manifest read)."""
+    """Versions ``above < v <= ds.version`` that still exist, newest first (lists the
+    ``_versions`` directory: no manifest is read, but the cost grows with the history)."""
     found = (int(ref["version"]) for ref in ds.version_refs())
     return sorted((v for v in found if above < v <= ds.version), reverse=True)
+
+
+def transactions(
+    ds: lance.LanceDataset, cache: TransactionCache, above: int
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(version, transaction properties)`` of the versions above ``above`` that exist,
+    newest first. A short span is read by number (nothing removes versions above a
+    checkpoint); a long one, or a version found missing, lists the versions that exist."""
+    short = ds.version - above <= FOLD_AFTER
+    versions = range(ds.version, above, -1) if short else existing_versions(ds, above)
+    for version in versions:
+        try:
+            props = cache.props(ds, version)
+        except OSError as exc:
+            if not short:
+                raise
+            log.info("version=%d is gone (%s), listing the versions that exist", version, exc)
+            rest = [v for v in existing_versions(ds, above) if v < version]
+            yield from ((v, cache.props(ds, v)) for v in rest)
+            return
+        yield version, props
 
 
 def tail(
     ds: lance.LanceDataset, cache: TransactionCache, above: int
 ) -> Iterator[tuple[int, CommitToken]]:
     """``(version, token)`` of the seamline commits in existing versions above ``above``."""
-    for version in existing_versions(ds, above):
-        token = CommitToken.from_properties(cache.props(ds, version))
+    for version, props in transactions(ds, cache, above):
+        token = CommitToken.from_properties(props)
         if token is not None:
             yield version, token
 
