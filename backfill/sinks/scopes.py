@@ -1,13 +1,15 @@
 """A slice's scope as a table predicate, built structurally (DESIGN §2).
 
 Iceberg predicates are pyiceberg expression trees. Lance needs SQL text for deletes and
-``when_not_matched_by_source_delete``: that text is assembled only from validated Python ints
-(partitions, offsets, epoch microseconds) and fixed column names and tags, never from strings
-taken from input. Scans use pyarrow compute expressions (structural again).
+``when_not_matched_by_source_delete``: that text is assembled from typed parts only, every
+identifier quoted (:func:`lance_ident`) and every literal typed (:func:`lance_int`,
+:func:`lance_str`, :func:`lance_time`), so a column named ``current_timestamp``, ``null`` or
+``MixedCase`` stays a column. Scans use pyarrow compute expressions (structural again).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import reduce
 from typing import Any
@@ -22,6 +24,7 @@ from coordinator.core.values import OffsetRange, Scope, TimeBucket
 
 _TAGS = ("kafka", "archive")
 _SIDES = ("backfill", "live")
+_DEFAULT_TIME = pa.timestamp("us", tz="UTC")
 
 
 def micros(ts: datetime) -> int:
@@ -124,35 +127,106 @@ def iceberg_side(side: str) -> BooleanExpression:
     return ice_eq(lineage.SIDE, side)
 
 
-# -- Lance (SQL from validated ints only) -------------------------------------------------
+# -- Lance (SQL text from typed parts) ----------------------------------------------------
+#
+# Lance's DataFusion filter dialect quotes identifiers with backticks (a double-quoted
+# "name" is read as a string there), so every column name is emitted as `name`: keywords
+# (`current_timestamp`, `null`, `date`, `true`, `interval`, ...) and mixed-case names stay
+# column references. Lance cannot address a column whose name holds a backtick at all (not
+# even to project it), so such a name is refused. Literals are typed: strings quoted with
+# '' escaping, ints validated, times cast to the column's exact Arrow type.
+
+_TIME_UNITS = {"s": ("Second", 1_000_000), "ms": ("Millisecond", 1_000), "us": ("Microsecond", 1)}
+_TZ = re.compile(r"^[A-Za-z0-9_+:./-]{1,64}$")
+_DAY_US = 86_400 * 1_000_000
+
+
+def lance_ident(name: str) -> str:
+    """A column name as a quoted Lance/DataFusion identifier."""
+    if not isinstance(name, str) or not name or "`" in name:
+        raise ValueError(
+            f"expected a column name without a backtick (Lance cannot address one), found {name!r}"
+        )
+    return f"`{name}`"
+
+
+def lance_str(value: str) -> str:
+    """A string literal, single quotes doubled."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str, found {value!r}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def lance_int(value: int) -> str:
+    """An integer literal."""
+    return str(_int(value))
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def lance_time(value: datetime, column_type: pa.DataType) -> str:
+    """``value`` as a literal of ``column_type`` (timestamp of any unit, or date32).
+
+    The literal is the smallest column value ``>= value``, so ``col >= lit`` and ``col < lit``
+    mean exactly ``col >= value`` and ``col < value`` for every value the column can hold.
+    """
+    us = micros(value)
+    if pa.types.is_date32(column_type):
+        return f"arrow_cast({_ceil_div(us, _DAY_US)}, 'Date32')"
+    if not pa.types.is_timestamp(column_type):
+        raise ValueError(f"expected a timestamp or date32 event-time column, found {column_type}")
+    assert isinstance(column_type, pa.TimestampType)
+    if column_type.unit == "ns":
+        name, number = "Nanosecond", us * 1_000
+    else:
+        name, per = _TIME_UNITS[column_type.unit]
+        number = _ceil_div(us, per)
+    tz = column_type.tz
+    if tz is not None and not _TZ.match(tz):
+        raise ValueError(f"expected a time zone name, found {tz!r}")
+    zone = f'Some("{tz}")' if tz is not None else "None"
+    return f"arrow_cast({number}, 'Timestamp({name}, {zone})')"
 
 
 def _lance_tag(tag: str) -> str:
     if tag not in _TAGS:
         raise ValueError(f"expected a source tag in {_TAGS}, found {tag!r}")
-    return f"{lineage.SOURCE} = '{tag}'"
+    return f"{lance_ident(lineage.SOURCE)} = {lance_str(tag)}"
 
 
 def lance_range(rng: OffsetRange) -> str:
     """SQL for one offset range."""
-    p, a, b = _int(rng.partition), _int(rng.start), _int(rng.end)
-    return f"({lineage.PARTITION} = {p} AND {lineage.OFFSET} >= {a} AND {lineage.OFFSET} < {b})"
+    part, off = lance_ident(lineage.PARTITION), lance_ident(lineage.OFFSET)
+    p, a, b = lance_int(rng.partition), lance_int(rng.start), lance_int(rng.end)
+    return f"({part} = {p} AND {off} >= {a} AND {off} < {b})"
 
 
-def lance_scope(scope: Scope, event_time: str) -> str:
-    """SQL predicate for the rows a slice owns (``event_time`` is a validated identifier)."""
-    if not event_time.isidentifier():
-        raise ValueError(f"expected a plain column name, found {event_time!r}")
+def lance_bucket(event_time: str, bucket: TimeBucket, column_type: pa.DataType) -> str:
+    """``start <= event_time < end`` with literals of the column's type."""
+    col = lance_ident(event_time)
+    lo, hi = lance_time(bucket.start, column_type), lance_time(bucket.end, column_type)
+    return f"{col} >= {lo} AND {col} < {hi}"
+
+
+def lance_scope(scope: Scope, event_time: str, column_type: pa.DataType = _DEFAULT_TIME) -> str:
+    """SQL predicate for the rows a slice owns; ``column_type`` is ``event_time``'s type."""
     tag = _lance_tag(scope.source)
     if scope.source == "kafka":
         return f"({tag} AND ({' OR '.join(lance_range(r) for r in scope.ranges)}))"
     assert scope.bucket is not None
-    lo, hi = _int(micros(scope.bucket.start)), _int(micros(scope.bucket.end))
-    cast = "'Timestamp(Microsecond, Some(\"UTC\"))'"
-    return (
-        f"({tag} AND {event_time} >= arrow_cast({lo}, {cast}) "
-        f"AND {event_time} < arrow_cast({hi}, {cast}))"
-    )
+    return f"({tag} AND {lance_bucket(event_time, scope.bucket, column_type)})"
+
+
+def lance_side(side: str, qualifier: str | None = None) -> str:
+    """``[qualifier.]_seamline_side = side`` for a known side (``target`` in merges)."""
+    if side not in _SIDES:
+        raise ValueError(f"expected a side in {_SIDES}, found {side!r}")
+    col = lance_ident(lineage.SIDE)
+    if qualifier is not None:
+        col = f"{lance_ident(qualifier)}.{col}"
+    return f"{col} = {lance_str(side)}"
 
 
 # -- Arrow (scans) ------------------------------------------------------------------------

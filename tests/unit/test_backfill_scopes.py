@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.sinks import common
-from backfill.sinks.scopes import arrow_scope, lance_scope, micros
+from backfill.sinks.scopes import (
+    arrow_scope,
+    lance_int,
+    lance_scope,
+    lance_side,
+    lance_str,
+    lance_time,
+    micros,
+)
 from coordinator.core import lineage
 from coordinator.core.errors import CommitConflictError, DuplicateKeyError
 from coordinator.core.values import (
@@ -48,17 +56,64 @@ def test_arrow_scope_selects_exactly_the_owned_offsets(
     assert picked == any(r.partition == p and o in r for r in rngs)
 
 
-def test_lance_scope_is_built_from_ints_only() -> None:
+def test_lance_scope_is_built_from_typed_parts() -> None:
     scope = Scope("kafka", ranges=(OffsetRange(PartitionId(1), Offset(5), Offset(9)),))
     assert lance_scope(scope, "ts") == (
-        "(_seamline_source = 'kafka' AND "
-        "((_kafka_partition = 1 AND _kafka_offset >= 5 AND _kafka_offset < 9)))"
+        "(`_seamline_source` = 'kafka' AND "
+        "((`_kafka_partition` = 1 AND `_kafka_offset` >= 5 AND `_kafka_offset` < 9)))"
     )
     day = datetime(2024, 1, 1, tzinfo=UTC)
     archive = Scope("archive", bucket=TimeBucket(day, day + timedelta(days=1)))
     assert f"arrow_cast({micros(day)}," in lance_scope(archive, "ts")
-    with pytest.raises(ValueError, match="plain column name"):
-        lance_scope(archive, "ts; DROP")
+    # a name that is not an identifier stays ONE quoted column reference, never SQL
+    assert "`ts; DROP` >= arrow_cast(" in lance_scope(archive, "ts; DROP")
+    with pytest.raises(ValueError, match="without a backtick"):
+        lance_scope(archive, "ts`; DROP")
+
+
+KEYWORDS = ["current_timestamp", "current_date", "null", "date", "true", "false", "interval"]
+KEYWORDS += ["exists", "all", "any", "MixedCase", 'say "hi"', "it's"]
+
+
+@pytest.mark.parametrize("name", KEYWORDS)
+def test_lance_bucket_quotes_every_event_time_name(name: str) -> None:
+    day = datetime(2024, 2, 1, tzinfo=UTC)
+    archive = Scope("archive", bucket=TimeBucket(day, day + timedelta(days=29)))
+    ms = pa.timestamp("ms", tz="UTC")
+    got = lance_scope(archive, name, ms)
+    lo, hi = micros(day) // 1000, micros(day + timedelta(days=29)) // 1000
+    cast = "'Timestamp(Millisecond, Some(\"UTC\"))'"
+    assert got == (
+        f"(`_seamline_source` = 'archive' AND `{name}` >= arrow_cast({lo}, {cast}) "
+        f"AND `{name}` < arrow_cast({hi}, {cast}))"
+    )
+
+
+def test_lance_literals_are_typed_and_match_the_column_unit() -> None:
+    t = datetime(2024, 2, 1, tzinfo=UTC) + timedelta(microseconds=1500)
+    us = micros(t)
+    assert lance_time(t, pa.timestamp("us", tz="UTC")) == (
+        f"arrow_cast({us}, 'Timestamp(Microsecond, Some(\"UTC\"))')"
+    )
+    # a bound between two column values rounds up: col >= lit  <=>  col >= t
+    assert lance_time(t, pa.timestamp("ms", tz="UTC")).startswith(f"arrow_cast({us // 1000 + 1},")
+    assert (
+        lance_time(t, pa.timestamp("s"))
+        == f"arrow_cast({us // 10**6 + 1}, 'Timestamp(Second, None)')"
+    )
+    assert lance_time(t, pa.timestamp("ns", tz="UTC")).startswith(f"arrow_cast({us * 1000},")
+    assert lance_time(t, pa.date32()) == f"arrow_cast({us // 86_400_000_000 + 1}, 'Date32')"
+    with pytest.raises(ValueError, match="expected a timestamp or date32"):
+        lance_time(t, pa.int64())
+    with pytest.raises(ValueError, match="time zone"):
+        lance_time(t, pa.timestamp("us", tz="UTC') OR true --"))
+    assert lance_str("it's") == "'it''s'"
+    assert lance_int(7) == "7"
+    with pytest.raises(TypeError, match="expected an int"):
+        lance_int(True)
+    assert lance_side("backfill", qualifier="target") == "`target`.`_seamline_side` = 'backfill'"
+    with pytest.raises(ValueError, match="expected a side"):
+        lance_side("x' OR '1'='1")
 
 
 def test_archive_scope_keeps_live_and_kafka_rows_out() -> None:

@@ -16,7 +16,10 @@ Every live append stores, in ONE catalog commit:
 The SQL catalog validates requirements against the freshly loaded metadata and then swaps the
 metadata pointer with a compare-and-set, so two live processes that both read the same range
 (a zombie after a rebalance) can never both commit it: the loser fails with
-:class:`LiveOffsetsMovedError`, certainly not applied. pyiceberg's retry-on-conflict rebases an
+:class:`LiveOffsetsMovedError`, certainly not applied, and that is the only error reported as
+"offsets moved". A concurrent snapshot expiry that removes the snapshot an append started from
+(pyiceberg: "Cannot find starting snapshot") is a retryable conflict, retried from a fresh
+reload (:class:`BaseSnapshotExpiredError`). pyiceberg's retry-on-conflict rebases an
 append onto a concurrent commit and keeps the requirement, and because only the batch's own
 partitions are written, concurrent appenders of disjoint partitions never move each other's
 offsets backwards.
@@ -95,9 +98,15 @@ class AssertLiveOffsets(ValidatableTableRequirement):  # type: ignore[misc]
                 )
 
 
-def _is_cas_conflict(exc: BaseException) -> bool:
-    """A lost compare-and-set after pyiceberg's own rebases: retry with fresh metadata."""
-    return isinstance(exc, CommitFailedException)
+class BaseSnapshotExpiredError(Exception):
+    """The snapshot an append was built on was expired by a concurrent maintenance (pyiceberg's
+    own rebase then fails with "Cannot find starting snapshot"): certainly not applied."""
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """Certainly not applied and worth a retry with freshly loaded metadata: a lost
+    compare-and-set after pyiceberg's own rebases, or a base snapshot expired concurrently."""
+    return isinstance(exc, CommitFailedException | BaseSnapshotExpiredError)
 
 
 def _expected(token: CommitToken, current: Mapping[PartitionId, Offset]) -> dict[str, int]:
@@ -197,12 +206,18 @@ class IcebergLiveTable:
         try:
             files = write_data_files(self._table, rows)  # once; conflict retries re-use them
             common.retry_conflicts(
-                what, lambda: self._commit_files(files, token), _is_cas_conflict, self.retry
+                what, lambda: self._commit_files(files, token), _is_retryable, self.retry
             )
-        except ValidationException as exc:  # an offset moved: certainly not applied
+        except LiveOffsetsMovedError as exc:  # an offset moved: certainly not applied
             raise CommitConflictError(
                 f"{what}: live commit not applied ({exc})",
                 hint="re-read the table's live offsets and re-seek",
+            ) from exc
+        except ValidationException as exc:  # any other validation failure: not applied
+            raise CommitConflictError(
+                f"{what}: live commit not applied, expected a valid commit, found a "
+                f"validation failure ({exc})",
+                hint="re-read the table's live offsets and retry the batch",
             ) from exc
         except WriterError:
             raise
@@ -225,8 +240,35 @@ class IcebergLiveTable:
         return rec
 
     def _commit_files(self, files: list[DataFile], token: CommitToken) -> None:
-        """One conditional commit of ``files`` at the table's current live offsets."""
+        """One conditional commit of ``files`` at the table's current live offsets.
+
+        A ``ValidationException`` other than :class:`LiveOffsetsMovedError` is classified by
+        cause: when the snapshot this attempt started from is gone from freshly loaded
+        metadata (a concurrent snapshot expiry), it becomes :class:`BaseSnapshotExpiredError`
+        (retried from a fresh reload); otherwise it propagates.
+        """
         self._table.refresh()
+        base = self._table.current_snapshot()
+        try:
+            self._commit_at_current(files, token)
+        except LiveOffsetsMovedError:
+            raise
+        except ValidationException as exc:
+            if base is None or self._snapshot_exists(base.snapshot_id):
+                raise
+            log.info(
+                "base snapshot expired concurrently, retrying: snapshot_id=%d", base.snapshot_id
+            )
+            raise BaseSnapshotExpiredError(
+                f"snapshot_id={base.snapshot_id}: expected the append's base snapshot in the "
+                f"table, found it expired ({exc})"
+            ) from exc
+
+    def _snapshot_exists(self, snapshot_id: int) -> bool:
+        self._table.refresh()
+        return self._table.metadata.snapshot_by_id(snapshot_id) is not None
+
+    def _commit_at_current(self, files: list[DataFile], token: CommitToken) -> None:
         current = live_offsets_from_properties(self._table.metadata.properties)
         requirement = AssertLiveOffsets(expected=_expected(token, current))
         merge = property_as_bool(

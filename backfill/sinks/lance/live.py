@@ -17,10 +17,12 @@ written by someone else and :class:`CommitConflictError` is raised, never a seco
 **Offsets without scanning every version.** The newest live offsets are the per-partition
 maximum over a *checkpoint* kept in the dataset config (manifest-level keys
 ``seamline.live.offset.<p>`` plus ``seamline.live.checkpoint-version`` = ``C``) and the live
-transactions of versions ``> C``. :func:`maintain` writes the checkpoint computed at the version
-``V`` it read (an ``UpdateConfig`` with ``read_version=V``: two maintainers conflict on the
-same keys, so the checkpoint only moves forward) and then removes only versions ``<= V`` that
-are older than the minimum age and not among the newest kept. Live commits after ``V`` are in
+transactions of the versions ``> C`` that exist (listed, never guessed by number).
+:func:`maintain` writes the checkpoint computed at the version ``V`` it read, and in the same
+commit folds the commit-token index (``backfill.sinks.lance.tokens``) up to ``V`` (an
+``UpdateConfig`` with ``read_version=V``: two maintainers conflict on the same keys, so the
+checkpoint only moves forward), then removes only versions ``<= V`` that are older than the
+minimum age and not among the newest kept. Live commits after ``V`` are in
 versions ``> V`` and still scanned, so cleanup never loses an offset. Between checkpoints
 :func:`live_offsets` reads ``O(commits since the last maintenance)`` transaction files.
 """
@@ -40,6 +42,7 @@ from lance.dataset import Transaction
 from lance.fragment import write_fragments
 
 from backfill.sinks import common
+from backfill.sinks.lance import tokens
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import TOKEN_PREFIX, CommitToken, Offset, PartitionId, SnapshotId
@@ -62,7 +65,11 @@ def _checkpoint(ds: lance.LanceDataset) -> LiveState:
     return LiveState(int(config.get(CHECKPOINT_KEY, "0")), common.parse_live_offsets(config))
 
 
-def live_state(ds: lance.LanceDataset, known: LiveState | None = None) -> LiveState:
+def live_state(
+    ds: lance.LanceDataset,
+    known: LiveState | None = None,
+    cache: tokens.TransactionCache | None = None,
+) -> LiveState:
     """Live offsets at ``ds.version``: the config checkpoint (and ``known``, an earlier
     state of the same dataset) plus the live transactions of the versions after them."""
     base = _checkpoint(ds)
@@ -71,11 +78,9 @@ def live_state(ds: lance.LanceDataset, known: LiveState | None = None) -> LiveSt
     if known is not None and known.version <= ds.version:
         offsets = common.merge_offsets(offsets, known.offsets)
         since = max(since, known.version)
-    for version in range(since + 1, ds.version + 1):
-        txn = ds.read_transaction(version)
-        if txn is not None and txn.transaction_properties:
-            props = dict(txn.transaction_properties)
-            offsets = common.merge_offsets(offsets, common.parse_live_offsets(props))
+    txns = cache if cache is not None else tokens.TransactionCache()
+    for _, props in tokens.transactions(ds, txns, since):  # never a removed version
+        offsets = common.merge_offsets(offsets, common.parse_live_offsets(props))
     return LiveState(ds.version, offsets)
 
 
@@ -100,17 +105,18 @@ class LanceLive:
         self.maintenance = maintenance
         self._known: LiveState | None = None
         self._commits = 0
+        self._txns = tokens.TransactionCache()
 
     def _open(self) -> tuple[lance.LanceDataset, LiveState]:
         """The newest version and its live state. A concurrent maintenance may remove
         versions below its newer checkpoint while we read: then re-open once."""
         ds = lance.dataset(self.uri)
         try:
-            state = live_state(ds, self._known)
+            state = live_state(ds, self._known, self._txns)
         except OSError as exc:
             log.info("versions removed while reading live offsets, re-reading: %s", exc)
             ds = lance.dataset(self.uri)
-            state = live_state(ds, self._known)
+            state = live_state(ds, self._known, self._txns)
         self._known = state
         return ds, state
 
@@ -173,9 +179,7 @@ class LanceLive:
     ) -> lance.LanceDataset:
         try:
             ds = lance.dataset(self.uri)
-            for version in range(ds.version, since, -1):
-                txn = ds.read_transaction(version)
-                props = dict(txn.transaction_properties or {}) if txn is not None else {}
+            for version, props in tokens.transactions(ds, self._txns, since):
                 if CommitToken.from_properties(props) == token:
                     log.warning("live commit reported %s but the token landed: %s", exc, what)
                     return lance.dataset(self.uri, version=version)
@@ -196,14 +200,18 @@ class LanceLive:
                 log.warning("dataset maintenance failed after a live commit: %s", exc)
 
     def maintain(self) -> int:
-        """Checkpoint the live offsets into the dataset config, then remove old versions at or
-        below the checkpoint; returns how many versions were removed (0 on a conflict)."""
+        """Checkpoint the live offsets and fold the commit-token index
+        (``backfill.sinks.lance.tokens``) into the dataset config in one commit, then remove
+        old versions at or below that checkpoint; returns how many versions were removed (0 on
+        a conflict). A removed version's backfill token is in the index first, so a running
+        backfill's lookups never need it."""
         started = time.time()
         ds, state = self._open()
         config: dict[str, str | None] = {
             f"{common.LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in state.offsets.items()
         }
         config[CHECKPOINT_KEY] = str(state.version)
+        config.update(tokens.fold_updates(ds, self._txns))  # the token index, same version
         op = lance.LanceOperation.UpdateConfig(
             config_updates=lance.LanceOperation.UpdateMap(config, replace=False)
         )

@@ -7,8 +7,10 @@
   target rows (live rows win: a batch row whose key a live row holds is not written),
   ``when_not_matched_by_source_delete(<scope>)``; executed uncommitted, the token attached,
   then committed. Merges are serialised per dataset with a file lock (local datasets).
-* Tokens live in each version's ``transaction_properties``; they stay readable with
-  ``read_transaction`` after later commits until old versions are cleaned up.
+* Tokens live in each version's ``transaction_properties``; lookups read only versions that
+  still exist plus a token index in the dataset config that the live maintenance (and a
+  lookup meeting a long tail) folds forward before any version is removed
+  (``backfill.sinks.lance.tokens``), so version cleanup never loses a backfill token.
 * Conflicts (``lance.commit.CommitConflictError``) re-run the operation after backoff
   (``overwrite`` keeps its new fragment files and only recomputes the deletions).
 * Live appends, live offsets and maintenance go through :class:`backfill.sinks.lance.live.LanceLive`
@@ -18,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +31,9 @@ from lance.dataset import Transaction
 from lance.fragment import write_fragments
 
 from backfill.sinks import common
+from backfill.sinks.lance import tokens
 from backfill.sinks.lance.live import LanceLive
-from backfill.sinks.scopes import arrow_scope, lance_scope
+from backfill.sinks.scopes import arrow_scope, lance_scope, lance_side
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
@@ -41,13 +44,6 @@ log = logging.getLogger(__name__)
 
 def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, LanceConflict) and exc.retryable
-
-
-def _aware(stamp: object) -> datetime:
-    """Lance version timestamps as aware UTC datetimes."""
-    if isinstance(stamp, datetime):
-        return stamp.astimezone(UTC)
-    raise WriterError(f"expected a datetime version timestamp, found {stamp!r}")
 
 
 class LanceSink:
@@ -71,6 +67,7 @@ class LanceSink:
         self.key = tuple(key)
         self.policy = policy
         self.live = LanceLive(uri, self.schema, policy=policy, maintenance=maintenance)
+        self._txns = tokens.TransactionCache()
 
     # -- dataset -------------------------------------------------------------------------
 
@@ -126,7 +123,7 @@ class LanceSink:
         what = f"uri={self.uri} slice_id={token.slice_id} attempt={token.attempt}"
         rows = self._rows(data)
         props = token.to_properties()
-        predicate = lance_scope(scope, self.event_time)
+        predicate = self._predicate(scope)
         if self.mode == "merge":
             common.check_unique_keys(rows, self.key)
             with common.dataset_lock(self.uri, "merge"):
@@ -134,6 +131,18 @@ class LanceSink:
         new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
         seen: dict[int, tuple[Any, Any]] = {}
         return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+
+    def _predicate(self, scope: Scope) -> str:
+        """The scope as Lance SQL (quoted identifiers, literals of the event-time type)."""
+        try:
+            column_type = self.schema.field(self.event_time).type
+            return lance_scope(scope, self.event_time, column_type)
+        except (KeyError, ValueError) as exc:
+            raise WriterError(
+                f"uri={self.uri} event_time={self.event_time!r}: cannot build the slice's "
+                f"delete scope ({exc})",
+                hint="declare event_time as a timestamp column of [schema.fields]",
+            ) from None
 
     def _replace(
         self,
@@ -189,7 +198,7 @@ class LanceSink:
         ds = self._dataset()
         builder = (
             ds.merge_insert(list(self.key))
-            .when_matched_update_all(f"target.{lineage.SIDE} = 'backfill'")
+            .when_matched_update_all(lance_side("backfill", qualifier="target"))
             .when_not_matched_insert_all()
             .when_not_matched_by_source_delete(predicate)
         )
@@ -212,43 +221,63 @@ class LanceSink:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _transactions(
-        self, ds: lance.LanceDataset | None = None
-    ) -> Iterator[tuple[int, dict[str, str]]]:
-        ds = ds if ds is not None else self._dataset()
-        for version in range(ds.version, 0, -1):
-            txn = ds.read_transaction(version)
-            if txn is not None and txn.transaction_properties:
-                yield version, dict(txn.transaction_properties)
+    def _find(self, match: Callable[[CommitToken], bool]) -> CommitRecord | None:
+        """The newest commit whose token ``match``es; a version removed by a concurrent
+        cleanup while reading (it was folded into the index first) re-opens once."""
+        try:
+            return self._find_at(self._dataset(), match)
+        except OSError as exc:
+            log.info("versions removed while looking a token up, re-reading: %s", exc)
+            return self._find_at(self._dataset(), match)
 
-    def _records(self) -> Iterator[CommitRecord]:
-        ds = self._dataset()
-        stamps = {v["version"]: v["timestamp"] for v in ds.versions()}
-        for version, props in self._transactions(ds):  # one snapshot of the history
-            token = CommitToken.from_properties(props)
-            if token is not None:
-                yield CommitRecord(token, SnapshotId(version), _aware(stamps[version]))
+    def _find_at(
+        self, ds: lance.LanceDataset, match: Callable[[CommitToken], bool]
+    ) -> CommitRecord | None:
+        config = ds.config()
+        for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config)):
+            if match(token):
+                return CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
+        if ds.version - tokens.checkpoint(config) > tokens.FOLD_AFTER:
+            self._fold(ds)
+        return next((r for r in tokens.indexed(config) if match(r.token)), None)
+
+    def _fold(self, ds: lance.LanceDataset) -> None:
+        """Move the token index up to ``ds.version`` (one ``UpdateConfig``; skipped on a
+        conflict with a concurrent fold or maintenance, which moves it too)."""
+        updates = tokens.fold_updates(ds, self._txns)
+        op = lance.LanceOperation.UpdateConfig(
+            config_updates=lance.LanceOperation.UpdateMap(updates, replace=False)
+        )
+        txn = Transaction(read_version=ds.version, operation=op)
+        try:
+            lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+        except LanceConflict as exc:
+            log.info("token index fold skipped this round: %s", exc)
+        except Exception as exc:  # only an optimisation: the lookup itself already succeeded
+            log.warning("token index fold failed, lookups stay correct: %s", exc)
 
     def commits(self) -> list[CommitRecord]:
-        """Every seamline commit still in the dataset's versions, newest first."""
-        return list(self._records())
+        """Seamline commits, newest first: every one in the versions above the token index's
+        checkpoint, then the newest backfill commit of each slice held in the index."""
+        ds = self._dataset()
+        config = ds.config()
+        recent = [
+            CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
+            for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config))
+        ]
+        return recent + tokens.indexed(config)
 
     def live_offsets(self) -> dict[PartitionId, Offset]:
         """Next offset per partition: the config checkpoint plus later live versions."""
         return self.live.live_offsets()
 
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
-        """The newest version carrying this slice's token."""
-        for rec in self._records():
-            if rec.token.job_id == job_id and rec.token.slice_id == slice_id:
-                return rec
-        return None
+        """The newest version carrying this slice's token (see ``backfill.sinks.lance.tokens``:
+        only existing versions are read, older ones come from the token index)."""
+        return self._find(lambda t: t.job_id == job_id and t.slice_id == slice_id)
 
     def _find_exact(self, token: CommitToken) -> CommitRecord | None:
-        for rec in self._records():
-            if rec.token == token:
-                return rec
-        return None
+        return self._find(lambda t: t == token)
 
     def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of the dataset, optionally limited to ``scope`` and ``columns``."""
