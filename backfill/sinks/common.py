@@ -29,7 +29,8 @@ from coordinator.core.errors import (
     WriterError,
 )
 from coordinator.core.ports import CommitRecord
-from coordinator.core.retry import RetryPolicy, call_with_retry
+from coordinator.core.retry import RetryPolicy as RetryPolicy  # re-exported for the sinks
+from coordinator.core.retry import call_with_retry
 from coordinator.core.values import (
     TOKEN_PREFIX,
     CommitToken,
