@@ -27,11 +27,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from coordinator.core.errors import ExitCode
 from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerPool
-from coordinator.core.retry import RetryPolicy
+from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.state.store import SliceRecord
@@ -52,12 +52,12 @@ class RunnerConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     mp_context: str = "spawn"
-    jitter: Literal["full", "equal", "none"] = "equal"
+    jitter: Jitter = "equal"
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"expected concurrency >= 1, found concurrency={self.concurrency}")
-        self.retry  # noqa: B018 - validates the retry settings up front
+        _ = self.retry  # building the policy validates the retry settings up front
 
     @property
     def retry(self) -> RetryPolicy:
