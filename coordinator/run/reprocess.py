@@ -206,7 +206,7 @@ def plan_reprocess(
 
 
 @dataclass(frozen=True)
-class _ReprocessLedger:
+class ReprocessLedger:
     """The runner's :class:`~coordinator.run.runner.SliceLedger` over one reprocess run's
     slices (their own tables; the job's plan is never touched)."""
 
@@ -258,7 +258,7 @@ def _run_slices(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str) -> R
         concurrency=job.backfill.concurrency,
         max_attempts=job.backfill.max_attempts,
     )
-    return Runner(job, _ReprocessLedger(store, run_id), cut.epoch, config).run()
+    return Runner(job, ReprocessLedger(store, run_id), cut.epoch, config).run()
 
 
 def reprocess(
@@ -324,6 +324,7 @@ def parse_when(text: str) -> datetime:
 
 
 __all__ = [
+    "ReprocessLedger",
     "ReprocessOutcome",
     "archive_reprocess_slices",
     "kafka_bounds",

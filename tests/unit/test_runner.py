@@ -29,8 +29,10 @@ from coordinator.core.values import (
     Cut,
     Epoch,
     Offset,
+    OffsetRange,
     PartitionCut,
     PartitionId,
+    Scope,
     Slice,
     SnapshotId,
 )
@@ -196,3 +198,40 @@ def test_runner_config_validates_its_retry_settings() -> None:
     with pytest.raises(ValueError, match="expected concurrency >= 1"):
         RunnerConfig("m:f", concurrency=0)
     assert RunnerConfig("m:f", max_attempts=4).retry.attempts == 4
+
+
+def test_reprocess_slices_run_through_the_same_runner_and_policy(tmp_path: Path) -> None:
+    from coordinator.core.errors import SourceError
+    from coordinator.core.retry import transient
+    from coordinator.run.reprocess import ReprocessLedger
+    from coordinator.state.reprocess import ReprocessStore
+
+    store = ReprocessStore(f"sqlite:///{tmp_path / 'state.db'}")
+    epoch = store.ensure_job(JOB.job_id)
+    slices = [
+        Slice(f"r-x-k-p0-{a:09d}-{a + 5:09d}", Scope("kafka", (rng(a),)), est_rows=5)
+        for a in (0, 5, 10)
+    ]
+    store.save_run("x", JOB.job_id, epoch, {}, slices)
+    timeout = transient(SourceError("topic=t partition=0: no progress for 30s"))
+    table = FakeTable({slices[1].slice_id: [timeout], slices[2].slice_id: [ConfigError("bad")] * 2})
+    ledger = ReprocessLedger(store, "x")
+    report = Runner(JOB, ledger, epoch, CONFIG, pool=InThreadPool(table.execute)).run()
+    assert (report.committed, report.failed, report.retries) == (2, (slices[2].slice_id,), 1)
+    got = {r.slice.slice_id: (r.status, r.attempts) for r in store.run_slices("x")}
+    assert got == {
+        slices[0].slice_id: ("committed", 1),
+        slices[1].slice_id: ("committed", 2),  # a Kafka timeout is retried by reprocess too
+        slices[2].slice_id: ("failed", 1),
+    }
+    again = InThreadPool(table.execute)  # a re-run only runs the failed slice
+    Runner(JOB, ledger, epoch, CONFIG, pool=again).run()
+    assert [t.slice_.slice_id for t in again.submitted] == [slices[2].slice_id]
+    assert store.run_slices("x")[2].status == "failed"
+    store.bump_epoch(JOB.job_id)  # a newer cut makes the reprocess run stale
+    with pytest.raises(StaleEpochError):
+        Runner(JOB, ledger, epoch, CONFIG, pool=InThreadPool(table.execute)).run()
+
+
+def rng(a: int) -> OffsetRange:
+    return OffsetRange(PartitionId(0), Offset(a), Offset(a + 5))
