@@ -17,7 +17,8 @@ tokens, live in their own state tables (:mod:`coordinator.state.reprocess`; the 
 stays immutable), and the run id is derived from (job, epoch, range, transform): running the
 same reprocess again finds its committed slices (and their tokens in the table) and is a
 no-op. Slices run through the job runner (:class:`~coordinator.run.runner.Runner`): the
-same worker pool, retry policy and epoch check before every commit as ``seamline run``.
+same worker pool (one worker: slices run one after the other), retry policy and epoch check
+before every commit as ``seamline run``.
 
 Afterwards the job is reconciled with the NEW transform: the reprocess slices exactly, the
 rest of the topic's history as unplanned ranges, live up to the table's committed offsets.
@@ -253,11 +254,9 @@ def _run_slices(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str) -> R
     from coordinator.run.orchestrate import DEFAULT_EXECUTOR
     from coordinator.run.runner import Runner, RunnerConfig
 
-    config = RunnerConfig(
-        DEFAULT_EXECUTOR,
-        concurrency=job.backfill.concurrency,
-        max_attempts=job.backfill.max_attempts,
-    )
+    # One slice at a time, as before the runner took over: a reprocess is a bounded range, and
+    # parallel overwrites of one table only add commit conflicts with the live writer.
+    config = RunnerConfig(DEFAULT_EXECUTOR, concurrency=1, max_attempts=job.backfill.max_attempts)
     return Runner(job, ReprocessLedger(store, run_id), cut.epoch, config).run()
 
 
