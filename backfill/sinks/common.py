@@ -1,4 +1,4 @@
-"""Pieces both table writers share: data preparation, key checks, retry policy, tokens.
+"""Pieces both table writers share: data preparation, key checks, commit retries, tokens.
 
 Pure functions, except :func:`retry_conflicts`, which sleeps between attempts.
 """
@@ -9,9 +9,7 @@ import contextlib
 import fcntl
 import logging
 import os
-import random
 import signal
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -31,6 +29,8 @@ from coordinator.core.errors import (
     WriterError,
 )
 from coordinator.core.ports import CommitRecord
+from coordinator.core.retry import RetryPolicy as RetryPolicy  # re-exported for the sinks
+from coordinator.core.retry import call_with_retry
 from coordinator.core.values import (
     TOKEN_PREFIX,
     CommitToken,
@@ -78,21 +78,8 @@ def dataset_lock(uri: str, name: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for commit conflicts."""
-
-    attempts: int = 8
-    base_s: float = 0.05
-    max_s: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed ``attempt`` (1-based)."""
-        wait = min(self.base_s * (2 ** (attempt - 1)), self.max_s)
-        return float(wait + random.uniform(0, wait / 2))
-
-
-DEFAULT_RETRY = RetryPolicy()
+#: Commit conflicts: quick retries (a conflicting commit is ~100 ms of work), equal jitter.
+DEFAULT_RETRY = RetryPolicy(attempts=8, base_s=0.05, max_s=2.0, jitter="equal")
 
 
 @dataclass(frozen=True)
@@ -129,23 +116,21 @@ def retry_conflicts(
     Raises ``CommitConflictError`` once ``policy.attempts`` conflicts in a row were seen.
     Non-conflict errors propagate unchanged.
     """
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return action()
-        except Exception as exc:
-            if not is_conflict(exc):
-                raise
-            if attempt == policy.attempts:
-                raise CommitConflictError(
-                    f"{what}: expected the commit to land, found {attempt} conflicts in a row "
-                    f"(last: {type(exc).__name__}: {exc})",
-                    hint="live traffic may be starving the backfill; lower live batch "
-                    "frequency or retry the slice later",
-                ) from exc
-            wait = policy.delay(attempt)
-            log.info("commit conflict, retrying: %s (attempt=%d, wait_s=%.3f)", what, attempt, wait)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+
+    def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
+        log.info("commit conflict, retrying: %s (attempt=%d, wait_s=%.3f)", what, attempt, wait)
+
+    try:
+        return call_with_retry(action, policy, on_retry=on_retry, retry_on=is_conflict)
+    except Exception as exc:
+        if not is_conflict(exc):
+            raise
+        raise CommitConflictError(
+            f"{what}: expected the commit to land, found {policy.attempts} conflicts in a row "
+            f"(last: {type(exc).__name__}: {exc})",
+            hint="live traffic may be starving the backfill; lower live batch "
+            "frequency or retry the slice later",
+        ) from exc
 
 
 _COMMIT_GUARD: ContextVar[Callable[[CommitToken], None] | None] = ContextVar(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -57,25 +57,10 @@ class TableSink(Protocol):
         returns how many were removed (0 when skipped, e.g. on a concurrent commit)."""
 
 
-class BoundedSource(Protocol):
-    """A bounded, re-readable source of one slice (Kafka range or archive bucket)."""
-
-    def read(self, slice_: Slice) -> Iterator[pa.RecordBatch]:
-        """Decoded, transformed batches with lineage columns, exactly the slice's records."""
-
-
 class Transform(Protocol):
     """User code shared by live and history: Arrow in, Arrow out, deterministic."""
 
     def __call__(self, batch: pa.Table) -> pa.Table: ...
-
-
-class Clock(Protocol):
-    """Wall clock and sleeping, injected so the core is testable."""
-
-    def now(self) -> datetime: ...
-
-    def sleep(self, seconds: float) -> None: ...
 
 
 PropertyMap = Mapping[str, str]
@@ -96,3 +81,66 @@ class SliceExecutor(Protocol):
     callable: the runner calls it in worker processes. ``job`` is a ``JobSpec``."""
 
     def __call__(self, job: Any, slice_: Slice, token: CommitToken) -> SliceResult: ...
+
+
+@dataclass(frozen=True)
+class SliceTask:
+    """One attempt of one slice, as handed to a :class:`WorkerPool` (picklable values).
+
+    ``executor`` is the ``module:function`` of a :class:`SliceExecutor`, imported in the worker.
+    """
+
+    executor: str
+    job: Any
+    slice_: Slice
+    token: CommitToken
+
+
+@dataclass(frozen=True)
+class SliceOutcome:
+    """What became of one :class:`SliceTask` (plain values: always picklable).
+
+    Exactly one of ``result`` (committed, or found already committed) and ``error`` (redacted
+    text) is set. ``retriable`` says whether another attempt may succeed; ``worker_died`` that
+    the worker running it died (killed, out of memory): always retriable.
+    """
+
+    slice_id: str
+    result: SliceResult | None = None
+    error: str | None = None
+    retriable: bool = True
+    worker_died: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.result is None) == (self.error is None):
+            raise ValueError(
+                f"slice_id={self.slice_id}: expected exactly one of result and error, found "
+                f"result={self.result!r} error={self.error!r}"
+            )
+
+
+class WorkerPool(Protocol):
+    """Runs slice tasks with bounded concurrency (worker processes locally, Ray across hosts).
+
+    A worker that dies is reported as a :class:`SliceOutcome` with ``worker_died=True`` for
+    every task it took with it; the pool replaces it and keeps accepting tasks. Workers never
+    outlive the process that owns the pool.
+    """
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks may be in flight at once."""
+
+    def submit(self, task: SliceTask) -> None:
+        """Start ``task``; at most :attr:`capacity` may be in flight."""
+
+    def completed(self, timeout_s: float) -> list[SliceOutcome]:
+        """Outcomes of tasks finished since the last call, waiting up to ``timeout_s`` for at
+        least one (an empty list: none finished in time, or nothing is in flight)."""
+
+    def in_flight(self) -> int:
+        """Tasks submitted whose outcome was not yet returned by :meth:`completed`."""
+
+    def shutdown(self, *, terminate: bool = False) -> None:
+        """Stop the workers: wait for in-flight tasks, or with ``terminate`` kill them (their
+        outcomes are never returned; their slices stay ``running`` for a resume)."""

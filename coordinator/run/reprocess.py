@@ -16,7 +16,9 @@ Reprocess slices have their own ids (``r-<run>-k-p0-<a>-<b>``, ``r-<run>-a-<buck
 tokens, live in their own state tables (:mod:`coordinator.state.reprocess`; the original plan
 stays immutable), and the run id is derived from (job, epoch, range, transform): running the
 same reprocess again finds its committed slices (and their tokens in the table) and is a
-no-op. Slices run one after the other in this process (a reprocess is a bounded range).
+no-op. Slices run through the job runner (:class:`~coordinator.run.runner.Runner`): the
+same worker pool (one worker: slices run one after the other), retry policy and epoch check
+before every commit as ``seamline run``.
 
 Afterwards the job is reconciled with the NEW transform: the reprocess slices exactly, the
 rest of the topic's history as unplanned ranges, live up to the table's committed offsets.
@@ -27,19 +29,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.errors import ConfigError, ExitCode, SeamlineError, StateError
+from coordinator.core.errors import ConfigError, ExitCode, StateError
 from coordinator.core.jobspec import JobSpec, TransformSpec
-from coordinator.core.values import Cut, Offset, OffsetRange, Scope, Slice, TimeBucket, utc
+from coordinator.core.values import (
+    CommitToken,
+    Cut,
+    Epoch,
+    Offset,
+    OffsetRange,
+    Scope,
+    Slice,
+    SliceStatus,
+    TimeBucket,
+    utc,
+)
 from coordinator.plan.planner import ArchiveFile, BucketUnit, floor_time, next_boundary, split_range
 
 if TYPE_CHECKING:
+    from coordinator.run.runner import RunReport
     from coordinator.state.reprocess import ReprocessStore
+    from coordinator.state.store import SliceRecord
     from reconcile.model import ReconcileReport
 
 log = logging.getLogger(__name__)
@@ -192,28 +206,58 @@ def plan_reprocess(
     return out
 
 
-def _execute(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str, s: Slice) -> int:
-    """Run one slice with retries on transient errors; returns its rows."""
-    from backfill.executor import execute_slice
-    from backfill.sinks.common import commit_guard
-    from coordinator.core.values import CommitToken
+@dataclass(frozen=True)
+class ReprocessLedger:
+    """The runner's :class:`~coordinator.run.runner.SliceLedger` over one reprocess run's
+    slices (their own tables; the job's plan is never touched)."""
 
-    for tries in range(1, job.backfill.max_attempts + 1):
-        store.check_epoch(job.job_id, cut.epoch)  # a newer cut makes this run stale
-        attempt = store.start_attempt(run_id, s.slice_id)
-        token = CommitToken(job.job_id, s.slice_id, attempt, cut.epoch, "backfill", s.scope.ranges)
-        try:
-            with commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)):
-                result = execute_slice(job, s, token)
-        except SeamlineError as exc:
-            store.finish_slice(run_id, s.slice_id, error=f"{type(exc).__name__}: {exc}")
-            if not exc.transient or tries == job.backfill.max_attempts:
-                raise
-            time.sleep(min(30.0, 2.0 ** (tries - 1)))
-            continue
-        store.finish_slice(run_id, s.slice_id, rows=result.rows, token=token)
-        return result.rows
-    raise AssertionError("unreachable")
+    store: ReprocessStore
+    run_id: str
+
+    def list_slices(self, job_id: str, epoch: int | None = None) -> list[SliceRecord]:
+        from coordinator.state.store import SliceRecord
+
+        e = Epoch(epoch or 0)
+        status: dict[str, SliceStatus] = {"committed": "committed", "failed": "failed"}
+        return [
+            SliceRecord(r.slice, e, status.get(r.status, "pending"), r.attempts, r.rows)
+            for r in self.store.run_slices(self.run_id)
+        ]
+
+    def mark_running(self, job_id: str, slice_id: str, epoch: int) -> int:
+        self.store.check_epoch(job_id, epoch)  # a newer cut makes this run stale
+        return self.store.start_attempt(self.run_id, slice_id)
+
+    def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None:
+        self.store.finish_slice(self.run_id, slice_id, error=error)
+
+    def mark_committed(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        *,
+        rows: int,
+        token: CommitToken | None,
+        quarantined: int = 0,
+        snapshot_id: int | None = None,
+    ) -> None:
+        self.store.finish_slice(self.run_id, slice_id, rows=rows, token=token)
+
+    def record_pause(self, job_id: str, seconds: float, reason: str) -> None:
+        self.store.record_pause(job_id, seconds, reason)
+
+
+def _run_slices(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str) -> RunReport:
+    """Run the reprocess slices not yet committed through the job runner (same worker pool,
+    same retry policy, same epoch check before every commit)."""
+    from coordinator.run.orchestrate import DEFAULT_EXECUTOR
+    from coordinator.run.runner import Runner, RunnerConfig
+
+    # One slice at a time, as before the runner took over: a reprocess is a bounded range, and
+    # parallel overwrites of one table only add commit conflicts with the live writer.
+    config = RunnerConfig(DEFAULT_EXECUTOR, concurrency=1, max_attempts=job.backfill.max_attempts)
+    return Runner(job, ReprocessLedger(store, run_id), cut.epoch, config).run()
 
 
 def reprocess(
@@ -248,18 +292,10 @@ def reprocess(
         spec = {"from": start.isoformat(), "to": end.isoformat(),
                 "transform": fixed.transform.function}  # fmt: skip
         store.save_run(run_id, job.job_id, cut.epoch, spec, plan)
-        committed = skipped = rows = 0
-        failed: list[str] = []
-        for rec in store.run_slices(run_id):
-            if rec.status == "committed":
-                skipped += 1
-                continue
-            try:
-                rows += _execute(fixed, store, cut, run_id, rec.slice)
-                committed += 1
-            except SeamlineError as exc:
-                log.error("reprocess slice=%s failed: %s", rec.slice.slice_id, exc)
-                failed.append(rec.slice.slice_id)
+        skipped = sum(r.status == "committed" for r in store.run_slices(run_id))
+        ran = _run_slices(fixed, store, cut, run_id)
+        committed, rows = ran.committed - skipped, ran.rows
+        failed = list(ran.failed)
         report = None
         if not failed:
             report = reconcile_job(fixed, cut, plan, source=live_bounded_source(fixed, cut))
@@ -287,6 +323,7 @@ def parse_when(text: str) -> datetime:
 
 
 __all__ = [
+    "ReprocessLedger",
     "ReprocessOutcome",
     "archive_reprocess_slices",
     "kafka_bounds",

@@ -1,51 +1,45 @@
-"""The runner: executes a stored plan's slices in worker processes, resumably.
+"""The runner: executes a stored plan's slices through a worker pool, resumably.
 
-* Bounded concurrency in processes (``spawn`` context: no GIL between Arrow workloads, no
-  forked locks). The executor is a ``module:function`` import path (a
+* Bounded concurrency through a :class:`~coordinator.core.ports.WorkerPool` (by default a
+  :class:`~coordinator.run.pool.ProcessWorkerPool`: ``spawn``ed processes that die with
+  this coordinator). The executor is a ``module:function`` import path (a
   :class:`coordinator.core.ports.SliceExecutor`), imported inside each worker.
 * Every transition goes through the state store with the run's epoch: a stale coordinator
   stops at its next transition (:class:`StaleEpochError`).
 * Slices left ``running`` by a dead coordinator are run again: executors are idempotent by
-  commit token. Failed slices are retried with exponential backoff up to ``max_attempts``
-  attempts per run; configuration, data-loss and duplicate-key errors are not retried.
+  commit token. Failed slices are retried under one
+  :class:`~coordinator.core.retry.RetryPolicy` (``max_attempts`` attempts per run,
+  exponential backoff with equal jitter) when the error is retriable
+  (:func:`~coordinator.core.retry.is_retriable`: the errors' ``transient`` flag; a worker
+  that died is always retriable). Configuration, data-loss, duplicate-key and stale-epoch
+  errors are not retried.
 * ``stop`` (set by SIGINT/SIGTERM in the CLI) stops submitting; in-flight slices finish and
-  are recorded. ``abandon`` (a second signal) stops waiting: abandoned slices stay ``running``
-  and are re-run on resume.
+  are recorded. ``abandon`` (a second signal) stops waiting: the workers are killed, their
+  slices stay ``running`` and are re-run on resume.
 * ``lag_gate()`` is consulted before each submission; a number is seconds to pause (recorded
   in the state store's pauses), ``None`` means go.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import importlib
 import logging
-import multiprocessing
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from coordinator.core.errors import (
-    ConfigError,
-    DuplicateKeyError,
-    ExitCode,
-    SourceDataLossError,
-    StaleEpochError,
-)
-from coordinator.core.logs import redact
-from coordinator.core.ports import SliceResult
+from coordinator.core.errors import ExitCode
+from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerPool
+from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice
 from coordinator.run.progress import NullProgress, ProgressSink
-from coordinator.state.store import SliceRecord, StateStore
+from coordinator.state.store import SliceRecord
 
 log = logging.getLogger(__name__)
 
 LagGate = Callable[[], float | None]
-_TERMINAL = (ConfigError, SourceDataLossError, DuplicateKeyError, StaleEpochError)
+Outcome = SliceOutcome  # the name this module used before the WorkerPool port
 
 
 @dataclass(frozen=True)
@@ -58,20 +52,41 @@ class RunnerConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     mp_context: str = "spawn"
+    jitter: Jitter = "equal"
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1``."""
-        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempt - 1)))
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"expected concurrency >= 1, found concurrency={self.concurrency}")
+        _ = self.retry  # building the policy validates the retry settings up front
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of a slice: ``max_attempts`` attempts, backoff between them."""
+        return RetryPolicy(self.max_attempts, self.backoff_base_s, self.backoff_max_s, self.jitter)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a worker sends back (plain values: always picklable)."""
+class SliceLedger(Protocol):
+    """The part of the state store the runner writes slice transitions to."""
 
-    slice_id: str
-    result: SliceResult | None = None
-    error: str | None = None
-    retriable: bool = True
+    def list_slices(self, job_id: str, epoch: int | None = None) -> list[SliceRecord]: ...
+
+    def mark_running(self, job_id: str, slice_id: str, epoch: int) -> int: ...
+
+    def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None: ...
+
+    def mark_committed(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        *,
+        rows: int,
+        token: CommitToken | None,
+        quarantined: int = 0,
+        snapshot_id: int | None = None,
+    ) -> None: ...
+
+    def record_pause(self, job_id: str, seconds: float, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class RunReport:
     rows: int
     retries: int
     cancelled: bool
+    worker_deaths: int = 0  # slices lost to a dead worker (each retried)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -110,104 +126,68 @@ class StopSignal:
         self.stop.set()
 
 
-_EXECUTORS: dict[str, Callable[..., SliceResult]] = {}
-
-
-def load_executor(ref: str) -> Callable[..., SliceResult]:
-    """Import ``module:function`` (cached per process); ``ConfigError`` if impossible."""
-    if ref not in _EXECUTORS:
-        module_name, _, name = ref.partition(":")
-        try:
-            func = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(
-                f"executor={ref}: cannot import ({exc})",
-                hint="pass --executor module.path:function",
-            ) from None
-        _EXECUTORS[ref] = func
-    return _EXECUTORS[ref]
-
-
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides about cancelling
-
-
-@contextmanager
-def _epoch_guard(job: Any) -> Iterator[None]:
-    """Check the token's epoch against the state store right before every table commit."""
-    from backfill.sinks.common import commit_guard
-
-    with (
-        StateStore(job.state_url(), create=False) as store,
-        commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)),
-    ):
-        yield
-
-
-def run_one(ref: str, job: Any, slice_: Slice, token: CommitToken) -> Outcome:
-    """Worker entry point: run one slice, never raise (errors come back as values)."""
-    try:
-        with _epoch_guard(job):
-            result = load_executor(ref)(job, slice_, token)
-    except Exception as exc:
-        log.warning("slice=%s attempt=%d failed: %s", slice_.slice_id, token.attempt, exc)
-        text = redact(f"{type(exc).__name__}: {exc}")
-        return Outcome(slice_.slice_id, error=text, retriable=not isinstance(exc, _TERMINAL))
-    return Outcome(slice_.slice_id, result=result)
-
-
 @dataclass
 class _Run:
     """Mutable bookkeeping of one runner pass (private)."""
 
     todo: list[tuple[float, str]]  # (not_before monotonic, slice_id), kept in plan order
     attempts: dict[str, int] = field(default_factory=dict)
-    inflight: dict[cf.Future[Outcome], str] = field(default_factory=dict)
+    inflight: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     committed: int = 0
     rows: int = 0
     retries: int = 0
+    worker_deaths: int = 0
+
+
+def default_pool(config: RunnerConfig) -> WorkerPool:
+    """The local process pool for ``config`` (the runner's default :class:`WorkerPool`)."""
+    from coordinator.run.pool import ProcessWorkerPool
+
+    return ProcessWorkerPool(config.concurrency, mp_context=config.mp_context)
 
 
 class Runner:
-    """Runs the stored plan of one job epoch (see the module docstring)."""
+    """Runs the stored plan of one job epoch (see the module docstring).
+
+    ``pool`` (default :func:`default_pool`) is shut down when :meth:`run` returns.
+    """
 
     def __init__(
         self,
         job: Any,
-        store: StateStore,
+        store: SliceLedger,
         epoch: Epoch,
         config: RunnerConfig,
         *,
         lag_gate: LagGate | None = None,
         progress: ProgressSink | None = None,
         stop: StopSignal | None = None,
+        pool: WorkerPool | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job, self.store, self.epoch, self.config = job, store, epoch, config
         self.lag_gate = lag_gate
         self.progress: ProgressSink = progress or NullProgress()
         self.stop = stop or StopSignal()
         self.job_id: str = job.job_id
+        self._pool = pool
+        self._clock = clock
+        self._retry = config.retry
 
     def run(self) -> RunReport:
         """Execute every slice not yet committed; returns what happened."""
         records = self.store.list_slices(self.job_id, self.epoch)
-        by_id = {r.slice_id: r for r in records}
+        by_id = {r.slice_id: r.slice for r in records}
         state = _Run(todo=[(0.0, r.slice_id) for r in records if _needs_run(r)])
         done_before = len(records) - len(state.todo)
         self.progress.start(len(records), done_before)
-        ctx = multiprocessing.get_context(self.config.mp_context)
-        pool = cf.ProcessPoolExecutor(
-            self.config.concurrency, mp_context=ctx, initializer=_worker_init
-        )
+        pool = self._pool or default_pool(self.config)
         try:
             self._loop(pool, state, by_id)
         finally:
             abandon = self.stop.abandon.is_set()
-            if abandon:  # do not wait for in-flight slices: they stay `running` for resume
-                for proc in list(getattr(pool, "_processes", {}).values()):
-                    proc.terminate()
-            pool.shutdown(wait=not abandon, cancel_futures=True)
+            pool.shutdown(terminate=abandon)  # abandoned slices stay `running` for resume
             self.progress.stop()
         return RunReport(
             total=len(records),
@@ -217,11 +197,10 @@ class Runner:
             rows=state.rows,
             retries=state.retries,
             cancelled=self.stop.stop.is_set(),
+            worker_deaths=state.worker_deaths,
         )
 
-    def _loop(
-        self, pool: cf.ProcessPoolExecutor, state: _Run, by_id: dict[str, SliceRecord]
-    ) -> None:
+    def _loop(self, pool: WorkerPool, state: _Run, by_id: dict[str, Slice]) -> None:
         while state.todo or state.inflight:
             if self.stop.abandon.is_set():
                 log.warning("abandoning %d in-flight slices", len(state.inflight))
@@ -230,34 +209,34 @@ class Runner:
                 self._submit_ready(pool, state, by_id)
             elif not state.inflight:
                 return
-            timeout = self._next_wait(state)
-            done, _ = cf.wait(list(state.inflight), timeout=timeout, return_when="FIRST_COMPLETED")
-            for fut in done:
-                self._finish(fut, state)
+            timeout = self._next_wait(pool, state)
+            if not state.inflight:  # only slices waiting for their backoff
+                self.stop.stop.wait(timeout)
+                continue
+            for outcome in pool.completed(timeout):
+                self._finish(outcome, state)
 
-    def _next_wait(self, state: _Run) -> float:
-        if not state.todo or len(state.inflight) >= self.config.concurrency:
+    def _next_wait(self, pool: WorkerPool, state: _Run) -> float:
+        if not state.todo or len(state.inflight) >= pool.capacity:
             return 0.5
-        soonest = min(t for t, _ in state.todo) - time.monotonic()
+        soonest = min(t for t, _ in state.todo) - self._clock()
         return min(0.5, max(0.01, soonest))
 
-    def _submit_ready(
-        self, pool: cf.ProcessPoolExecutor, state: _Run, by_id: dict[str, SliceRecord]
-    ) -> None:
-        while len(state.inflight) < self.config.concurrency and not self.stop.stop.is_set():
-            now = time.monotonic()
+    def _submit_ready(self, pool: WorkerPool, state: _Run, by_id: dict[str, Slice]) -> None:
+        while len(state.inflight) < pool.capacity and not self.stop.stop.is_set():
+            now = self._clock()
             ready = next((item for item in state.todo if item[0] <= now), None)
-            if ready is None or self._paused_for_lag():
-                return
+            if ready is None or self._paused_for_lag() or self.stop.stop.is_set():
+                return  # nothing ready, paused for lag, or stopped while the gate was asked
             state.todo.remove(ready)
-            slice_ = by_id[ready[1]].slice
+            slice_ = by_id[ready[1]]
             attempt = self.store.mark_running(self.job_id, slice_.slice_id, self.epoch)
             state.attempts[slice_.slice_id] = state.attempts.get(slice_.slice_id, 0) + 1
             token = CommitToken(
                 self.job_id, slice_.slice_id, attempt, self.epoch, "backfill", slice_.scope.ranges
             )
-            fut = pool.submit(run_one, self.config.executor, self.job, slice_, token)
-            state.inflight[fut] = slice_.slice_id
+            pool.submit(SliceTask(self.config.executor, self.job, slice_, token))
+            state.inflight.add(slice_.slice_id)
             log.info("slice=%s attempt=%d submitted", slice_.slice_id, attempt)
 
     def _paused_for_lag(self) -> bool:
@@ -273,21 +252,19 @@ class Runner:
         self.progress.note("")
         return True
 
-    def _finish(self, fut: cf.Future[Outcome], state: _Run) -> None:
-        sid = state.inflight.pop(fut)
-        try:
-            outcome = fut.result()
-        except Exception as exc:  # the worker process died (BrokenProcessPool, pickling)
-            outcome = Outcome(sid, error=redact(f"{type(exc).__name__}: {exc}"))
+    def _finish(self, outcome: SliceOutcome, state: _Run) -> None:
+        sid = outcome.slice_id
+        state.inflight.discard(sid)
         if outcome.result is not None:
             self._committed(sid, outcome.result, state)
             return
         error = outcome.error or "unknown error"
+        state.worker_deaths += outcome.worker_died
         self.store.mark_failed(self.job_id, sid, self.epoch, error)
         tries = state.attempts.get(sid, 1)
-        if outcome.retriable and tries < self.config.max_attempts:
-            delay = self.config.backoff(tries)
-            state.todo.append((time.monotonic() + delay, sid))
+        if (outcome.retriable or outcome.worker_died) and tries < self._retry.attempts:
+            delay = self._retry.delay(tries)
+            state.todo.append((self._clock() + delay, sid))
             state.retries += 1
             self.progress.retry()
             log.warning(
@@ -317,17 +294,6 @@ def _needs_run(record: SliceRecord) -> bool:
     return record.status in ("pending", "running", "failed")
 
 
-def run_plan(
-    job: Any,
-    store: StateStore,
-    epoch: Epoch,
-    config: RunnerConfig,
-    **kwargs: Any,
-) -> RunReport:
-    """Convenience wrapper: ``Runner(job, store, epoch, config, **kwargs).run()``."""
-    return Runner(job, store, epoch, config, **kwargs).run()
-
-
 def pending_ids(records: Sequence[SliceRecord]) -> list[str]:
     """Ids of slices a run would execute."""
     return [r.slice_id for r in records if _needs_run(r)]
@@ -339,9 +305,8 @@ __all__ = [
     "RunReport",
     "Runner",
     "RunnerConfig",
+    "SliceLedger",
     "StopSignal",
-    "load_executor",
+    "default_pool",
     "pending_ids",
-    "run_one",
-    "run_plan",
 ]

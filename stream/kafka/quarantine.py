@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from coordinator.core.errors import LiveError
+from coordinator.core.retry import transient
 from stream.decode.json_records import Quarantined
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,12 @@ class QuarantineWriter:
             self._producer.poll(0)
         remaining = self._producer.flush(timeout_s)
         if remaining or self._failures:
-            raise LiveError(
-                f"topic={self.topic}: expected {len(records)} quarantine deliveries, "
-                f"found {remaining} undelivered and errors {self._failures[:3]}",
-                hint="check the broker; the batch was not committed and will be re-read",
+            raise transient(
+                LiveError(
+                    f"topic={self.topic}: expected {len(records)} quarantine deliveries, "
+                    f"found {remaining} undelivered and errors {self._failures[:3]}",
+                    hint="check the broker; the batch was not committed and will be re-read",
+                )
             )
         log.info("quarantined %d records to topic=%s", len(records), self.topic)
 

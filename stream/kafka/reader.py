@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from coordinator.core.errors import SourceDataLossError, SourceError
+from coordinator.core.retry import transient
 from coordinator.core.values import OffsetRange
 from stream.decode.json_records import RawMessage
 
@@ -48,9 +49,11 @@ def _check_retained(consumer: Any, topic: str, rng: OffsetRange) -> None:
     try:
         low, high = consumer.get_watermark_offsets(tp, timeout=_META_TIMEOUT_S, cached=False)
     except KafkaException as exc:
-        raise SourceError(
-            f"topic={topic} partition={rng.partition}: watermarks unavailable ({exc})",
-            hint="check the broker is reachable and the topic exists",
+        raise transient(
+            SourceError(
+                f"topic={topic} partition={rng.partition}: watermarks unavailable ({exc})",
+                hint="check the broker is reachable and the topic exists",
+            )
         ) from None
     if low > rng.start:
         raise SourceDataLossError(
@@ -158,12 +161,14 @@ def iter_kafka_range(
                 yield pending[:batch_size]
                 pending = pending[batch_size:]
             if not prog.done and time.monotonic() > prog.deadline:
-                raise SourceError(
-                    f"topic={topic} partition={rng.partition}: expected to read up to "
-                    f"offset {rng.end}, found no progress for {timeout_s}s after "
-                    f"offset {max(prog.last_seen, rng.start - 1)}",
-                    hint="an open transaction may hold the last stable offset back; "
-                    "check the producer, or raise the timeout",
+                raise transient(
+                    SourceError(
+                        f"topic={topic} partition={rng.partition}: expected to read up to "
+                        f"offset {rng.end}, found no progress for {timeout_s}s after "
+                        f"offset {max(prog.last_seen, rng.start - 1)}",
+                        hint="an open transaction may hold the last stable offset back; "
+                        "check the producer, or raise the timeout",
+                    )
                 )
         if pending:
             yield pending

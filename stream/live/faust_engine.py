@@ -4,8 +4,9 @@ The table is the source of truth. Faust seeks to the consumer group's committed 
 ignores ``seek()`` in rebalance callbacks, so before the worker starts we commit, for the group,
 the offsets the table says come next (else the cut's ``hwm``) and read them back. The agent then
 takes batches of events, drops anything below the table's position, decodes with the shared
-kernel, quarantines malformed records first and appends with an offset-conditional commit
-(:class:`~backfill.sinks.iceberg.live.IcebergLiveTable`). A conflict re-reads the table's offsets.
+kernel, quarantines malformed records first and appends with an offset-conditional commit,
+all through the confluent loop's :class:`~stream.live.writer.BatchWriter` (one retry policy;
+a conflict re-reads the table's offsets; "outcome unknown" looks the token up).
 Faust's own offset commits are monitoring only. Reads are ``read_committed``: the app runs
 with ``processing_guarantee="exactly_once"``, the only mode in which Faust asks for it.
 """
@@ -15,17 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from coordinator.core.errors import CommitConflictError, LiveError
-from coordinator.core.values import CommitToken, Epoch, Offset, PartitionId
-from stream.decode.json_records import Transform, decode_columns
-from stream.live.core import LiveBook, stale_partitions, start_positions
-from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink, slice_id_for
+from coordinator.core.errors import LiveError
+from coordinator.core.values import Offset, PartitionId
+from stream.decode.json_records import Transform
+from stream.live.core import Batch, LiveBook, start_positions
+from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink
+from stream.live.writer import BatchOutcome, BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,13 @@ def commit_group_offsets(
 
 
 class FaustBatchWriter:
-    """Writes batches of Faust events to the table exactly once (blocking; run in a thread)."""
+    """Writes batches of Faust events to the table exactly once (blocking; run in a thread).
+
+    Commits go through the same :class:`~stream.live.writer.BatchWriter` as the confluent
+    loop: one retry policy, conflicts re-read the table's offsets, an unknown outcome looks
+    the token up. Faust cannot seek, so a partition the table moved past is re-buffered from
+    the events in hand (everything below the table's offset is dropped by the book).
+    """
 
     def __init__(
         self,
@@ -74,12 +82,23 @@ class FaustBatchWriter:
         transform: Transform,
         start_offsets: Mapping[PartitionId, Offset],
         quarantine: QuarantineSink,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self._sink = sink
-        self._transform = transform
         self._fallback = dict(start_offsets)
-        self._quarantine = quarantine
+        self._writer = BatchWriter(
+            settings.job_id,
+            settings.epoch,
+            settings.schema,
+            transform,
+            sink,
+            quarantine,
+            self._fallback,
+            settings.max_commit_attempts,
+            sleep,
+        )
         self._book = LiveBook()
         self._book.assign(start_positions(self._fallback, sink.live_offsets(), self._fallback))
         self.progress = LiveProgress()
@@ -91,55 +110,46 @@ class FaustBatchWriter:
             entry = by_partition.setdefault(p, ([], []))
             entry[0].append(o)
             entry[1].append(v)
-        for p, (offsets, values) in by_partition.items():
-            self._book.add_many(p, offsets, values, time.monotonic())
-        for _attempt in range(self.settings.max_commit_attempts):
-            ranges = self._book.ranges()
-            if not ranges:
+        self._rebuffer(by_partition, by_partition)
+        for _round in range(self.settings.max_commit_attempts):
+            if not self._book.ranges():
                 return
-            table = self._sink.live_offsets()
-            stale = stale_partitions(ranges, table, self._fallback)
-            if stale:
-                log.warning("table moved for %s: dropping what it holds", dict(stale))
-                self._book.reseek({p: table.get(p, o) for p, o in stale.items()})
-                self._rebuffer(by_partition, stale)
-                continue
-            try:
-                self._commit_once(ranges)
+            outcome = self._commit(self._book.take(time.monotonic()))
+            if not outcome.reseek:
                 return
-            except CommitConflictError as exc:
-                log.info("live commit conflict, re-reading the table: %s", exc)
-        raise LiveError(f"job={self.settings.job_id}: live commit kept conflicting")
+            log.warning("table moved for %s: dropping what it holds", dict(outcome.reseek))
+            self._rebuffer(by_partition, outcome.reseek)
+        raise LiveError(f"job={self.settings.job_id}: live commit kept finding the table moved")
+
+    def _commit(self, batch: Batch) -> BatchOutcome:
+        try:
+            outcome = self._writer.write(batch)
+        except BaseException:  # nothing known committed: the book holds the batch again
+            self._book.settle((), {})
+            for p, offsets, values in batch.records:
+                self._book.add_many(p, offsets, values, time.monotonic())
+            raise
+        committed = outcome.record.token.ranges if outcome.record is not None else ()
+        self._book.settle(committed, outcome.reseek)
+        if outcome.record is not None:
+            self._count(outcome)
+        return outcome
 
     def _rebuffer(
         self,
-        by_partition: dict[int, tuple[list[int], list[bytes | None]]],
-        stale: Mapping[PartitionId, Offset],
+        by_partition: Mapping[int, tuple[list[int], list[bytes | None]]],
+        partitions: Iterable[int],
     ) -> None:
-        for p in stale:
+        for p in partitions:
             offsets, values = by_partition.get(int(p), ([], []))
             self._book.add_many(int(p), offsets, values, time.monotonic())
 
-    def _commit_once(self, ranges: Any) -> None:
-        parts, offsets, values = self._book.columns()
-        data, bad = decode_columns(
-            parts, offsets, values, self.settings.schema, self._transform, "live"
-        )
-        self._quarantine.write(bad)
-        token = CommitToken(
-            self.settings.job_id,
-            slice_id_for(ranges),
-            1,
-            Epoch(self.settings.epoch),
-            "live",
-            ranges,
-        )
-        self._sink.append_live(data, token)
-        self._book.committed(ranges, time.monotonic())
-        self.progress.records += data.num_rows
-        self.progress.quarantined += len(bad)
+    def _count(self, outcome: BatchOutcome) -> None:
+        assert outcome.record is not None
+        self.progress.records += outcome.rows
+        self.progress.quarantined += len(outcome.quarantined)
         self.progress.commits += 1
-        for r in ranges:
+        for r in outcome.record.token.ranges:
             self.progress.committed[r.partition] = r.end
 
 

@@ -14,9 +14,8 @@ never written; the consumer re-seeks it to the table's offset.
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 from coordinator.core import lineage
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, LiveError
 from coordinator.core.ports import CommitRecord
+from coordinator.core.retry import RetryPolicy, call_with_retry
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
 from stream.decode.json_records import Quarantined, Transform, decode_columns
 from stream.live.core import Batch, stale_partitions
@@ -70,9 +70,28 @@ class BatchOutcome:
     quarantined: tuple[Quarantined, ...] = ()
 
 
+def live_retry(attempts: int) -> RetryPolicy:
+    """The live commit retry policy: ``attempts`` tries, 50 ms doubling to 2 s, equal jitter."""
+    return RetryPolicy(attempts=attempts, base_s=0.05, max_s=2.0, jitter="equal")
+
+
+@dataclass
+class _Pending:
+    """What is still to be committed of one batch (shrinks when partitions turn out stale)."""
+
+    data: pa.Table
+    ranges: tuple[OffsetRange, ...]
+
+
 @dataclass(frozen=True)
 class BatchWriter:
-    """Writes :class:`~stream.live.core.Batch` es of one job to a :class:`LiveSink`."""
+    """Writes :class:`~stream.live.core.Batch` es of one job to a :class:`LiveSink`.
+
+    The one batch writer of both live engines (the confluent loop and Faust). Commits are
+    retried under :func:`live_retry` (``max_attempts`` tries): a conflict re-reads the table's
+    offsets and drops the partitions another consumer committed; an unknown outcome looks the
+    batch's token up first and only retries when it is not in the table.
+    """
 
     job_id: str
     epoch: int
@@ -82,6 +101,7 @@ class BatchWriter:
     quarantine: QuarantineSink
     fallback: Mapping[PartitionId, Offset]
     max_attempts: int = 50
+    sleep: Callable[[float], None] = time.sleep
 
     def write(self, batch: Batch) -> BatchOutcome:
         """Check, decode, quarantine and commit ``batch`` (raises ``LiveError`` if it cannot)."""
@@ -103,32 +123,54 @@ class BatchWriter:
         self, data: pa.Table, ranges: tuple[OffsetRange, ...], stale: dict[PartitionId, Offset]
     ) -> tuple[CommitRecord | None, pa.Table]:
         """Append with retries; partitions found stale are added to ``stale`` and dropped."""
-        for attempt in range(1, self.max_attempts + 1):
-            token = CommitToken(
-                self.job_id, slice_id_for(ranges), 1, Epoch(self.epoch), "live", ranges
+        pending = _Pending(data, ranges)
+
+        def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
+            log.info("live commit attempt %d failed, retry in %.3fs: %s", attempt, wait, exc)
+
+        try:
+            record = call_with_retry(
+                lambda: self._attempt(pending, stale),
+                live_retry(self.max_attempts),
+                sleep=self.sleep,
+                on_retry=on_retry,
+                retry_on=lambda exc: isinstance(exc, _RETRIED),
             )
-            try:
-                return self.sink.append_live(data, token), data
-            except CommitOutcomeUnknownError as exc:
-                log.warning("live commit outcome unknown, looking the token up: %s", exc)
-                found = self.sink.find_commit(token.job_id, token.slice_id)
-                if found is not None:
-                    return found, data
-            except CommitConflictError as exc:
-                log.info("live commit conflict (attempt %d): %s", attempt, exc)
-                moved = stale_partitions(ranges, self.sink.live_offsets(), self.fallback)
-                if moved:
-                    stale.update(moved)
-                    ranges = tuple(r for r in ranges if r.partition not in moved)
-                    data = without_partitions(data, moved)
-                    if not ranges:
-                        return None, data
-                    continue
-            _backoff(attempt)
-        raise LiveError(
-            f"job={self.job_id}: live commit failed after {self.max_attempts} attempts",
-            hint="the batch was not committed; restart the live consumer",
+        except _RETRIED as exc:
+            raise LiveError(
+                f"job={self.job_id}: live commit failed after {self.max_attempts} attempts "
+                f"(last: {type(exc).__name__}: {exc})",
+                hint="the batch was not committed; restart the live consumer",
+            ) from exc
+        return record, pending.data
+
+    def _attempt(self, pending: _Pending, stale: dict[PartitionId, Offset]) -> CommitRecord | None:
+        """One append of what is pending; ``None`` when every partition turned out stale."""
+        if not pending.ranges:
+            return None
+        token = CommitToken(
+            self.job_id, slice_id_for(pending.ranges), 1, Epoch(self.epoch), "live", pending.ranges
         )
+        try:
+            return self.sink.append_live(pending.data, token)
+        except CommitOutcomeUnknownError as exc:
+            log.warning("live commit outcome unknown, looking the token up: %s", exc)
+            found = self.sink.find_commit(token.job_id, token.slice_id)
+            if found is not None:
+                return found
+            raise
+        except CommitConflictError:
+            moved = stale_partitions(pending.ranges, self.sink.live_offsets(), self.fallback)
+            if moved:
+                stale.update(moved)
+                pending.ranges = tuple(r for r in pending.ranges if r.partition not in moved)
+                pending.data = without_partitions(pending.data, moved)
+                if not pending.ranges:
+                    return None
+            raise
+
+
+_RETRIED = (CommitConflictError, CommitOutcomeUnknownError)
 
 
 def without_partitions(data: pa.Table, partitions: Mapping[PartitionId, Offset]) -> pa.Table:
@@ -136,8 +178,3 @@ def without_partitions(data: pa.Table, partitions: Mapping[PartitionId, Offset])
     drop = pa.array(sorted(int(p) for p in partitions), pa.int32())
     mask = pc.invert(pc.is_in(data[lineage.PARTITION], value_set=drop))
     return data.filter(mask)
-
-
-def _backoff(attempt: int) -> None:
-    wait = min(2.0, 0.05 * (2 ** min(attempt, 6)))
-    time.sleep(wait * random.uniform(0.5, 1.0))

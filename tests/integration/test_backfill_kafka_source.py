@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from coordinator.core.errors import SourceError
+from coordinator.core.retry import is_retriable
 from coordinator.core.values import Offset, OffsetRange, PartitionId
 from stream.kafka.reader import iter_kafka_range
 
@@ -98,8 +99,9 @@ def test_unreachable_end_raises_after_the_deadline(
     kafka_bootstrap: str, tx_topic: tuple[str, dict[int, int]]
 ) -> None:
     topic, _ = tx_topic
-    with pytest.raises(SourceError, match="expected to read up to offset 20"):
+    with pytest.raises(SourceError, match="expected to read up to offset 20") as info:
         _read(kafka_bootstrap, topic, 0, 20, timeout_s=1.0)
+    assert is_retriable(info.value)  # a read timeout is retried by run and reprocess alike
 
 
 def test_open_transaction_blocks_until_the_deadline(kafka_bootstrap: str) -> None:

@@ -1,0 +1,260 @@
+"""Worker processes for the runner: :class:`ProcessWorkerPool` implements ``WorkerPool``.
+
+* ``spawn`` context by default: no GIL between Arrow workloads, no forked locks.
+* **Workers die with their coordinator.** The worker initializer asks Linux to SIGKILL the
+  worker when its parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and, as a fallback for
+  other systems or a parent that died before that call, starts a daemon thread that exits
+  the worker (``os._exit``) as soon as its parent pid changes.
+* **A killed worker is a retried slice, never a failed run.** When a worker dies,
+  ``concurrent.futures`` breaks the whole executor (``BrokenProcessPool``) and fails every
+  task in flight. Each of them comes back as a retriable outcome with ``worker_died=True``;
+  the broken executor is dropped and a new one started on the next :meth:`submit`.
+* Workers tell the pool their pid at start (a queue), so ``shutdown(terminate=True)`` kills
+  exactly them, without reaching into the executor's private state.
+
+:func:`run_one` is the worker entry point: it runs one :class:`SliceTask` and never raises
+(errors come back as values, classified by :func:`coordinator.core.retry.is_retriable`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import ctypes
+import ctypes.util
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import Any
+
+from coordinator.core.errors import ConfigError
+from coordinator.core.logs import redact
+from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask
+from coordinator.core.retry import is_retriable
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+#: How often the fallback watch thread checks the parent pid.
+PARENT_WATCH_S = 0.5
+
+_EXECUTORS: dict[str, Callable[..., SliceResult]] = {}
+
+
+def load_executor(ref: str) -> Callable[..., SliceResult]:
+    """Import ``module:function`` (cached per process); ``ConfigError`` if impossible."""
+    if ref not in _EXECUTORS:
+        module_name, _, name = ref.partition(":")
+        try:
+            func = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"executor={ref}: cannot import ({exc})",
+                hint="pass --executor module.path:function",
+            ) from None
+        _EXECUTORS[ref] = func
+    return _EXECUTORS[ref]
+
+
+@contextmanager
+def _epoch_guard(job: Any) -> Iterator[None]:
+    """Check the token's epoch against the state store right before every table commit."""
+    from backfill.sinks.common import commit_guard
+    from coordinator.state.store import StateStore
+
+    with (
+        StateStore(job.state_url(), create=False) as store,
+        commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)),
+    ):
+        yield
+
+
+def outcome_of_error(slice_id: str, exc: BaseException) -> SliceOutcome:
+    """A failed outcome for ``exc``: redacted text, retriable by the shared policy's rules."""
+    text = redact(f"{type(exc).__name__}: {exc}")
+    return SliceOutcome(slice_id, error=text, retriable=is_retriable(exc))
+
+
+def run_one(ref: str, job: Any, slice_: Any, token: Any) -> SliceOutcome:
+    """Worker entry point: run one slice, never raise (errors come back as values)."""
+    try:
+        with _epoch_guard(job):
+            result = load_executor(ref)(job, slice_, token)
+    except Exception as exc:
+        log.warning("slice=%s attempt=%d failed: %s", slice_.slice_id, token.attempt, exc)
+        return outcome_of_error(slice_.slice_id, exc)
+    return SliceOutcome(slice_.slice_id, result=result)
+
+
+def _run_task(task: SliceTask) -> SliceOutcome:
+    return run_one(task.executor, task.job, task.slice_, task.token)
+
+
+# -- dying with the coordinator ----------------------------------------------------------------
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    """Ask Linux to send ``sig`` to this process when its parent dies; ``False`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def watch_parent(parent_pid: int, interval_s: float = PARENT_WATCH_S) -> threading.Thread:
+    """Start a daemon thread that ends this process once its parent is no longer
+    ``parent_pid`` (the parent died and the process was re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(70)  # no clean-up: the coordinator that owned this work is gone
+
+    thread = threading.Thread(target=watch, name="seamline-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def worker_init(parent_pid: int, pids: Any) -> None:
+    """Initializer of every worker process (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides about cancelling
+    set_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(70)
+    watch_parent(parent_pid)
+    pids.put(os.getpid())
+
+
+# -- the pool ------------------------------------------------------------------------------------
+
+
+class ProcessWorkerPool:
+    """A :class:`~coordinator.core.ports.WorkerPool` of local worker processes."""
+
+    def __init__(self, concurrency: int, *, mp_context: str = "spawn") -> None:
+        if concurrency < 1:
+            raise ValueError(f"expected concurrency >= 1, found concurrency={concurrency}")
+        self._capacity = concurrency
+        self._ctx = multiprocessing.get_context(mp_context)
+        self._pids_queue = self._ctx.SimpleQueue()
+        self._pids: set[int] = set()
+        self._executor: cf.ProcessPoolExecutor | None = None
+        self._inflight: dict[cf.Future[SliceOutcome], str] = {}
+        self.deaths = 0  # how many times a worker died (the executor broke)
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks may be in flight at once (the number of worker processes)."""
+        return self._capacity
+
+    def _live_executor(self) -> cf.ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = cf.ProcessPoolExecutor(
+                self._capacity,
+                mp_context=self._ctx,
+                initializer=worker_init,
+                initargs=(os.getpid(), self._pids_queue),
+            )
+        return self._executor
+
+    def submit(self, task: SliceTask) -> None:
+        """Start ``task`` in a worker (a broken executor is replaced first)."""
+        if len(self._inflight) >= self._capacity:
+            raise ValueError(
+                f"expected at most {self._capacity} tasks in flight, found {len(self._inflight)}"
+            )
+        try:
+            fut = self._live_executor().submit(_run_task, task)
+        except BrokenProcessPool:  # broke between two calls: start a fresh one
+            self._drop_executor()
+            fut = self._live_executor().submit(_run_task, task)
+        self._inflight[fut] = task.slice_.slice_id
+
+    def completed(self, timeout_s: float) -> list[SliceOutcome]:
+        """Outcomes of finished tasks, waiting up to ``timeout_s`` for the first one."""
+        if not self._inflight:
+            return []
+        done, _ = cf.wait(list(self._inflight), timeout=timeout_s, return_when="FIRST_COMPLETED")
+        out = [self._outcome(fut) for fut in done]
+        if any(o.worker_died for o in out):
+            self._drop_executor()
+        return out
+
+    def _outcome(self, fut: cf.Future[SliceOutcome]) -> SliceOutcome:
+        sid = self._inflight.pop(fut)
+        try:
+            return fut.result()
+        except (BrokenProcessPool, cf.CancelledError) as exc:  # cancelled: its executor broke
+            log.warning("slice=%s: its worker process died (%s); it will be retried", sid, exc)
+            text = redact(f"worker process died: {type(exc).__name__}: {exc}")
+            return SliceOutcome(sid, error=text, retriable=True, worker_died=True)
+        except Exception as exc:  # e.g. the task or its result could not be pickled
+            return outcome_of_error(sid, exc)
+
+    def _drop_executor(self) -> None:
+        """Forget a broken executor: its surviving workers are killed, its tasks failed."""
+        if self._executor is None:
+            return
+        self.deaths += 1
+        self._kill_workers()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+
+    def in_flight(self) -> int:
+        """Tasks whose outcome :meth:`completed` has not returned yet."""
+        return len(self._inflight)
+
+    def worker_pids(self) -> set[int]:
+        """Pids of the workers started so far that are still alive."""
+        while not self._pids_queue.empty():
+            self._pids.add(int(self._pids_queue.get()))
+        self._pids = {pid for pid in self._pids if _alive_child(pid)}
+        return set(self._pids)
+
+    def _kill_workers(self) -> None:
+        for pid in self.worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def shutdown(self, *, terminate: bool = False) -> None:
+        """Wait for in-flight tasks, or kill the workers (``terminate``)."""
+        if self._executor is not None:
+            if terminate:
+                self._kill_workers()
+            self._executor.shutdown(wait=not terminate, cancel_futures=True)
+            self._executor = None
+        self._inflight.clear()
+
+
+def _alive_child(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) child of this process."""
+    if not os.path.isdir("/proc"):  # no procfs: assume so (killing a gone pid is harmless)
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[1]) == os.getpid()
+
+
+__all__ = [
+    "ProcessWorkerPool",
+    "load_executor",
+    "outcome_of_error",
+    "run_one",
+    "set_parent_death_signal",
+    "watch_parent",
+    "worker_init",
+]

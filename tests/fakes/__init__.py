@@ -1,0 +1,1 @@
+"""In-memory and in-thread implementations of seamline's ports, for fast unit tests."""

@@ -1,0 +1,143 @@
+"""ProcessWorkerPool with real worker processes (no broker, no table): deaths and orphans."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.core.ports import SliceOutcome, SliceTask
+from coordinator.core.values import (
+    CommitToken,
+    Epoch,
+    Offset,
+    OffsetRange,
+    PartitionId,
+    Scope,
+    Slice,
+)
+from coordinator.run.pool import ProcessWorkerPool
+from coordinator.state.store import StateStore
+from tests.fakes.executors import StubJob
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> StubJob:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with StateStore(url) as store:
+        store.ensure_job("pool")
+    return StubJob("pool", url)
+
+
+def task(job: StubJob, executor: str, sid: str = "s1", attempt: int = 1) -> SliceTask:
+    rng = (OffsetRange(PartitionId(0), Offset(0), Offset(1)),)
+    token = CommitToken(job.job_id, sid, attempt, Epoch(1), "backfill", rng)
+    return SliceTask(
+        f"tests.fakes.executors:{executor}", job, Slice(sid, Scope("kafka", rng)), token
+    )
+
+
+def wait_one(pool: ProcessWorkerPool, timeout_s: float = 120.0) -> SliceOutcome:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = pool.completed(0.5)
+        if done:
+            assert len(done) == 1
+            return done[0]
+    raise AssertionError(f"expected an outcome within {timeout_s}s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_worker_comes_back_as_a_retriable_outcome_and_the_pool_recovers(
+    job: StubJob,
+) -> None:
+    pool = ProcessWorkerPool(1)
+    try:
+        pool.submit(task(job, "die_first"))
+        died = wait_one(pool)
+        assert died.worker_died and died.retriable and died.slice_id == "s1"
+        assert died.error is not None and "BrokenProcessPool" in died.error
+        assert pool.deaths == 1 and pool.in_flight() == 0
+        pool.submit(task(job, "die_first", attempt=2))  # a fresh executor takes it
+        again = wait_one(pool)
+        assert again.result is not None and not again.worker_died
+        assert again.result.rows in pool.worker_pids()
+        pool.submit(task(job, "terminal", "s2"))
+        bad = wait_one(pool)
+        assert not bad.retriable and bad.error is not None and "ConfigError" in bad.error
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_terminate_kills_busy_workers(job: StubJob) -> None:
+    pool = ProcessWorkerPool(2)
+    pool.submit(task(job, "sleep", "a"))
+    pool.submit(task(job, "sleep", "b"))
+    deadline = time.monotonic() + 120
+    while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = pool.worker_pids()
+    assert len(pids) == 2
+    pool.shutdown(terminate=True)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+
+
+OWNER = """
+import sys, time
+from tests.fakes.executors import StubJob
+from tests.integration.test_process_pool import task
+from coordinator.run.pool import ProcessWorkerPool
+pool = ProcessWorkerPool(2)
+job = StubJob("pool", sys.argv[1])
+pool.submit(task(job, "sleep", "a"))
+pool.submit(task(job, "sleep", "b"))
+while len(pool.worker_pids()) < 2:
+    time.sleep(0.1)
+print(" ".join(map(str, sorted(pool.worker_pids()))), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_die_when_their_owner_is_killed(job: StubJob) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, job.url],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        owner.kill()  # SIGKILL: no clean-up code of the owner runs
+        owner.wait(30)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in pids), "a worker outlived its owner"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(owner.pid, signal.SIGKILL)
+        owner.wait()
