@@ -56,7 +56,8 @@ def test_cli_reprocess_before_1970_exits_3_saying_what_to_pass(tmp_path: Path) -
     args = ["reprocess", str(path), "--from", "2024-01-01", "--to", "1969-12-31T23:59:59.999Z"]
     with pytest.raises(ConfigError) as info:
         CliRunner().invoke(cli, args, catch_exceptions=False, standalone_mode=False)
-    assert info.value.exit_code == ExitCode.CONFIG == 3
+    assert info.value.exit_code == ExitCode.CONFIG
+    assert int(info.value.exit_code) == 3
     assert "key=--to" in str(info.value) and "from 1970 on" in str(info.value)
 
 
