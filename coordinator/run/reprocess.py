@@ -223,7 +223,7 @@ def _execute(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str, s: Slic
         attempt = store.start_attempt(run_id, s.slice_id)
         token = CommitToken(job.job_id, s.slice_id, attempt, cut.epoch, "backfill", s.scope.ranges)
         try:
-            with commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)):
+            with commit_guard(lambda tok: store.epoch_held(tok.job_id, tok.epoch)):
                 result = execute_slice(job, s, token)
         except SeamlineError as exc:
             store.finish_slice(run_id, s.slice_id, error=f"{type(exc).__name__}: {exc}")

@@ -197,6 +197,36 @@ class StoreBase:
         with self._tx() as conn:
             self._check_epoch(conn, job_id, epoch)
 
+    @contextmanager
+    def epoch_held(self, job_id: str, epoch: int) -> Iterator[None]:
+        """Check ``epoch`` and keep the job's row locked until the block ends.
+
+        SQLite: the database write lock of ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT ... FOR
+        UPDATE`` on the job's row. :meth:`bump_epoch` takes the same lock, so a table commit
+        made inside the block cannot interleave with a new epoch: it lands before the bump or
+        the check refuses it (:class:`StaleEpochError`). Errors of the block propagate as they
+        are; the lock is released either way.
+        """
+        conn = self._engine.connect()
+        try:
+            tx = conn.begin()
+            self._check_epoch(conn, job_id, epoch)
+        except sa.exc.SQLAlchemyError as exc:
+            conn.close()
+            raise _state_error(exc, self._url) from None
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield
+        finally:
+            try:
+                tx.rollback()  # nothing was written: ending the transaction frees the lock
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("job=%s: releasing the epoch lock failed: %s", job_id, exc)
+            finally:
+                conn.close()
+
     def _epoch(self, conn: Connection, job_id: str, *, lock: bool = False) -> Epoch | None:
         query = sa.select(t.jobs.c.epoch).where(t.jobs.c.job_id == job_id)
         value = conn.scalar(query.with_for_update() if lock else query)

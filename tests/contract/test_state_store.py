@@ -397,3 +397,36 @@ def test_password_never_reaches_logs_errors_or_the_database(
         StateStore(wrong)
     assert "wrong-Secret-77" not in str(info.value)
     assert "password authentication failed" in str(info.value)
+
+
+def test_epoch_lock_is_held_across_the_block_so_no_new_epoch_interleaves(store_url: str) -> None:
+    """``epoch_held`` keeps the job locked: a ``bump_epoch`` started inside the block lands
+    only after it (the table commit made inside is never followed by a stale landing)."""
+    a, b = StateStore(store_url), StateStore(store_url)
+    a.ensure_job(JOB)
+    a.save_cut(_cut())
+    order: list[str] = []
+    bumped = threading.Event()
+
+    def bump() -> None:
+        b.bump_epoch(JOB)
+        order.append("bump")
+        bumped.set()
+
+    with a.epoch_held(JOB, 1):
+        thread = threading.Thread(target=bump)
+        thread.start()
+        bumped.wait(2)  # give the bump every chance to overtake the block: it must not
+        order.append("commit")
+    thread.join(60)
+    assert order == ["commit", "bump"]
+    with pytest.raises(StaleEpochError, match="expected epoch=2, found epoch=1"), a.epoch_held(
+        JOB, 1
+    ):
+        order.append("stale commit")
+    assert order == ["commit", "bump"]
+    with pytest.raises(RuntimeError, match="boom"), a.epoch_held(JOB, 2):
+        raise RuntimeError("boom")  # the block's own error propagates unchanged
+    b.bump_epoch(JOB)  # and the lock was released
+    a.close()
+    b.close()
