@@ -289,11 +289,17 @@ def register(group: click.Group) -> None:
     @group.command()
     @click.argument("job_file", type=click.Path(dir_okay=False))
     @click.option("--new-cut", is_flag=True, help="Take a new cut (bumps the epoch).")
+    @click.option(
+        "--adopt",
+        is_flag=True,
+        help="Take the first cut of a job whose table it already wrote (a lost state store); "
+        "hwm starts at the table's live offsets.",
+    )
     @_output
     @_timeout
-    def cut(job_file: str, new_cut: bool, output: str, timeout_s: float) -> None:
+    def cut(job_file: str, new_cut: bool, adopt: bool, output: str, timeout_s: float) -> None:
         """Take (once) and show the job's cut: log_start and hwm per partition."""
-        result = ensure_cut(_job(job_file), new_cut=new_cut, timeout_s=timeout_s)
+        result = ensure_cut(_job(job_file), new_cut=new_cut, adopt=adopt, timeout_s=timeout_s)
         if output == "json":
             click.echo(json.dumps(cut_json(result)))
         else:
