@@ -154,12 +154,28 @@ class StoreBase:
                 )
                 return
             found = sorted(conn.scalars(sa.select(t.schema_version.c.version)))
+            if len(found) == 1 and found[0] < t.SCHEMA_VERSION and create:
+                found = [self._migrate(conn, found[0])]
         if found != [t.SCHEMA_VERSION]:
             raise StateError(
                 f"state store url={self.url}: expected schema version {t.SCHEMA_VERSION}, "
                 f"found {found}",
-                hint="use the seamline version that created this store, or a new state url",
+                hint="upgrade it with any writing command (e.g. `seamline cut JOB`)"
+                if found and max(found) < t.SCHEMA_VERSION
+                else "use the seamline version that created this store, or a new state url",
             )
+
+    def _migrate(self, conn: Connection, version: int) -> int:
+        """Upgrade the schema from ``version`` step by step (in the caller's transaction)."""
+        start = version
+        while version < t.SCHEMA_VERSION and version in t.MIGRATIONS:
+            for table in t.MIGRATIONS[version]:
+                table.create(conn, checkfirst=True)
+            version += 1
+        conn.execute(t.schema_version.delete())
+        conn.execute(t.schema_version.insert().values(version=version, installed_at=_now()))
+        log.info("state store url=%s migrated from schema %d to %d", self.url, start, version)
+        return version
 
     # -- jobs and epochs -------------------------------------------------------------------
 

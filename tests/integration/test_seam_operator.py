@@ -221,7 +221,9 @@ def test_stale_coordinator_commit_never_lands_after_a_new_epoch(
     monkeypatch.setattr(common, "crash_point", pause)
     outcome: list[Any] = []
     a = threading.Thread(
-        target=lambda: outcome.append(run_one("backfill.executor:execute_slice", job, slice_, token))
+        target=lambda: outcome.append(
+            run_one("backfill.executor:execute_slice", job, slice_, token)
+        )
     )
     a.start()
     assert at_commit.wait(120), "coordinator A never reached its commit"
@@ -244,4 +246,3 @@ def test_stale_coordinator_commit_never_lands_after_a_new_epoch(
     assert outcome[0].error is None and landed == {token}  # A was first: it committed
     with pytest.raises(StaleEpochError):
         StateStore(job.state_url()).check_epoch(job.job_id, 1)
-
