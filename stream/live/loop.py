@@ -1,7 +1,9 @@
 """The live consumer: Kafka from the cut onwards into the table, exactly once (DESIGN §1-§3).
 
 Start positions come from the table (``sink.live_offsets()``), else from the ``start_offsets``
-given by the caller (the cut's ``hwm``). Records are buffered in micro-batches (see
+given by the caller (the cut's ``hwm``); reading never starts below the ``floor`` (the
+current cut's ``hwm``, re-read on every assignment: a newer cut hands the offsets below it to
+the backfill). Records are buffered in micro-batches (see
 :class:`~stream.live.core.BatchLimits`), decoded with the shared :func:`decode_batch`,
 malformed ones are produced to the dead-letter topic first, then the batch is appended with
 its offset ranges in one table commit that is conditional on the table's current offsets.

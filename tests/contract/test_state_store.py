@@ -196,7 +196,8 @@ def test_unknown_schema_version_is_refused(store_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE schema_version SET version = 99"))
     engine.dispose()
-    with pytest.raises(StateError, match=r"expected schema version 1, found \[99\]"):
+    expected = rf"expected schema version {schema.SCHEMA_VERSION}, found \[99\]"
+    with pytest.raises(StateError, match=expected):
         StateStore(store_url)
 
 
