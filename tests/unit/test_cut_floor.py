@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.core.values import Offset, PartitionCut, PartitionId
@@ -26,6 +26,7 @@ def test_hwm_is_raised_to_the_table_live_offset_and_never_lowered() -> None:
     ]
 
 
+@settings(deadline=None)  # a shared 2-core machine: no timing in a property test
 @given(
     st.lists(st.integers(0, 10**6), min_size=1, max_size=6),
     st.dictionaries(st.integers(0, 7), st.integers(0, 10**6), max_size=8),
