@@ -133,18 +133,23 @@ def retry_conflicts(
         ) from exc
 
 
-_COMMIT_GUARD: ContextVar[Callable[[CommitToken], None] | None] = ContextVar(
-    "seamline_commit_guard", default=None
-)
+#: A commit guard: ``guard(token)`` is entered around every commit attempt; it refuses by
+#: raising on entry and holds whatever makes its check true until the commit returned.
+CommitGuard = Callable[[CommitToken], contextlib.AbstractContextManager[object]]
+
+_COMMIT_GUARD: ContextVar[CommitGuard | None] = ContextVar("seamline_commit_guard", default=None)
 
 
 @contextlib.contextmanager
-def commit_guard(guard: Callable[[CommitToken], None]) -> Iterator[None]:
-    """Run ``guard(token)`` right before every commit attempt made inside this block.
+def commit_guard(guard: CommitGuard) -> Iterator[None]:
+    """Enter ``guard(token)`` around every commit attempt made inside this block.
 
-    The coordinator's worker installs an epoch check here, so a stale coordinator (an older
-    epoch) cannot commit even when its slice was already reading when the epoch moved on. The
-    guard raises (e.g. ``StaleEpochError``) to refuse; nothing is committed then.
+    The coordinator's workers (and ``reprocess``) install the state store's epoch lock here
+    (:meth:`coordinator.state.base.StoreBase.epoch_held`): the epoch is checked and the job's
+    row stays locked until the table commit returned, so a new epoch (``cut --new-cut``) is
+    taken either before the check (the guard raises ``StaleEpochError``, nothing is committed)
+    or after the commit landed; never in between. A stale coordinator's commit cannot land
+    after the epoch moved on.
     """
     reset = _COMMIT_GUARD.set(guard)
     try:
@@ -173,9 +178,10 @@ def commit_with_token(
     guard = _COMMIT_GUARD.get()
 
     def guarded() -> T:
-        if guard is not None:
-            guard(token)
-        return action()
+        if guard is None:
+            return action()
+        with guard(token):
+            return action()
 
     try:
         return retry_conflicts(what, guarded, is_conflict, policy)

@@ -243,7 +243,7 @@ def _signals(stop: StopSignal) -> Iterator[None]:
 
 
 def _run(
-    job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float
+    job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float, takeover: bool
 ) -> JobOutcome:
     stop = StopSignal()
     progress: ProgressSink = (
@@ -257,6 +257,7 @@ def _run(
             stop=stop,
             min_age_s=min_age_s,
             timeout_s=timeout_s,
+            takeover=takeover,
         )
 
 
@@ -289,11 +290,17 @@ def register(group: click.Group) -> None:
     @group.command()
     @click.argument("job_file", type=click.Path(dir_okay=False))
     @click.option("--new-cut", is_flag=True, help="Take a new cut (bumps the epoch).")
+    @click.option(
+        "--adopt",
+        is_flag=True,
+        help="Take the first cut of a job whose table it already wrote (a lost state store); "
+        "hwm starts at the table's live offsets.",
+    )
     @_output
     @_timeout
-    def cut(job_file: str, new_cut: bool, output: str, timeout_s: float) -> None:
+    def cut(job_file: str, new_cut: bool, adopt: bool, output: str, timeout_s: float) -> None:
         """Take (once) and show the job's cut: log_start and hwm per partition."""
-        result = ensure_cut(_job(job_file), new_cut=new_cut, timeout_s=timeout_s)
+        result = ensure_cut(_job(job_file), new_cut=new_cut, adopt=adopt, timeout_s=timeout_s)
         if output == "json":
             click.echo(json.dumps(cut_json(result)))
         else:
@@ -351,15 +358,23 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Leave live records younger than this many seconds out of the reconciliation.",
     )
+    @click.option(
+        "--takeover",
+        is_flag=True,
+        help="Take the job's lease from another coordinator (only once it is dead).",
+    )
     @_output
     @_timeout
-    def run(job_file: str, executor: str, output: str, timeout_s: float, min_age: float) -> None:
+    def run(
+        job_file: str, executor: str, output: str, timeout_s: float, min_age: float, takeover: bool
+    ) -> None:
         """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
 
-        Exit 0 only when every slice committed and reconciliation passed.
+        Exit 0 only when every slice committed and reconciliation passed. One coordinator per
+        job: another running one is refused (exit 2) unless its lease expired or --takeover.
         """
         job = _job(job_file)
-        out = _run(job, executor, output, timeout_s, min_age)
+        out = _run(job, executor, output, timeout_s, min_age, takeover)
         if output == "json":
             click.echo(json.dumps(out.to_json()))
         else:

@@ -24,13 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def _cut_offsets(job: JobSpec) -> tuple[dict[PartitionId, Offset], int]:
-    from coordinator.state.store import StateStore
+    """The current cut's ``hwm`` per partition and its epoch (read, never created)."""
+    from coordinator.run.prepare import stored_cut
 
-    store = StateStore(job.state_url())
-    try:
-        cut = store.get_cut(job.job_id)
-    finally:
-        store.close()
+    cut = stored_cut(job)
     if cut is None:
         raise LiveError(
             f"job={job.job_id}: expected a stored cut, found none",
@@ -135,7 +132,12 @@ def run_live(
 
         run_worker(*parts)
         return {}
-    consumer = LiveConsumer(*parts, on_progress=_progress_writer(job, metrics), stop_event=stop)
+    consumer = LiveConsumer(
+        *parts,
+        on_progress=_progress_writer(job, metrics),
+        stop_event=stop,
+        floor=lambda: _cut_offsets(job)[0],  # re-read on every assignment
+    )
     progress = consumer.run()
     return {
         "records": progress.records,

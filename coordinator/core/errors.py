@@ -94,3 +94,7 @@ class CancelledError(SeamlineError):
     """The user cancelled the run (SIGINT/SIGTERM)."""
 
     exit_code = ExitCode.CANCELLED
+
+
+class LeaseHeldError(StateError):
+    """Another live coordinator holds the job's lease (two coordinators on one job)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
+import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from coordinator.core.errors import ConfigError
@@ -170,6 +171,20 @@ class LiveSpec(_Model):
     # keeps the snapshot count low and leaves room for the backfill's overwrites.
     min_commit_seconds: Annotated[float, Field(ge=0)] = 1.0
 
+    @field_validator("quarantine_topic")
+    @classmethod
+    def _quarantine_topic(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _TOPIC.match(v) or v in (".", ".."):
+            raise ValueError(f"expected a Kafka topic name ([A-Za-z0-9._-], 1-249), found {v!r}")
+        if v.startswith("__"):
+            raise ValueError(
+                f"expected a topic of your own, found the Kafka-internal topic {v!r} "
+                f"(did you mean {v.lstrip('_')!r}?)"
+            )
+        return v
+
 
 class StateSpec(_Model):
     """Where the coordinator keeps its state (a URL may hold a password: a secret)."""
@@ -201,7 +216,7 @@ class JobSpec(_Model):
     def state_url(self) -> str:
         """The state store URL, defaulting to a SQLite file next to the job file."""
         if self.state.url is not None:
-            return self.state.url.get_secret_value()
+            return _anchor_sqlite(self.state.url.get_secret_value(), self.base_dir)
         return f"sqlite:///{self.base_dir / '.seamline' / f'{self.job_id}.db'}"
 
     def resolve(self, path: str) -> Path:
@@ -222,6 +237,21 @@ class JobSpec(_Model):
         if sec.ssl_ca_location:
             conf["ssl.ca.location"] = sec.ssl_ca_location
         return conf
+
+
+def _anchor_sqlite(url: str, base_dir: Path) -> str:
+    """A relative SQLite path resolved against the job file's folder (like every other path),
+    so the same job finds the same store from any working directory."""
+    if not url.startswith("sqlite"):
+        return url
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return url  # the state store reports a bad URL
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file:") or Path(db).is_absolute():
+        return url
+    return parsed.set(database=str(base_dir / db)).render_as_string(hide_password=False)
 
 
 def _expand_env(value: Any, where: str) -> Any:
@@ -296,7 +326,18 @@ def parse_job(doc: dict[str, Any], *, base_dir: Path, default_id: str) -> JobSpe
     return spec
 
 
+def _check_quarantine_topic(spec: JobSpec) -> None:
+    topic = spec.stream.topic
+    if spec.live.quarantine_topic == topic:
+        raise ConfigError(
+            f"key=live.quarantine_topic: expected a topic other than the source "
+            f"stream.topic={topic}, found {topic!r} (it would re-inject every quarantined record)",
+            hint=f'did you mean "{topic}.seamline-dlq"? (the default when the key is left out)',
+        )
+
+
 def _cross_checks(spec: JobSpec) -> None:
+    _check_quarantine_topic(spec)
     fields = spec.schema_.fields
     if spec.schema_.event_time not in fields:
         raise ConfigError(

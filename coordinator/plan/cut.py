@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -177,6 +177,28 @@ def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -
             )
     mark = _event_time_watermark(job, cuts) if watermark else None
     return CutReading(topic, cuts, stable, taken_at, mark)
+
+
+def floor_at_live(reading: CutReading, live: Mapping[PartitionId, Offset]) -> CutReading:
+    """``reading`` with every partition's ``hwm`` raised to the table's live offset.
+
+    A new cut never puts ``hwm`` below offsets the table already holds from live (DESIGN §1):
+    the backfill would own records the live side already wrote (overlap), and a live
+    consumer restarting at the table's offset would write them a second time. The broker's
+    high watermark is normally at or above the table's live offset; it is not when a live
+    batch committed records newer than the watermark that was read.
+    """
+    parts = []
+    for c in reading.partitions:
+        floor = live.get(c.partition)
+        if floor is not None and floor > c.hwm:
+            log.info(
+                "topic=%s partition=%d: hwm raised from %d to the table's live offset %d",
+                reading.topic, c.partition, c.hwm, floor,
+            )  # fmt: skip
+            c = PartitionCut(c.partition, c.log_start, floor)
+        parts.append(c)
+    return replace(reading, partitions=tuple(parts))
 
 
 def take_cut(job: JobSpec, epoch: int, timeout_s: float = 10.0) -> Cut:

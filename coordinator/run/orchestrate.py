@@ -163,6 +163,7 @@ def run_job(
     lag_gate: Callable[[], float | None] | None = None,
     min_age_s: float = 0.0,
     timeout_s: float = 10.0,
+    takeover: bool = False,
 ) -> JobOutcome:
     """Cut, plan, run every slice not yet committed, then reconcile (see the module doc).
 
@@ -178,6 +179,7 @@ def run_job(
         executor=executor,
         concurrency=job.backfill.concurrency,
         max_attempts=job.backfill.max_attempts,
+        takeover=takeover,
     )
     with StateStore(job.state_url()) as store:
         check_source_retained(job, store, cut, timeout_s)

@@ -66,13 +66,13 @@ def load_executor(ref: str) -> Callable[..., SliceResult]:
 
 @contextmanager
 def _epoch_guard(job: Any) -> Iterator[None]:
-    """Check the token's epoch against the state store right before every table commit."""
+    """Hold the state store's epoch lock across every table commit (see ``epoch_held``)."""
     from backfill.sinks.common import commit_guard
     from coordinator.state.store import StateStore
 
     with (
         StateStore(job.state_url(), create=False) as store,
-        commit_guard(lambda tok: store.check_epoch(tok.job_id, tok.epoch)),
+        commit_guard(lambda tok: store.epoch_held(tok.job_id, tok.epoch)),
     ):
         yield
 

@@ -8,12 +8,13 @@ cut and plan are always reused (DESIGN §6: retries and resumes never re-plan ag
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.core.errors import StateError
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.values import Cut, Epoch
-from coordinator.plan.cut import read_cut, read_log_starts
+from coordinator.core.values import Cut, Epoch, Offset, PartitionId
+from coordinator.plan.cut import floor_at_live, read_cut, read_log_starts
 from coordinator.plan.facts import archive_unit, count_kafka_slices, scan_archives
 from coordinator.plan.planner import Plan, check_retention, make_plan, with_estimates
 from coordinator.state.store import StateStore, state_exists
@@ -52,17 +53,70 @@ def stored_cut(job: JobSpec) -> Cut | None:
         return store.get_cut(job.job_id)
 
 
-def ensure_cut(job: JobSpec, *, new_cut: bool = False, timeout_s: float = 10.0) -> Cut:
+@dataclass(frozen=True)
+class TableFacts:
+    """What the job's table already holds: live offsets and how many of the job's commits."""
+
+    live_offsets: Mapping[PartitionId, Offset]
+    job_commits: int
+
+    @property
+    def holds_job(self) -> bool:
+        """Whether the table was written by this job already."""
+        return bool(self.live_offsets) or self.job_commits > 0
+
+
+def table_facts(job: JobSpec) -> TableFacts:
+    """The table's live offsets and the job's commit tokens in it (nothing if no table)."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from backfill.sinks.registry import open_sink
+
+    sink = open_sink(job)
+    try:
+        live = sink.live_offsets()
+    except (NoSuchTableError, OSError, ValueError) as exc:  # no table (or dataset) yet
+        log.debug("job=%s: no table to read live offsets from (%s)", job.job_id, exc)
+        return TableFacts({}, 0)
+    if live:
+        return TableFacts(live, 0)
+    commits = getattr(sink, "commits", None)
+    found = commits() if commits is not None else []
+    return TableFacts({}, sum(1 for c in found if c.token.job_id == job.job_id))
+
+
+def _refuse_fresh_store(job: JobSpec, facts: TableFacts) -> None:
+    from coordinator.state.base import safe_url
+
+    offsets = {int(p): int(o) for p, o in facts.live_offsets.items()}
+    raise StateError(
+        f"job={job.job_id}: expected a fresh table for a fresh state store "
+        f"url={safe_url(job.state_url())}, found a table already written by this job "
+        f"(live offsets {offsets}, commits={facts.job_commits})",
+        hint="point [state] url at the store that ran this job (a relative sqlite path is "
+        "relative to the job file), or adopt the table with `seamline cut JOB --adopt` (the "
+        "cut starts at the table's live offsets), or delete the table to start over",
+    )
+
+
+def ensure_cut(
+    job: JobSpec, *, new_cut: bool = False, adopt: bool = False, timeout_s: float = 10.0
+) -> Cut:
     """The job's cut: the stored one, or a new one read from the broker and stored first.
 
     ``new_cut`` bumps the epoch (every older coordinator becomes stale) and takes a new cut.
+    A cut that is taken never has ``hwm`` below the table's live offsets. A first cut is
+    refused (``StateError``) when the table already holds this job's commits (a lost or
+    misplaced state store), unless ``adopt``.
     """
     validate_job(job)
-    if not new_cut:
-        existing = stored_cut(job)
-        if existing is not None:
-            return existing
-    reading = read_cut(job, timeout_s)  # broker and topic are checked before any write
+    existing = stored_cut(job)
+    if existing is not None and not new_cut:
+        return existing
+    facts = table_facts(job)
+    if existing is None and facts.holds_job and not adopt:
+        _refuse_fresh_store(job, facts)
+    reading = floor_at_live(read_cut(job, timeout_s), facts.live_offsets)
     with StateStore(job.state_url()) as store:
         epoch = store.ensure_job(job.job_id)
         if new_cut and store.get_cut(job.job_id) is not None:

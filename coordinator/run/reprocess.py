@@ -52,6 +52,7 @@ from coordinator.plan.planner import ArchiveFile, BucketUnit, floor_time, next_b
 
 if TYPE_CHECKING:
     from coordinator.run.runner import RunReport
+    from coordinator.state.lease import LeaseOwner
     from coordinator.state.reprocess import ReprocessStore
     from coordinator.state.store import SliceRecord
     from reconcile.model import ReconcileReport
@@ -111,6 +112,28 @@ def archive_reprocess_slices(
     return out
 
 
+def epoch_ms(ts: datetime, key: str = "--from/--to") -> int:
+    """``ts`` as Kafka timestamp milliseconds; ``ConfigError`` before 1970-01-01T00:00Z.
+
+    Kafka reads the negative timestamps -2 and -1 as "earliest" and "latest": a time just
+    before the epoch would silently select the whole history.
+    """
+    ms = int(utc(ts).timestamp() * 1000)
+    if ms < 0:
+        raise ConfigError(
+            f"key={key}: expected a time at or after 1970-01-01T00:00:00Z, found "
+            f"{utc(ts).isoformat()}",
+            hint="pass an ISO date or datetime from 1970 on, e.g. --from 2024-03-28",
+        )
+    return ms
+
+
+def time_bound(offset: int, hwm: int) -> int:
+    """An ``offsets_for_times`` answer as a range bound: a negative offset (-1: no record at
+    or after the time) means "none", i.e. the cut's ``hwm`` (the range end)."""
+    return offset if offset >= 0 else hwm
+
+
 def kafka_bounds(
     job: JobSpec, cut: Cut, start: datetime, end: datetime, timeout_s: float
 ) -> tuple[dict[int, int], dict[int, int]]:
@@ -129,12 +152,10 @@ def kafka_bounds(
     try:
         out: list[dict[int, int]] = []
         for ts in (start, end):
-            ms = int(utc(ts).timestamp() * 1000)
+            ms = epoch_ms(ts)
             tps = [TopicPartition(cut.topic, p.partition, ms) for p in cut.partitions]
             found = consumer.offsets_for_times(tps, timeout=timeout_s)
-            out.append(
-                {tp.partition: tp.offset if tp.offset >= 0 else cut.hwm(tp.partition) for tp in found}
-            )  # fmt: skip
+            out.append({tp.partition: time_bound(tp.offset, cut.hwm(tp.partition)) for tp in found})
         return out[0], out[1]
     except KafkaException as exc:
         raise SourceError(
@@ -247,6 +268,17 @@ class ReprocessLedger:
     def record_pause(self, job_id: str, seconds: float, reason: str) -> None:
         self.store.record_pause(job_id, seconds, reason)
 
+    def acquire_lease(
+        self, job_id: str, owner: LeaseOwner, ttl_s: float, *, takeover: bool = False
+    ) -> object:
+        return self.store.acquire_lease(job_id, owner, ttl_s, takeover=takeover)
+
+    def renew_lease(self, job_id: str, owner: LeaseOwner, ttl_s: float) -> bool:
+        return self.store.renew_lease(job_id, owner, ttl_s)
+
+    def release_lease(self, job_id: str, owner: LeaseOwner) -> bool:
+        return self.store.release_lease(job_id, owner)
+
 
 def _run_slices(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str) -> RunReport:
     """Run the reprocess slices not yet committed through the job runner (same worker pool,
@@ -277,6 +309,8 @@ def reprocess(
     from reconcile.run import reconcile_job
 
     start, end = utc(start), utc(end)
+    epoch_ms(start, "--from")
+    epoch_ms(end, "--to")
     if end <= start:
         raise ConfigError(f"key=--to: expected --to after --from, found {start}..{end}")
     fixed = with_transform(job, transform)
@@ -326,11 +360,13 @@ __all__ = [
     "ReprocessLedger",
     "ReprocessOutcome",
     "archive_reprocess_slices",
+    "epoch_ms",
     "kafka_bounds",
     "kafka_reprocess_slices",
     "parse_when",
     "plan_reprocess",
     "reprocess",
     "run_id_of",
+    "time_bound",
     "with_transform",
 ]

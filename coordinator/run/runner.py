@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerP
 from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice
 from coordinator.run.progress import NullProgress, ProgressSink
-from coordinator.state.store import SliceRecord
+from coordinator.state.store import LeaseOwner, SliceRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class RunnerConfig:
     backoff_max_s: float = 60.0
     mp_context: str = "spawn"
     jitter: Jitter = "equal"
+    takeover: bool = False  # steal the job's lease even if its holder looks alive
+    lease_ttl_s: float = 30.0  # the lease expires this long after the last heartbeat
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -87,6 +90,14 @@ class SliceLedger(Protocol):
     ) -> None: ...
 
     def record_pause(self, job_id: str, seconds: float, reason: str) -> None: ...
+
+    def acquire_lease(
+        self, job_id: str, owner: LeaseOwner, ttl_s: float, *, takeover: bool = False
+    ) -> object: ...
+
+    def renew_lease(self, job_id: str, owner: LeaseOwner, ttl_s: float) -> bool: ...
+
+    def release_lease(self, job_id: str, owner: LeaseOwner) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -176,7 +187,41 @@ class Runner:
         self._retry = config.retry
 
     def run(self) -> RunReport:
-        """Execute every slice not yet committed; returns what happened."""
+        """Execute every slice not yet committed, holding the job's lease; returns what
+        happened. ``LeaseHeldError`` if another coordinator runs the job."""
+        with self._lease():
+            return self._run()
+
+    @contextmanager
+    def _lease(self) -> Iterator[None]:
+        """Hold the job's lease, renewed every third of its ttl by a heartbeat thread. A
+        renewal that finds another owner (a takeover) stops submitting slices."""
+        owner, ttl = LeaseOwner.this_process(), self.config.lease_ttl_s
+        self.store.acquire_lease(self.job_id, owner, ttl, takeover=self.config.takeover)
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(ttl / 3):
+                try:
+                    if self.store.renew_lease(self.job_id, owner, ttl):
+                        continue
+                except Exception as exc:  # the next beat retries; expiry is the backstop
+                    log.warning("job=%s lease heartbeat failed: %s", self.job_id, exc)
+                    continue
+                log.error("job=%s: lease taken over by another coordinator; stopping", self.job_id)
+                self.stop.stop.set()
+                return
+
+        thread = threading.Thread(target=beat, name="seamline-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+            self.store.release_lease(self.job_id, owner)
+
+    def _run(self) -> RunReport:
         records = self.store.list_slices(self.job_id, self.epoch)
         by_id = {r.slice_id: r.slice for r in records}
         state = _Run(todo=[(0.0, r.slice_id) for r in records if _needs_run(r)])

@@ -154,12 +154,28 @@ class StoreBase:
                 )
                 return
             found = sorted(conn.scalars(sa.select(t.schema_version.c.version)))
+            if len(found) == 1 and found[0] < t.SCHEMA_VERSION and create:
+                found = [self._migrate(conn, found[0])]
         if found != [t.SCHEMA_VERSION]:
             raise StateError(
                 f"state store url={self.url}: expected schema version {t.SCHEMA_VERSION}, "
                 f"found {found}",
-                hint="use the seamline version that created this store, or a new state url",
+                hint="upgrade it with any writing command (e.g. `seamline cut JOB`)"
+                if found and max(found) < t.SCHEMA_VERSION
+                else "use the seamline version that created this store, or a new state url",
             )
+
+    def _migrate(self, conn: Connection, version: int) -> int:
+        """Upgrade the schema from ``version`` step by step (in the caller's transaction)."""
+        start = version
+        while version < t.SCHEMA_VERSION and version in t.MIGRATIONS:
+            for table in t.MIGRATIONS[version]:
+                table.create(conn, checkfirst=True)
+            version += 1
+        conn.execute(t.schema_version.delete())
+        conn.execute(t.schema_version.insert().values(version=version, installed_at=_now()))
+        log.info("state store url=%s migrated from schema %d to %d", self.url, start, version)
+        return version
 
     # -- jobs and epochs -------------------------------------------------------------------
 
@@ -196,6 +212,36 @@ class StoreBase:
         """Raise :class:`StaleEpochError` unless ``epoch`` is the job's current epoch."""
         with self._tx() as conn:
             self._check_epoch(conn, job_id, epoch)
+
+    @contextmanager
+    def epoch_held(self, job_id: str, epoch: int) -> Iterator[None]:
+        """Check ``epoch`` and keep the job's row locked until the block ends.
+
+        SQLite: the database write lock of ``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT ... FOR
+        UPDATE`` on the job's row. :meth:`bump_epoch` takes the same lock, so a table commit
+        made inside the block cannot interleave with a new epoch: it lands before the bump or
+        the check refuses it (:class:`StaleEpochError`). Errors of the block propagate as they
+        are; the lock is released either way.
+        """
+        conn = self._engine.connect()
+        try:
+            tx = conn.begin()
+            self._check_epoch(conn, job_id, epoch)
+        except sa.exc.SQLAlchemyError as exc:
+            conn.close()
+            raise _state_error(exc, self._url) from None
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield
+        finally:
+            try:
+                tx.rollback()  # nothing was written: ending the transaction frees the lock
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("job=%s: releasing the epoch lock failed: %s", job_id, exc)
+            finally:
+                conn.close()
 
     def _epoch(self, conn: Connection, job_id: str, *, lock: bool = False) -> Epoch | None:
         query = sa.select(t.jobs.c.epoch).where(t.jobs.c.job_id == job_id)

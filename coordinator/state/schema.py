@@ -1,7 +1,10 @@
 """The state store's versioned schema (SQLAlchemy Core tables, one ``MetaData``).
 
-Bump :data:`SCHEMA_VERSION` with every incompatible change; a store refuses versions it does
-not know instead of guessing.
+Bump :data:`SCHEMA_VERSION` with every change and add the step to :data:`MIGRATIONS`; a
+store upgrades older versions it knows (one transaction) and refuses newer ones instead of
+guessing.
+
+Versions: 1 the first schema; 2 adds ``leases`` (one coordinator per job holds the lease).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -133,3 +136,18 @@ pauses = sa.Table(
     sa.Column("seconds", sa.Float, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
 )
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("owner_id", sa.String(64), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("acquired_at", UtcDateTime, nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+)
+
+#: ``{from_version: tables added by the step to from_version + 1}`` (additive steps only).
+MIGRATIONS: dict[int, tuple[sa.Table, ...]] = {1: (leases,)}

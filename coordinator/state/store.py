@@ -23,6 +23,7 @@ from coordinator.core.errors import StateError
 from coordinator.core.values import Offset, PartitionId
 from coordinator.state import schema as t
 from coordinator.state.base import _now, safe_url, state_exists
+from coordinator.state.lease import Lease, LeaseOwner, LeaseStore
 from coordinator.state.slices import SliceRecord, SliceStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class PauseRecord:
     reason: str
 
 
-class StateStore(SliceStore):
+class StateStore(SliceStore, LeaseStore):
     """Durable state of every job. ``StateStore(url)`` creates the schema if needed;
     ``StateStore(url, create=False)`` only opens an existing store (raises StateError)."""
 
@@ -156,6 +157,8 @@ class StateStore(SliceStore):
 
 
 __all__ = [
+    "Lease",
+    "LeaseOwner",
     "LiveProgress",
     "PauseRecord",
     "ReconcileRecord",

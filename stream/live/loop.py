@@ -1,7 +1,9 @@
 """The live consumer: Kafka from the cut onwards into the table, exactly once (DESIGN §1-§3).
 
 Start positions come from the table (``sink.live_offsets()``), else from the ``start_offsets``
-given by the caller (the cut's ``hwm``). Records are buffered in micro-batches (see
+given by the caller (the cut's ``hwm``); reading never starts below the ``floor`` (the
+current cut's ``hwm``, re-read on every assignment: a newer cut hands the offsets below it to
+the backfill). Records are buffered in micro-batches (see
 :class:`~stream.live.core.BatchLimits`), decoded with the shared :func:`decode_batch`,
 malformed ones are produced to the dead-letter topic first, then the batch is appended with
 its offset ranges in one table commit that is conditional on the table's current offsets.
@@ -139,8 +141,11 @@ class LiveConsumer:
         on_progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
         stop_event: threading.Event | None = None,
+        floor: Callable[[], Mapping[PartitionId, Offset]] | None = None,
     ) -> None:
         self.settings = settings
+        self._read_floor = floor
+        self._floor: dict[PartitionId, Offset] = {}
         self._conf = dict(kafka_conf)
         self._sink = sink
         self._fallback = dict(start_offsets)
@@ -227,7 +232,13 @@ class LiveConsumer:
         start = 0
         for p, run in itertools.groupby(parts):  # consume() returns long runs per partition
             end = start + len(list(run))
-            self._book.add_many(p, offsets[start:end], values[start:end], now)
+            offs, vals = offsets[start:end], values[start:end]
+            floor = self._floor.get(PartitionId(p))
+            if floor is not None and offs[0] < floor:  # below the cut: the backfill's
+                keep = [i for i, o in enumerate(offs) if o >= floor]
+                offs, vals = [offs[i] for i in keep], [vals[i] for i in keep]
+            if offs:
+                self._book.add_many(p, offs, vals, now)
             start = end
 
     def _on_error(self, err: Any) -> None:
@@ -254,10 +265,29 @@ class LiveConsumer:
         self._settle()  # the table must be quiet while the start positions are read
         positions = self._positions_for([tp.partition for tp in tps])
         self._book.assign(positions)
+        self._refresh_floor(positions)
         for tp in tps:
-            tp.offset = positions[PartitionId(tp.partition)]
+            tp.offset = self._start_at(PartitionId(tp.partition), positions[tp.partition])
         self._consumer.assign(tps)
         log.info("assigned %s", {p: int(o) for p, o in sorted(positions.items())})
+
+    def _refresh_floor(self, positions: Mapping[PartitionId, Offset]) -> None:
+        """Re-read the current cut's ``hwm`` (the floor): live never reads below it.
+
+        A newer cut (``cut --new-cut``) hands ``[table offset, hwm)`` to the backfill; the
+        batch range still starts at the table's offset (so the conditional commit holds)
+        but records below the floor are never read, so no offset is written twice.
+        """
+        if self._read_floor is None:
+            return
+        floor = {PartitionId(p): Offset(o) for p, o in self._read_floor().items()}
+        self._floor.update(floor)
+        above = {p: int(floor[p]) for p, o in positions.items() if floor.get(p, o) > o}
+        if above:
+            log.info("the current cut starts above the table's live offsets: reading from %s", above)
+
+    def _start_at(self, partition: PartitionId, position: Offset) -> Offset:
+        return max(position, self._floor.get(partition, position))
 
     def _on_assign(self, consumer: Any, tps: list[Any]) -> None:
         self._assign(tps)
@@ -285,7 +315,8 @@ class LiveConsumer:
         )
         for p, off in positions.items():
             try:
-                self._consumer.seek(TopicPartition(self.settings.topic, p, off))
+                start = self._start_at(p, off)
+                self._consumer.seek(TopicPartition(self.settings.topic, p, start))
             except KafkaException as exc:
                 log.warning("seek partition=%s failed: %s", p, exc)
 

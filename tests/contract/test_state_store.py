@@ -25,7 +25,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from coordinator.core.errors import StaleEpochError, StateError
+from coordinator.core.errors import ExitCode, LeaseHeldError, StaleEpochError, StateError
 from coordinator.core.values import (
     CommitToken,
     Cut,
@@ -39,7 +39,10 @@ from coordinator.core.values import (
     Slice,
     TimeBucket,
 )
-from coordinator.state.store import StateStore, state_exists
+from coordinator.state import schema
+from coordinator.state.store import LeaseOwner, StateStore, state_exists
+
+_NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
 PG_PASSWORD = "pw-Zq8-never-logged"
 JOB = "orders"
@@ -193,7 +196,8 @@ def test_unknown_schema_version_is_refused(store_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE schema_version SET version = 99"))
     engine.dispose()
-    with pytest.raises(StateError, match=r"expected schema version 1, found \[99\]"):
+    expected = rf"expected schema version {schema.SCHEMA_VERSION}, found \[99\]"
+    with pytest.raises(StateError, match=expected):
         StateStore(store_url)
 
 
@@ -397,3 +401,106 @@ def test_password_never_reaches_logs_errors_or_the_database(
         StateStore(wrong)
     assert "wrong-Secret-77" not in str(info.value)
     assert "password authentication failed" in str(info.value)
+
+
+def test_epoch_lock_is_held_across_the_block_so_no_new_epoch_interleaves(store_url: str) -> None:
+    """``epoch_held`` keeps the job locked: a ``bump_epoch`` started inside the block lands
+    only after it (the table commit made inside is never followed by a stale landing)."""
+    a, b = StateStore(store_url), StateStore(store_url)
+    a.ensure_job(JOB)
+    a.save_cut(_cut())
+    order: list[str] = []
+    bumped = threading.Event()
+
+    def bump() -> None:
+        b.bump_epoch(JOB)
+        order.append("bump")
+        bumped.set()
+
+    with a.epoch_held(JOB, 1):
+        thread = threading.Thread(target=bump)
+        thread.start()
+        bumped.wait(2)  # give the bump every chance to overtake the block: it must not
+        order.append("commit")
+    thread.join(60)
+    assert order == ["commit", "bump"]
+    with (
+        pytest.raises(StaleEpochError, match="expected epoch=2, found epoch=1"),
+        a.epoch_held(JOB, 1),
+    ):
+        order.append("stale commit")
+    assert order == ["commit", "bump"]
+    with pytest.raises(RuntimeError, match="boom"), a.epoch_held(JOB, 2):
+        raise RuntimeError("boom")  # the block's own error propagates unchanged
+    b.bump_epoch(JOB)  # and the lock was released
+    a.close()
+    b.close()
+
+
+def _owner(pid: int | None = None, host: str = "host-a") -> LeaseOwner:
+    return LeaseOwner(uuid.uuid4().hex, os.getpid() if pid is None else pid, host)
+
+
+def test_one_coordinator_holds_the_lease_and_others_are_told_who(store_url: str) -> None:
+    store = StateStore(store_url)
+    store.ensure_job(JOB)
+    first, second = _owner(), _owner()
+    lease = store.acquire_lease(JOB, first, 60)
+    assert store.get_lease(JOB) == lease and lease.owner == first
+    with pytest.raises(LeaseHeldError) as info:
+        store.acquire_lease(JOB, second, 60)
+    msg = str(info.value)
+    assert f"another coordinator (pid={os.getpid()}, host=host-a, since=" in msg
+    assert f"is running job={JOB}" in msg and "--takeover" in msg and "wait for it" in msg
+    assert info.value.exit_code == ExitCode.ERROR
+    assert store.renew_lease(JOB, first, 60) and not store.renew_lease(JOB, second, 60)
+    assert store.acquire_lease(JOB, first, 60).owner == first  # re-entrant for its owner
+    assert store.release_lease(JOB, first) and store.get_lease(JOB) is None
+    assert store.acquire_lease(JOB, second, 60).owner == second  # free again
+    store.close()
+
+
+def test_an_expired_or_dead_lease_is_taken_and_takeover_steals_a_live_one(store_url: str) -> None:
+    store = StateStore(store_url)
+    store.ensure_job(JOB)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = _owner(pid=gone.pid)  # a process of this host that no longer exists
+    store.acquire_lease(JOB, dead, 600)
+    alive = _owner()
+    assert store.acquire_lease(JOB, alive, 600).owner == alive
+    remote = _owner(pid=gone.pid, host="elsewhere")  # cannot be probed: only expiry counts
+    with pytest.raises(LeaseHeldError):
+        store.acquire_lease(JOB, remote, 600)
+    assert store.acquire_lease(JOB, remote, 600, takeover=True).owner == remote
+    assert not store.renew_lease(JOB, alive, 600)  # the old holder learns it lost the lease
+    store.acquire_lease(JOB, remote, 0.001)  # let it expire
+    later = _owner(pid=os.getpid(), host="third-host")
+    threading.Event().wait(0.05)
+    assert store.acquire_lease(JOB, later, 60).owner == later
+    store.close()
+
+
+def test_a_version_1_store_is_migrated_to_version_2_with_leases(
+    store_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "state").mkdir(exist_ok=True)
+    engine = sa.create_engine(store_url)
+    v1 = [tbl for tbl in schema.metadata.sorted_tables if tbl.name != "leases"]
+    with engine.begin() as conn:
+        schema.metadata.create_all(conn, tables=v1)
+        conn.execute(schema.schema_version.insert().values(version=1, installed_at=_NOW))
+    with pytest.raises(StateError, match=r"expected schema version 2, found \[1\].*upgrade"):
+        StateStore(store_url, create=False)  # a read-only open never migrates
+    store = StateStore(store_url)
+    with engine.connect() as conn:
+        assert sa.inspect(conn).has_table("leases")
+        assert list(conn.scalars(sa.select(schema.schema_version.c.version))) == [2]
+    store.ensure_job(JOB)
+    assert store.acquire_lease(JOB, _owner(), 60).job_id == JOB
+    store.close()
+    with engine.begin() as conn:
+        conn.execute(schema.schema_version.update().values(version=3))
+    with pytest.raises(StateError, match=r"expected schema version 2, found \[3\]"):
+        StateStore(store_url)
+    engine.dispose()

@@ -8,7 +8,8 @@ environment (inherited by the worker processes):
 * ``SEAMLINE_TEST_EXEC_DIR``: where ``executions.log``, ``commits.log`` and markers go;
 * ``SEAMLINE_TEST_EXEC_SLEEP``: seconds each execution takes (default 0.2);
 * ``SEAMLINE_TEST_EXEC_FAIL``: ``slice_id:attempts,...``, fail the first N attempts;
-* ``SEAMLINE_TEST_EXEC_FATAL``: slice ids that fail with a terminal ConfigError.
+* ``SEAMLINE_TEST_EXEC_FATAL``: slice ids that fail with a terminal ConfigError;
+* ``SEAMLINE_TEST_EXEC_GATE``: a path; each execution waits until that file exists.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def execute(job: Any, slice_: Slice, token: CommitToken) -> SliceResult:
     sid = slice_.slice_id
     _append(root / "executions.log", f"{sid} {token.attempt} {token.epoch} {os.getpid()}")
     time.sleep(float(os.environ.get("SEAMLINE_TEST_EXEC_SLEEP", "0.2")))
+    gate = os.environ.get("SEAMLINE_TEST_EXEC_GATE")
+    while gate and not Path(gate).exists():
+        time.sleep(0.05)
     if sid in os.environ.get("SEAMLINE_TEST_EXEC_FATAL", "").split(","):
         raise ConfigError(f"slice={sid}: terminal test failure")
     if token.attempt <= _failures("SEAMLINE_TEST_EXEC_FAIL").get(sid, 0):

@@ -132,3 +132,49 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_job(tmp_path / "missing.toml")
     assert "is not valid TOML" in error_of(tmp_path, "[stream\n")
+
+
+def test_quarantine_topic_may_not_be_the_source_topic(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE + '\n[live]\nquarantine_topic = "orders"\n')
+    assert "key=live.quarantine_topic" in msg
+    assert "stream.topic=orders" in msg and "re-inject" in msg
+    assert 'did you mean "orders.seamline-dlq"' in msg
+
+
+@pytest.mark.parametrize("name", ["__consumer_offsets", "__transaction_state", "__dlq"])
+def test_quarantine_topic_may_not_be_kafka_internal(tmp_path: Path, name: str) -> None:
+    msg = error_of(tmp_path, BASE + f'\n[live]\nquarantine_topic = "{name}"\n')
+    assert "key=live.quarantine_topic" in msg and "Kafka-internal" in msg
+    assert f"did you mean '{name.lstrip('_')}'" in msg
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "", "x" * 250])
+def test_quarantine_topic_must_be_a_topic_name(tmp_path: Path, name: str) -> None:
+    msg = error_of(tmp_path, BASE + f'\n[live]\nquarantine_topic = "{name}"\n')
+    assert "key=live.quarantine_topic" in msg and "expected a Kafka topic name" in msg
+
+
+def test_quarantine_topic_of_its_own_is_accepted(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path, BASE + '\n[live]\nquarantine_topic = "orders.dlq"\n'))
+    assert job.live.quarantine_topic == "orders.dlq"
+
+
+def test_relative_sqlite_state_url_resolves_against_the_job_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, BASE + '\n[state]\nurl = "sqlite:///state/x.db"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_job(path).state_url() == f"sqlite:///{tmp_path / 'state' / 'x.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert load_job("job.toml").state_url() == f"sqlite:///{tmp_path / 'state' / 'x.db'}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:////abs/x.db", "sqlite://", "sqlite:///:memory:", "postgresql+psycopg://u@h/db"],
+)
+def test_absolute_memory_and_server_state_urls_are_unchanged(tmp_path: Path, url: str) -> None:
+    job = load_job(write(tmp_path, BASE + f'\n[state]\nurl = "{url}"\n'))
+    assert job.state_url() == url
