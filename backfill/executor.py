@@ -16,8 +16,8 @@ import logging
 
 import pyarrow as pa
 
+from backfill.sinks import open_sink
 from backfill.sinks.common import crash_point
-from backfill.sinks.registry import open_sink
 from backfill.sources.archive import read_archive_slice
 from backfill.sources.kafka import decode_kafka_slice
 from coordinator.core.jobspec import JobSpec
