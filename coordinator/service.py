@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from coordinator.state.store import StateStore
     from reconcile.model import ReconcileReport
     from reconcile.run import UnitSource
-    from stream.live.loop import LiveProgress
+    from stream.live.loop import LiveProgress, LiveSettings
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,20 @@ def _progress_writer(job: JobSpec, metrics: Any) -> Callable[[LiveProgress], Non
     return write
 
 
+def _live_settings(job: JobSpec, epoch: int, partitions: tuple[int, ...] | None) -> LiveSettings:
+    from stream.live.core import BatchLimits
+    from stream.live.loop import LiveSettings
+
+    live = job.live
+    return LiveSettings(
+        job_id=job.job_id, topic=job.stream.topic,
+        group=job.stream.group or f"seamline-live-{job.job_id}",
+        schema=job.schema_.arrow_schema(),
+        limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds),
+        epoch=epoch, partitions=partitions,
+    )  # fmt: skip
+
+
 def run_live(
     job: JobSpec,
     stop: threading.Event,
@@ -316,8 +330,7 @@ def run_live(
     """Run the live consumer of ``job`` until ``stop`` is set; returns the final counters."""
     from stream.decode.json_records import load_transform
     from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
-    from stream.live.core import BatchLimits
-    from stream.live.loop import LiveConsumer, LiveSettings
+    from stream.live.loop import LiveConsumer
     from stream.live.metrics import LiveMetrics
 
     start, epoch = cut_offsets(job)
@@ -327,14 +340,7 @@ def run_live(
     metrics = LiveMetrics(job.job_id) if metrics_port is not None else None
     if metrics is not None and metrics_port is not None:
         metrics.serve(metrics_port)
-    live = job.live
-    settings = LiveSettings(
-        job_id=job.job_id, topic=job.stream.topic,
-        group=job.stream.group or f"seamline-live-{job.job_id}",
-        schema=job.schema_.arrow_schema(),
-        limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds),
-        epoch=epoch, partitions=partitions,
-    )  # fmt: skip
+    settings = _live_settings(job, epoch, partitions)
     if engine == "faust" and stop.is_set():  # stopped while starting: nothing consumed yet
         return {}
     table = open_live_sink(job)
