@@ -16,13 +16,13 @@ import logging
 
 import pyarrow as pa
 
+from backfill.sinks import open_sink
 from backfill.sinks.common import crash_point
-from backfill.sinks.registry import open_sink
 from backfill.sources.archive import read_archive_slice
 from backfill.sources.kafka import decode_kafka_slice
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
-from coordinator.core.ports import SliceResult
+from coordinator.core.ports import SliceResult, SliceWriter
 from coordinator.core.values import CommitToken, Slice
 from stream.decode.json_records import Quarantined
 from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
@@ -55,7 +55,7 @@ def _quarantine(job: JobSpec, bad: list[Quarantined]) -> None:
 
 def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResult:
     """Run one slice end to end; idempotent by token."""
-    sink = open_sink(job)
+    sink: SliceWriter = open_sink(job)
     sink.ensure_table()
     found = sink.find_commit(token.job_id, slice_.slice_id)
     if found is not None:

@@ -1,40 +1,383 @@
-"""Open the table the live consumer writes to, from a job.
+"""The composition root: the one place that turns a ``JobSpec`` into adapters.
 
-The live side opens the same sink as the history side (``backfill.sinks.registry.open_sink``): one
-table code path per format. Live appends are conditional on the table's live offsets
-(:mod:`backfill.sinks.iceberg.live`, :mod:`backfill.sinks.lance.live`), and the sink's ``maintain()`` runs
-every ``live.expire_snapshots_every`` commits keeping ``live.keep_snapshots`` versions.
+Table adapters come from the sink registry (:data:`backfill.sinks.SINKS`); every client gets
+the narrow port it needs (:mod:`coordinator.core.ports`): the live consumer a ``LiveTable``,
+the reconciler a ``TableReader``, the lag gate a ``LivePosition`` probe. The services here
+(``run_job``, ``reprocess``, ``reconcile_and_record``, ``run_live``) wire those adapters into
+the job-free code of :mod:`coordinator.run`, :mod:`reconcile` and :mod:`stream.live`; the CLI
+modules parse, call one of them and render.
+
+Live appends are conditional on the table's live offsets (:mod:`backfill.sinks.iceberg.live`,
+:mod:`backfill.sinks.lance.live`), and the table's ``maintain()`` runs every
+``live.expire_snapshots_every`` commits keeping ``live.keep_snapshots`` versions.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from pyiceberg.catalog.sql import SqlCatalog
-
-from backfill.sinks.iceberg.sink import IcebergSink
-from backfill.sinks.registry import open_catalog, open_sink
-from coordinator.core.errors import ConfigError
+from backfill.sinks import open_catalog as _open_catalog
+from backfill.sinks import open_sink
+from coordinator.core.errors import ConfigError, LiveError, SeamlineError, StateError
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.ports import TableSink
+from coordinator.core.ports import LiveTable, TableReader, TableSink
+from coordinator.core.values import Cut, Offset, PartitionId, Slice
+from coordinator.run import orchestrate
+from coordinator.run.lag_gate import LagGate, LagMetric, MeasureLag
+from coordinator.run.orchestrate import DEFAULT_EXECUTOR, JobOutcome, LiveBoundedSource
+from coordinator.run.progress import ProgressSink
+from coordinator.run.runner import StopSignal
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from coordinator.run.reprocess import ReprocessOutcome
+    from coordinator.state.slices import SliceRecord
+    from coordinator.state.store import StateStore
+    from reconcile.model import ReconcileReport
+    from reconcile.run import UnitSource
+    from stream.live.loop import LiveProgress, LiveSettings
 
 log = logging.getLogger(__name__)
 
 
-def _catalog(job: JobSpec) -> SqlCatalog:
-    """The job's Iceberg catalog (kept for callers of the former live-only helper)."""
+# -- tables ----------------------------------------------------------------------------------
+
+
+def open_table(job: JobSpec, *, min_age_s: float = 60.0) -> TableSink:
+    """``job``'s table through the sink registry (not created here).
+
+    ``min_age_s``: snapshots/versions younger than this are never removed by maintenance.
+    """
+    return open_sink(job, min_age_s=min_age_s)
+
+
+def open_catalog(job: JobSpec) -> SqlCatalog:
+    """The job's Iceberg catalog (Iceberg jobs only)."""
     if job.table.identifier is None:
         raise ConfigError("key=table.identifier: iceberg needs 'identifier' and 'catalog_uri'")
-    return open_catalog(job)
+    return _open_catalog(job)
 
 
-def open_live_sink(job: JobSpec, *, min_snapshot_age_s: float = 60.0) -> TableSink:
-    """The live sink of ``job``'s table, created first if missing (shared table code).
+def open_live_sink(job: JobSpec, *, min_snapshot_age_s: float = 60.0) -> LiveTable:
+    """The live table of ``job``, created first if missing, with what live appends need
+    (Iceberg: the manifest-merge and metadata-cleanup properties)."""
+    table = open_table(job, min_age_s=min_snapshot_age_s)
+    table.ensure_live()
+    return table
 
-    Iceberg: the table's manifest-merge and metadata-cleanup properties are ensured too.
+
+def open_reader(job: JobSpec) -> TableReader:
+    """``job``'s table as the reconciler reads it."""
+    return open_table(job)
+
+
+# -- lag gate --------------------------------------------------------------------------------
+
+
+def lag_probe(
+    job: JobSpec, start_offsets: Mapping[PartitionId, Offset] | None, timeout_s: float = 10.0
+) -> MeasureLag:
+    """Measure ``job``'s live lag from the broker's watermarks and the table's live offsets."""
+
+    def measure() -> Mapping[int, int]:
+        from stream.live.lag import live_lag
+
+        table = open_table(job)
+        # Before the first slice or live commit the table may not exist yet: that is "live
+        # wrote nothing" (lag from the cut's hwm), not a failed measurement that lets slices go.
+        table.ensure_table()
+        return live_lag(
+            job.kafka_config(), job.stream.topic, table, start_offsets, timeout_s=timeout_s
+        )
+
+    return measure
+
+
+def make_lag_gate(
+    job: JobSpec,
+    *,
+    start_offsets: Mapping[PartitionId, Offset] | None = None,
+    threshold: int | None = None,
+    pause_s: float = 1.0,
+    metric: LagMetric = "total",
+    min_interval_s: float = 0.5,
+    max_wait_s: float | None = 600.0,
+    timeout_s: float = 10.0,
+) -> LagGate:
+    """The job's :class:`LagGate`, measuring through :func:`lag_probe`."""
+    return LagGate(
+        job, threshold, pause_s, metric=metric, measure=lag_probe(job, start_offsets, timeout_s),
+        min_interval_s=min_interval_s, max_wait_s=max_wait_s,
+    )  # fmt: skip
+
+
+def _hwms(cut: Cut) -> dict[PartitionId, Offset]:
+    return {p.partition: p.hwm for p in cut.partitions}
+
+
+# -- reconciliation --------------------------------------------------------------------------
+
+
+def live_bounded_source(job: JobSpec, cut: Cut) -> LiveBoundedSource:
+    """The job's Kafka source bounded by the live offsets committed in the table now."""
+    from reconcile.source import KafkaUnits
+
+    bounds = {int(p): int(o) for p, o in open_table(job).live_offsets().items()}
+    log.info("job=%s reconciling live up to the table's offsets %s", job.job_id, bounds)
+    return LiveBoundedSource(KafkaUnits(job), cut, bounds)
+
+
+def reconcile(
+    job: JobSpec,
+    cut: Cut,
+    slices: Sequence[Slice],
+    *,
+    min_age_s: float = 0.0,
+    quarantine: Mapping[int, Iterable[int]] | None = None,
+    source: UnitSource | None = None,
+    now: datetime | None = None,
+) -> ReconcileReport:
+    """:func:`reconcile.run.reconcile_job` over the job's table, Kafka topic and archive."""
+    from backfill.sources.archive import read_archive_slice
+    from reconcile.run import reconcile_job
+    from reconcile.source import KafkaUnits
+
+    return reconcile_job(
+        job, cut, slices, min_age_s=min_age_s, quarantine=quarantine, sink=open_reader(job),
+        source=source if source is not None else KafkaUnits(job),
+        archive=lambda s: read_archive_slice(job, s), now=now,
+    )  # fmt: skip
+
+
+def _load_plan(job: JobSpec) -> tuple[StateStore, list[SliceRecord], Cut, int]:
+    from coordinator.state.store import StateStore
+
+    store = StateStore(job.state_url(), create=False)
+    epoch = store.current_epoch(job.job_id)
+    cut = store.get_cut(job.job_id, epoch)
+    if cut is None:
+        store.close()
+        raise StateError(
+            f"job_id={job.job_id} epoch={epoch}: expected a stored cut, found none",
+            hint="run the backfill (which takes the cut) before reconciling",
+        )
+    return store, store.list_slices(job.job_id, epoch), cut, epoch
+
+
+def _record(
+    store: StateStore, job: JobSpec, epoch: int, records: list[SliceRecord], report: ReconcileReport
+) -> None:
+    by_id = {s.slice_id: s for s in report.slices}
+    for rec in records:
+        if rec.status == "committed":
+            store.mark_reconciled(
+                job.job_id, rec.slice_id, epoch, checksum=by_id[rec.slice_id].table.to_json()
+            )
+    store.record_reconcile(job.job_id, report.to_json(), True)
+
+
+def reconcile_and_record(
+    job: JobSpec, *, min_age_s: float = 0.0, source: UnitSource | None = None
+) -> ReconcileReport:
+    """Reconcile the job's stored plan; on a pass, record the result and mark the slices.
+
+    The one entry point ``seamline reconcile`` and ``seamline run`` share. ``source``
+    replaces the Kafka side (e.g. bounded to the table's committed live offsets). Raises
+    ``StateError`` without a stored cut.
     """
-    sink = open_sink(job, min_age_s=min_snapshot_age_s)
-    sink.ensure_table()
-    if isinstance(sink, IcebergSink):
-        sink.live_table().ensure_maintenance_properties()
-    return sink
+    store, records, cut, epoch = _load_plan(job)
+    with store:
+        slices = [r.slice for r in records]
+        report = reconcile(job, cut, slices, min_age_s=min_age_s, source=source)
+        if report.reconciled:
+            _record(store, job, epoch, records, report)
+    return report
+
+
+def reconcile_run(
+    job: JobSpec, cut: Cut, *, min_age_s: float = 0.0
+) -> tuple[ReconcileReport | None, str | None]:
+    """Reconcile after a run (history exact, live up to the table's offsets); records on pass.
+
+    Returns the report, or ``(None, reason)`` when the comparison could not run.
+    """
+    try:
+        source = live_bounded_source(job, cut)
+        return reconcile_and_record(job, min_age_s=min_age_s, source=source), None
+    except SeamlineError as exc:
+        log.warning("job=%s reconciliation could not run: %s", job.job_id, exc)
+        return None, str(exc)
+    except Exception as exc:  # the table may not exist yet (nothing written), catalog errors
+        log.warning("job=%s reconciliation could not run: %r", job.job_id, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# -- run and reprocess -----------------------------------------------------------------------
+
+
+def run_job(
+    job: JobSpec,
+    *,
+    executor: str = DEFAULT_EXECUTOR,
+    progress: ProgressSink | None = None,
+    stop: StopSignal | None = None,
+    lag_gate: Callable[[], float | None] | None = None,
+    min_age_s: float = 0.0,
+    timeout_s: float = 10.0,
+    takeover: bool = False,
+) -> JobOutcome:
+    """:func:`coordinator.run.orchestrate.run_job` with the job's lag gate and reconciler.
+
+    ``lag_gate=None`` uses the job's :class:`LagGate` (threshold ``backfill.lag_threshold``,
+    lag counted from the cut's ``hwm``); pass ``lambda: None`` to run without a gate.
+    """
+
+    def gate_for(cut: Cut) -> Callable[[], float | None]:
+        if lag_gate is not None:
+            return lag_gate
+        return make_lag_gate(job, start_offsets=_hwms(cut))
+
+    return orchestrate.run_job(
+        job, gate=gate_for, reconcile=lambda cut: reconcile_run(job, cut, min_age_s=min_age_s),
+        executor=executor, progress=progress, stop=stop, timeout_s=timeout_s, takeover=takeover,
+    )  # fmt: skip
+
+
+def reprocess(
+    job: JobSpec,
+    start: datetime,
+    end: datetime,
+    *,
+    transform: str | None = None,
+    timeout_s: float = 10.0,
+) -> ReprocessOutcome:
+    """:func:`coordinator.run.reprocess.reprocess`, reconciled against the job's table."""
+    from coordinator.run.reprocess import reprocess as run_reprocess
+
+    def check(fixed: JobSpec, cut: Cut, plan: Sequence[Slice]) -> ReconcileReport:
+        return reconcile(fixed, cut, plan, source=live_bounded_source(fixed, cut))
+
+    return run_reprocess(job, start, end, transform=transform, timeout_s=timeout_s, reconcile=check)
+
+
+# -- live ------------------------------------------------------------------------------------
+
+
+def cut_offsets(job: JobSpec) -> tuple[dict[PartitionId, Offset], int]:
+    """The stored cut's ``hwm`` per partition and its epoch, read without creating a state
+    store (``LiveError`` without a cut)."""
+    from coordinator.run.prepare import stored_cut
+
+    cut = stored_cut(job)
+    if cut is None:
+        raise LiveError(
+            f"job={job.job_id}: expected a stored cut, found none",
+            hint="take the cut first (seamline plan JOB), then start the live consumer",
+        )
+    return _hwms(cut), int(cut.epoch)
+
+
+def _progress_writer(job: JobSpec, metrics: Any) -> Callable[[LiveProgress], None]:
+    from coordinator.state.store import StateStore
+
+    store = StateStore(job.state_url())
+
+    def write(p: LiveProgress) -> None:
+        for part, committed in p.committed.items():
+            high = p.high.get(part, committed)
+            store.record_live_progress(
+                job.job_id,
+                part,
+                committed,
+                max(high, committed),
+                quarantined=p.quarantined_by_partition.get(part, 0),
+            )
+        if metrics is not None:
+            metrics.update(p)
+
+    return write
+
+
+def _live_settings(job: JobSpec, epoch: int, partitions: tuple[int, ...] | None) -> LiveSettings:
+    from stream.live.core import BatchLimits
+    from stream.live.loop import LiveSettings
+
+    live = job.live
+    return LiveSettings(
+        job_id=job.job_id, topic=job.stream.topic,
+        group=job.stream.group or f"seamline-live-{job.job_id}",
+        schema=job.schema_.arrow_schema(),
+        limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds),
+        epoch=epoch, partitions=partitions,
+    )  # fmt: skip
+
+
+def run_live(
+    job: JobSpec,
+    stop: threading.Event,
+    *,
+    metrics_port: int | None = None,
+    partitions: tuple[int, ...] | None = None,
+    engine: str = "confluent",
+) -> dict[str, int]:
+    """Run the live consumer of ``job`` until ``stop`` is set; returns the final counters."""
+    from stream.decode.json_records import load_transform
+    from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
+    from stream.live.loop import LiveConsumer
+    from stream.live.metrics import LiveMetrics
+
+    start, epoch = cut_offsets(job)
+    conf = job.kafka_config()
+    dlq = job.live.quarantine_topic or default_topic(job.stream.topic)
+    ensure_topic(conf, dlq)
+    metrics = LiveMetrics(job.job_id) if metrics_port is not None else None
+    if metrics is not None and metrics_port is not None:
+        metrics.serve(metrics_port)
+    settings = _live_settings(job, epoch, partitions)
+    if engine == "faust" and stop.is_set():  # stopped while starting: nothing consumed yet
+        return {}
+    table = open_live_sink(job)
+    transform = load_transform(job.transform.function)
+    parts = (settings, conf, table, transform, start, QuarantineWriter(conf, dlq, job.stream.topic))
+    if engine == "faust":
+        from stream.live.faust_engine import run_worker
+
+        run_worker(*parts)
+        return {}
+    consumer = LiveConsumer(
+        *parts,
+        on_progress=_progress_writer(job, metrics),
+        stop_event=stop,
+        floor=lambda: cut_offsets(job)[0],  # the current cut's hwm, re-read on every assignment
+    )
+    progress = consumer.run()
+    return {
+        "records": progress.records,
+        "quarantined": progress.quarantined,
+        "commits": progress.commits,
+        "dropped_batches": progress.dropped_batches,
+    }
+
+
+__all__ = [
+    "DEFAULT_EXECUTOR",
+    "cut_offsets",
+    "lag_probe",
+    "live_bounded_source",
+    "make_lag_gate",
+    "open_catalog",
+    "open_live_sink",
+    "open_reader",
+    "open_table",
+    "reconcile",
+    "reconcile_and_record",
+    "reconcile_run",
+    "reprocess",
+    "run_job",
+    "run_live",
+]

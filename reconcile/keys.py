@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coordinator.core import lineage
-from coordinator.core.ports import TableSink
+from coordinator.core.ports import TableReader
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def key_index(sink: TableSink, key: Sequence[str], event_time: str) -> pa.Table:
+def key_index(sink: TableReader, key: Sequence[str], event_time: str) -> pa.Table:
     """Key columns plus lineage (and event time, to name a bucket) of every table row."""
     cols = list(dict.fromkeys([*key, event_time, *lineage.COLUMNS]))
     return sink.scan(None, columns=cols)

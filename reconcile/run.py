@@ -24,7 +24,7 @@ source-side decoder refuses. Merge mode and business keys: see :mod:`reconcile.k
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from coordinator.core import lineage
 from coordinator.core.errors import ReconcileError
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.ports import TableSink
+from coordinator.core.ports import TableReader
 from coordinator.core.values import (
     Cut,
     Offset,
@@ -54,6 +54,10 @@ from reconcile.model import ReconcileReport, SliceReport, UnitKind, describe_sco
 from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
 
 log = logging.getLogger(__name__)
+
+
+ArchiveReader = Callable[[Slice], pa.Table]
+"""Rows of one archive slice, with lineage (``backfill.sources.archive`` in production)."""
 
 
 class UnitSource(Protocol):
@@ -222,8 +226,9 @@ class _Run:
 
     job: JobSpec
     cut: Cut
-    sink: TableSink
+    sink: TableReader
     source: UnitSource
+    archive: ArchiveReader | None
     cutoff_ms: int | None
     parts: dict[int, _Partition]
     merge_index: pa.Table | None = None  # key index, merge mode only
@@ -272,10 +277,13 @@ class _Run:
         return kept, gone.num_rows
 
     def archive_unit(self, unit: Unit) -> SliceReport:
-        from backfill.sources.archive import read_archive_slice
-
         assert unit.slice is not None
-        source = read_archive_slice(self.job, unit.slice)
+        if self.archive is None:
+            raise ReconcileError(
+                f"slice_id={unit.unit_id}: expected an archive reader, found none",
+                hint="pass archive= to reconcile_job (coordinator.service.reconcile does)",
+            )
+        source = self.archive(unit.slice)
         return compare_unit(unit, source, self.sink.scan(unit.scope), key=self.job.table.key)
 
     def coverage(
@@ -313,7 +321,7 @@ class _Run:
 
 
 def _key_check(
-    job: JobSpec, sink: TableSink, slices: Sequence[Slice]
+    job: JobSpec, sink: TableReader, slices: Sequence[Slice]
 ) -> tuple[pa.Table | None, KeyCheck | None]:
     """The key index and the uniqueness check, when the job declares keys and needs them."""
     merge = job.backfill.mode == "merge"
@@ -339,32 +347,29 @@ def reconcile_job(
     *,
     min_age_s: float = 0.0,
     quarantine: Mapping[int, Iterable[int]] | None = None,
-    sink: TableSink | None = None,
-    source: UnitSource | None = None,
+    sink: TableReader,
+    source: UnitSource,
+    archive: ArchiveReader | None = None,
     now: datetime | None = None,
 ) -> ReconcileReport:
     """Compare source and table for every slice and partition of ``job`` (see module doc).
 
     ``quarantine`` maps partition to offsets quarantined by the writers (counted as
     quarantined, not lost); ``None`` reads them from the job's dead-letter topic. Offsets the
-    decoder refuses on the source side are added to it. Raises ``ReconcileError`` /
-    ``SourceError`` / ``LiveError`` (dead-letter topic) when the comparison cannot run.
+    decoder refuses on the source side are added to it. ``sink`` is the table,
+    ``source`` the Kafka side (``reconcile.source.KafkaUnits``) and ``archive`` reads archive
+    slices (needed only when ``slices`` has some); ``coordinator.service.reconcile`` builds
+    them for a job. Raises ``ReconcileError`` / ``SourceError`` / ``LiveError`` (dead-letter
+    topic) when the comparison cannot run.
     """
-    if sink is None:
-        from backfill.sinks.registry import open_sink
-
-        sink = open_sink(job)
-    if source is None:
-        from reconcile.source import KafkaUnits
-
-        source = KafkaUnits(job)
     dlq_topic, given = _dead_letters(job, quarantine)
     run_at = (now or datetime.now(UTC)).astimezone(UTC)
     cutoff = int(run_at.timestamp() * 1000 - min_age_s * 1000) if min_age_s > 0 else None
     partitions = [p.partition for p in cut.partitions]
     ends = source.ends(partitions) if partitions else {}
     index, keys = _key_check(job, sink, slices)
-    run = _Run(job, cut, sink, source, cutoff, {p: _Partition() for p in partitions}, index, given)
+    parts: dict[int, _Partition] = {p: _Partition() for p in partitions}
+    run = _Run(job, cut, sink, source, archive, cutoff, parts, index, given)
     reports: list[SliceReport] = []
     for unit in plan_units(cut, slices, ends, job.backfill.slice_records):
         report = run.archive_unit(unit) if unit.kind == "archive" else run.kafka_unit(unit)

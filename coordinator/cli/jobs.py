@@ -23,7 +23,7 @@ from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import Cut
 from coordinator.plan.facts import count_kafka_slices
 from coordinator.plan.planner import with_estimates
-from coordinator.run.orchestrate import JobOutcome, pause_json, run_job
+from coordinator.run.orchestrate import JobOutcome, pause_json
 from coordinator.run.prepare import (
     PlanView,
     dry_run_plan,
@@ -249,6 +249,8 @@ def _run(
     progress: ProgressSink = (
         RichProgress() if output == "text" and sys.stderr.isatty() else NullProgress()
     )
+    from coordinator.service import run_job
+
     with _signals(stop):
         return run_job(
             job,

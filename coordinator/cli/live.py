@@ -12,28 +12,13 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 import click
 
-from coordinator.core.errors import ConfigError, LiveError
+from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import JobSpec, load_job
-from coordinator.core.values import Offset, PartitionId
 
 log = logging.getLogger(__name__)
-
-
-def _cut_offsets(job: JobSpec) -> tuple[dict[PartitionId, Offset], int]:
-    """The current cut's ``hwm`` per partition and its epoch (read, never created)."""
-    from coordinator.run.prepare import stored_cut
-
-    cut = stored_cut(job)
-    if cut is None:
-        raise LiveError(
-            f"job={job.job_id}: expected a stored cut, found none",
-            hint="take the cut first (seamline plan JOB), then start the live consumer",
-        )
-    return {p.partition: p.hwm for p in cut.partitions}, int(cut.epoch)
 
 
 def _parse_partitions(text: str | None) -> tuple[int, ...] | None:
@@ -48,28 +33,6 @@ def _parse_partitions(text: str | None) -> tuple[int, ...] | None:
     if not parts or min(parts) < 0:
         raise ConfigError(f"key=--partitions: expected partitions >= 0, found {text!r}")
     return parts
-
-
-def _progress_writer(job: JobSpec, metrics: Any) -> Any:
-    from coordinator.state.store import StateStore
-    from stream.live.loop import LiveProgress
-
-    store = StateStore(job.state_url())
-
-    def write(p: LiveProgress) -> None:
-        for part, committed in p.committed.items():
-            high = p.high.get(part, committed)
-            store.record_live_progress(
-                job.job_id,
-                part,
-                committed,
-                max(high, committed),
-                quarantined=p.quarantined_by_partition.get(part, 0),
-            )
-        if metrics is not None:
-            metrics.update(p)
-
-    return write
 
 
 def _install_stop_handlers() -> threading.Event:
@@ -91,60 +54,12 @@ def run_live(
     engine: str = "confluent",
 ) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the final counters."""
+    from coordinator.service import run_live as run_live_service
+
     stop = _install_stop_handlers()
-    from coordinator.service import open_live_sink
-    from stream.decode.json_records import load_transform
-    from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
-    from stream.live.core import BatchLimits
-    from stream.live.loop import LiveConsumer, LiveSettings
-    from stream.live.metrics import LiveMetrics
-
-    start, epoch = _cut_offsets(job)
-    conf = job.kafka_config()
-    dlq = job.live.quarantine_topic or default_topic(job.stream.topic)
-    ensure_topic(conf, dlq)
-    metrics = LiveMetrics(job.job_id) if metrics_port is not None else None
-    if metrics is not None and metrics_port is not None:
-        metrics.serve(metrics_port)
-    settings = LiveSettings(
-        job_id=job.job_id,
-        topic=job.stream.topic,
-        group=job.stream.group or f"seamline-live-{job.job_id}",
-        schema=job.schema_.arrow_schema(),
-        limits=BatchLimits(
-            job.live.batch_records, job.live.batch_seconds, job.live.min_commit_seconds
-        ),
-        epoch=epoch,
-        partitions=partitions,
+    return run_live_service(
+        job, stop, metrics_port=metrics_port, partitions=partitions, engine=engine
     )
-    if engine == "faust" and stop.is_set():  # stopped while starting: nothing consumed yet
-        return {}
-    parts = (
-        settings,
-        conf,
-        open_live_sink(job),
-        load_transform(job.transform.function),
-        start,
-        QuarantineWriter(conf, dlq, job.stream.topic),
-    )
-    if engine == "faust":
-        from stream.live.faust_engine import run_worker
-
-        run_worker(*parts)
-        return {}
-    consumer = LiveConsumer(
-        *parts,
-        on_progress=_progress_writer(job, metrics),
-        stop_event=stop,
-        floor=lambda: _cut_offsets(job)[0],  # re-read on every assignment
-    )
-    progress = consumer.run()
-    return {
-        "records": progress.records,
-        "quarantined": progress.quarantined,
-        "commits": progress.commits,
-        "dropped_batches": progress.dropped_batches,
-    }
 
 
 @click.command("live")

@@ -33,7 +33,8 @@ def register(group: click.Group) -> None:
     ) -> None:
         """Overwrite [FROM, TO) with a fixed transform, then reconcile with it."""
         from coordinator.core.jobspec import load_job
-        from coordinator.run.reprocess import parse_when, reprocess
+        from coordinator.run.reprocess import parse_when
+        from coordinator.service import reprocess
 
         job = load_job(job_file)
         out = reprocess(

@@ -22,12 +22,20 @@ class CommitRecord:
     rows: int | None = None
 
 
-class TableSink(Protocol):
-    """A table seamline writes to (Iceberg or Lance). Rows already carry lineage columns.
+class LivePosition(Protocol):
+    """Where the live side stands in a table: its committed offsets (the lag gate's probe)."""
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset to consume per partition, from the table's own commit metadata."""
+
+
+class SliceWriter(Protocol):
+    """What the history runner needs of a table (Iceberg or Lance): write one slice.
 
     Raises ``CommitConflictError`` (certainly not applied, retried internally first),
     ``CommitOutcomeUnknownError`` (look the token up with :meth:`find_commit`),
     ``DuplicateKeyError`` (merge mode), ``WriterError`` for anything else.
+    Rows already carry lineage columns.
     """
 
     def ensure_table(self) -> None:
@@ -40,21 +48,44 @@ class TableSink(Protocol):
         is already in the table the result is the same table, never a second copy.
         """
 
-    def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
-        """Append a live micro-batch; ``token.ranges`` are the batch's offsets, stored atomically."""
-
-    def live_offsets(self) -> dict[PartitionId, Offset]:
-        """Next offset to consume per partition, from the table's own commit metadata."""
-
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
         """The newest commit carrying this slice's token, or ``None``."""
 
-    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
-        """Rows of the table (optionally limited to ``scope``)."""
+
+class LiveTable(LivePosition, Protocol):
+    """What the live consumer needs of a table: conditional appends and maintenance.
+
+    Errors as :class:`SliceWriter`.
+    """
+
+    def ensure_live(self) -> None:
+        """Create the table if missing and set what live appends need (e.g. Iceberg's
+        manifest-merge and metadata-cleanup properties)."""
+
+    def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
+        """Append a live micro-batch; ``token.ranges`` are the batch's offsets, stored atomically."""
+
+    def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
+        """The newest commit carrying this batch's token, or ``None``."""
 
     def maintain(self) -> int:
         """Expire old snapshots / clean up old versions, never losing the live offsets;
         returns how many were removed (0 when skipped, e.g. on a concurrent commit)."""
+
+
+class TableReader(LivePosition, Protocol):
+    """What the reconciler needs of a table: its rows, and where the live side stands."""
+
+    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of the table (optionally limited to ``scope``)."""
+
+
+class TableSink(SliceWriter, LiveTable, TableReader, Protocol):
+    """Every table port at once: what the sink registry (``backfill.sinks``) returns.
+
+    Clients declare the narrow port they use (:class:`SliceWriter`, :class:`LiveTable`,
+    :class:`TableReader`, :class:`LivePosition`), never this one.
+    """
 
 
 class Transform(Protocol):

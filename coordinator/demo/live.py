@@ -181,10 +181,10 @@ MeasureLag = Callable[[], Mapping[int, int]]
 
 def lag_probe(job: JobSpec, start_offsets: Mapping[PartitionId, Offset]) -> MeasureLag:
     """Live lag per partition: the topic's high watermark minus the table's live offset."""
-    from backfill.sinks.registry import open_sink
+    from coordinator.service import open_table
     from stream.live.lag import live_lag
 
-    sink = open_sink(job)
+    sink = open_table(job)
     conf = job.kafka_config()
     return lambda: live_lag(conf, job.stream.topic, sink, start_offsets, timeout_s=10.0)
 

@@ -48,8 +48,7 @@ def run_reprocess_demo(
     job: JobSpec, cut: Cut, window: DemoWindow, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Break one week, show the reconciliation catching it, repair it; returns the facts."""
-    from coordinator.run.orchestrate import reconcile_run
-    from coordinator.run.reprocess import reprocess
+    from coordinator.service import reconcile_run, reprocess
 
     start, end = bug_week(window)
     week = f"[{start:%Y-%m-%d}, {end:%Y-%m-%d})"

@@ -8,7 +8,7 @@ consumer as its own process, the coordinator's runner and the reconciler):
    the topic; the job file ``job.toml`` in the workdir;
 3. a steady live producer (with late and malformed records), then the cut, then
    ``seamline live job.toml`` in its own process;
-4. the backfill under the live stream (:func:`coordinator.run.orchestrate.run_job`, lag-gated);
+4. the backfill under the live stream (:func:`coordinator.service.run_job`, lag-gated);
 5. the producer stops, live catches up (lag 0 on every partition), live stops (SIGTERM);
 6. the final reconciliation, the report (text or JSON) and ``report.html``.
 
@@ -109,9 +109,9 @@ def _broker_pid(kind: str, data_dir: Path) -> int | None:
 
 def _late_rows_in_table(job: JobSpec, seeded: Seeded) -> int:
     """Live rows whose event time lies in the archived years (they survived the overwrite)."""
-    from backfill.sinks.registry import open_sink
+    from coordinator.service import open_reader
 
-    rows = open_sink(job).scan(columns=["ts", lineage.SIDE])
+    rows = open_reader(job).scan(columns=["ts", lineage.SIDE])
     old = pc.less(rows["ts"], seeded.window.archive_end)
     live = pc.equal(rows[lineage.SIDE], "live")
     return int(pc.sum(pc.and_(old, live)).as_py() or 0)
@@ -178,10 +178,10 @@ class _Demo:
         return load_job(self.paths.job), seeded
 
     def start_live(self, stack: contextlib.ExitStack, job: JobSpec, seeded: Seeded) -> Cut:
-        from backfill.sinks.registry import open_sink
         from coordinator.run.prepare import ensure_cut
+        from coordinator.service import open_table
 
-        open_sink(job).ensure_table()
+        open_table(job).ensure_table()
         producer = LiveProducer(job.stream.bootstrap, job.stream.topic, seeded.next_order_id,
                                 seeded.window, self.options.live_rate)  # fmt: skip
         producer.start()
@@ -204,7 +204,7 @@ class _Demo:
         return cut
 
     def backfill(self, job: JobSpec) -> dict[str, Any]:
-        from coordinator.run.orchestrate import run_job
+        from coordinator.service import run_job
 
         self.say("backfill: history slices in parallel under the live stream")
         timed = _TimedProgress(self.progress)
@@ -261,8 +261,7 @@ class _Demo:
                 "malformed_records": producer.poison, "live_lag_max": watch.max_lag}  # fmt: skip
 
     def reconcile(self, job: JobSpec, cut: Cut, seeded: Seeded) -> dict[str, Any]:
-        from backfill.sinks.registry import open_sink
-        from coordinator.run.orchestrate import reconcile_run
+        from coordinator.service import open_reader, reconcile_run
         from reconcile.report import render_html
 
         self.say("reconcile: checksums per slice, offset coverage per partition")
@@ -272,7 +271,7 @@ class _Demo:
             raise ReconcileError(f"job={job.job_id}: reconciliation could not run: {error}")
         self.paths.html.write_text(render_html(report), encoding="utf-8")
         doc = reconcile_counts(report)
-        doc["table_rows"] = open_sink(job).scan(columns=["order_id"]).num_rows
+        doc["table_rows"] = open_reader(job).scan(columns=["order_id"]).num_rows
         doc["late_events_in_table"] = _late_rows_in_table(job, seeded)
         doc["reconcile_seconds"] = round(time.monotonic() - t0, 2)
         self.facts["report"] = report

@@ -1,8 +1,9 @@
 """The lag gate: pause the backfill while the live consumer lags (live traffic comes first).
 
 A :class:`LagGate` is the runner's ``lag_gate`` callable (``() -> seconds to pause | None``).
-Lag per partition is the topic's high watermark minus the live offset committed *in the
-table* (the table is the source of truth, :func:`stream.live.lag.live_lag`); a partition the live
+It is given its ``measure`` probe (``coordinator.service.lag_probe`` builds the job's): lag
+per partition is the topic's high watermark minus the live offset committed *in the table*
+(the table is the source of truth, :func:`stream.live.lag.live_lag`); a partition the live
 consumer has not written yet counts from the cut's ``hwm``. The gate pauses when the total
 (``metric="total"``) or the largest per-partition (``metric="max"``) lag exceeds the
 threshold, ``job.backfill.lag_threshold`` unless given.
@@ -11,8 +12,8 @@ Decisions:
 
 * Measuring costs a broker round trip and a table metadata read, so one measurement is reused
   for ``min_interval_s`` seconds (the runner asks before every submission).
-* A table that does not exist yet is created (empty, as the first slice or live commit
-  would) so that lag counts from the cut's ``hwm`` instead of failing the measurement.
+* The job's probe creates a table that does not exist yet (empty, as the first slice or live
+  commit would) so that lag counts from the cut's ``hwm`` instead of failing the measurement.
 * A failed measurement does not stop the backfill: it is logged and the gate says "go"
   (monitoring trouble must not stall a run forever).
 * ``max_wait_s`` bounds the total pause of one gate: a live consumer that is not running at
@@ -28,7 +29,6 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.values import Offset, PartitionId
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +59,6 @@ def pause_for(
     return pause_s if lag_value(lags, metric) > threshold else None
 
 
-def table_lag_probe(
-    job: JobSpec, start_offsets: Mapping[PartitionId, Offset] | None, timeout_s: float
-) -> MeasureLag:
-    """Measure ``job``'s live lag from the broker's watermarks and the table's live offsets."""
-
-    def measure() -> Mapping[int, int]:
-        from backfill.sinks.registry import open_sink
-        from stream.live.lag import live_lag
-
-        sink = open_sink(job)
-        # Before the first slice or live commit the table may not exist yet: that is "live
-        # wrote nothing" (lag from the cut's hwm), not a failed measurement that lets slices go.
-        sink.ensure_table()
-        return live_lag(
-            job.kafka_config(), job.stream.topic, sink, start_offsets, timeout_s=timeout_s
-        )
-
-    return measure
-
-
 class LagGate:
     """Callable gate for :class:`coordinator.run.runner.Runner` (see the module docstring)."""
 
@@ -89,11 +69,9 @@ class LagGate:
         pause_s: float = 1.0,
         *,
         metric: LagMetric = "total",
-        start_offsets: Mapping[PartitionId, Offset] | None = None,
-        measure: MeasureLag | None = None,
+        measure: MeasureLag,
         min_interval_s: float = 0.5,
         max_wait_s: float | None = 600.0,
-        timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if pause_s <= 0:
@@ -102,7 +80,7 @@ class LagGate:
         self.threshold = job.backfill.lag_threshold if threshold is None else threshold
         self.pause_s = pause_s
         self.metric: LagMetric = metric
-        self._measure = measure or table_lag_probe(job, start_offsets, timeout_s)
+        self._measure = measure
         self.min_interval_s = min_interval_s
         self.max_wait_s = max_wait_s
         self._clock = clock

@@ -1,6 +1,7 @@
 """Run a job end to end: cut (reused), plan (reused), slices under the lag gate, reconcile.
 
-:func:`run_job` is the service ``seamline run`` and ``seamline demo`` both call. A run is
+:func:`run_job` is what ``seamline run`` and ``seamline demo`` both run (through
+``coordinator.service.run_job``, which supplies the lag gate and the reconciler). A run is
 done only when every slice committed AND reconciliation passed (DESIGN §5): that is the only
 outcome with ``ExitCode.OK``.
 
@@ -28,10 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.errors import ExitCode, SeamlineError
+from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, OffsetRange
-from coordinator.run.lag_gate import LagGate
 from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.run.runner import Runner, RunnerConfig, RunReport, StopSignal
@@ -118,63 +118,37 @@ class LiveBoundedSource:
         return self.inner.read(ranges)
 
 
-def live_bounded_source(job: JobSpec, cut: Cut) -> LiveBoundedSource:
-    """The job's Kafka source bounded by the live offsets committed in the table now."""
-    from backfill.sinks.registry import open_sink
-    from reconcile.source import KafkaUnits
-
-    bounds = {int(p): int(o) for p, o in open_sink(job).live_offsets().items()}
-    log.info("job=%s reconciling live up to the table's offsets %s", job.job_id, bounds)
-    return LiveBoundedSource(KafkaUnits(job), cut, bounds)
-
-
-def reconcile_run(
-    job: JobSpec, cut: Cut, *, min_age_s: float = 0.0
-) -> tuple[ReconcileReport | None, str | None]:
-    """Reconcile after a run (history exact, live up to the table's offsets); records on pass.
-
-    Returns the report, or ``(None, reason)`` when the comparison could not run.
-    """
-    from coordinator.cli.reconcile import reconcile_and_record
-
-    try:
-        source = live_bounded_source(job, cut)
-        return reconcile_and_record(job, min_age_s=min_age_s, source=source), None
-    except SeamlineError as exc:
-        log.warning("job=%s reconciliation could not run: %s", job.job_id, exc)
-        return None, str(exc)
-    except Exception as exc:  # the table may not exist yet (nothing written), catalog errors
-        log.warning("job=%s reconciliation could not run: %r", job.job_id, exc)
-        return None, f"{type(exc).__name__}: {exc}"
-
-
 def _final_code(report: RunReport, rec: ReconcileReport | None) -> ExitCode:
     if report.exit_code != ExitCode.OK:
         return report.exit_code
     return ExitCode.OK if rec is not None and rec.reconciled else ExitCode.NOT_RECONCILED
 
 
+GateFactory = Callable[[Cut], Callable[[], float | None]]
+Reconciler = Callable[[Cut], tuple["ReconcileReport | None", "str | None"]]
+
+
 def run_job(
     job: JobSpec,
     *,
+    gate: GateFactory,
+    reconcile: Reconciler,
     executor: str = DEFAULT_EXECUTOR,
     progress: ProgressSink | None = None,
     stop: StopSignal | None = None,
-    lag_gate: Callable[[], float | None] | None = None,
-    min_age_s: float = 0.0,
     timeout_s: float = 10.0,
     takeover: bool = False,
 ) -> JobOutcome:
     """Cut, plan, run every slice not yet committed, then reconcile (see the module doc).
 
-    ``lag_gate=None`` uses :class:`LagGate` for the job (threshold ``backfill.lag_threshold``,
-    lag counted from the cut's ``hwm``); pass ``lambda: None`` to run without a gate.
+    ``gate(cut)`` is the runner's lag gate (``() -> seconds to pause | None``);
+    ``reconcile(cut)`` returns the report, or ``(None, reason)`` when it could not run.
+    ``coordinator.service.run_job`` supplies both for a job.
     Raises ``ConfigError``/``SourceDataLossError``/``StateError`` before any slice runs.
     """
     cut = ensure_cut(job, timeout_s=timeout_s)
     view = ensure_plan(job, cut, count=False)
     cut = view.plan.cut
-    gate = lag_gate or LagGate(job, start_offsets={p.partition: p.hwm for p in cut.partitions})
     config = RunnerConfig(
         executor=executor,
         concurrency=job.backfill.concurrency,
@@ -184,13 +158,13 @@ def run_job(
     with StateStore(job.state_url()) as store:
         check_source_retained(job, store, cut, timeout_s)
         runner = Runner(
-            job, store, cut.epoch, config, lag_gate=gate, progress=progress or NullProgress(),
+            job, store, cut.epoch, config, lag_gate=gate(cut), progress=progress or NullProgress(),
             stop=stop,
         )  # fmt: skip
         report = runner.run()
     rec, error = (None, None)
     if report.exit_code == ExitCode.OK:
-        rec, error = reconcile_run(job, cut, min_age_s=min_age_s)
+        rec, error = reconcile(cut)
     with StateStore(job.state_url()) as store:
         pauses = tuple(store.list_pauses(job.job_id))
     code = _final_code(report, rec)
@@ -200,9 +174,9 @@ def run_job(
 
 __all__ = [
     "DEFAULT_EXECUTOR",
+    "GateFactory",
     "JobOutcome",
     "LiveBoundedSource",
-    "live_bounded_source",
-    "reconcile_run",
+    "Reconciler",
     "run_job",
 ]

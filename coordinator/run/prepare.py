@@ -70,7 +70,7 @@ def table_facts(job: JobSpec) -> TableFacts:
     """The table's live offsets and the job's commit tokens in it (nothing if no table)."""
     from pyiceberg.exceptions import NoSuchTableError
 
-    from backfill.sinks.registry import open_sink
+    from backfill.sinks import open_sink
 
     sink = open_sink(job)
     try:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -299,14 +299,15 @@ def reprocess(
     *,
     transform: str | None = None,
     timeout_s: float = 10.0,
+    reconcile: Callable[[JobSpec, Cut, Sequence[Slice]], ReconcileReport],
 ) -> ReprocessOutcome:
     """Re-derive ``[start, end)`` with ``transform`` (default: the job's), then reconcile.
 
-    Raises ``ConfigError`` for a bad range or transform, ``StateError`` without a stored cut.
+    ``reconcile(job, cut, slices)`` compares source and table (``coordinator.service.
+    reprocess`` gives the job's). Raises ``ConfigError`` for a bad range or transform,
+    ``StateError`` without a stored cut.
     """
-    from coordinator.run.orchestrate import live_bounded_source
     from coordinator.state.reprocess import ReprocessStore
-    from reconcile.run import reconcile_job
 
     start, end = utc(start), utc(end)
     epoch_ms(start, "--from")
@@ -332,7 +333,7 @@ def reprocess(
         failed = list(ran.failed)
         report = None
         if not failed:
-            report = reconcile_job(fixed, cut, plan, source=live_bounded_source(fixed, cut))
+            report = reconcile(fixed, cut, plan)
             store.finish_run(run_id, report.reconciled, report.to_json())
     code = ExitCode.PARTIAL if failed else (
         ExitCode.OK if report is not None and report.reconciled else ExitCode.NOT_RECONCILED

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from backfill.executor import execute_slice
+from backfill.sinks import open_sink
 from backfill.sinks.common import CRASH_ENV
-from backfill.sinks.registry import open_sink
 from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backfill.executor import execute_slice
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableSink

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import backfill.sinks.common as common
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.values import Scope
 from tests.contract.backfill_writers import Rows, content, make_job, token

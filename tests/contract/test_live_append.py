@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core import lineage
 from coordinator.core.errors import CommitConflictError
 from coordinator.core.jobspec import JobSpec
@@ -138,7 +138,7 @@ def test_offsets_survive_maintenance_and_still_guard_appends(job: JobSpec) -> No
 def _versions(job: JobSpec, sink: TableSink) -> int:
     import lance
 
-    from backfill.sinks.registry import open_catalog
+    from backfill.sinks import open_catalog
 
     if job.table.format == "iceberg":
         return len(open_catalog(job).load_table(str(job.table.identifier)).snapshots())

@@ -81,7 +81,7 @@ def test_archive_slice_runs_once_through_the_executor(tmp_path: Path) -> None:
 
 def test_a_stale_coordinator_cannot_commit(tmp_path: Path) -> None:
     """The runner's worker checks the epoch right before the table commit (DESIGN §3)."""
-    from backfill.sinks.registry import open_sink
+    from backfill.sinks import open_sink
     from coordinator.run.pool import run_one
     from coordinator.state.store import StateStore
 

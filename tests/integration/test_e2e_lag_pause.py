@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.demo.data import orders
 from coordinator.run.lag_gate import LagGate, lag_value
-from coordinator.run.orchestrate import JobOutcome, run_job
+from coordinator.run.orchestrate import JobOutcome
 from coordinator.run.runner import StopSignal
+from coordinator.service import make_lag_gate, run_job
 from coordinator.state.store import StateStore
 from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_e2e_support import (
@@ -106,7 +107,9 @@ def test_run_pauses_while_live_lags_and_resumes_when_live_catches_up(
     assert len(live_delivered) == BURST > THRESHOLD
 
     hwm = {p.partition: p.hwm for p in cut.partitions}
-    gate = LagGate(job, pause_s=PAUSE_S, start_offsets=hwm, min_interval_s=0.1, max_wait_s=300)
+    gate = make_lag_gate(
+        job, pause_s=PAUSE_S, start_offsets=hwm, min_interval_s=0.1, max_wait_s=300
+    )
     run = RunThread(job, gate)
     run.start()
     try:

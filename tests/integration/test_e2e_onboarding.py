@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.state.store import StateStore

@@ -55,7 +55,7 @@ def history_rows(job: JobSpec) -> tuple[pa.Table, pa.Table]:
 
 def iceberg_files(job: JobSpec) -> tuple[set[str], set[str]]:
     """(data files that cannot hold rows of the week, every data file)."""
-    from backfill.sinks.registry import open_catalog
+    from backfill.sinks import open_catalog
     from backfill.sinks.scopes import iceberg_bucket
     from coordinator.core.values import TimeBucket
 

@@ -283,7 +283,7 @@ def counts(totals: dict[str, int]) -> dict[str, int]:
 
 def table_rows(job: JobSpec) -> pa.Table:
     """Every row of the job's table, sorted by lineage then order id."""
-    from backfill.sinks.registry import open_sink
+    from backfill.sinks import open_sink
 
     data = open_sink(job).scan()
     keys = [("_seamline_source", "ascending"), ("_kafka_partition", "ascending")]

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from backfill.sinks import open_sink
 from backfill.sinks.iceberg.sink import IcebergSink
-from backfill.sinks.registry import open_sink
 from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec
 from tests.contract.backfill_writers import Rows, make_job, token

@@ -175,9 +175,9 @@ def stop_live(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
 
 def table_rows(job: JobSpec) -> list[tuple[int, int]]:
     """Every ``(partition, offset)`` in the table (duplicates kept)."""
-    from coordinator.service import _catalog
+    from coordinator.service import open_catalog
 
-    table = _catalog(job).load_table(str(job.table.identifier))
+    table = open_catalog(job).load_table(str(job.table.identifier))
     data = table.scan(selected_fields=("_kafka_partition", "_kafka_offset")).to_arrow()
     return list(
         zip(
@@ -191,9 +191,9 @@ def table_rows(job: JobSpec) -> list[tuple[int, int]]:
 def table_offsets(job: JobSpec) -> dict[int, int]:
     """The table's committed live offsets (``{}`` before the first commit)."""
     from backfill.sinks.iceberg.live import live_offsets_from_properties
-    from coordinator.service import _catalog
+    from coordinator.service import open_catalog
 
-    catalog = _catalog(job)
+    catalog = open_catalog(job)
     ident = str(job.table.identifier)
     if not catalog.table_exists(ident):
         return {}

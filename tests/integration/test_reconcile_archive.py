@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from backfill.sinks.registry import open_catalog
+from backfill.sinks import open_catalog
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import (
     CommitToken,
@@ -29,10 +29,10 @@ from coordinator.core.values import (
     Slice,
     TimeBucket,
 )
+from coordinator.service import reconcile
 from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.model import ReconcileReport
 from reconcile.report import render_json, render_text
-from reconcile.run import reconcile_job
 from tests.contract.backfill_writers import make_job
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,7 @@ def _replace(job: JobSpec, data: pa.Table) -> None:
 
 
 def _scan(job: JobSpec) -> pa.Table:
-    from backfill.sinks.registry import open_sink
+    from backfill.sinks import open_sink
 
     return open_sink(job).scan()
 
@@ -146,7 +146,7 @@ def test_archive_mutations_are_localised_to_bucket_and_key(
     job, cut, slices = _setup(fmt, tmp_path, kafka_bootstrap, kafka_topic(1))
 
     def run() -> ReconcileReport:
-        return reconcile_job(job, cut, slices, quarantine={})
+        return reconcile(job, cut, slices, quarantine={})
 
     _check_clean(run())
     clean = _scan(job)

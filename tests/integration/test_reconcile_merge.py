@@ -17,7 +17,7 @@ import lance
 import pytest
 from confluent_kafka import Producer
 
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import (
     CommitToken,
@@ -30,8 +30,8 @@ from coordinator.core.values import (
     Scope,
     Slice,
 )
+from coordinator.service import reconcile
 from coordinator.testing.pytest_plugin import TopicFactory
-from reconcile.run import reconcile_job
 from stream.decode.json_records import decode_batch, identity
 from stream.kafka.reader import iter_kafka_range
 from tests.contract.backfill_writers import make_job
@@ -88,7 +88,7 @@ def test_merge_superseded_offsets_are_not_lost(
     for s in slices:
         execute_slice(job, s, CommitToken(job.job_id, s.slice_id, 1, Epoch(1), "backfill"))
 
-    report = reconcile_job(job, cut, slices, quarantine={})
+    report = reconcile(job, cut, slices, quarantine={})
     assert report.reconciled, report.to_json()
     p0, p1 = report.partitions
     assert (p0.superseded, p0.samples["superseded"]) == (2, (2, 6))  # order 4 live, 12 later
@@ -102,7 +102,7 @@ def test_merge_superseded_offsets_are_not_lost(
     assert report.totals()["superseded"] == 3
 
     lance.dataset(str(job.table.uri)).delete("order_id = 20")  # p0 offset 10: nothing replaced it
-    bad = reconcile_job(job, cut, slices, quarantine={})
+    bad = reconcile(job, cut, slices, quarantine={})
     assert not bad.reconciled
     p0 = bad.partitions[0]
     assert (p0.lost, p0.samples["lost"], p0.superseded) == (1, (10,), 2)

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.core.errors import StaleEpochError
 from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import CommitToken
-from coordinator.run.prepare import ensure_cut, ensure_plan
 from coordinator.run.pool import run_one
+from coordinator.run.prepare import ensure_cut, ensure_plan
 from coordinator.state.store import StateStore
 from coordinator.testing.pytest_plugin import TopicFactory
 

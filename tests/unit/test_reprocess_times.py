@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from coordinator.cli.main import cli
 from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.jobspec import load_job
-from coordinator.run.reprocess import epoch_ms, parse_when, reprocess, time_bound
+from coordinator.run.reprocess import epoch_ms, parse_when, time_bound
+from coordinator.service import reprocess
 
 JOB = """
 [job]

@@ -85,7 +85,8 @@ def _key_filter(keys: Sequence[str], matched: pa.Table) -> BooleanExpression:
 
 
 class IcebergSink:
-    """A ``TableSink`` over one Iceberg table."""
+    """One Iceberg table; satisfies the ``SliceWriter``, ``LiveTable`` and ``TableReader``
+    ports of :mod:`coordinator.core.ports` structurally."""
 
     def __init__(
         self,
@@ -134,6 +135,12 @@ class IcebergSink:
             tx.commit_transaction()
         except TableAlreadyExistsError:
             log.info("table created concurrently: %s", self.identifier)
+
+    def ensure_live(self) -> None:
+        """The table (created if missing) with its manifest-merge and metadata-cleanup
+        properties set: what live appends need."""
+        self.ensure_table()
+        self.live_table().ensure_maintenance_properties()
 
     def _table(self) -> Table:
         return self.catalog.load_table(self.identifier)

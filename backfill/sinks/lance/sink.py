@@ -47,7 +47,8 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 class LanceSink:
-    """A ``TableSink`` over one Lance dataset."""
+    """One Lance dataset; satisfies the ``SliceWriter``, ``LiveTable`` and ``TableReader``
+    ports of :mod:`coordinator.core.ports` structurally."""
 
     def __init__(
         self,
@@ -81,6 +82,10 @@ class LanceSink:
             if not self._exists():
                 raise WriterError(f"uri={self.uri}: cannot create the dataset ({exc})") from exc
             log.info("dataset created concurrently: %s", self.uri)
+
+    def ensure_live(self) -> None:
+        """The dataset, created if missing (live appends need nothing more on Lance)."""
+        self.ensure_table()
 
     def _exists(self) -> bool:
         try:
