@@ -1,0 +1,5 @@
+"""In-memory implementations of seamline's ports for fast unit tests (no Kafka, no tables).
+
+Each fake is held to the same behaviour as the real adapters by the contract suites
+(``tests/contract``), which run them next to Iceberg and Lance.
+"""
