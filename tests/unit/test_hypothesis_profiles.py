@@ -25,5 +25,7 @@ def test_the_ci_profile_suits_a_shared_machine() -> None:
 
 def test_the_active_profile_is_the_one_named_by_the_environment() -> None:
     name = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-    assert settings.default.deadline == settings.get_profile(name).deadline
-    assert settings.default.print_blob is True
+    active = settings.default
+    assert active is not None
+    assert active.deadline == settings.get_profile(name).deadline
+    assert active.print_blob is True
