@@ -4,12 +4,19 @@ computed with the planner before the plan-hash performance work (issue 19)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from coordinator.core.values import Cut, Epoch, Offset, PartitionCut, PartitionId
-from coordinator.plan.planner import ArchiveFile, Plan, make_plan
+from coordinator.core.values import Cut, Epoch, Offset, PartitionCut, PartitionId, Slice
+from coordinator.plan.planner import ArchiveFile, BucketUnit, Plan, make_plan
+from coordinator.state.codec import slice_to_json
+from tests.unit.test_planner import UNITS, archive_files, bounded_size, partition_cuts
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 PARTS = tuple(
@@ -53,3 +60,31 @@ def test_plan_hash_equals_the_value_stored_plans_carry(name: str) -> None:
 
 def test_the_big_golden_plan_has_the_slices_it_names() -> None:
     assert len(_plans()["1,204 slices"].slices) == 4 * 301
+
+
+def _reference_hash(cut: Cut, slices: Sequence[Slice]) -> str:
+    """The plan hash as the planner computed it before issue 19 (one ``json.dumps``)."""
+    doc = {
+        "job_id": cut.job_id,
+        "topic": cut.topic,
+        "partitions": [[p.partition, p.log_start, p.hwm] for p in cut.partitions],
+        "slices": [
+            {k: v for k, v in slice_to_json(s).items() if k not in ("est_rows", "est_bytes")}
+            for s in slices
+        ],
+    }
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@given(partition_cuts(), st.integers(1, 10**5), archive_files(), st.sampled_from(UNITS), st.text())
+def test_plan_hash_equals_the_reference_encoding(
+    parts: tuple[PartitionCut, ...],
+    size: int,
+    files: list[ArchiveFile],
+    unit: BucketUnit,
+    job_id: str,
+) -> None:
+    cut = Cut(job_id or "j", "orders", parts, T0, Epoch(1))
+    plan = make_plan(cut, bounded_size(parts, size), files, unit)
+    assert plan.plan_hash == _reference_hash(cut, plan.slices)
