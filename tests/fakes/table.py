@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,6 +32,9 @@ from coordinator.core import lineage
 from coordinator.core.errors import CommitConflictError, WriterError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import CommitToken, Offset, PartitionId, Scope, SnapshotId, WriteMode
+
+if TYPE_CHECKING:
+    from coordinator.core.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,17 @@ class FakeTable:
         self._rows: pa.Table | None = None
         self._offsets: dict[PartitionId, Offset] = {}
         self.commits: list[CommitRecord] = []  # oldest first
+
+    @classmethod
+    def for_job(cls, job: JobSpec) -> FakeTable:
+        """The fake of ``job``'s table: its schema, event time, write mode and key."""
+        return cls(
+            job.schema_.arrow_schema(),
+            job.schema_.event_time,
+            mode=job.backfill.mode,
+            key=job.table.key,
+            name=job.job_id,
+        )
 
     # -- writing -------------------------------------------------------------------------
 
