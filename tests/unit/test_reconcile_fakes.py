@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from coordinator.core import lineage
+from coordinator.core.errors import SourceDataLossError
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.values import (
     CommitToken,
@@ -23,9 +24,10 @@ from coordinator.core.values import (
     OffsetRange,
     PartitionCut,
     PartitionId,
+    Side,
     Slice,
 )
-from coordinator.plan.planner import kafka_slices
+from coordinator.plan.planner import check_retention, kafka_slices
 from reconcile.model import ReconcileReport
 from reconcile.run import reconcile_job
 from stream.decode.json_records import decode_batch, identity
@@ -72,10 +74,8 @@ class World:
         self.table = FakeTable(job.schema_.arrow_schema(), "ts", key=job.table.key)
         self.table.ensure_table()
 
-    def rows(self, rng: OffsetRange, side: str) -> pa.Table:
-        rows, bad = decode_batch(
-            self.topic.messages(rng), self.topic.schema, identity, side  # type: ignore[arg-type]
-        )
+    def rows(self, rng: OffsetRange, side: Side) -> pa.Table:
+        rows, bad = decode_batch(self.topic.messages(rng), self.topic.schema, identity, side)
         assert bad == []
         return rows
 
@@ -97,9 +97,11 @@ class World:
             self.job, self.cut, self.slices, quarantine={}, sink=self.table, source=self.topic
         )
 
-    def row_at(self, partition: int, offset: int, side: str) -> pa.Table:
+    def row_at(self, partition: int, offset: int, side: Side) -> pa.Table:
         """The row a writer would write for one offset, as ``side``."""
-        return self.rows(OffsetRange(PartitionId(partition), Offset(offset), Offset(offset + 1)), side)
+        return self.rows(
+            OffsetRange(PartitionId(partition), Offset(offset), Offset(offset + 1)), side
+        )
 
 
 @pytest.fixture
@@ -173,3 +175,16 @@ def test_an_offset_written_by_both_sides_is_counted_as_overlap(world: World) -> 
     assert failing["overlap"] == 1
     assert failing == {"overlap": 1, "wrong_side": 1}  # a backfill row above the cut
     assert report.partitions[0].overlap == 1
+
+
+def test_the_fake_topic_cut_and_retention_loss(tmp_path: Path) -> None:
+    w = World(_job(tmp_path))
+    cut = w.topic.take_cut("fake", [0, 1])
+    assert [(p.partition, p.log_start, p.hwm) for p in cut.partitions] == [(0, 0, 45), (1, 0, 45)]
+    slices = kafka_slices(cut.partitions, SLICE)
+    w.topic.delete_before(1, 12)
+    starts = {PartitionId(p): Offset(lo) for p, (lo, _) in w.topic.watermarks([0, 1]).items()}
+    with pytest.raises(SourceDataLossError, match=r"partition=1 offsets=\[10,12\)"):
+        check_retention(cut, slices, starts, done=["k-p1-000000000-000000010"])
+    unit = w.topic.read([OffsetRange(PartitionId(1), Offset(0), Offset(13))])
+    assert unit.offsets.tolist() == [12]  # offsets 0-11 are gone
