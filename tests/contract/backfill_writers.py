@@ -20,17 +20,22 @@ from backfill.sinks import open_sink
 from backfill.sinks.common import CRASH_ENV
 from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec, parse_job
+from coordinator.core.ports import TableSink
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice
 from stream.decode.json_records import add_lineage
 
 WRITERS = ("iceberg-overwrite", "iceberg-merge", "lance-overwrite", "lance-merge")
+#: The in-memory table fake (tests/fakes/table.py) in both modes: held to the same contract.
+FAKE_WRITERS = ("fake-overwrite", "fake-merge")
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)
 SORT = [lineage.SOURCE, lineage.SIDE, lineage.PARTITION, lineage.OFFSET, "order_id"]
 
 
 def make_job(writer: str, root: Path, bootstrap: str, topic: str) -> JobSpec:
-    """A job for one of :data:`WRITERS` with its table under ``root``."""
+    """A job for one of :data:`WRITERS` with its table under ``root`` (a fake writer gets a
+    Lance job: the fake takes its schema, event time, mode and key from it)."""
     fmt, mode = writer.split("-")
+    fmt = "lance" if fmt == "fake" else fmt
     table: dict[str, Any] = {"format": fmt, "key": ["order_id"], "partition_by": "day"}
     if fmt == "iceberg":
         (root / "warehouse").mkdir(parents=True, exist_ok=True)
@@ -119,7 +124,12 @@ def token(
 
 def content(job: JobSpec) -> list[dict[str, Any]]:
     """The whole table, sorted canonically."""
-    table = open_sink(job).scan()
+    return content_of(open_sink(job))
+
+
+def content_of(sink: TableSink) -> list[dict[str, Any]]:
+    """The whole table behind ``sink``, sorted canonically."""
+    table = sink.scan()
     rows: list[dict[str, Any]] = table.sort_by([(c, "ascending") for c in SORT]).to_pylist()
     return rows
 

@@ -1,7 +1,11 @@
 """The writer contract (issue 4): every writer runs these tests unchanged.
 
 Iceberg overwrite, Iceberg merge, Lance overwrite and Lance merge, against real pyiceberg
-SQL-catalog tables and real Lance datasets, with a real broker for the Kafka source.
+SQL-catalog tables and real Lance datasets, with a real broker for the Kafka source (marked
+``integration``). The in-memory table fake (``tests/fakes/table.py``) in both modes runs the
+single-process cases too, in the fast tier, so the fake behaves like the real writers; the
+cases that need a second process (a concurrent live appender, kill -9 around a commit) are
+left out for it: an in-memory table is not shared between processes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import multiprocessing
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,35 +26,61 @@ from coordinator.core.ports import TableSink
 from coordinator.core.values import Scope, Slice, TimeBucket
 from tests.contract.backfill_writers import (
     DAY0,
+    FAKE_WRITERS,
     WRITERS,
     Rows,
     content,
+    content_of,
     crashing_executor,
     live_appender,
     make_job,
     produce,
     token,
 )
-
-pytestmark = pytest.mark.integration
+from tests.fakes.table import FakeTable
 
 SPAWN = multiprocessing.get_context("spawn")
 HWM = 100  # the cut: backfill owns offsets [0, 100) of partition 0, live owns [100, ∞)
 
 
-@pytest.fixture(params=WRITERS)
-def job(request: pytest.FixtureRequest, tmp_path: Path) -> JobSpec:
-    """A job for each of the four writers (topic filled in by Kafka tests)."""
-    writer: str = request.param
+REAL = [pytest.param(w, marks=pytest.mark.integration) for w in WRITERS]
+
+
+def _job(writer: str, tmp_path: Path) -> JobSpec:
     return make_job(writer, tmp_path, "127.0.0.1:1", "contract-topic")
 
 
+@pytest.fixture(params=[*REAL, *FAKE_WRITERS])
+def writer(request: pytest.FixtureRequest) -> str:
+    """Each real writer (integration) and the in-memory fake in both modes (fast tier)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def sink(job: JobSpec) -> TableSink:
-    """The job's sink with its table created."""
-    s = open_sink(job)
+def job(writer: str, tmp_path: Path) -> JobSpec:
+    """The writer's job."""
+    return _job(writer, tmp_path)
+
+
+@pytest.fixture
+def sink(writer: str, job: JobSpec) -> TableSink:
+    """The job's sink (or the fake) with its table created."""
+    s: TableSink = FakeTable.for_job(job) if writer.startswith("fake-") else open_sink(job)
     s.ensure_table()
     return s
+
+
+@pytest.fixture(params=REAL)
+def real_job(request: pytest.FixtureRequest, tmp_path: Path) -> JobSpec:
+    """A job for each of the four real writers (topic filled in by Kafka tests)."""
+    return _job(request.param, tmp_path)
+
+
+def _content(job: JobSpec, sink: TableSink) -> list[dict[str, Any]]:
+    """The table's content: a real table is read back through a freshly opened sink (the
+    table itself, not the writer's view of it); the fake is its one in-memory table."""
+    return content_of(sink) if isinstance(sink, FakeTable) else content(job)
 
 
 def _kafka_slice(slice_id: str, rows: Rows) -> Slice:
@@ -61,8 +92,10 @@ def _archive_slice(slice_id: str, day: int) -> Slice:
     return Slice(slice_id, Scope("archive", bucket=TimeBucket(start, start + timedelta(days=1))))
 
 
-def _offsets(job: JobSpec, side: str) -> Counter[tuple[int | None, int | None]]:
-    rows = [r for r in content(job) if r[lineage.SIDE] == side]
+def _offsets(
+    job: JobSpec, sink: TableSink, side: str
+) -> Counter[tuple[int | None, int | None]]:
+    rows = [r for r in _content(job, sink) if r[lineage.SIDE] == side]
     return Counter((r[lineage.PARTITION], r[lineage.OFFSET]) for r in rows)
 
 
@@ -74,7 +107,7 @@ def test_rerunning_a_slice_leaves_content_identical(job: JobSpec, sink: TableSin
         _kafka_slice("k0", hist).scope, hist.table("backfill"), token("k0", hist.range)
     )
     sink.write_slice(arch_slice.scope, arch.table("backfill", "archive"), token("a-day1", None))
-    first = content(job)
+    first = _content(job, sink)
     assert len(first) == 90
     sink.write_slice(
         _kafka_slice("k0", hist).scope, hist.table("backfill"), token("k0", hist.range, attempt=2)
@@ -82,7 +115,7 @@ def test_rerunning_a_slice_leaves_content_identical(job: JobSpec, sink: TableSin
     sink.write_slice(
         arch_slice.scope, arch.table("backfill", "archive"), token("a-day1", None, attempt=2)
     )
-    assert content(job) == first
+    assert _content(job, sink) == first
     found = sink.find_commit("contract", "k0")
     assert found is not None and found.token.attempt == 2
 
@@ -98,9 +131,9 @@ def test_late_live_rows_survive_the_backfill_of_their_day(job: JobSpec, sink: Ta
     sink.write_slice(
         _archive_slice("a-day0", 0).scope, arch.table("backfill", "archive"), token("a-day0", None)
     )
-    assert _offsets(job, "live") == Counter({(0, o): 1 for o in range(HWM, HWM + 5)})
-    assert _offsets(job, "backfill")[(0, 0)] == 1
-    assert len(content(job)) == HWM + 5 + 20
+    assert _offsets(job, sink, "live") == Counter({(0, o): 1 for o in range(HWM, HWM + 5)})
+    assert _offsets(job, sink, "backfill")[(0, 0)] == 1
+    assert len(_content(job, sink)) == HWM + 5 + 20
     assert sink.live_offsets() == {0: HWM + 5}
 
 
@@ -111,10 +144,12 @@ def test_merge_or_overwrite_replaces_a_changed_slice(job: JobSpec, sink: TableSi
     sink.write_slice(
         _kafka_slice("k0", old).scope, new.table("backfill"), token("k0", old.range, attempt=2)
     )
-    assert [r["order_id"] for r in content(job)] == list(range(30))
+    assert [r["order_id"] for r in _content(job, sink)] == list(range(30))
 
 
-def test_a_concurrent_live_appender_loses_nothing(job: JobSpec, sink: TableSink) -> None:
+def test_a_concurrent_live_appender_loses_nothing(real_job: JobSpec) -> None:
+    job, sink = real_job, open_sink(real_job)
+    sink.ensure_table()
     live = [
         Rows(base=100_000 + 10 * i, partition=0, start=HWM + 10 * i, count=10, day=i % 3)
         for i in range(6)
@@ -138,20 +173,24 @@ def test_a_concurrent_live_appender_loses_nothing(job: JobSpec, sink: TableSink)
         )
     child.join(120)
     assert child.exitcode == 0
-    assert _offsets(job, "live") == Counter({(0, o): 1 for o in range(HWM, HWM + 60)})
+    assert _offsets(job, sink, "live") == Counter({(0, o): 1 for o in range(HWM, HWM + 60)})
     want: dict[tuple[int | None, int | None], int] = {(0, o): 1 for o in range(90)}
     want[(None, None)] = 30
-    assert _offsets(job, "backfill") == Counter(want)
+    assert _offsets(job, sink, "backfill") == Counter(want)
     assert sink.live_offsets() == {0: HWM + 60}
 
 
 @pytest.fixture
-def kafka_job(job: JobSpec, kafka_bootstrap: str, kafka_topic: object, tmp_path: Path) -> JobSpec:
+def kafka_job(
+    real_job: JobSpec, kafka_bootstrap: str, kafka_topic: object, tmp_path: Path
+) -> JobSpec:
     """The writer's job pointed at a fresh 1-partition topic holding 50 records."""
     topic = kafka_topic(1)  # type: ignore[operator]
-    kjob = job.model_copy(
+    kjob = real_job.model_copy(
         update={
-            "stream": job.stream.model_copy(update={"bootstrap": kafka_bootstrap, "topic": topic})
+            "stream": real_job.stream.model_copy(
+                update={"bootstrap": kafka_bootstrap, "topic": topic}
+            )
         }
     )
     produce(kafka_bootstrap, topic, Rows(base=0, partition=0, start=0, count=50))
@@ -174,5 +213,5 @@ def test_kill_9_around_the_commit_then_rerun_is_exact(kafka_job: JobSpec, crash_
         assert sink.find_commit("contract", "k0") is None
     result = execute_slice(kafka_job, slice_, token("k0", rows.range, attempt=2))
     assert result.already_committed is (crash_at == "after_commit")
-    assert _offsets(kafka_job, "backfill") == Counter({(0, o): 1 for o in range(50)})
+    assert _offsets(kafka_job, sink, "backfill") == Counter({(0, o): 1 for o in range(50)})
     assert [r["order_id"] for r in content(kafka_job)] == list(range(50))

@@ -1,1 +1,5 @@
-"""In-memory and in-thread implementations of seamline's ports, for fast unit tests."""
+"""In-memory and in-thread implementations of seamline's ports for fast unit tests.
+
+Each fake is held to the same behaviour as the real adapters by the contract suites
+(``tests/contract``), which run them next to Iceberg and Lance.
+"""

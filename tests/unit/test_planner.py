@@ -28,11 +28,20 @@ from coordinator.plan.planner import (
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 UNITS: list[BucketUnit] = ["hour", "day", "month"]
+MAX_SLICES = 2_000  # unit-tier plans stay small; huge plans are measured in bench/planner.py
+MAX_PARTITIONS = 8
+
+
+def bounded_size(parts: tuple[PartitionCut, ...], size: int) -> int:
+    """``size`` raised just enough that ``parts`` split into at most ``MAX_SLICES`` (+ one
+    rounding slice per partition): examples stay fast whatever widths were drawn."""
+    total = sum(p.hwm - p.log_start for p in parts)
+    return max(size, total // MAX_SLICES + 1)
 
 
 @st.composite
 def partition_cuts(draw: st.DrawFn) -> tuple[PartitionCut, ...]:
-    n = draw(st.integers(0, 8))
+    n = draw(st.integers(0, MAX_PARTITIONS))
     out = []
     for p in range(n):
         start = draw(st.integers(0, 10**12))
@@ -49,9 +58,9 @@ def _cut(parts: tuple[PartitionCut, ...], job: str = "j") -> Cut:
 def test_kafka_slices_tile_every_partition_exactly_once(
     parts: tuple[PartitionCut, ...], size: int
 ) -> None:
-    widest = max((p.hwm - p.log_start for p in parts), default=0)
-    size = max(size, widest // 2000 + 1)  # at most ~2,000 slices per partition: fast examples
+    size = bounded_size(parts, size)
     slices = kafka_slices(parts, size)
+    assert len(slices) <= MAX_SLICES + MAX_PARTITIONS
     assert len({s.slice_id for s in slices}) == len(slices)
     for pc in parts:
         ranges = [r for s in slices for r in s.scope.ranges if r.partition == pc.partition]
@@ -161,14 +170,25 @@ def test_archive_slice_ids_and_half_open_bounds() -> None:
 def test_plan_is_deterministic(
     parts: tuple[PartitionCut, ...], size: int, files: list[ArchiveFile], rnd: random.Random
 ) -> None:
+    size = bounded_size(parts, size)
     one = make_plan(_cut(parts), size, files, "day")
     shuffled = list(files)
     rnd.shuffle(shuffled)
     two = make_plan(_cut(parts), size, shuffled, "day")
     assert one == two
     assert len(one.plan_hash) == 64
+    assert len(one.slices) <= MAX_SLICES + MAX_PARTITIONS + 101  # + at most 101 day buckets
     estimated = with_estimates(one, {s.slice_id: (1, 2) for s in one.slices})
     assert estimated.plan_hash == one.plan_hash  # estimates never change what a slice owns
+
+
+def test_bounded_size_keeps_the_issue_19_draw_small() -> None:
+    # the draw that exceeded the deadline: one partition, 512 k offsets, slice size 1
+    parts = (PartitionCut(PartitionId(0), Offset(13850515), Offset(14362321)),)
+    size = bounded_size(parts, 1)
+    assert size == 256
+    assert len(kafka_slices(parts, size)) == 2_000
+    assert bounded_size(parts, 10**6) == 10**6  # a large enough size is kept
 
 
 def test_plan_hash_changes_with_the_cut_or_the_slicing() -> None:
