@@ -96,7 +96,7 @@ def run_live(
     """Run until SIGTERM/SIGINT; returns the final counters."""
     stop = _install_stop_handlers()
     from coordinator.service import open_live_sink
-    from stream.decode.json_records import load_transform
+    from stream.decode.transform import load_transform
     from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
     from stream.live.core import BatchLimits
     from stream.live.loop import LiveConsumer, LiveSettings

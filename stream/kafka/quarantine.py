@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from coordinator.core.errors import LiveError
-from stream.decode.json_records import Quarantined
+from stream.decode.base import Quarantined
 
 log = logging.getLogger(__name__)
 

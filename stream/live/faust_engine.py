@@ -23,7 +23,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from coordinator.core.errors import CommitConflictError, LiveError
 from coordinator.core.values import CommitToken, Epoch, Offset, PartitionId
-from stream.decode.json_records import Transform, decode_columns
+from stream.decode.json import decode_columns
+from stream.decode.transform import Transform
 from stream.live.core import LiveBook, stale_partitions, start_positions
 from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink, slice_id_for
 

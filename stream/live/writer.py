@@ -27,7 +27,9 @@ from coordinator.core import lineage
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, LiveError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.decode.json_records import Quarantined, Transform, decode_columns
+from stream.decode.base import Quarantined
+from stream.decode.json import decode_columns
+from stream.decode.transform import Transform
 from stream.live.core import Batch, stale_partitions
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from backfill.sinks.registry import open_sink
 from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice
-from stream.decode.json_records import add_lineage
+from stream.decode.base import add_lineage
 
 WRITERS = ("iceberg-overwrite", "iceberg-merge", "lance-overwrite", "lance-merge")
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)

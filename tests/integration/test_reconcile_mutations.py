@@ -43,7 +43,9 @@ from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.model import ReconcileReport
 from reconcile.run import reconcile_job
 from reconcile.source import KafkaUnits, SourceUnit
-from stream.decode.json_records import RawMessage, decode_batch, identity
+from stream.decode.base import RawMessage
+from stream.decode.json import decode_batch
+from stream.decode.transform import identity
 
 pytestmark = pytest.mark.integration
 
