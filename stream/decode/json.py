@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -30,7 +32,7 @@ from stream.decode.transform import Transform, apply_transform
 log = logging.getLogger(__name__)
 
 #: Deepest JSON nesting a record may have (deeper records are quarantined).
-MAX_DEPTH = 128
+MAX_DEPTH = 256
 _BIG_INT_DIGITS = 40  # longer integer literals are kept as text (never a 4300-digit int)
 _SMALL_CHUNK = 32  # a failing chunk this small goes to the reference whole
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -270,15 +272,42 @@ def _positions(candidates: list[int] | None, failed: list[int], n: int) -> list[
 
 
 def _candidates(arr: pa.BinaryArray) -> list[int] | None:
-    """Positions worth a fast parse (``None``: all): one line, starts with ``{``, shallow."""
-    opens = pc.add(pc.count_substring(arr, "{"), pc.count_substring(arr, "["))
-    unsure = pc.or_(
-        pc.invert(pc.match_substring_regex(arr, r"^[ \t]*\{[^\n\r]*$")),
-        pc.greater(opens, MAX_DEPTH),
-    ).fill_null(True)
-    if not pc.any(unsure).as_py():
+    """Positions worth a fast parse (``None``: all): the row starts with ``{`` and is shallow.
+
+    A row the JSON reader accepts is valid JSON, so its brackets balance: nesting deeper than
+    ``MAX_DEPTH`` needs more than ``2 * MAX_DEPTH`` bytes, and only such long rows have their
+    brackets counted (over the data buffer at once). A newline inside a row needs no check:
+    each row starting with ``{`` gives at least one row, so "as many rows as records" (checked
+    after the parse) proves each gave exactly one, and whitespace lines are JSON whitespace to
+    both paths.
+    """
+    unsure = pc.invert(pc.starts_with(arr, "{").fill_null(False))
+    bad = set(pc.indices_nonzero(unsure).to_pylist()) if pc.any(unsure).as_py() else set()
+    long_rows = pc.greater(pc.binary_length(arr), 2 * MAX_DEPTH).fill_null(False)
+    if pc.any(long_rows).as_py():
+        where = pc.indices_nonzero(long_rows).to_numpy()
+        starts, data = _layout(arr.filter(long_rows))
+        hits = np.flatnonzero((data == ord("[")) | (data == ord("{")))
+        per_row = np.bincount(np.searchsorted(starts, hits, side="right") - 1, minlength=len(where))
+        bad.update(where[per_row > MAX_DEPTH].tolist())
+    if not bad:
         return None
-    return [i for i, u in enumerate(unsure.to_pylist()) if not u]
+    return [i for i in range(len(arr)) if i not in bad]
+
+
+def _layout(arr: pa.BinaryArray) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+    """Where each row starts in the row bytes, and the row bytes."""
+    _, offsets_buf, data_buf = arr.buffers()
+    n = len(arr)
+    offsets = np.frombuffer(offsets_buf, np.int32)[arr.offset : arr.offset + n + 1]
+    first = int(offsets[0]) if n else 0
+    end = int(offsets[-1]) if n else 0
+    data = (
+        np.frombuffer(data_buf, np.uint8)[first:end]
+        if data_buf is not None
+        else np.zeros(0, np.uint8)
+    )
+    return (offsets[:-1] - first).astype(np.int64), data
 
 
 def _parse_chunk(
