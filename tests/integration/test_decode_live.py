@@ -124,7 +124,8 @@ def _dlq(job: JobSpec) -> list[tuple[int, int, str, bytes | None]]:
             msg = consumer.poll(1.0)
             if msg is None or msg.error():
                 continue
-            h = {k: v.decode() for k, v in msg.headers() or []}
+            pairs: Any = msg.headers() or []
+            h = {str(k): v.decode() for k, v in pairs}
             out.append((int(h[H_PARTITION]), int(h[H_OFFSET]), h[H_ERROR], msg.value()))
         return out
     finally:
