@@ -39,6 +39,8 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "timestamp_us": pa.timestamp("us", tz="UTC"),
     "binary": pa.binary(),
 }
+#: Arrow field metadata marking a float field whose NaN / Infinity values are kept.
+NON_FINITE_KEY = b"seamline.non_finite"
 _DECIMAL = re.compile(r"decimal\(\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})\s*\)")
 _TYPE_NAMES = [*FIELD_TYPES, "decimal(P,S)"]
 
@@ -93,6 +95,8 @@ class SchemaSpec(_Model):
     fields: dict[str, str]
     required: list[str] = []
     event_time: str
+    # NaN / Infinity in float fields: quarantined by default; "keep" stores them (IEEE).
+    non_finite: Literal["quarantine", "keep"] = "quarantine"
 
     @field_validator("fields")
     @classmethod
@@ -106,11 +110,16 @@ class SchemaSpec(_Model):
                 raise ValueError(f"field {name!r}: {exc}") from None
         return v
 
+    def _field(self, name: str, type_: pa.DataType, nullable: bool) -> pa.Field:
+        keep = self.non_finite == "keep" and pa.types.is_floating(type_)
+        meta = {NON_FINITE_KEY: b"keep"} if keep else None
+        return pa.field(name, type_, nullable=nullable, metadata=meta)
+
     def arrow_schema(self) -> pa.Schema:
         """The user columns as an Arrow schema (lineage columns are added by writers)."""
         required = set(self.required) | {self.event_time}
         return pa.schema(
-            [pa.field(n, field_type(t), nullable=n not in required) for n, t in self.fields.items()]
+            [self._field(n, field_type(t), n not in required) for n, t in self.fields.items()]
         )
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from coordinator.core.jobspec import NON_FINITE_KEY
+
 #: Epoch milliseconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z.
 MIN_MS = -62_135_596_800_000
 MAX_MS = 253_402_300_799_999
@@ -58,6 +60,17 @@ def _integer(value: Any, type_: pa.DataType) -> int:
 def _float(value: Any, type_: pa.DataType) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal | BigInt):
         raise RecordError(f"expected a number, found {_show(value)}")
+    return _finite(value, type_)
+
+
+def _float_keep(value: Any, type_: pa.DataType) -> float:
+    """As :func:`_float`, but the JSON constants NaN / Infinity / -Infinity are kept."""
+    if isinstance(value, float):  # only the constants parse to float (numbers: Decimal)
+        return value
+    return _float(value, type_)
+
+
+def _finite(value: Any, type_: pa.DataType) -> float:
     try:
         number = float(value)
     except OverflowError:
@@ -167,6 +180,16 @@ def _binary(value: Any, type_: pa.DataType) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise RecordError(f"expected base64 text, found {_show(value)}") from None
+
+
+def keeps_non_finite(field: pa.Field) -> bool:
+    """Whether the job keeps NaN / Infinity in this float field (else: quarantined)."""
+    return bool(field.metadata and field.metadata.get(NON_FINITE_KEY) == b"keep")
+
+
+def field_coercer(field: pa.Field) -> Callable[[Any, pa.DataType], Any]:
+    """The per-value check for ``field`` (its type and its non-finite policy)."""
+    return _float_keep if keeps_non_finite(field) else coercer(field.type)
 
 
 def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:

@@ -26,7 +26,16 @@ import pyarrow.json as pajson
 
 from coordinator.core.values import Side
 from stream.decode.base import Quarantined, RawMessage, add_lineage
-from stream.decode.coerce import MAX_MS, MIN_MS, BigInt, RecordError, coercer, int_range, physical
+from stream.decode.coerce import (
+    MAX_MS,
+    MIN_MS,
+    BigInt,
+    RecordError,
+    field_coercer,
+    int_range,
+    keeps_non_finite,
+    physical,
+)
 from stream.decode.transform import Transform, apply_transform
 
 log = logging.getLogger(__name__)
@@ -130,7 +139,7 @@ def _decode_values(
 def _reference(
     values: Sequence[bytes | None], positions: list[int], schema: pa.Schema
 ) -> tuple[pa.Table, list[int], dict[int, str]]:
-    checks = [(f.name, coercer(f.type), f.type, f.nullable) for f in schema]
+    checks = [(f.name, field_coercer(f), f.type, f.nullable) for f in schema]
     rows: list[list[Any]] = []
     ok: list[int] = []
     bad: dict[int, str] = {}
@@ -225,8 +234,12 @@ def _build_one_by_one(
 
 
 def fast_supported(schema: pa.Schema) -> bool:
-    """Whether the vectorised path can decode ``schema`` (others go record by record)."""
-    return all(
+    """Whether the vectorised path can decode ``schema`` (others go record by record).
+
+    A float field keeping NaN / Infinity goes record by record: Arrow's reader accepts more
+    spellings of them than JSON does.
+    """
+    return not any(keeps_non_finite(f) for f in schema) and all(
         pa.types.is_integer(f.type)
         or pa.types.is_floating(f.type)
         or pa.types.is_string(f.type)

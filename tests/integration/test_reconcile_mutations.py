@@ -115,7 +115,12 @@ def _job(tmp_path: Path, bootstrap: str, topic: str, fmt: str) -> JobSpec:
         table |= {"uri": str(tmp_path / "unused.lance")}
     doc = {
         "stream": {"bootstrap": bootstrap, "topic": topic},
-        "schema": {"fields": FIELDS, "event_time": "ts", "required": ["id", "ts"]},
+        "schema": {
+            "fields": FIELDS,
+            "event_time": "ts",
+            "required": ["id", "ts"],
+            "non_finite": "keep",  # the corpus carries NaN prices into the table
+        },
         "table": table,
         "backfill": {"slice_records": 100},
     }

@@ -238,6 +238,27 @@ def test_nan_infinity_and_float_overflow_are_quarantined_not_stored() -> None:
     assert error is None and row is not None and row["price"] == 1e308
 
 
+def test_non_finite_keep_policy_stores_nan_and_infinity_constants_only() -> None:
+    keep = {b"seamline.non_finite": b"keep"}
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+            pa.field("price", pa.float64(), metadata=keep),
+            pa.field("ratio", pa.float32(), metadata=keep),
+        ]
+    )
+    values = [b'{"id":1,"ts":1,"price":NaN,"ratio":-Infinity}', b'{"id":2,"ts":1,"ratio":1e300}']
+    messages = [RawMessage(0, i, v) for i, v in enumerate(values)]
+    rows, bad = decode_batch(messages, schema, identity, "live")
+    alone = [decode_batch([m], schema, identity, "live") for m in messages]
+    assert repr(rows.to_pylist()) == repr([r for t, _ in alone for r in t.to_pylist()])  # NaN
+    assert bad == [q for _, qs in alone for q in qs]
+    [row] = rows.to_pylist()
+    assert row["price"] != row["price"] and row["ratio"] == float("-inf")
+    assert [q.offset for q in bad] == [1] and "float32" in bad[0].error
+
+
 def test_zero_good_rows_gives_an_empty_table_with_the_schema() -> None:
     messages = [RawMessage(0, i, v) for i, v in enumerate([b"{", None, b'{"ts":1}'])]
     for transform in (identity, _fails_on_3):
