@@ -24,7 +24,7 @@ from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
 from coordinator.core.ports import SliceResult, SliceWriter
 from coordinator.core.values import CommitToken, Slice
-from stream.decode.json_records import Quarantined
+from stream.decode.base import Quarantined
 from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from coordinator.core.values import (
     Scope,
     TimeBucket,
 )
-from stream.decode.json_records import add_lineage
+from stream.decode.base import add_lineage
 
 START = datetime(2022, 1, 1, tzinfo=UTC)
 DAYS = 3 * 365

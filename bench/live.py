@@ -45,7 +45,8 @@ from coordinator.core.jobspec import LiveSpec
 from coordinator.core.lineage import with_lineage
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
 from stream.broker.admin import create_topic, delete_topics
-from stream.decode.json_records import decode_columns, identity
+from stream.decode.json import decode_columns
+from stream.decode.transform import identity
 from stream.live.core import BatchLimits
 from stream.live.loop import LiveConsumer, LiveSettings, LiveSink
 

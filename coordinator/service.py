@@ -326,7 +326,7 @@ def run_live(
     engine: str = "confluent",
 ) -> dict[str, int]:
     """Run the live consumer of ``job`` until ``stop`` is set; returns the final counters."""
-    from stream.decode.json_records import load_transform
+    from stream.decode.transform import load_transform
     from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
     from stream.live.loop import LiveConsumer
     from stream.live.metrics import LiveMetrics

@@ -2,8 +2,8 @@
 
 All reading goes through :func:`stream.kafka.reader.iter_kafka_range` (bounded, read
 committed, stops exactly at a range's end despite sparse offsets) and
-:func:`stream.decode.json_records.decode_batch` with the job's transform, so the source side yields exactly
-the rows the writers would write, plus the offsets the decoder quarantines.
+the job's decoder (:func:`stream.decode.decoder_for`) with the job's transform, so the
+source side yields exactly the rows the writers would write, plus the offsets the decoder quarantines.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from coordinator.core.errors import SourceError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import OffsetRange
 from reconcile.coverage import I64
-from stream.decode.json_records import Transform, decode_batch, load_transform
+from stream.decode import decoder_for
+from stream.decode.transform import Transform, load_transform
 from stream.kafka.quarantine import default_topic, read_quarantine
 from stream.kafka.reader import iter_kafka_range
 
@@ -68,6 +69,7 @@ class KafkaUnits:
         self.topic = job.stream.topic
         self.schema = job.schema_.arrow_schema()
         self.transform: Transform = load_transform(job.transform.function)
+        self.decoder = decoder_for(job.stream.format)
         self.timeout_s = timeout_s
 
     def ends(self, partitions: Sequence[int]) -> dict[int, int]:
@@ -84,7 +86,7 @@ class KafkaUnits:
             for msgs in iter_kafka_range(self.conf, self.topic, rng, timeout_s=self.timeout_s):
                 offsets.extend(m.offset for m in msgs)
                 stamps.extend(-1 if m.timestamp_ms is None else m.timestamp_ms for m in msgs)
-                rows, quarantined = decode_batch(msgs, self.schema, self.transform, "backfill")
+                rows, quarantined = self.decoder.decode(msgs, self.schema, self.transform, "backfill")
                 bad.extend(q.offset for q in quarantined)
                 if rows.num_rows:
                     tables.append(rows)

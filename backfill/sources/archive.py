@@ -19,7 +19,8 @@ from backfill.sinks.scopes import micros
 from coordinator.core.errors import SourceError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Slice, TimeBucket
-from stream.decode.json_records import add_lineage, load_transform
+from stream.decode.base import add_lineage
+from stream.decode.transform import load_transform
 
 log = logging.getLogger(__name__)
 

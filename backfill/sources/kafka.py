@@ -8,7 +8,9 @@ import pyarrow as pa
 
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Slice
-from stream.decode.json_records import Quarantined, decode_batch, load_transform
+from stream.decode import decoder_for
+from stream.decode.base import Quarantined
+from stream.decode.transform import load_transform
 from stream.kafka.reader import iter_kafka_range
 
 
@@ -19,6 +21,7 @@ def decode_kafka_slice(
     schema = job.schema_.arrow_schema()
     transform = load_transform(job.transform.function)
     conf = job.kafka_config()
+    decoder = decoder_for(job.stream.format)
     for rng in slice_.scope.ranges:
         for msgs in iter_kafka_range(conf, job.stream.topic, rng, batch_size):
-            yield decode_batch(msgs, schema, transform, side="backfill")
+            yield decoder.decode(msgs, schema, transform, side="backfill")

@@ -24,9 +24,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
-#: Field types a job may declare, mapped to Arrow types.
+#: Field types a job may declare, mapped to Arrow types (plus ``decimal(P,S)``, see
+#: :func:`field_type`).
 FIELD_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
     "int32": pa.int32(),
     "int64": pa.int64(),
     "float64": pa.float64(),
@@ -35,8 +38,25 @@ FIELD_TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
     "timestamp_ms": pa.timestamp("ms", tz="UTC"),
     "timestamp_us": pa.timestamp("us", tz="UTC"),
-    "decimal(18,2)": pa.decimal128(18, 2),
+    "binary": pa.binary(),
 }
+#: Arrow field metadata marking a float field whose NaN / Infinity values are kept.
+NON_FINITE_KEY = b"seamline.non_finite"
+_DECIMAL = re.compile(r"decimal\(\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})\s*\)")
+_TYPE_NAMES = [*FIELD_TYPES, "decimal(P,S)"]
+
+
+def field_type(name: str) -> pa.DataType:
+    """The Arrow type of a declared field type; ``ValueError`` saying what is accepted."""
+    if name in FIELD_TYPES:
+        return FIELD_TYPES[name]
+    m = _DECIMAL.fullmatch(name)
+    if m is None:
+        raise ValueError(f"expected one of {_TYPE_NAMES}, found {name!r}")
+    precision, scale = int(m.group(1)), int(m.group(2))
+    if not 1 <= precision <= 38 or scale > precision:
+        raise ValueError(f"expected decimal(P,S) with 1 <= P <= 38 and 0 <= S <= P, found {name!r}")
+    return pa.decimal128(precision, scale)
 
 
 class _Model(BaseModel):
@@ -76,6 +96,8 @@ class SchemaSpec(_Model):
     fields: dict[str, str]
     required: list[str] = []
     event_time: str
+    # NaN / Infinity in float fields: quarantined by default; "keep" stores them (IEEE).
+    non_finite: Literal["quarantine", "keep"] = "quarantine"
 
     @field_validator("fields")
     @classmethod
@@ -83,20 +105,22 @@ class SchemaSpec(_Model):
         for name, type_name in v.items():
             if not _IDENT.match(name) or name.startswith("_seamline") or name.startswith("_kafka"):
                 raise ValueError(f"expected a plain column name, found {name!r}")
-            if type_name not in FIELD_TYPES:
-                raise ValueError(
-                    f"field {name!r}: expected one of {sorted(FIELD_TYPES)}, found {type_name!r}"
-                )
+            try:
+                field_type(type_name)
+            except ValueError as exc:
+                raise ValueError(f"field {name!r}: {exc}") from None
         return v
+
+    def _field(self, name: str, type_: pa.DataType, nullable: bool) -> pa.Field:
+        keep = self.non_finite == "keep" and pa.types.is_floating(type_)
+        meta = {NON_FINITE_KEY: b"keep"} if keep else None
+        return pa.field(name, type_, nullable=nullable, metadata=meta)
 
     def arrow_schema(self) -> pa.Schema:
         """The user columns as an Arrow schema (lineage columns are added by writers)."""
         required = set(self.required) | {self.event_time}
         return pa.schema(
-            [
-                pa.field(n, FIELD_TYPES[t], nullable=n not in required)
-                for n, t in self.fields.items()
-            ]
+            [self._field(n, field_type(t), n not in required) for n, t in self.fields.items()]
         )
 
 

@@ -16,7 +16,7 @@ sees the same transaction's records at offsets >= ``hwm`` only. The LSO at cut t
 
 The event-time watermark is for information only (timestamps never define the seam): the
 largest event time among the last few records below ``hwm``, decoded with
-:func:`stream.decode.json_records.decode_batch`.
+the job's decoder (:func:`stream.decode.decoder_for`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from coordinator.core.errors import BrokerError, ConfigError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, EventTimeMs, Offset, PartitionCut, PartitionId
-from stream.decode.json_records import RawMessage, decode_batch, identity
+from stream.decode import decoder_for
+from stream.decode.base import RawMessage
+from stream.decode.transform import identity
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +239,8 @@ def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> Event
 def _max_event_time(job: JobSpec, msgs: list[RawMessage]) -> EventTimeMs | None:
     if not msgs:
         return None
-    table, _bad = decode_batch(msgs, job.schema_.arrow_schema(), identity, side="backfill")
+    decoder = decoder_for(job.stream.format)
+    table, _bad = decoder.decode(msgs, job.schema_.arrow_schema(), identity, side="backfill")
     column = table.column(job.schema_.event_time)
     if table.num_rows == 0 or column.null_count == table.num_rows:
         return None

@@ -18,7 +18,7 @@ from coordinator.plan.cut import floor_at_live, read_cut, read_log_starts
 from coordinator.plan.facts import archive_unit, count_kafka_slices, scan_archives
 from coordinator.plan.planner import Plan, check_retention, make_plan, with_estimates
 from coordinator.state.store import StateStore, state_exists
-from stream.decode.json_records import load_transform
+from stream.decode.transform import load_transform
 
 log = logging.getLogger(__name__)
 

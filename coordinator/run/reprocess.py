@@ -205,7 +205,7 @@ def with_transform(job: JobSpec, fn: str | None) -> JobSpec:
     """``job`` with its transform replaced (``None``: keep the job's)."""
     if fn is None:
         return job
-    from stream.decode.json_records import load_transform
+    from stream.decode.transform import load_transform
 
     spec = TransformSpec(function=fn)  # validates module:function
     load_transform(spec.function)

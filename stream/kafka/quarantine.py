@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from coordinator.core.errors import LiveError
 from coordinator.core.retry import transient
-from stream.decode.json_records import Quarantined
+from stream.decode.base import Quarantined
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from coordinator.core.errors import SourceDataLossError, SourceError
 from coordinator.core.retry import transient
 from coordinator.core.values import OffsetRange
-from stream.decode.json_records import RawMessage
+from stream.decode.base import RawMessage
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from coordinator.core.values import Offset, OffsetRange, PartitionId
-from stream.decode.json_records import RawMessage
+from stream.decode.base import RawMessage
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from coordinator.core.errors import LiveError
 from coordinator.core.values import Offset, PartitionId
-from stream.decode.json_records import Transform
+from stream.decode.transform import Transform
 from stream.live.core import Batch, LiveBook, start_positions
 from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink
 from stream.live.writer import BatchOutcome, BatchWriter

@@ -27,7 +27,9 @@ from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownErr
 from coordinator.core.ports import CommitRecord
 from coordinator.core.retry import RetryPolicy, call_with_retry
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.decode.json_records import Quarantined, Transform, decode_columns
+from stream.decode.base import Quarantined
+from stream.decode.json import decode_columns
+from stream.decode.transform import Transform
 from stream.live.core import Batch, stale_partitions
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.ports import TableSink
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice
-from stream.decode.json_records import add_lineage
+from stream.decode.base import add_lineage
 
 WRITERS = ("iceberg-overwrite", "iceberg-merge", "lance-overwrite", "lance-merge")
 #: The in-memory table fake (tests/fakes/table.py) in both modes: held to the same contract.

@@ -2,9 +2,9 @@
 the reconciler, committed ends and decoded source units.
 
 Implements ``reconcile.run.UnitSource`` (``ends``, ``read``) over a log of
-:class:`~stream.decode.json_records.RawMessage` values with *sparse* offsets (a transaction
+:class:`~stream.decode.base.RawMessage` values with *sparse* offsets (a transaction
 marker or an aborted record takes an offset but holds no record, so tests can leave holes).
-Reading decodes with the real :func:`~stream.decode.json_records.decode_batch`, exactly like
+Reading decodes with the real :func:`~stream.decode.json.decode_batch`, exactly like
 ``reconcile.source.KafkaUnits``: the same record yields the same row, and a record the
 decoder refuses is reported as quarantined.
 
@@ -29,7 +29,9 @@ import pyarrow as pa
 
 from coordinator.core.values import Cut, Epoch, Offset, OffsetRange, PartitionCut, PartitionId
 from reconcile.source import SourceUnit
-from stream.decode.json_records import RawMessage, Transform, decode_batch, identity
+from stream.decode.base import RawMessage
+from stream.decode.json import decode_batch
+from stream.decode.transform import Transform, identity
 
 
 class FakeTopic:

@@ -78,6 +78,10 @@ class FakeTable:
         if self._rows is None:
             self._rows = self.schema.empty_table()
 
+    def ensure_live(self) -> None:
+        """Live appends need nothing beyond the table itself."""
+        self.ensure_table()
+
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
         """Replace (overwrite) or upsert (merge) exactly ``scope`` in one commit."""
         table = self._table()

@@ -14,7 +14,7 @@ import pytest
 
 from backfill.sinks.lance.sink import LanceSink
 from coordinator.core.values import CommitToken, Epoch, Scope, TimeBucket
-from stream.decode.json_records import add_lineage
+from stream.decode.base import add_lineage
 
 pytestmark = pytest.mark.integration
 

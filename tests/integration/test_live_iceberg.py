@@ -12,7 +12,9 @@ from backfill.sinks.iceberg.live import IcebergLiveTable
 from coordinator.core.errors import CommitConflictError
 from coordinator.core.lineage import with_lineage
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
-from stream.decode.json_records import RawMessage, decode_batch, identity
+from stream.decode.base import RawMessage
+from stream.decode.json import decode_batch
+from stream.decode.transform import identity
 
 pytestmark = pytest.mark.integration
 

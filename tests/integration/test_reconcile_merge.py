@@ -32,7 +32,8 @@ from coordinator.core.values import (
 )
 from coordinator.service import reconcile
 from coordinator.testing.pytest_plugin import TopicFactory
-from stream.decode.json_records import decode_batch, identity
+from stream.decode.json import decode_batch
+from stream.decode.transform import identity
 from stream.kafka.reader import iter_kafka_range
 from tests.contract.backfill_writers import make_job
 

@@ -32,7 +32,8 @@ from coordinator.core.values import (
     Slice,
 )
 from coordinator.testing.pytest_plugin import TopicFactory
-from stream.decode.json_records import decode_batch, identity
+from stream.decode.json import decode_batch
+from stream.decode.transform import identity
 from stream.kafka.reader import iter_kafka_range
 from tests.integration.test_reconcile_support import reconcile_json, run_slices, store_plan
 

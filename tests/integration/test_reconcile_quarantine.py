@@ -29,7 +29,7 @@ from coordinator.core.values import (
 from coordinator.testing.pytest_plugin import TopicFactory
 from reconcile.run import reconcile_job
 from reconcile.source import dead_letter_topic, read_dead_letters
-from stream.decode.json_records import Quarantined
+from stream.decode.base import Quarantined
 from stream.kafka.quarantine import QuarantineWriter, ensure_topic
 from tests.integration.test_live_support import (
     ends,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.core.values import Offset, OffsetRange, PartitionId
-from stream.decode.json_records import RawMessage
+from stream.decode.base import RawMessage
 from stream.live.core import (
     Batch,
     BatchLimits,

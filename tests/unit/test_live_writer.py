@@ -20,7 +20,7 @@ import pytest
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, LiveError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import CommitToken, Offset, OffsetRange, PartitionId, SnapshotId
-from stream.decode.json_records import Quarantined
+from stream.decode.base import Quarantined
 from stream.live.core import Batch, BatchLimits
 from stream.live.faust_engine import FaustBatchWriter
 from stream.live.loop import LiveSettings

@@ -30,7 +30,8 @@ from coordinator.core.values import (
 from coordinator.plan.planner import check_retention, kafka_slices
 from reconcile.model import ReconcileReport
 from reconcile.run import reconcile_job
-from stream.decode.json_records import decode_batch, identity
+from stream.decode.json import decode_batch
+from stream.decode.transform import identity
 from tests.fakes.kafka import FakeTopic
 from tests.fakes.table import FakeTable
 

@@ -74,7 +74,13 @@ def _contiguous_partitions(table: Table, rows: pa.Table) -> list[tuple[Any, pa.T
 
 
 def write_data_files(table: Table, rows: pa.Table) -> list[DataFile]:
-    """Parquet data files for ``rows`` (already conformed to the table schema), not committed."""
+    """Parquet data files for ``rows`` (already conformed to the table schema), not committed.
+
+    No rows, no files (pyiceberg's bin packing divides by the row count): a live batch whose
+    records were all quarantined still commits its offsets.
+    """
+    if rows.num_rows == 0:
+        return []
     meta = table.metadata
     runs = _contiguous_partitions(table, rows)
     if runs is None:

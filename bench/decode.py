@@ -1,0 +1,161 @@
+"""Decode benchmark: records/s of the JSON decoder, before (commit d0e016f) and after, side by side.
+
+Run::
+
+    uv run python -m bench.decode --records 1000000
+
+The records are one realistic 8-column order stream (ids, an event time, strings, an int32
+quantity, money, a flag), decoded in live-sized batches (``--batch``, the live default 50,000)
+with ``decode_columns`` as the live writer calls it, best of ``--repeat`` runs each. The "before" decoder is the old
+``stream/decode/json_records.py`` taken from git (``--old-commit``) into a temporary folder
+outside the repository and imported from there. Cases: a clean stream with ``float64`` money,
+the same with ``decimal(18,2)`` money (the old fast path did not take decimals), and a clean
+stream with one malformed record per batch (the old fast path then decoded the whole batch
+record by record; the new one bisects to the culprit). Each row is checked to give the same
+row and quarantine counts before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pyarrow as pa
+
+from stream.decode.json import JsonDecoder, decode_columns
+from stream.decode.transform import identity
+
+Decode = Callable[..., tuple[pa.Table, list[Any]]]
+
+
+def order_schema(money: pa.DataType) -> pa.Schema:
+    """Eight columns, as an order stream carries them."""
+    return pa.schema(
+        [
+            pa.field("order_id", pa.int64(), nullable=False),
+            pa.field("customer_id", pa.int64()),
+            pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+            pa.field("status", pa.string()),
+            pa.field("sku", pa.string()),
+            pa.field("quantity", pa.int32()),
+            pa.field("amount", money),
+            pa.field("paid", pa.bool_()),
+        ]
+    )
+
+
+def records(n: int, seed: int = 7) -> list[bytes]:
+    """``n`` order records as JSON (money as JSON numbers with two decimals)."""
+    rng = random.Random(seed)
+    statuses = ["new", "paid", "shipped", "cancelled"]
+    out = []
+    for i in range(n):
+        doc = {
+            "order_id": i,
+            "customer_id": rng.randrange(1, 2_000_000),
+            "ts": 1_700_000_000_000 + i * 37,
+            "status": rng.choice(statuses),
+            "sku": f"SKU-{rng.randrange(100_000):06d}",
+            "quantity": rng.randrange(1, 20),
+            "amount": f"{rng.randrange(100, 10_000_000) / 100:.2f}",
+            "paid": rng.random() < 0.8,
+        }
+        out.append(json.dumps(doc).replace(f'"{doc["amount"]}"', str(doc["amount"])).encode())
+    return out
+
+
+def old_module(commit: str, folder: Path) -> ModuleType:
+    """The decoder module as it was at ``commit``, imported from ``folder`` (not the repo)."""
+    text = subprocess.run(
+        ["git", "show", f"{commit}:stream/decode/json_records.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = folder / "json_records_before.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("json_records_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(
+    decode: Decode, values: list[bytes], schema: pa.Schema, batch: int
+) -> tuple[float, int, int]:
+    """Records/s over ``values`` in batches, plus the row and quarantine counts."""
+    rows = bad = 0
+    start = time.perf_counter()
+    for lo in range(0, len(values), batch):
+        chunk = values[lo : lo + batch]
+        offsets = list(range(lo, lo + len(chunk)))
+        table, quarantined = decode([0] * len(chunk), offsets, chunk, schema, identity, "live")
+        rows += table.num_rows
+        bad += len(quarantined)
+    return len(values) / (time.perf_counter() - start), rows, bad
+
+
+def best(
+    decode: Decode, values: list[bytes], schema: pa.Schema, args: Any
+) -> tuple[float, int, int]:
+    """The best of ``--repeat`` runs (the machine is shared: the best run is the least disturbed)."""
+    runs = [run(decode, values, schema, args.batch) for _ in range(args.repeat)]
+    return max(runs)
+
+
+def poisoned(values: list[bytes], batch: int) -> list[bytes]:
+    """One malformed record in the middle of every batch."""
+    out = list(values)
+    for lo in range(0, len(out), batch):
+        out[min(lo + batch // 2, len(out) - 1)] = b'{"order_id": 1, "customer": "\\ud800'
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--old-commit", default="d0e016f")
+    parser.add_argument("--reference-records", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    values = records(args.records)
+    with tempfile.TemporaryDirectory() as folder:
+        old = old_module(args.old_commit, Path(folder))
+        cases = [
+            ("clean, float64 money", values, order_schema(pa.float64())),
+            ("clean, decimal(18,2) money", values, order_schema(pa.decimal128(18, 2))),
+            ("1 bad record per batch", poisoned(values, args.batch), order_schema(pa.float64())),
+        ]
+        print(f"{args.records:,} records, batches of {args.batch:,}")
+        print(f"{'case':<28}{'before rec/s':>14}{'after rec/s':>14}{'after/before':>14}")
+        for name, vals, schema in cases:
+            after = best(decode_columns, vals, schema, args)
+            try:
+                before = best(old.decode_columns, vals, schema, args)
+            except Exception as exc:
+                print(f"{name:<28}{'crash':>14}{after[0]:>14,.0f}{'':>14}  ({type(exc).__name__})")
+                continue
+            if before[1:] != after[1:]:
+                raise SystemExit(f"{name}: rows/bad differ: before {before[1:]}, after {after[1:]}")
+            print(f"{name:<28}{before[0]:>14,.0f}{after[0]:>14,.0f}{after[0] / before[0]:>14.2f}")
+        ref = JsonDecoder(fast=False).decode_columns
+        sample = values[: args.reference_records]
+        rate = run(ref, sample, order_schema(pa.float64()), args.batch)[0]
+        print(f"{'per-record reference only':<28}{'':>14}{rate:>14,.0f}")
+
+
+if __name__ == "__main__":
+    main()

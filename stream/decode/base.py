@@ -1,0 +1,53 @@
+"""What every decoder shares: the raw message, the quarantined record, the lineage columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from coordinator.core import lineage
+from coordinator.core.values import Side, SourceTag
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """The parts of a Kafka message seamline uses."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record that could not become a row, kept with where it came from."""
+
+    partition: int
+    offset: int
+    error: str
+    raw: bytes | None
+
+
+def add_lineage(
+    table: pa.Table,
+    partitions: pa.Array | None,
+    offsets: pa.Array | None,
+    source: SourceTag,
+    side: Side,
+) -> pa.Table:
+    """Append the lineage columns (``None`` partitions/offsets mean archive rows: nulls)."""
+    n = table.num_rows
+    part = partitions if partitions is not None else pa.nulls(n, pa.int32())
+    offs = offsets if offsets is not None else pa.nulls(n, pa.int64())
+    cols = [
+        part.cast(pa.int32()),
+        offs.cast(pa.int64()),
+        pa.array([source] * n, pa.string()),
+        pa.array([side] * n, pa.string()),
+    ]
+    for f, col in zip(lineage.FIELDS, cols, strict=True):
+        table = table.append_column(f, col)
+    return table
