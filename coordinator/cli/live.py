@@ -92,6 +92,7 @@ def run_live(
     metrics_port: int | None,
     partitions: tuple[int, ...] | None,
     engine: str = "confluent",
+    metrics_host: str = "127.0.0.1",
 ) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the final counters."""
     stop = _install_stop_handlers()
@@ -108,7 +109,7 @@ def run_live(
     ensure_topic(conf, dlq)
     metrics = LiveMetrics(job.job_id) if metrics_port is not None else None
     if metrics is not None and metrics_port is not None:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
     settings = LiveSettings(
         job_id=job.job_id,
         topic=job.stream.topic,
@@ -148,6 +149,12 @@ def run_live(
 @click.command("live")
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics binds to (0.0.0.0 exposes it to the network).",
+)
 @click.option("--partitions", default=None, help="Explicit assignment, e.g. 0,2 (no group).")
 @click.option(
     "--engine",
@@ -156,12 +163,18 @@ def run_live(
     show_default=True,
     help="confluent-kafka consumer, or a Faust worker (group offsets set from the table).",
 )
-def live(job_file: str, metrics_port: int | None, partitions: str | None, engine: str) -> None:
+def live(
+    job_file: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    partitions: str | None,
+    engine: str,
+) -> None:
     """Consume the job's topic from the cut onwards into the table, exactly once."""
     job = load_job(job_file)
     if engine == "faust" and partitions is not None:
         raise ConfigError("key=--partitions: the faust engine assigns through its group")
-    counters = run_live(job, metrics_port, _parse_partitions(partitions), engine)
+    counters = run_live(job, metrics_port, _parse_partitions(partitions), engine, metrics_host)
     click.echo(" ".join(f"{k}={v}" for k, v in counters.items()))
 
 

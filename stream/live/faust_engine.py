@@ -22,6 +22,7 @@ import faust
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from coordinator.core.errors import CommitConflictError, LiveError
+from coordinator.core.logs import configure_worker_logging
 from coordinator.core.values import CommitToken, Epoch, Offset, PartitionId
 from stream.decode.json_records import Transform, decode_columns
 from stream.live.core import LiveBook, stale_partitions, start_positions
@@ -173,6 +174,18 @@ def build_app(
     return app
 
 
+class RedactingWorker(faust.Worker):  # type: ignore[misc]
+    """A Faust worker that keeps seamline's redacting log handler (and ``--log-json``).
+
+    mode's ``setup_logging`` replaces the root handlers when the worker starts; this puts
+    the coordinator's handler back right after, so no record bypasses redaction.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        configure_worker_logging()
+
+
 def run_worker(
     settings: LiveSettings,
     kafka_conf: Mapping[str, str],
@@ -186,5 +199,5 @@ def run_worker(
     commit_group_offsets(kafka_conf, settings.group, settings.topic, positions)
     writer = FaustBatchWriter(settings, sink, transform, start_offsets, quarantine)
     app = build_app(settings, kafka_conf, writer)
-    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker = RedactingWorker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()
