@@ -59,6 +59,7 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
     """Run one slice end to end; idempotent by token."""
     if multiprocessing.parent_process() is not None:  # a worker: log like the coordinator
         configure_worker_logging()
+    log.debug("slice start: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
     sink = open_sink(job)
     sink.ensure_table()
     found = sink.find_commit(token.job_id, slice_.slice_id)

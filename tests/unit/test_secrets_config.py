@@ -235,7 +235,8 @@ def test_faust_worker_keeps_the_redacting_json_handler(monkeypatch: pytest.Monke
         assert isinstance(root.handlers[0].formatter, JsonFormatter)
         assert root.level == logging.DEBUG
     finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
 
 
 def test_a_spawned_worker_logs_json_redacted_like_its_coordinator(tmp_path: Path) -> None:
