@@ -1,7 +1,8 @@
 """Preparing a run: validate up front, take (or reuse) the cut, build (or reuse) the plan.
 
 Order matters for "nothing is written on a bad job": the job file, the transform, the archive
-settings and the broker/topic are all checked *before* the state store is created. A stored
+settings and the broker/topic are all checked *before* the state store is created. ``cut`` and
+``plan --dry-run`` never import the transform (user code): only commands that apply it do. A stored
 cut and plan are always reused (DESIGN §6: retries and resumes never re-plan against "now").
 """
 
@@ -31,9 +32,11 @@ class PlanView:
     exact: bool  # row estimates of Kafka slices are exact counts
 
 
-def validate_job(job: JobSpec) -> None:
-    """Checks that need no broker: the transform imports, archive settings agree."""
-    load_transform(job.transform.function)
+def validate_job(job: JobSpec, *, transform: bool = True) -> None:
+    """Checks that need no broker: archive settings agree and (``transform``) the transform
+    imports. Importing the transform runs user code: ``cut`` and ``plan --dry-run`` skip it."""
+    if transform:
+        load_transform(job.transform.function)
     archive_unit(job)
 
 
@@ -52,12 +55,15 @@ def stored_cut(job: JobSpec) -> Cut | None:
         return store.get_cut(job.job_id)
 
 
-def ensure_cut(job: JobSpec, *, new_cut: bool = False, timeout_s: float = 10.0) -> Cut:
+def ensure_cut(
+    job: JobSpec, *, new_cut: bool = False, timeout_s: float = 10.0, transform: bool = True
+) -> Cut:
     """The job's cut: the stored one, or a new one read from the broker and stored first.
 
     ``new_cut`` bumps the epoch (every older coordinator becomes stale) and takes a new cut.
+    ``transform=False`` (``seamline cut``) does not import the user's transform.
     """
-    validate_job(job)
+    validate_job(job, transform=transform)
     if not new_cut:
         existing = stored_cut(job)
         if existing is not None:
@@ -111,8 +117,9 @@ def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
 
 
 def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanView:
-    """The plan without writing anything: the stored one if any, else computed."""
-    validate_job(job)
+    """The plan without writing anything (nor importing the transform): the stored one if
+    any, else computed."""
+    validate_job(job, transform=False)
     store = open_existing(job)
     if store is not None:
         with store:
