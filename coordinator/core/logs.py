@@ -105,7 +105,13 @@ class JsonFormatter(logging.Formatter):
 def _excepthook(
     kind: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
-    sys.stderr.write(redact("".join(traceback.format_exception(kind, exc, tb))))
+    """An uncaught exception goes through the redacting handler (as JSON with --log-json)."""
+    if issubclass(kind, KeyboardInterrupt) or not logging.getLogger().handlers:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, exc, tb))))
+        return
+    logging.getLogger("seamline").critical(
+        "unexpected error: %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb)
+    )
 
 
 def _install(level: str | int, json_lines: bool) -> None:

@@ -281,3 +281,18 @@ def test_text_logs_redact_tracebacks_too() -> None:
         record = logging.LogRecord("x", logging.ERROR, "f", 1, "boom", None, sys.exc_info())
     assert CANARY not in RedactingFormatter().format(record)
     assert CANARY not in JsonFormatter().format(record)
+
+
+def test_an_uncaught_error_is_one_redacted_json_record() -> None:
+    code = (
+        "from coordinator.core.logs import configure_logging\n"
+        "configure_logging('INFO', json_lines=True)\n"
+        f"raise RuntimeError('boom postgresql://u:{CANARY}@h/db password={CANARY}')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode != 0 and CANARY not in done.stderr, done.stderr
+    doc = json.loads(done.stderr)
+    assert doc["level"] == "CRITICAL" and "RuntimeError" in doc["exc"]
