@@ -8,10 +8,12 @@ cut and plan are always reused (DESIGN §6: retries and resumes never re-plan ag
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from dataclasses import dataclass
 
-from coordinator.core.errors import StateError
+from coordinator.core.errors import ConfigError, StateError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch
 from coordinator.plan.cut import read_cut, read_log_starts
@@ -33,11 +35,30 @@ class PlanView:
 
 
 def validate_job(job: JobSpec, *, transform: bool = True) -> None:
-    """Checks that need no broker: archive settings agree and (``transform``) the transform
-    imports. Importing the transform runs user code: ``cut`` and ``plan --dry-run`` skip it."""
+    """Checks that need no broker: archive settings agree and the transform imports.
+
+    Importing the transform runs user code: with ``transform=False`` (``cut``, ``plan
+    --dry-run``) only its top-level module is looked up on the path, nothing is executed.
+    """
     if transform:
         load_transform(job.transform.function)
+    else:
+        find_transform(job.transform.function)
     archive_unit(job)
+
+
+def find_transform(ref: str | None) -> None:
+    """``ConfigError`` unless the top-level module of ``ref`` is on the path (runs no code)."""
+    if ref is None:
+        return
+    module_name = ref.partition(":")[0]
+    top = module_name.split(".")[0]
+    if top not in sys.modules and importlib.util.find_spec(top) is None:
+        raise ConfigError(
+            f"key=transform.function: cannot import module {module_name!r} "
+            f"(expected module {top!r} on the path, found none)",
+            hint="check the module is on PYTHONPATH or installed in the environment",
+        )
 
 
 def open_existing(job: JobSpec) -> StateStore | None:
