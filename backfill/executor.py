@@ -13,6 +13,7 @@ not yet returned) the process SIGKILLs itself there. Tests set it in child proce
 from __future__ import annotations
 
 import logging
+import multiprocessing
 
 import pyarrow as pa
 
@@ -22,6 +23,7 @@ from backfill.sources.archive import read_archive_slice
 from backfill.sources.kafka import decode_kafka_slice
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
+from coordinator.core.logs import configure_worker_logging
 from coordinator.core.ports import SliceResult, SliceWriter
 from coordinator.core.values import CommitToken, Slice
 from stream.decode.base import Quarantined
@@ -55,6 +57,9 @@ def _quarantine(job: JobSpec, bad: list[Quarantined]) -> None:
 
 def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResult:
     """Run one slice end to end; idempotent by token."""
+    if multiprocessing.parent_process() is not None:  # a worker: log like the coordinator
+        configure_worker_logging()
+    log.debug("slice start: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
     sink: SliceWriter = open_sink(job)
     sink.ensure_table()
     found = sink.find_commit(token.job_id, slice_.slice_id)

@@ -322,6 +322,7 @@ def run_live(
     stop: threading.Event,
     *,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     partitions: tuple[int, ...] | None = None,
     engine: str = "confluent",
 ) -> dict[str, int]:
@@ -337,7 +338,7 @@ def run_live(
     ensure_topic(conf, dlq)
     metrics = LiveMetrics(job.job_id) if metrics_port is not None else None
     if metrics is not None and metrics_port is not None:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_host)
     settings = _live_settings(job, epoch, partitions)
     if engine == "faust" and stop.is_set():  # stopped while starting: nothing consumed yet
         return {}

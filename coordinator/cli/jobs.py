@@ -302,7 +302,9 @@ def register(group: click.Group) -> None:
     @_timeout
     def cut(job_file: str, new_cut: bool, adopt: bool, output: str, timeout_s: float) -> None:
         """Take (once) and show the job's cut: log_start and hwm per partition."""
-        result = ensure_cut(_job(job_file), new_cut=new_cut, adopt=adopt, timeout_s=timeout_s)
+        result = ensure_cut(
+            _job(job_file), new_cut=new_cut, adopt=adopt, timeout_s=timeout_s, transform=False
+        )
         if output == "json":
             click.echo(json.dumps(cut_json(result)))
         else:

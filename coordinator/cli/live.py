@@ -52,19 +52,27 @@ def run_live(
     metrics_port: int | None,
     partitions: tuple[int, ...] | None,
     engine: str = "confluent",
+    metrics_host: str = "127.0.0.1",
 ) -> dict[str, int]:
     """Run until SIGTERM/SIGINT; returns the final counters."""
     from coordinator.service import run_live as run_live_service
 
     stop = _install_stop_handlers()
     return run_live_service(
-        job, stop, metrics_port=metrics_port, partitions=partitions, engine=engine
+        job, stop, metrics_port=metrics_port, metrics_host=metrics_host, partitions=partitions,
+        engine=engine,
     )
 
 
 @click.command("live")
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus /metrics here.")
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics binds to (0.0.0.0 exposes it to the network).",
+)
 @click.option("--partitions", default=None, help="Explicit assignment, e.g. 0,2 (no group).")
 @click.option(
     "--engine",
@@ -73,12 +81,18 @@ def run_live(
     show_default=True,
     help="confluent-kafka consumer, or a Faust worker (group offsets set from the table).",
 )
-def live(job_file: str, metrics_port: int | None, partitions: str | None, engine: str) -> None:
+def live(
+    job_file: str,
+    metrics_port: int | None,
+    metrics_host: str,
+    partitions: str | None,
+    engine: str,
+) -> None:
     """Consume the job's topic from the cut onwards into the table, exactly once."""
     job = load_job(job_file)
     if engine == "faust" and partitions is not None:
         raise ConfigError("key=--partitions: the faust engine assigns through its group")
-    counters = run_live(job, metrics_port, _parse_partitions(partitions), engine)
+    counters = run_live(job, metrics_port, _parse_partitions(partitions), engine, metrics_host)
     click.echo(" ".join(f"{k}={v}" for k, v in counters.items()))
 
 

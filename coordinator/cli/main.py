@@ -57,7 +57,9 @@ def main() -> None:
         exc.show()
         sys.exit(ExitCode.USAGE)
     except SeamlineError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from coordinator.core.logs import redact
+
+        click.echo(f"error: {redact(str(exc))}", err=True)  # messages may wrap library text
         sys.exit(exc.exit_code)
     # with standalone_mode=False, click returns the code of ctx.exit(n) instead of raising
     sys.exit(rc if isinstance(rc, int) else 0)

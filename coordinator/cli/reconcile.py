@@ -32,7 +32,9 @@ def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
     report = reconcile_and_record(job, min_age_s=min_age)
     click.echo(render_json(report) if output == "json" else render_text(report))
     if html is not None:
-        html.write_text(render_html(report), encoding="utf-8")
+        from coordinator.core.logs import write_private
+
+        write_private(html, render_html(report))  # 0640: reports name hosts and tables
     if not report.reconciled:
         return int(ExitCode.NOT_RECONCILED)
     return int(ExitCode.OK)

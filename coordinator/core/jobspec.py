@@ -24,6 +24,29 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
+#: Keys whose values are never echoed back in an error (they may hold credentials).
+_SECRET_KEYS = ("state", "table.catalog_uri", "table.catalog_properties", "stream.security")
+_SHOWN_MAX = 80
+
+
+def _check_userinfo(url: str) -> None:
+    """Refuse a URL whose password holds an unencoded ``@`` (or ``/``) before the host.
+
+    Such a URL parses with part of the password as the "host", which then reaches errors,
+    ``status`` and the state store. The URL itself is never part of the message.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower().startswith(("sqlite", "file")):
+        return
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    ats = head.count("@")
+    if ats > 1 or (ats == 1 and "/" in head.split("@", 1)[0]):
+        raise ValueError(
+            "expected user:password@host with the password percent-encoded; the user or "
+            "password holds an unencoded '@' or '/' (write '@' as %40 and '/' as %2F)"
+        )
+
+
 #: Field types a job may declare, mapped to Arrow types (plus ``decimal(P,S)``, see
 #: :func:`field_type`).
 FIELD_TYPES: dict[str, pa.DataType] = {
@@ -137,6 +160,13 @@ class TableSpec(_Model):
     key: list[str] = []
     partition_by: Literal["day", "hour", "none"] = "day"
 
+    @field_validator("catalog_uri")
+    @classmethod
+    def _catalog_uri(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _check_userinfo(v.get_secret_value())
+        return v
+
     @field_validator("identifier")
     @classmethod
     def _identifier(cls, v: str | None) -> str | None:
@@ -215,6 +245,13 @@ class StateSpec(_Model):
 
     url: SecretStr | None = None
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _check_userinfo(v.get_secret_value())
+        return v
+
 
 class JobSpec(_Model):
     """A whole job file."""
@@ -278,11 +315,13 @@ def _anchor_sqlite(url: str, base_dir: Path) -> str:
     return parsed.set(database=str(base_dir / db)).render_as_string(hide_password=False)
 
 
-def _expand_env(value: Any, where: str) -> Any:
+def _expand_env(value: Any, where: str, used: set[str] | None = None) -> Any:
+    """``value`` with every ``${NAME}`` replaced; the values substituted go into ``used``."""
+    used = set() if used is None else used
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return {k: _expand_env(v, f"{where}.{k}" if where else k, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand_env(v, f"{where}[{i}]", used) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -292,6 +331,8 @@ def _expand_env(value: Any, where: str) -> Any:
                     f"key={where}: environment variable {name} is not set",
                     hint=f"export {name}=... before running seamline",
                 )
+            if os.environ[name]:
+                used.add(os.environ[name])
             return os.environ[name]
 
         return _ENV_REF.sub(sub, value)
@@ -319,7 +360,24 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
     return [f.alias or n for n, f in current.model_fields.items() if n != "base_dir"]
 
 
-def _describe(err: Any) -> str:
+def _secret_key(key: str) -> bool:
+    return (
+        any(key == k or key.startswith(k + ".") for k in _SECRET_KEYS)
+        or any(w in key.lower() for w in ("password", "secret", "token", "url", "uri"))
+    )
+
+
+def _shown(key: str, found: Any, env_values: set[str]) -> str:
+    """What an error may echo of the value at ``key``: never a secret, never a long table."""
+    text = repr(found)
+    if _secret_key(key) or any(v in text for v in env_values):
+        return "***"
+    if isinstance(found, dict | list):
+        return f"a {'table' if isinstance(found, dict) else 'list'} of {len(found)} entries"
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
+
+
+def _describe(err: Any, env_values: set[str] | frozenset[str] = frozenset()) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
@@ -328,14 +386,18 @@ def _describe(err: Any) -> str:
         return f"key={key}: unknown key{hint}"
     if err["type"] == "missing":
         return f"key={key}: required key is missing"
-    found = err.get("input")
-    shown = "***" if "password" in key or "secret" in key or "url" in key else repr(found)
-    return f"key={key}: {err['msg']}, found {shown}"
+    if err["type"] == "value_error":  # our validators say "expected X, found Y" themselves
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if _secret_key(key) or any(v in msg for v in env_values):
+            msg = msg.split(", found", 1)[0] + " (value not shown)"
+        return f"key={key}: {msg}"
+    return f"key={key}: {err['msg']}, found {_shown(key, err.get('input'), set(env_values))}"
 
 
 def parse_job(doc: dict[str, Any], *, base_dir: Path, default_id: str) -> JobSpec:
     """Validate a parsed TOML document. Raises ``ConfigError`` listing every problem."""
-    doc = _expand_env(dict(doc), "")
+    env_values: set[str] = set()
+    doc = _expand_env(dict(doc), "", env_values)
     job = doc.pop("job", {})
     if not isinstance(job, dict) or set(job) - {"id"}:
         raise ConfigError("key=job: only 'id' is allowed in [job]")
@@ -344,7 +406,7 @@ def parse_job(doc: dict[str, Any], *, base_dir: Path, default_id: str) -> JobSpe
             {**doc, "job_id": job.get("id", default_id), "base_dir": base_dir}
         )
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
+        lines = [_describe(e, env_values) for e in exc.errors()]
         raise ConfigError("invalid job file: " + "; ".join(lines)) from None
     _cross_checks(spec)
     return spec
@@ -378,10 +440,33 @@ def _cross_checks(spec: JobSpec) -> None:
         raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")
     if spec.table.format == "lance" and not spec.table.uri:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
+    if spec.table.format == "lance" and spec.table.uri:
+        _check_lance_path(spec, spec.table.uri)
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
+        )
+
+
+def _check_lance_path(spec: JobSpec, uri: str) -> None:
+    """Refuse a local Lance path of ``/`` or an existing non-empty directory that is not a
+    Lance dataset: seamline deletes and rewrites what the path holds."""
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    path = spec.resolve(uri.removeprefix("file://")).resolve()
+    if path.parent == path:
+        raise ConfigError(
+            f"key=table.uri: expected a Lance dataset path, found the root directory {str(path)!r}",
+            hint="point table.uri at a new folder or an existing Lance dataset",
+        )
+    if path.is_file() or (
+        path.is_dir() and any(path.iterdir()) and not (path / "_versions").is_dir()
+    ):
+        raise ConfigError(
+            f"key=table.uri: expected a new folder or a Lance dataset, found {str(path)!r} "
+            "holding other files",
+            hint="point table.uri at a new folder or an existing Lance dataset",
         )
 
 

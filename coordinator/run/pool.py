@@ -133,6 +133,7 @@ def worker_init(parent_pid: int, pids: Any) -> None:
     if os.getppid() != parent_pid:  # the parent died before the signal was armed
         os._exit(70)
     watch_parent(parent_pid)
+    configure_worker_logging()  # the coordinator's level, JSON choice and redaction
     pids.put(os.getpid())
 
 

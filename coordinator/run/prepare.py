@@ -1,17 +1,20 @@
 """Preparing a run: validate up front, take (or reuse) the cut, build (or reuse) the plan.
 
 Order matters for "nothing is written on a bad job": the job file, the transform, the archive
-settings and the broker/topic are all checked *before* the state store is created. A stored
+settings and the broker/topic are all checked *before* the state store is created. ``cut`` and
+``plan --dry-run`` never import the transform (user code): only commands that apply it do. A stored
 cut and plan are always reused (DESIGN §6: retries and resumes never re-plan against "now").
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coordinator.core.errors import StateError
+from coordinator.core.errors import ConfigError, StateError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, Offset, PartitionId
 from coordinator.plan.cut import floor_at_live, read_cut, read_log_starts
@@ -32,10 +35,31 @@ class PlanView:
     exact: bool  # row estimates of Kafka slices are exact counts
 
 
-def validate_job(job: JobSpec) -> None:
-    """Checks that need no broker: the transform imports, archive settings agree."""
-    load_transform(job.transform.function)
+def validate_job(job: JobSpec, *, transform: bool = True) -> None:
+    """Checks that need no broker: archive settings agree and the transform imports.
+
+    Importing the transform runs user code: with ``transform=False`` (``cut``, ``plan
+    --dry-run``) only its top-level module is looked up on the path, nothing is executed.
+    """
+    if transform:
+        load_transform(job.transform.function)
+    else:
+        find_transform(job.transform.function)
     archive_unit(job)
+
+
+def find_transform(ref: str | None) -> None:
+    """``ConfigError`` unless the top-level module of ``ref`` is on the path (runs no code)."""
+    if ref is None:
+        return
+    module_name = ref.partition(":")[0]
+    top = module_name.split(".")[0]
+    if top not in sys.modules and importlib.util.find_spec(top) is None:
+        raise ConfigError(
+            f"key=transform.function: cannot import module {module_name!r} "
+            f"(expected module {top!r} on the path, found none)",
+            hint="check the module is on PYTHONPATH or installed in the environment",
+        )
 
 
 def open_existing(job: JobSpec) -> StateStore | None:
@@ -100,16 +124,22 @@ def _refuse_fresh_store(job: JobSpec, facts: TableFacts) -> None:
 
 
 def ensure_cut(
-    job: JobSpec, *, new_cut: bool = False, adopt: bool = False, timeout_s: float = 10.0
+    job: JobSpec,
+    *,
+    new_cut: bool = False,
+    adopt: bool = False,
+    timeout_s: float = 10.0,
+    transform: bool = True,
 ) -> Cut:
     """The job's cut: the stored one, or a new one read from the broker and stored first.
 
     ``new_cut`` bumps the epoch (every older coordinator becomes stale) and takes a new cut.
     A cut that is taken never has ``hwm`` below the table's live offsets. A first cut is
     refused (``StateError``) when the table already holds this job's commits (a lost or
-    misplaced state store), unless ``adopt``.
+    misplaced state store), unless ``adopt``. ``transform=False`` (``seamline cut``) does not
+    import the user's transform.
     """
-    validate_job(job)
+    validate_job(job, transform=transform)
     existing = stored_cut(job)
     if existing is not None and not new_cut:
         return existing
@@ -165,8 +195,9 @@ def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
 
 
 def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanView:
-    """The plan without writing anything: the stored one if any, else computed."""
-    validate_job(job)
+    """The plan without writing anything (nor importing the transform): the stored one if
+    any, else computed."""
+    validate_job(job, transform=False)
     store = open_existing(job)
     if store is not None:
         with store:

@@ -11,6 +11,7 @@ line, an error message or the database.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,11 +31,26 @@ log = logging.getLogger(__name__)
 
 
 def safe_url(url: str) -> str:
-    """``url`` with any password masked, for logs and messages."""
+    """``url`` with every credential masked, for logs, messages and ``status``.
+
+    Masks the userinfo password (up to the last ``@`` of the authority, so an unencoded
+    ``@`` in a password cannot leak its tail as the "host") and secret query parameters
+    (``password``, ``sslpassword``, ``passfile``, tokens, keys).
+    """
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return redact(url)
+        rendered = sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        rendered = url
+    return redact(rendered)
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file owner-only (``0600``; SQLite gives its WAL the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
 
 
 def _now() -> datetime:
@@ -113,7 +129,7 @@ class StoreBase:
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             path = Path(str(parsed.database))
             if create:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(path)
             elif not path.exists():
                 raise StateError(f"no state store at url={safe_url(url)}")
         self._engine = _engine(url)

@@ -23,6 +23,7 @@ import faust
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from coordinator.core.errors import LiveError
+from coordinator.core.logs import configure_worker_logging
 from coordinator.core.values import Offset, PartitionId
 from stream.decode.transform import Transform
 from stream.live.core import Batch, LiveBook, start_positions
@@ -183,6 +184,18 @@ def build_app(
     return app
 
 
+class RedactingWorker(faust.Worker):  # type: ignore[misc]
+    """A Faust worker that keeps seamline's redacting log handler (and ``--log-json``).
+
+    mode's ``setup_logging`` replaces the root handlers when the worker starts; this puts
+    the coordinator's handler back right after, so no record bypasses redaction.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        configure_worker_logging()
+
+
 def run_worker(
     settings: LiveSettings,
     kafka_conf: Mapping[str, str],
@@ -196,5 +209,5 @@ def run_worker(
     commit_group_offsets(kafka_conf, settings.group, settings.topic, positions)
     writer = FaustBatchWriter(settings, sink, transform, start_offsets, quarantine)
     app = build_app(settings, kafka_conf, writer)
-    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker = RedactingWorker(app, loglevel="INFO", quiet=True)
     worker.execute_from_commandline()

@@ -10,6 +10,9 @@ from stream.live.loop import LiveProgress
 
 log = logging.getLogger(__name__)
 
+#: Metrics bind to loopback unless ``--metrics-host`` says otherwise.
+DEFAULT_HOST = "127.0.0.1"
+
 
 class LiveMetrics:
     """Per-partition gauges and counters, fed from :class:`LiveProgress` snapshots."""
@@ -35,10 +38,10 @@ class LiveMetrics:
         )
         self._seen = LiveProgress()
 
-    def serve(self, port: int) -> None:
-        """Expose ``/metrics`` on ``port`` (a daemon thread)."""
-        start_http_server(port, registry=self.registry)
-        log.info("metrics on port=%d", port)
+    def serve(self, port: int, host: str = DEFAULT_HOST) -> None:
+        """Expose ``/metrics`` on ``host:port`` (a daemon thread); loopback unless told."""
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on host=%s port=%d", host, port)
 
     def update(self, p: LiveProgress) -> None:
         """Set gauges and advance counters by what changed since the last update."""
