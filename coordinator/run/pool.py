@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from coordinator.core.errors import ConfigError
-from coordinator.core.logs import redact
+from coordinator.core.logs import configure_worker_logging, redact
 from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask
 from coordinator.core.retry import is_retriable
 
