@@ -85,10 +85,10 @@ class _LibrdkafkaLog:
 
 def _error_callback(scrubber: Scrubber) -> Any:
     def on_error(err: KafkaError) -> None:
-        text = scrubber.scrub(str(err.str() if hasattr(err, "str") else err))
-        if getattr(err, "fatal", lambda: False)():
+        text = scrubber.scrub(err.str())
+        if err.fatal():  # the client is unusable; the failing call raises it too
             log.error("kafka client fatal error: %s", text)
-        else:
+        else:  # transient (broker down, reconnecting): repeated every retry, never printed
             log.debug("kafka client error: %s", text)
 
     return on_error
