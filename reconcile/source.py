@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from coordinator.core.errors import SourceError
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.values import OffsetRange
+from coordinator.core.values import OffsetRange, PartitionId
 from reconcile.coverage import I64
 from stream.decode import decoder_for
 from stream.decode.transform import Transform, load_transform
+from stream.kafka.offsets import TopicOffsets
 from stream.kafka.quarantine import default_topic, read_quarantine
 from stream.kafka.reader import iter_kafka_range
 
@@ -45,20 +44,11 @@ class SourceUnit:
 def committed_ends(
     kafka_conf: Mapping[str, Any], topic: str, partitions: Sequence[int]
 ) -> dict[int, int]:
-    """The last stable offset (read-committed end) of each partition, now."""
-    admin = AdminClient(dict(kafka_conf))
-    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-    request = {TopicPartition(topic, p): latest for p in partitions}
-    try:
-        futures = admin.list_offsets(
-            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=_TIMEOUT_S
-        )
-        return {tp.partition: int(f.result().offset) for tp, f in futures.items()}
-    except KafkaException as exc:
-        raise SourceError(
-            f"topic={topic}: cannot list committed end offsets ({exc})",
-            hint="check the broker is reachable and the topic exists",
-        ) from None
+    """The last stable offset (read-committed end) of each partition, now (one batched
+    request; ``SourceError`` when the broker cannot answer)."""
+    offsets = TopicOffsets(kafka_conf, topic, timeout_s=_TIMEOUT_S, error=SourceError)
+    ends = offsets.last_stable([PartitionId(p) for p in partitions])
+    return {int(p): int(o) for p, o in ends.items()}
 
 
 class KafkaUnits:

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import Producer
 
 from coordinator.core.errors import ConfigError, SourceError
 from coordinator.demo.data import ORDER_FIELDS, DemoWindow, orders, to_json_messages, write_archive
+from stream.kafka import client
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,10 @@ def _produce_all(bootstrap: str, topic: str, table: pa.Table) -> int:
             errors.append(str(err))
 
     # log_level 3: no "coordinator load in progress" retry warnings on a fresh broker
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "acks": "all",
-                         "enable.idempotence": True, "log_level": 3})  # fmt: skip
+    producer = client.producer(
+        client.plain(bootstrap),
+        extras={"linger.ms": 50, "acks": "all", "enable.idempotence": True, "log_level": 3},
+    )
     count = 0
     # Kafka record timestamps = event times, as if each order had been produced when it
     # happened (``seamline reprocess`` finds an event-time range's offsets by timestamp).

@@ -21,14 +21,15 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from confluent_kafka import Producer
 
 from coordinator.core.errors import LiveError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Offset, PartitionId
 from coordinator.demo.data import DemoWindow
+from stream.kafka import client
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,10 @@ class LiveProducer(threading.Thread):
     ) -> None:
         super().__init__(name="demo-live-producer", daemon=True)
         self.topic, self.first_id, self.window, self.rate = topic, first_id, window, rate
-        self._producer: Producer | None = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-             "enable.idempotence": True, "log_level": 3}
-        )  # fmt: skip
+        self._producer: Any = client.producer(
+            client.plain(bootstrap),
+            extras={"linger.ms": 20, "acks": "all", "enable.idempotence": True, "log_level": 3},
+        )
         self._halt = threading.Event()
         self._rng = np.random.default_rng(11)
         self.sent = self.late = self.poison = 0

@@ -4,8 +4,9 @@ For every partition the cut stores ``log_start`` (earliest retained offset) and 
 high watermark: the next offset to be written). The live consumer starts at ``hwm``; the
 backfill owns ``[log_start, hwm)``.
 
-read_committed semantics: ``hwm`` is the *high* watermark, read with ``read_uncommitted``
-(librdkafka answers a read_committed watermark query with the last stable offset instead).
+read_committed semantics: ``hwm`` is the *high* watermark, listed with ``read_uncommitted``
+(a read_committed ``latest`` query answers the last stable offset instead). All partitions'
+offsets are asked for in batched requests (:class:`stream.kafka.offsets.TopicOffsets`).
 Records of a transaction that was open when the cut was taken sit below ``hwm``: they belong
 to the backfill, which reads ``[log_start, hwm)`` with ``isolation.level=read_committed`` and
 must wait until the partition's last stable offset (LSO) reaches ``hwm`` (the transaction
@@ -23,22 +24,21 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
-from coordinator.core.errors import BrokerError, ConfigError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, EventTimeMs, Offset, PartitionCut, PartitionId
 from stream.decode import decoder_for
 from stream.decode.base import RawMessage
 from stream.decode.transform import identity
+from stream.kafka import client as kafka_client
+from stream.kafka.offsets import TopicOffsets
 
 log = logging.getLogger(__name__)
 
@@ -68,105 +68,31 @@ class CutReading:
         )
 
 
-class _LibrdkafkaLog:
-    """Routes librdkafka's own log lines to DEBUG (errors reach the user as exceptions)."""
-
-    _log = logging.getLogger(f"{__name__}.librdkafka")
-
-    def log(self, _level: int, fmt: str, *args: Any) -> None:
-        self._log.debug(fmt, *args)
-
-
-def _consumer(job: JobSpec, isolation: str) -> Any:
-    return Consumer(
-        {
-            "logger": _LibrdkafkaLog(),
-            **job.kafka_config(),
-            "group.id": f"seamline-cut-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": isolation,
-            "socket.connection.setup.timeout.ms": 5000,
-        }
-    )
+def _offsets(job: JobSpec, timeout_s: float) -> TopicOffsets:
+    return TopicOffsets(job.kafka_config(), job.stream.topic, timeout_s=timeout_s)
 
 
 def topic_partitions(job: JobSpec, timeout_s: float = 10.0) -> list[PartitionId]:
     """The topic's partitions; ``ConfigError`` if it does not exist, ``BrokerError`` if the
     broker cannot be reached within ``timeout_s``."""
-    consumer = _consumer(job, "read_uncommitted")
-    try:
-        return _partitions(consumer, job, timeout_s)
-    finally:
-        consumer.close()
-
-
-def _partitions(consumer: Any, job: JobSpec, timeout_s: float) -> list[PartitionId]:
-    topic, bootstrap = job.stream.topic, job.stream.bootstrap
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"bootstrap={bootstrap}: broker unreachable within {timeout_s:g}s ({exc.args[0]})",
-            hint="check stream.bootstrap and that the broker is running",
-        ) from None
-    tmeta = meta.topics.get(topic)
-    code = tmeta.error.code() if tmeta is not None and tmeta.error is not None else None
-    if tmeta is None or code == KafkaError.UNKNOWN_TOPIC_OR_PART or not tmeta.partitions:
-        raise ConfigError(
-            f"key=stream.topic: topic={topic} does not exist on bootstrap={bootstrap}",
-            hint="create the topic or fix stream.topic in the job file",
-        )
-    if code is not None:
-        raise BrokerError(f"topic={topic}: metadata error {tmeta.error.str()}")
-    return sorted(PartitionId(p) for p in tmeta.partitions)
-
-
-def _watermarks(
-    consumer: Any, topic: str, partitions: list[PartitionId], timeout_s: float
-) -> dict[PartitionId, tuple[Offset, Offset]]:
-    out: dict[PartitionId, tuple[Offset, Offset]] = {}
-    for p in partitions:
-        try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout_s, cached=False
-            )
-        except KafkaException as exc:
-            raise BrokerError(
-                f"topic={topic} partition={p}: watermarks unavailable ({exc.args[0]})",
-                hint="check the broker is reachable, then retry",
-            ) from None
-        out[p] = (Offset(max(0, low)), Offset(max(0, high)))
-    return out
+    return _offsets(job, timeout_s).partitions()
 
 
 def read_log_starts(job: JobSpec, timeout_s: float = 10.0) -> dict[PartitionId, Offset]:
     """The current earliest retained offset per partition (for retention-loss checks)."""
-    consumer = _consumer(job, "read_uncommitted")
-    try:
-        parts = _partitions(consumer, job, timeout_s)
-        marks = _watermarks(consumer, job.stream.topic, parts, timeout_s)
-    finally:
-        consumer.close()
-    return {p: low for p, (low, _high) in marks.items()}
+    offsets = _offsets(job, timeout_s)
+    return offsets.log_starts(offsets.partitions())
 
 
 def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -> CutReading:
     """Read ``log_start``/``hwm`` per partition (and the LSO and event-time watermark)."""
     topic = job.stream.topic
-    uncommitted = _consumer(job, "read_uncommitted")
-    try:
-        parts = _partitions(uncommitted, job, timeout_s)
-        taken_at = datetime.now(UTC)
-        marks = _watermarks(uncommitted, topic, parts, timeout_s)
-    finally:
-        uncommitted.close()
-    committed = _consumer(job, "read_committed")
-    try:
-        stable = {p: hi for p, (_lo, hi) in _watermarks(committed, topic, parts, timeout_s).items()}
-    finally:
-        committed.close()
-    cuts = tuple(PartitionCut(p, lo, hi) for p, (lo, hi) in sorted(marks.items()))
+    offsets = _offsets(job, timeout_s)
+    parts = offsets.partitions()
+    taken_at = datetime.now(UTC)
+    read = offsets.read(parts)
+    stable = {po.partition: po.last_stable for po in read}
+    cuts = tuple(PartitionCut(po.partition, po.log_start, po.hwm) for po in read)
     for pc_ in cuts:
         if stable[pc_.partition] < pc_.hwm:
             log.info(
@@ -203,11 +129,6 @@ def floor_at_live(reading: CutReading, live: Mapping[PartitionId, Offset]) -> Cu
     return replace(reading, partitions=tuple(parts))
 
 
-def take_cut(job: JobSpec, epoch: int, timeout_s: float = 10.0) -> Cut:
-    """Read the cut of ``job`` from the broker and give it ``epoch`` (nothing is stored)."""
-    return read_cut(job, timeout_s).to_cut(job.job_id, epoch)
-
-
 def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> EventTimeMs | None:
     """Largest event time among the last few records below ``hwm`` (best effort)."""
     tails = [
@@ -218,7 +139,11 @@ def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> Event
     if not tails:
         return None
     hwms = {c.partition: c.hwm for c in cuts}
-    consumer = _consumer(job, "read_uncommitted")
+    consumer = kafka_client.consumer(
+        job.kafka_config(),
+        purpose="cut",
+        extras={"isolation.level": "read_uncommitted", "socket.connection.setup.timeout.ms": 5000},
+    )
     msgs: list[RawMessage] = []
     try:
         consumer.assign(tails)

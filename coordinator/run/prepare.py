@@ -94,9 +94,9 @@ def table_facts(job: JobSpec) -> TableFacts:
     """The table's live offsets and the job's commit tokens in it (nothing if no table)."""
     from pyiceberg.exceptions import NoSuchTableError
 
-    from backfill.sinks import open_sink
+    from coordinator.service import open_table  # the composition root opens every table
 
-    sink = open_sink(job)
+    sink = open_table(job)
     try:
         live = sink.live_offsets()
     except (NoSuchTableError, OSError, ValueError) as exc:  # no table (or dataset) yet

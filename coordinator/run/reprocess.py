@@ -141,14 +141,12 @@ def kafka_bounds(
 
     A partition with no such record gets the cut's ``hwm`` (nothing to take there).
     """
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
     from coordinator.core.errors import SourceError
+    from stream.kafka import client
 
-    consumer = Consumer(
-        {**job.kafka_config(), "group.id": f"seamline-reprocess-{job.job_id}",
-         "enable.auto.commit": False, "isolation.level": "read_committed"}
-    )  # fmt: skip
+    consumer = client.consumer(job.kafka_config(), group=f"seamline-reprocess-{job.job_id}")
     try:
         out: list[dict[int, int]] = []
         for ts in (start, end):

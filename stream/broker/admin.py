@@ -26,10 +26,11 @@ def create_topic(bootstrap: str, name: str, *, partitions: int = 3,
         BrokerError: the broker refused the topic or its leaders did not appear in time.
     """
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
+    from stream.kafka import client
+
+    admin = client.admin(client.plain(bootstrap))
     topic = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
     try:
         admin.create_topics([topic], operation_timeout=timeout)[name].result(timeout=timeout)
@@ -65,9 +66,10 @@ def delete_topics(bootstrap: str, names: list[str], *, timeout: float = 30.0) ->
     if not names:
         return
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=log)
+    from stream.kafka import client
+
+    admin = client.admin(client.plain(bootstrap))
     for name, future in admin.delete_topics(names, operation_timeout=timeout).items():
         try:
             future.result(timeout=timeout)
@@ -114,7 +116,7 @@ def round_trip(bootstrap: str, *, timeout: float = 30.0) -> RoundTrip:
 
 
 def _produce_one(bootstrap: str, topic: str, value: bytes, timeout: float) -> tuple[int, int]:
-    from confluent_kafka import Producer
+    from stream.kafka import client
 
     reports: list[tuple[int, int] | str] = []
 
@@ -124,7 +126,7 @@ def _produce_one(bootstrap: str, topic: str, value: bytes, timeout: float) -> tu
         else:
             reports.append((msg.partition() or 0, msg.offset() or 0))
 
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"}, logger=log)
+    producer = client.producer(client.plain(bootstrap), extras={"acks": "all"})
     producer.produce(topic, value=value, key=b"smoke", on_delivery=on_delivery)
     left = producer.flush(timeout)
     if left or not reports or isinstance(reports[0], str):
@@ -135,11 +137,11 @@ def _produce_one(bootstrap: str, topic: str, value: bytes, timeout: float) -> tu
 
 def _consume_one(bootstrap: str, topic: str, partition: int, offset: int, value: bytes,
                  timeout: float) -> None:
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"},
-                        logger=log)
+    from stream.kafka import client
+
+    consumer = client.consumer(client.plain(bootstrap), group=f"{topic}-reader")
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
         msg = consumer.poll(timeout)

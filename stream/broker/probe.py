@@ -36,13 +36,11 @@ def is_serving(bootstrap: str, timeout: float = 5.0) -> bool:
     if not port_open(bootstrap, timeout=min(timeout, 1.0)):
         return False
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    conf: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": bootstrap,
-        "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)),
-    }
-    admin = AdminClient(conf, logger=log)
+    from stream.kafka import client
+
+    extras = {"socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000))}
+    admin = client.admin(client.plain(bootstrap), extras=extras)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:

@@ -13,12 +13,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from coordinator.core.errors import LiveError
 from coordinator.core.retry import transient
 from stream.decode.base import Quarantined
+from stream.kafka import client
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def default_topic(topic: str) -> str:
 
 def ensure_topic(kafka_conf: dict[str, str], topic: str, timeout_s: float = 15.0) -> None:
     """Create ``topic`` (1 partition) if it does not exist yet."""
-    admin = AdminClient(dict(kafka_conf))
+    admin = client.admin(kafka_conf)
     if topic in admin.list_topics(timeout=timeout_s).topics:
         return
     fut = admin.create_topics([NewTopic(topic, num_partitions=1)])[topic]
@@ -58,8 +59,8 @@ class QuarantineWriter:
     def __init__(self, kafka_conf: dict[str, str], dlq_topic: str, source_topic: str) -> None:
         self.topic = dlq_topic
         self._source = source_topic
-        self._producer = Producer(
-            {**kafka_conf, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        self._producer = client.producer(
+            kafka_conf, extras={"enable.idempotence": True, "acks": "all", "linger.ms": 5}
         )
         self._failures: list[str] = []
 
@@ -110,14 +111,8 @@ def read_quarantine(
     kafka_conf: dict[str, str], topic: str, timeout_s: float = 30.0
 ) -> set[tuple[int, int]]:
     """Every ``(partition, offset)`` of the source topic held in the dead-letter ``topic``."""
-    consumer = Consumer(
-        {
-            **kafka_conf,
-            "group.id": "seamline-quarantine-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
+    consumer = client.consumer(
+        kafka_conf, group="seamline-quarantine-reader", extras={"auto.offset.reset": "earliest"}
     )
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from coordinator.core.errors import SourceDataLossError, SourceError
 from coordinator.core.retry import transient
 from coordinator.core.values import OffsetRange
 from stream.decode.base import RawMessage
+from stream.kafka import client
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,13 @@ _POLL_S = 0.2
 _META_TIMEOUT_S = 10.0
 
 
-def consumer_config(kafka_conf: dict[str, str]) -> dict[str, Any]:
+#: Settings of a bounded reader on top of the builder's (throwaway group, read committed).
+_READER_EXTRAS: dict[str, Any] = {"enable.partition.eof": True, "auto.offset.reset": "error"}
+
+
+def consumer_config(kafka_conf: Mapping[str, str]) -> dict[str, Any]:
     """Settings for a bounded, group-less, read-committed reader on top of ``kafka_conf``."""
-    return {
-        **kafka_conf,
-        "group.id": f"seamline-range-{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-    }
+    return client.consumer_config(kafka_conf, purpose="range", extras=_READER_EXTRAS)
 
 
 def _check_retained(consumer: Any, topic: str, rng: OffsetRange) -> None:
@@ -134,7 +130,7 @@ def _position(consumer: Any, topic: str, partition: int) -> int:
 
 
 def iter_kafka_range(
-    kafka_conf: dict[str, str],
+    kafka_conf: Mapping[str, str],
     topic: str,
     rng: OffsetRange,
     batch_size: int = 10_000,
@@ -147,7 +143,7 @@ def iter_kafka_range(
     """
     if rng.width == 0:
         return
-    consumer = Consumer(consumer_config(kafka_conf))
+    consumer = client.consumer(kafka_conf, purpose="range", extras=_READER_EXTRAS)
     try:
         _check_retained(consumer, topic, rng)
         consumer.assign([TopicPartition(topic, rng.partition, rng.start)])

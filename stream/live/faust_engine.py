@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from coordinator.core.errors import LiveError
 from coordinator.core.logs import configure_worker_logging
 from coordinator.core.values import Offset, PartitionId
 from stream.decode.transform import Transform
+from stream.kafka import client
 from stream.live.core import Batch, LiveBook, start_positions
 from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink
 from stream.live.writer import BatchOutcome, BatchWriter
@@ -42,7 +44,7 @@ def commit_group_offsets(
 ) -> None:
     """Commit ``offsets`` for ``group`` and read them back (retries while a dead member of
     the group has not yet timed out). Raises ``LiveError`` when that does not succeed."""
-    consumer = Consumer({**kafka_conf, "group.id": group, "enable.auto.commit": False})
+    consumer = client.consumer(kafka_conf, group=group)
     tps = [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
     deadline = time.monotonic() + timeout_s
     try:
@@ -154,13 +156,55 @@ class FaustBatchWriter:
             self.progress.committed[r.partition] = r.end
 
 
+def _ssl_context(kafka_conf: Mapping[str, str]) -> ssl.SSLContext:
+    """A server-verifying TLS context trusting ``ssl.ca.location`` (else the system CAs)."""
+    return ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=kafka_conf.get("ssl.ca.location") or None
+    )
+
+
+def broker_credentials(kafka_conf: Mapping[str, str]) -> faust.auth.Credentials | None:
+    """Faust credentials for the librdkafka security settings of ``kafka_conf``.
+
+    ``security.protocol`` PLAINTEXT gives ``None``; SSL an ``SSLCredentials``; SASL_PLAINTEXT
+    and SASL_SSL a ``SASLCredentials`` (with a TLS context for SASL_SSL).
+    """
+    protocol = kafka_conf.get("security.protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(_ssl_context(kafka_conf))
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=kafka_conf.get("sasl.username"),
+            password=kafka_conf.get("sasl.password"),
+            mechanism=kafka_conf.get("sasl.mechanism") or "PLAIN",
+            ssl_context=_ssl_context(kafka_conf) if protocol == "SASL_SSL" else None,
+        )
+    raise LiveError(
+        f"key=stream.security.protocol: expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "
+        f"found {protocol}",
+        hint="fix [stream.security] in the job file",
+    )
+
+
+def broker_settings(kafka_conf: Mapping[str, str]) -> dict[str, Any]:
+    """The Faust app's ``broker`` (one ``kafka://`` URL per bootstrap server) and
+    ``broker_credentials`` from the job's connection settings."""
+    servers = [s.strip() for s in kafka_conf["bootstrap.servers"].split(",") if s.strip()]
+    return {
+        "broker": [f"kafka://{s}" for s in servers],
+        "broker_credentials": broker_credentials(kafka_conf),
+    }
+
+
 def build_app(
     settings: LiveSettings, kafka_conf: Mapping[str, str], writer: FaustBatchWriter
 ) -> faust.App:
     """A Faust app whose one agent feeds ``writer`` in batches."""
     app = faust.App(
         settings.group,
-        broker=f"kafka://{kafka_conf['bootstrap.servers']}",
+        **broker_settings(kafka_conf),
         web_enabled=False,
         processing_guarantee="exactly_once",
         consumer_auto_offset_reset="earliest",

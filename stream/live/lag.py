@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
-
-from confluent_kafka import Consumer, TopicPartition
 
 from coordinator.core.errors import LiveError
 from coordinator.core.values import Offset, PartitionId
+from stream.kafka.offsets import TopicOffsets
 from stream.live.loop import LiveSink
 
 
 def live_lag(
-    kafka_conf: dict[str, str],
+    kafka_conf: Mapping[str, str],
     topic: str,
     sink: LiveSink,
     start_offsets: Mapping[PartitionId, Offset] | None = None,
@@ -22,20 +20,9 @@ def live_lag(
     """``{partition: records not yet in the table}`` (offset positions; offsets are sparse).
 
     A partition the table holds no live offset for counts from ``start_offsets`` (the cut's
-    hwm), else from the partition's log start.
+    hwm), else from the partition's log start. The watermarks of all partitions are asked
+    for in one batched request.
     """
     table = sink.live_offsets()
-    consumer = Consumer({**kafka_conf, "group.id": f"seamline-lag-{uuid.uuid4().hex}"})
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise LiveError(f"topic={topic}: cannot read metadata ({meta.error if meta else None})")
-        out: dict[int, int] = {}
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            pid = PartitionId(p)
-            base = table.get(pid, (start_offsets or {}).get(pid, Offset(low)))
-            out[p] = max(0, high - base)
-        return out
-    finally:
-        consumer.close()
+    offsets = TopicOffsets(kafka_conf, topic, timeout_s=timeout_s, error=LiveError)
+    return offsets.lag(table, start_offsets)

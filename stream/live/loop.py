@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from coordinator.core.errors import LiveError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import Offset, PartitionId
+from stream.kafka import client
 from stream.live.core import BatchLimits, LiveBook, start_positions
 from stream.live.writer import (
     BatchOutcome,
@@ -101,22 +102,20 @@ class LiveProgress:
 ProgressCallback = Callable[[LiveProgress], None]
 
 
+#: The live consumer's own settings on top of the builder's (read committed, no auto-commit).
+_LIVE: dict[str, Any] = {
+    "auto.offset.reset": "error",
+    "enable.partition.eof": False,
+    "partition.assignment.strategy": "range",
+    "session.timeout.ms": 10000,
+    "heartbeat.interval.ms": 1000,
+    "max.poll.interval.ms": 300000,
+}
+
+
 def consumer_config(kafka_conf: Mapping[str, str], group: str) -> dict[str, Any]:
     """librdkafka settings of the live consumer: fetch defaults, ``kafka_conf``, then ours."""
-    return {
-        **FETCH_DEFAULTS,
-        **kafka_conf,
-        "group.id": group,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "isolation.level": "read_committed",
-        "auto.offset.reset": "error",
-        "enable.partition.eof": False,
-        "partition.assignment.strategy": "range",
-        "session.timeout.ms": 10000,
-        "heartbeat.interval.ms": 1000,
-        "max.poll.interval.ms": 300000,
-    }
+    return client.consumer_config({**FETCH_DEFAULTS, **kafka_conf}, group=group, extras=_LIVE)
 
 
 class LiveConsumer:
@@ -175,7 +174,9 @@ class LiveConsumer:
 
     def run(self) -> LiveProgress:
         """Consume until :meth:`stop`; the in-flight batches are committed before returning."""
-        self._consumer = Consumer(consumer_config(self._conf, self.settings.group))
+        self._consumer = client.consumer(
+            {**FETCH_DEFAULTS, **self._conf}, group=self.settings.group, extras=_LIVE
+        )
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="seamline-live-commit")
         try:
             self._start()
