@@ -47,6 +47,23 @@ class BatchLimits:
         return self.max_records * self.hard_factor
 
 
+def below_cut(
+    positions: Mapping[PartitionId, Offset], cut_hwm: Mapping[PartitionId, Offset]
+) -> dict[PartitionId, tuple[Offset, Offset]]:
+    """Partitions whose start position lies below the current cut's ``hwm``: ``(start, hwm)``.
+
+    Offsets below ``hwm`` belong to the backfill; a live consumer starting there would write
+    them a second time (a new cut taken after live stopped).
+
+    >>> below_cut({PartitionId(0): Offset(150), PartitionId(1): Offset(9)},
+    ...           {PartitionId(0): Offset(200), PartitionId(1): Offset(9)})
+    {0: (150, 200)}
+    """
+    return {
+        p: (pos, cut_hwm[p]) for p, pos in positions.items() if p in cut_hwm and pos < cut_hwm[p]
+    }
+
+
 def start_positions(
     partitions: Iterable[int],
     table_offsets: Mapping[PartitionId, Offset],

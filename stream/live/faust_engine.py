@@ -28,7 +28,7 @@ from coordinator.core.logs import configure_worker_logging
 from coordinator.core.values import Offset, PartitionId
 from stream.decode.transform import Transform
 from stream.kafka import client
-from stream.live.core import Batch, LiveBook, start_positions
+from stream.live.core import Batch, LiveBook, below_cut, start_positions
 from stream.live.loop import LiveProgress, LiveSettings, LiveSink, QuarantineSink
 from stream.live.writer import BatchOutcome, BatchWriter
 
@@ -248,8 +248,22 @@ def run_worker(
     start_offsets: Mapping[PartitionId, Offset],
     quarantine: QuarantineSink,
 ) -> None:
-    """Commit the table's offsets for the group, then run the Faust worker until stopped."""
+    """Commit the table's offsets for the group, then run the Faust worker until stopped.
+
+    Raises ``LiveError`` when the table's live offset of a partition is below the current cut's
+    ``hwm`` (a new cut was taken after live stopped): the Faust engine cannot skip the
+    backfill's offsets inside a batch the way the confluent engine does, so it refuses rather
+    than write them twice.
+    """
     positions = start_positions(start_offsets, sink.live_offsets(), start_offsets)
+    behind = below_cut(positions, start_offsets)
+    if behind:
+        where = ", ".join(f"partition={p} start={a} hwm={b}" for p, (a, b) in sorted(behind.items()))
+        raise LiveError(
+            f"topic={settings.topic}: expected live to start at or after the cut, found {where}",
+            hint="run `seamline live JOB` (the confluent engine) once to move past the new cut, "
+            "then the Faust engine can take over",
+        )
     commit_group_offsets(kafka_conf, settings.group, settings.topic, positions)
     writer = FaustBatchWriter(settings, sink, transform, start_offsets, quarantine)
     app = build_app(settings, kafka_conf, writer)
