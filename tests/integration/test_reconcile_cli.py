@@ -34,6 +34,7 @@ topic = "{topic}"
 [schema]
 event_time = "ts"
 required = ["id", "ts"]
+non_finite = "keep"  # the corpus carries NaN prices on purpose (stored, not quarantined)
 [schema.fields]
 {fields}
 [table]
