@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from reconcile.report import render_html
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
-def _part(p: int, **counts: int) -> PartitionCoverage:
+def _part(p: int, **counts: Any) -> PartitionCoverage:
     return PartitionCoverage(p, 0, 1_000, 1_200, 1_000, 1_200, **counts)
 
 
