@@ -288,6 +288,6 @@ def bucket_grid_svg(slices: Sequence[SliceReport]) -> str:
     )
     height = 8 + rows * (_CELL + _GAP)
     label = (f'<text x="{_LEFT - 6}" y="16" font-size="11" text-anchor="end" '
-             f'fill="#57606a">{escape(buckets[0].scope[:8])}…</text>')  # fmt: skip
+             'fill="#57606a">by time</text>')  # fmt: skip
     return (f'<svg id="archive-grid" width="{WIDTH}" height="{height}" role="img" '
             f'aria-label="archive buckets">{label}{cells}</svg>')  # fmt: skip
