@@ -57,7 +57,13 @@ from reconcile.drilldown import KAFKA_KEY, bisect_diff
 from reconcile.keys import KeyCheck, check_unique, key_index, superseded_rows
 from reconcile.model import ReconcileReport, SliceReport, UnitKind, describe_scope
 from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
-from reconcile.tablepass import TablePass, archive_pass, kafka_pass, scopes_disjoint
+from reconcile.tablepass import (
+    PassPlan,
+    TablePass,
+    bucket_range,
+    scopes_disjoint,
+    table_pass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -310,20 +316,16 @@ class _Run:
         return self.archive(unit.slice)
 
     def table_pass(self, pending: Sequence[_Pending], ends: Mapping[int, int]) -> TablePass:
-        """One scan per partition and one over every archive bucket (see reconcile.tablepass)."""
-        tp = TablePass()
+        """One scan of the whole table, rows grouped by unit (see reconcile.tablepass)."""
         ranges: dict[int, list[tuple[int, int, int]]] = {}
         for i, p in enumerate(pending):
             for r in p.unit.scope.ranges:
                 ranges.setdefault(int(r.partition), []).append((int(r.start), int(r.end), i))
-        for pcut in self.cut.partitions:
-            ranges.setdefault(int(pcut.partition), [])
-        for part, rs in sorted(ranges.items()):
-            end = max([self.coverage_end(part, ends), *(r[1] for r in rs)])
-            kafka_pass(tp, self.sink, part, end, rs)
-        buckets = {i: p.unit.scope.bucket for i, p in enumerate(pending) if p.unit.scope.bucket}
-        archive_pass(tp, self.sink, self.job.schema_.event_time, buckets, self.job.table.key)
-        return tp
+        buckets = [bucket_range(p.unit.scope.bucket, i) for i, p in enumerate(pending)
+                   if p.unit.scope.bucket is not None]  # fmt: skip
+        ends_ = {int(c.partition): self.coverage_end(c.partition, ends) for c in self.cut.partitions}
+        plan = PassPlan(ranges, buckets, ends_, self.job.schema_.event_time, self.job.table.key)
+        return table_pass(self.sink, plan)
 
     def coverage_end(self, partition: int, ends: Mapping[int, int]) -> int:
         """Where coverage of ``partition`` stops: the min-age bound or the committed end."""
@@ -392,11 +394,8 @@ class _Run:
 
     def lineage(self, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
         """Table offsets of partition ``p`` below ``end`` and whether live wrote each."""
-        tp = self.scanned
-        if tp is None or p not in tp.offsets:
-            return _lineage_scan(self.sink, p, end)
-        keep = tp.offsets[p] < end
-        return tp.offsets[p][keep], tp.live[p][keep]
+        found = self.scanned.offsets(p) if self.scanned is not None else None
+        return found if found is not None else _lineage_scan(self.sink, p, end)
 
     def coverage(
         self, ends: Mapping[int, int], quarantine: Mapping[int, Iterable[int]]

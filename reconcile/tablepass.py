@@ -15,7 +15,7 @@ sides for coverage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from coordinator.core import lineage
 from coordinator.core.ports import TableReader
-from coordinator.core.values import Offset, OffsetRange, PartitionId, Scope, TimeBucket
+from coordinator.core.values import Scope, TimeBucket
 from reconcile.checksum import Checksum, hashed_columns, row_hashes
 from reconcile.coverage import I64
 
@@ -48,13 +48,20 @@ class TablePass:
 
     checksums: dict[int, Checksum] = field(default_factory=dict)
     duplicate_keys: dict[int, int] = field(default_factory=dict)
-    offsets: dict[int, I64] = field(default_factory=dict)  # coverage: lineage offsets
-    live: dict[int, npt.NDArray[np.bool_]] = field(default_factory=dict)  # side == live
+    lineage: dict[int, list[tuple[I64, npt.NDArray[np.bool_]]]] = field(default_factory=dict)
     columns: tuple[str, ...] | None = None  # hashed columns of the table
+    covered: frozenset[int] = frozenset()  # partitions whose lineage was gathered
     scans: int = 0
 
     def add(self, unit: int, value: Checksum) -> None:
         self.checksums[unit] = self.checksums.get(unit, Checksum()) + value
+
+    def offsets(self, partition: int) -> tuple[I64, npt.NDArray[np.bool_]] | None:
+        """Coverage lineage of ``partition``: table offsets and whether live wrote each."""
+        if partition not in self.covered:
+            return None
+        parts = [(np.zeros(0, np.int64), np.zeros(0, np.bool_)), *self.lineage.get(partition, [])]
+        return (np.concatenate([o for o, _ in parts]), np.concatenate([v for _, v in parts]))
 
 
 def grouped_checksums(hashes: npt.NDArray[np.uint64], unit: npt.NDArray[np.int64]) -> dict[int, Checksum]:
@@ -104,36 +111,97 @@ def scopes_disjoint(scopes: Sequence[Scope]) -> bool:
     return all(disjoint(rs) for rs in per_part.values()) and disjoint(buckets)
 
 
-def _accumulate(tp: TablePass, table: pa.Table, unit: npt.NDArray[np.int64]) -> None:
-    cols = tuple(hashed_columns(table.schema.names))
-    tp.columns = tp.columns or cols
-    if table.num_rows:
-        for u, value in grouped_checksums(row_hashes(table, cols), unit).items():
-            tp.add(u, value)
+@dataclass(frozen=True)
+class PassPlan:
+    """What the pass assigns: Kafka ranges per partition and archive buckets, each
+    ``(start, end, unit)``, plus where coverage of each partition stops."""
+
+    ranges: Mapping[int, Sequence[tuple[int, int, int]]]
+    buckets: Sequence[tuple[int, int, int]]  # event-time microseconds
+    coverage_end: Mapping[int, int]
+    event_time: str
+    key: Sequence[str] = ()
 
 
-def kafka_pass(
-    tp: TablePass,
-    sink: TableReader,
-    partition: int,
-    scan_end: int,
-    ranges: Sequence[tuple[int, int, int]],
-) -> None:
-    """Scan partition ``partition`` below ``scan_end`` once; checksums per unit, lineage."""
-    scope = Scope("kafka", (OffsetRange(PartitionId(partition), Offset(0), Offset(scan_end)),))
-    table = sink.scan(scope)
-    tp.scans += 1
-    offsets = np.asarray(
-        pc.fill_null(table.column(lineage.OFFSET), -1).to_numpy(zero_copy_only=False), np.int64
+def bucket_range(bucket: TimeBucket, unit: int) -> tuple[int, int, int]:
+    """``(start_us, end_us, unit)`` of an archive bucket."""
+    return _us(bucket.start), _us(bucket.end), unit
+
+
+def _batches(sink: TableReader) -> Iterator[pa.RecordBatch]:
+    """The whole table batch by batch (``scan_batches`` when the reader streams)."""
+    stream = getattr(sink, "scan_batches", None)
+    if callable(stream):
+        yield from stream()
+    else:
+        yield from sink.scan().to_batches()
+
+
+def _column(batch: pa.RecordBatch, name: str, fill: int) -> I64:
+    return np.asarray(
+        pc.fill_null(batch.column(name), fill).to_numpy(zero_copy_only=False), np.int64
     )
-    _accumulate(tp, table, assign_offsets(offsets, ranges))
-    tp.offsets[partition] = offsets
-    live = pc.equal(table.column(lineage.SIDE), "live").to_numpy(zero_copy_only=False)
-    tp.live[partition] = np.asarray(live, np.bool_)
 
 
-def _micros(table: pa.Table, event_time: str) -> tuple[I64, npt.NDArray[np.bool_]]:
-    col = table.column(event_time)
+def _kafka_units(batch: pa.RecordBatch, plan: PassPlan, tp: TablePass) -> npt.NDArray[np.int64]:
+    """Unit of every Kafka row of ``batch`` (-1 otherwise); records coverage lineage."""
+    is_kafka = np.asarray(
+        pc.equal(batch.column(lineage.SOURCE), "kafka").to_numpy(zero_copy_only=False), np.bool_
+    ) & np.asarray(batch.column(lineage.OFFSET).is_valid().to_numpy(zero_copy_only=False))
+    unit = np.full(batch.num_rows, -1, dtype=np.int64)
+    if not is_kafka.any():
+        return unit
+    parts, offsets = _column(batch, lineage.PARTITION, -1), _column(batch, lineage.OFFSET, -1)
+    live = np.asarray(
+        pc.equal(batch.column(lineage.SIDE), "live").to_numpy(zero_copy_only=False), np.bool_
+    )
+    for p in np.unique(parts[is_kafka]).tolist():
+        rows = np.flatnonzero(is_kafka & (parts == p))
+        unit[rows] = assign_offsets(offsets[rows], plan.ranges.get(p, ()))
+        end = plan.coverage_end.get(p)
+        if end is not None:
+            seen = rows[(offsets[rows] >= 0) & (offsets[rows] < end)]
+            tp.lineage.setdefault(p, []).append((offsets[seen], live[seen]))
+    return unit
+
+
+def _archive_units(batch: pa.RecordBatch, plan: PassPlan) -> npt.NDArray[np.int64]:
+    unit = np.full(batch.num_rows, -1, dtype=np.int64)
+    is_archive = np.asarray(
+        pc.equal(batch.column(lineage.SOURCE), "archive").to_numpy(zero_copy_only=False),
+        np.bool_,
+    )
+    if not plan.buckets or not is_archive.any():
+        return unit
+    at, valid = _micros(batch, plan.event_time)
+    rows = np.flatnonzero(is_archive & valid)
+    unit[rows] = assign_offsets(at[rows], plan.buckets)
+    return unit
+
+
+def table_pass(sink: TableReader, plan: PassPlan) -> TablePass:
+    """One scan of the whole table: checksums and duplicate keys per unit, and the lineage
+    offsets of every partition for coverage (see the module doc)."""
+    tp = TablePass(scans=1, covered=frozenset(plan.coverage_end))
+    keyed: list[pa.Table] = []
+    for batch in _batches(sink):
+        cols = tuple(hashed_columns(batch.schema.names))
+        tp.columns = tp.columns or cols
+        if not batch.num_rows:
+            continue
+        archive = _archive_units(batch, plan)
+        unit = np.maximum(_kafka_units(batch, plan, tp), archive)  # sources are disjoint
+        for u, value in grouped_checksums(row_hashes(batch, cols), unit).items():
+            tp.add(u, value)
+        if plan.key and (archive >= 0).any():
+            keyed.append(_keyed(batch, archive, plan.key))
+    if keyed:
+        tp.duplicate_keys.update(_duplicates(pa.concat_tables(keyed)))
+    return tp
+
+
+def _micros(batch: pa.RecordBatch, event_time: str) -> tuple[I64, npt.NDArray[np.bool_]]:
+    col = batch.column(event_time)
     ns = pa.types.is_timestamp(col.type) and col.type.unit == "ns"
     ts = col.cast(pa.int64()) if ns else col.cast(_US).cast(pa.int64())
     valid = np.asarray(ts.is_valid().to_numpy(zero_copy_only=False), np.bool_)
@@ -141,44 +209,21 @@ def _micros(table: pa.Table, event_time: str) -> tuple[I64, npt.NDArray[np.bool_
     return (np.floor_divide(values, 1000) if ns else values), valid
 
 
-def archive_pass(
-    tp: TablePass,
-    sink: TableReader,
-    event_time: str,
-    buckets: Mapping[int, TimeBucket],
-    key: Sequence[str],
-) -> None:
-    """Scan every archive bucket at once (one scope spanning them); checksums per unit and
-    the duplicate business keys of each unit."""
-    if not buckets:
-        return
-    span = TimeBucket(
-        min(b.start for b in buckets.values()), max(b.end for b in buckets.values())
-    )
-    table = sink.scan(Scope("archive", bucket=span))
-    tp.scans += 1
-    at, valid = _micros(table, event_time)
-    unit = assign_offsets(at, [(_us(b.start), _us(b.end), u) for u, b in buckets.items()])
-    unit[~valid] = -1
-    _accumulate(tp, table, unit)
-    if key and table.num_rows:
-        tp.duplicate_keys.update(_duplicates(table, unit, key))
-
-
 def _us(t: datetime) -> int:
     return (t - _EPOCH) // timedelta(microseconds=1)
 
 
-def _duplicates(
-    table: pa.Table, unit: npt.NDArray[np.int64], key: Sequence[str]
-) -> dict[int, int]:
+def _keyed(batch: pa.RecordBatch, unit: npt.NDArray[np.int64], key: Sequence[str]) -> pa.Table:
+    table = pa.Table.from_batches([batch]).select(list(key))
+    table = table.append_column(_UNIT, pa.array(unit, pa.int64()))
+    return table.filter(pc.greater_equal(table.column(_UNIT), 0))
+
+
+def _duplicates(keyed: pa.Table) -> dict[int, int]:
     """Per unit: rows beyond the first of each key (as ``pyarrow`` group_by counts them)."""
-    keyed = table.select(list(key)).append_column(_UNIT, pa.array(unit, pa.int64()))
-    keyed = keyed.filter(pc.greater_equal(keyed.column(_UNIT), 0))
+    key = [n for n in keyed.schema.names if n != _UNIT]
     counts = keyed.group_by([_UNIT, *key]).aggregate([([], "count_all")])
     extra = counts.append_column("extra", pc.subtract(counts.column("count_all"), 1))
     per = extra.group_by(_UNIT).aggregate([("extra", "sum")])
-    return {
-        int(u): int(n)
-        for u, n in zip(per.column(_UNIT).to_pylist(), per.column("extra_sum").to_pylist(), strict=True)
-    }
+    units, sums = per.column(_UNIT).to_pylist(), per.column("extra_sum").to_pylist()
+    return {int(u): int(n) for u, n in zip(units, sums, strict=True)}
