@@ -166,6 +166,17 @@ def _facts(report: ReconcileReport) -> list[tuple[str, str, bool]]:
     return out
 
 
+def _summary(report: ReconcileReport) -> str:
+    t = report.totals()
+    return (
+        f"{fmt(len(report.slices))} slices, {fmt(t['mismatched_slices'])} mismatched · "
+        f"{fmt(t['source_rows'])} source rows, {fmt(t['table_rows'])} table rows · "
+        f"lost {fmt(t['lost'])} · in flight {fmt(t['in_flight'])} · overlap {fmt(t['overlap'])}"
+        f" · gap {fmt(t['gap'])} · quarantined {fmt(t['quarantined'])} · superseded "
+        f"{fmt(t['superseded'])} · duplicate keys {fmt(t['duplicate_keys'])}"
+    )
+
+
 def _context(report: ReconcileReport, facts: RunFacts, now: datetime) -> dict[str, Any]:
     ordered = sorted(report.slices, key=lambda s: s.matches)  # stable: mismatches first
     failing = [(p, Markup(_partition_svg(p))) for p in report.partitions if not p.ok]  # noqa: S704
@@ -176,6 +187,7 @@ def _context(report: ReconcileReport, facts: RunFacts, now: datetime) -> dict[st
     }  # fmt: skip
     return {
         "report": report, "verdict": _verdict(report), "facts": _facts(report),
+        "summary": _summary(report),
         "cut_time": cut.isoformat(timespec="seconds") if cut else "(not recorded)",
         "generated": now.isoformat(timespec="seconds"), "mismatched": list(report.mismatched),
         "failing": failing, "ordered": ordered, "fmt": fmt, "diff": _diff_summary,
