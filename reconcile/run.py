@@ -3,8 +3,8 @@
 Units: every planned slice, every history range no slice covers ("unplanned"), and the live
 range ``[hwm, end)`` of each partition in chunks of ``backfill.slice_records`` offsets. ``end``
 is the read-committed end when the run starts. The source side is read and summed one unit at
-a time; the table side is read in one pass (:mod:`reconcile.tablepass`: one scan per
-partition plus one over every archive bucket, grouped by unit; state O(units)); a unit whose
+a time; the table side is read in one pass (:mod:`reconcile.tablepass`: the whole table once,
+batch by batch, rows grouped by unit with polars; state O(units)); a unit whose
 checksums differ is then re-read on both sides and drilled down. Merge mode, and unit scopes
 that overlap, keep one table scan per unit.
 

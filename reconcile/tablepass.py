@@ -1,15 +1,16 @@
-"""The table side of a reconciliation in one pass: one scan per Kafka partition and one scan
-of every archive bucket at once, instead of one scan per compared unit.
+"""The table side of a reconciliation in one pass: the whole table is read once, batch by
+batch (the reader's ``scan_batches`` when it has one, else one ``scan``), instead of one
+filtered scan per compared unit.
 
-Every scanned row is assigned to the unit that owns it, from its lineage columns (a Kafka row
-by ``(_kafka_partition, _kafka_offset)`` against the units' offset ranges, an archive row by
-its event time against the units' buckets); rows no unit owns are not compared, exactly as a
-per-unit scan would not have returned them. The row hashes (:func:`reconcile.checksum.
-row_hashes`) are then grouped by unit with polars: count, the sums of the low and the high
-32-bit halves (exact in 64 bits, combined modulo 2^64 afterwards) and the xor. The result per
-unit is the very :class:`Checksum` a scan of the unit's scope gives; state is O(units) plus
-the one partition being scanned. The same scan yields the partition's lineage offsets and
-sides for coverage.
+Every row is assigned to the unit that owns it from its lineage columns: a Kafka row
+(``_seamline_source = 'kafka'``) by ``(_kafka_partition, _kafka_offset)`` against the units'
+half-open offset ranges, an archive row by its event time against the units' buckets; rows no
+unit owns are not compared, exactly as a per-unit scan would not have returned them. Each
+batch's row hashes (:func:`reconcile.checksum.row_hashes`) are grouped by unit with polars:
+count, the sums of the low and the high 32-bit halves (exact in 64 bits, combined modulo 2^64)
+and the xor, so each unit gets the very :class:`Checksum` a scan of its scope gives. State:
+O(units) aggregates, one batch, and the Kafka offsets and sides coverage needs per partition
+(8 + 1 bytes per Kafka row, gathered from the same scan instead of a second one).
 """
 
 from __future__ import annotations
