@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from coordinator.run.reprocess import ReprocessOutcome
     from coordinator.state.slices import SliceRecord
     from coordinator.state.store import StateStore
+    from reconcile.charts import RunFacts
     from reconcile.model import ReconcileReport
     from reconcile.run import UnitSource
     from stream.live.loop import LiveProgress, LiveSettings
@@ -215,6 +216,31 @@ def reconcile_run(
     except Exception as exc:  # the table may not exist yet (nothing written), catalog errors
         log.warning("job=%s reconciliation could not run: %r", job.job_id, exc)
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def report_facts(
+    job: JobSpec, lag: Sequence[tuple[datetime, int]] = ()
+) -> RunFacts:
+    """The run's recorded facts for the HTML report: slice timings, lag pauses, cut time.
+
+    ``lag`` adds live-lag samples a caller took (the state store keeps only the latest lag).
+    """
+    from reconcile.charts import Pause, RunFacts, SliceRun
+
+    store, records, cut, _epoch = _load_plan(job)
+    with store:
+        pauses = store.list_pauses(job.job_id)
+    runs = tuple(
+        SliceRun(r.slice_id, "history" if r.slice.scope.source == "kafka" else "archive",
+                 r.started_at, r.finished_at, max(r.attempts, 1), r.rows or 0)
+        for r in records
+        if r.started_at is not None and r.finished_at is not None
+        and r.finished_at >= r.started_at
+    )
+    return RunFacts(
+        slices=runs, pauses=tuple(Pause(p.started_at, p.seconds) for p in pauses),
+        lag=tuple(lag), cut_taken_at=cut.taken_at,
+    )  # fmt: skip
 
 
 # -- run and reprocess -----------------------------------------------------------------------

@@ -1,21 +1,35 @@
 """Renderers of a :class:`ReconcileReport`: text (rich tables), JSON, and one HTML page.
 
-The HTML page is self-contained (inline CSS and SVG, no scripts): a verdict banner, one offset
-line per partition (history ``[log_start, hwm)``, the cut, the live range ``[hwm, end)``, and
-every sampled lost/gap/duplicated/overlap/phantom offset as a red mark), the coverage counts
-and the slice table with the drill-down sample of each mismatching slice.
+The HTML page (Jinja2 template ``templates/report.html.j2``) is self-contained: inline CSS and
+SVG drawn by :mod:`reconcile.charts`, no scripts, nothing fetched. Top to bottom: the verdict
+(job, cut time, generation time) and totals with thousands separators; mismatching slices
+first with their drill-down rows; the offset line of every partition with a failing count
+(sampled offsets as red marks); the slice timeline (Gantt by worker, retries marked); rows/s
+and live lag over time with lag-pause bands; a compact coverage grid (one cell per partition,
+fine at 1,000 partitions) and one cell per archive bucket; the dead letters, keys and the
+full slice table (mismatches first, folded when long).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from html import escape
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
+import jinja2
+from markupsafe import Markup
 from rich.console import Console
 from rich.table import Table
 
+from reconcile.charts import (
+    RunFacts,
+    bucket_grid_svg,
+    coverage_grid_svg,
+    fmt,
+    throughput_svg,
+    timeline_svg,
+)
 from reconcile.coverage import FAILING, INFO, PartitionCoverage
 from reconcile.keys import KeyCheck
 from reconcile.model import ReconcileReport, SliceReport
@@ -91,19 +105,12 @@ def _diff_summary(s: SliceReport) -> str:
     return " ".join(parts)
 
 
-_CSS: Final = """
-body{font:15px/1.4 system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
-.banner{padding:18px 24px;border-radius:8px;font-size:28px;font-weight:700;color:#fff}
-.ok{background:#1a7f37}.bad{background:#cf222e}
-.sub{font-size:15px;font-weight:400;opacity:.95}
-table{border-collapse:collapse;width:100%;margin:8px 0 24px}
-th,td{border-bottom:1px solid #d0d7de;padding:4px 8px;text-align:left;font-size:13px}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.mismatch td{background:#ffebe9}.match{color:#1a7f37;font-weight:600}
-.mism{color:#cf222e;font-weight:600}svg{display:block;margin:4px 0 12px}
-.legend span{display:inline-block;margin-right:16px;font-size:13px}
-.sw{width:12px;height:12px;display:inline-block;vertical-align:middle;margin-right:4px}
-"""
+_ENV: Final = jinja2.Environment(
+    loader=jinja2.PackageLoader("reconcile", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=False,
+)
 
 
 def _x(offset: int, p: PartitionCoverage) -> float:
@@ -118,7 +125,7 @@ def _partition_svg(p: PartitionCoverage) -> str:
     cut = (
         f'<line x1="{_x(p.hwm, p):.1f}" y1="18" x2="{_x(p.hwm, p):.1f}" y2="62" '
         f'stroke="#1b1f24" stroke-width="2"/><text x="{_x(p.hwm, p):.1f}" y="14" '
-        f'text-anchor="middle" font-size="12">cut hwm={p.hwm}</text>'
+        f'text-anchor="middle" font-size="12">cut hwm={fmt(p.hwm)}</text>'
     )
     marks = []
     for kind in FAILING:
@@ -128,8 +135,8 @@ def _partition_svg(p: PartitionCoverage) -> str:
                 f'fill="#cf222e"><title>{kind} offset {o}</title></rect>'
             )
     labels = (
-        f'<text x="{_PAD}" y="78" font-size="12">{p.log_start}</text>'
-        f'<text x="{_W - _PAD}" y="78" font-size="12" text-anchor="end">end={p.end}</text>'
+        f'<text x="{_PAD}" y="78" font-size="12">{fmt(p.log_start)}</text>'
+        f'<text x="{_W - _PAD}" y="78" font-size="12" text-anchor="end">end={fmt(p.end)}</text>'
     )
     return (
         f'<svg width="{_W}" height="86" role="img" aria-label="partition {p.partition}">'
@@ -137,78 +144,67 @@ def _partition_svg(p: PartitionCoverage) -> str:
     )
 
 
-def _coverage_line(p: PartitionCoverage) -> str:
-    cells = " · ".join(
-        f'<span class="{"mism" if getattr(p, k) and k in FAILING else ""}">{k}={getattr(p, k)}</span>'
-        for k in (*FAILING, *INFO)
-    )
-    return f"<div>source records={p.source_records} table rows={p.table_rows} · {cells}</div>"
+def _counts(p: PartitionCoverage) -> str:
+    cells = " · ".join(f"{k}={fmt(getattr(p, k))}" for k in (*FAILING, *INFO))
+    return f"source records={fmt(p.source_records)} table rows={fmt(p.table_rows)} · {cells}"
 
 
-def _slice_rows(report: ReconcileReport) -> str:
-    rows = []
-    for s in report.slices:
-        cls = "match" if s.matches else "mism"
-        rows.append(
-            f'<tr class="{"ok-row" if s.matches else "mismatch"}"><td>{escape(s.slice_id)}</td><td>{s.kind}</td>'
-            f"<td>{escape(s.scope)}</td><td class=num>{s.source.rows}</td>"
-            f"<td class=num>{s.table.rows}</td><td><code>{s.source.sum:016x}</code></td>"
-            f'<td><code>{s.table.sum:016x}</code></td><td class="{cls}">{s.verdict}</td>'
-            f"<td>{escape(_diff_summary(s))}</td></tr>"
-        )
-        for d in s.drilldown.rows if s.drilldown else ():
-            rows.append(
-                f'<tr class="mismatch"><td></td><td colspan=8>{d.kind} at '
-                f"{escape(json.dumps(d.to_json()['where']))}: source="
-                f"{escape(json.dumps(d.to_json()['source']))} table="
-                f"{escape(json.dumps(d.to_json()['table']))}</td></tr>"
-            )
-    return "".join(rows)
+def _facts(report: ReconcileReport) -> list[tuple[str, str, bool]]:
+    t = report.totals()
+    kinds = [s.kind for s in report.slices]
+    out = [
+        ("source rows", fmt(t["source_rows"]), False),
+        ("table rows", fmt(t["table_rows"]), t["source_rows"] != t["table_rows"]),
+        ("slices (archive / Kafka)", f"{fmt(kinds.count('archive'))} / "
+         f"{fmt(kinds.count('history'))}", False),
+        ("mismatched slices", fmt(t["mismatched_slices"]), t["mismatched_slices"] > 0),
+    ]  # fmt: skip
+    for k in ("lost", "in_flight", "overlap", "gap", "duplicated", "phantom"):
+        out.append((k.replace("_", " "), fmt(t.get(k, 0)), t.get(k, 0) > 0))
+    for k in ("quarantined", "superseded"):
+        out.append((k, fmt(t.get(k, 0)), False))
+    return out
 
 
-def render_html(report: ReconcileReport) -> str:
-    """One self-contained HTML page a person reads at a glance."""
-    ok = report.reconciled
-    totals = report.totals()
-    sub = (
-        f"job {escape(report.job_id)} · topic {escape(report.topic)} · "
-        f"{len(report.slices)} slices, {totals['mismatched_slices']} mismatched · "
-        f"{totals['source_rows']} source rows, {totals['table_rows']} table rows · "
-        f"lost {totals['lost']} · in flight {totals['in_flight']} · overlap "
-        f"{totals['overlap']} · gap {totals['gap']} · quarantined {totals['quarantined']} · "
-        f"superseded {totals['superseded']} · duplicate keys {totals['duplicate_keys']}"
-    )
-    keys = ""
-    if report.keys is not None:
-        samples = "".join(
-            f"<li>{escape(json.dumps(d.to_json()))}</li>" for d in report.keys.samples
-        )
-        cls = "match" if report.keys.ok else "mism"
-        keys = f'<p class="{cls}" id="keys">{escape(_keys_line(report.keys))}</p><ul>{samples}</ul>'
-
-    parts = "".join(
-        f"<h3>partition {p.partition}</h3>{_partition_svg(p)}{_coverage_line(p)}"
-        for p in report.partitions
-    )
-    legend = (
-        '<div class="legend"><span><i class="sw" style="background:#0969da"></i>history '
-        '(backfill)</span><span><i class="sw" style="background:#8c959f"></i>live</span>'
-        '<span><i class="sw" style="background:#cf222e"></i>lost / gap / duplicated / '
-        "overlap / phantom</span></div>"
-    )
-    head = (
-        "<tr><th>slice</th><th>kind</th><th>scope</th><th>source rows</th><th>table rows</th>"
-        "<th>source sum</th><th>table sum</th><th>verdict</th><th>differences</th></tr>"
-    )
+def _summary(report: ReconcileReport) -> str:
+    t = report.totals()
     return (
-        f'<!doctype html><html><head><meta charset="utf-8"><title>seamline reconcile '
-        f"{escape(report.job_id)}</title><style>{_CSS}</style></head><body>"
-        f'<div id="verdict" class="banner {"ok" if ok else "bad"}" '
-        f'data-reconciled="{"true" if ok else "false"}">{_verdict(report)}'
-        f'<div class="sub">{sub}</div></div>'
-        f"<h2>Offsets per partition</h2>{legend}{parts}"
-        f'<p id="dead-letters">{escape(_dead_letter_line(report))}</p>{keys}'
-        f"<h2>Slices</h2><table>{head}{_slice_rows(report)}</table>"
-        f"<p class=sub>checksum scheme {escape(report.scheme)} · run at "
-        f"{report.run_at.isoformat()} · min age {report.min_age_s}s</p></body></html>"
+        f"{fmt(len(report.slices))} slices, {fmt(t['mismatched_slices'])} mismatched · "
+        f"{fmt(t['source_rows'])} source rows, {fmt(t['table_rows'])} table rows · "
+        f"lost {fmt(t['lost'])} · in flight {fmt(t['in_flight'])} · overlap {fmt(t['overlap'])}"
+        f" · gap {fmt(t['gap'])} · quarantined {fmt(t['quarantined'])} · superseded "
+        f"{fmt(t['superseded'])} · duplicate keys {fmt(t['duplicate_keys'])}"
     )
+
+
+def _context(report: ReconcileReport, facts: RunFacts, now: datetime) -> dict[str, Any]:
+    ordered = sorted(report.slices, key=lambda s: s.matches)  # stable: mismatches first
+    failing = [(p, Markup(_partition_svg(p))) for p in report.partitions if not p.ok]  # noqa: S704
+    cut = facts.cut_taken_at
+    charts = {
+        "timeline": timeline_svg(facts), "throughput": throughput_svg(facts),
+        "coverage": coverage_grid_svg(report.partitions), "archive": bucket_grid_svg(report.slices),
+    }  # fmt: skip
+    return {
+        "report": report, "verdict": _verdict(report), "facts": _facts(report),
+        "summary": _summary(report),
+        "cut_time": cut.isoformat(timespec="seconds") if cut else "(not recorded)",
+        "generated": now.isoformat(timespec="seconds"), "mismatched": list(report.mismatched),
+        "failing": failing, "ordered": ordered, "fmt": fmt, "diff": _diff_summary,
+        "counts": _counts, "dead_letters": _dead_letter_line(report),
+        "keys_line": _keys_line(report.keys) if report.keys is not None else "",
+        "buckets": sum(1 for s in report.slices if s.kind == "archive"),
+        **{k: Markup(v) for k, v in charts.items()},  # noqa: S704 - our SVG, text escaped
+    }  # fmt: skip
+
+
+def render_html(
+    report: ReconcileReport, facts: RunFacts | None = None, *, now: datetime | None = None
+) -> str:
+    """One self-contained HTML page a person reads at a glance (see the module doc).
+
+    ``facts`` (slice timings, pauses, lag samples, cut time) feeds the timeline and the
+    throughput chart; without it those charts say that nothing was recorded.
+    """
+    ctx = _context(report, facts or RunFacts(), (now or datetime.now(UTC)).astimezone(UTC))
+    return _ENV.get_template("report.html.j2").render(ctx)

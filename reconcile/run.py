@@ -1,8 +1,12 @@
 """Reconcile a job: checksums per slice on both sides, coverage per partition, drill-down.
 
-Units are compared one at a time (memory O(slice)): every planned slice, every history range
-no slice covers ("unplanned"), and the live range ``[hwm, end)`` of each partition in chunks
-of ``backfill.slice_records`` offsets. ``end`` is the read-committed end when the run starts.
+Units: every planned slice, every history range no slice covers ("unplanned"), and the live
+range ``[hwm, end)`` of each partition in chunks of ``backfill.slice_records`` offsets. ``end``
+is the read-committed end when the run starts. The source side is read and summed one unit at
+a time; the table side is read in one pass (:mod:`reconcile.tablepass`: the whole table once,
+batch by batch, rows grouped by unit with polars; state O(units)); a unit whose
+checksums differ is then re-read on both sides and drilled down. Merge mode, and unit scopes
+that overlap, keep one table scan per unit.
 
 In-flight records (``--min-age``). Without it, every committed record up to ``end`` must be in
 the table: records the live consumer has not written yet are reported as ``in_flight`` (those
@@ -30,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,6 +57,13 @@ from reconcile.drilldown import KAFKA_KEY, bisect_diff
 from reconcile.keys import KeyCheck, check_unique, key_index, superseded_rows
 from reconcile.model import ReconcileReport, SliceReport, UnitKind, describe_scope
 from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
+from reconcile.tablepass import (
+    PassPlan,
+    TablePass,
+    bucket_range,
+    scopes_disjoint,
+    table_pass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,16 @@ class Unit:
     kind: UnitKind
     scope: Scope
     slice: Slice | None = None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A unit whose source side is summed, waiting for the table pass."""
+
+    unit: Unit  # scope limited by min-age
+    source: Checksum
+    columns: tuple[str, ...] | None  # hashed source columns (None: no source rows)
+    quarantined: int = 0
 
 
 def _chunks(p: int, start: int, end: int, width: int) -> list[OffsetRange]:
@@ -233,11 +255,35 @@ class _Run:
     parts: dict[int, _Partition]
     merge_index: pa.Table | None = None  # key index, merge mode only
     dead: Mapping[int, set[int]] = field(default_factory=dict)  # dead-letter offsets
+    scanned: TablePass | None = None  # the one-pass table scan (lineage for coverage)
+
+    def per_unit(self, units: Sequence[Unit]) -> list[SliceReport]:
+        """One table scan per unit (merge mode, or overlapping unit scopes)."""
+        reports = []
+        for unit in units:
+            report = self.archive_unit(unit) if unit.kind == "archive" else self.kafka_unit(unit)
+            if report is not None:
+                reports.append(report)
+        return reports
 
     def kafka_unit(self, unit: Unit) -> SliceReport | None:
+        read = self.kafka_rows(unit)
+        if read is None:
+            return None
+        unit, data = read
+        table = self.sink.scan(unit.scope)
+        rows, replaced = data.rows, 0
+        if self.merge_index is not None and unit.kind != "live" and rows is not None:
+            rows, replaced = self.drop_superseded(rows, table)
+        report = compare_unit(unit, rows, table, key=KAFKA_KEY, quarantined=len(data.quarantined))
+        return replace(report, superseded=replaced) if replaced else report
+
+    def kafka_rows(self, unit: Unit) -> tuple[Unit, SourceUnit] | None:
+        """The source rows of a Kafka unit (scope limited by min-age, dead letters moved to
+        quarantined); records the coverage facts. ``None``: beyond the min-age bound."""
         p = self.parts[unit.scope.ranges[0].partition] if unit.kind == "live" else _Partition()
         if p.upper is not None:
-            return None  # beyond the min-age bound of this partition
+            return None
         data = self.source.read(unit.scope.ranges)
         scope = unit.scope
         if unit.kind == "live" and self.cutoff_ms is not None:
@@ -249,16 +295,82 @@ class _Run:
                 data.offsets[(data.offsets >= rng.start) & (data.offsets < rng.end)]
             )
             part.quarantined.append(data.quarantined)
-        table = self.sink.scan(scope)
-        data = _drop_dead(data, self.dead)
-        rows, replaced = data.rows, 0
-        if self.merge_index is not None and unit.kind != "live" and rows is not None:
-            rows, replaced = self.drop_superseded(rows, table)
-        report = compare_unit(
-            Unit(unit.unit_id, unit.kind, scope, unit.slice), rows, table,
-            key=KAFKA_KEY, quarantined=len(data.quarantined),
+        return Unit(unit.unit_id, unit.kind, scope, unit.slice), _drop_dead(data, self.dead)
+
+    def kafka_source(self, unit: Unit) -> _Pending | None:
+        """The source side of a Kafka unit, summed."""
+        read = self.kafka_rows(unit)
+        return None if read is None else _pending(read[0], read[1].rows, len(read[1].quarantined))
+
+    def archive_source(self, unit: Unit) -> _Pending:
+        """The source side of an archive unit, summed."""
+        return _pending(unit, self.read_archive(unit), 0)
+
+    def read_archive(self, unit: Unit) -> pa.Table:
+        assert unit.slice is not None
+        if self.archive is None:
+            raise ReconcileError(
+                f"slice_id={unit.unit_id}: expected an archive reader, found none",
+                hint="pass archive= to reconcile_job (coordinator.service.reconcile does)",
+            )
+        return self.archive(unit.slice)
+
+    def table_pass(self, pending: Sequence[_Pending], ends: Mapping[int, int]) -> TablePass:
+        """One scan of the whole table, rows grouped by unit (see reconcile.tablepass)."""
+        ranges: dict[int, list[tuple[int, int, int]]] = {}
+        for i, p in enumerate(pending):
+            for r in p.unit.scope.ranges:
+                ranges.setdefault(int(r.partition), []).append((int(r.start), int(r.end), i))
+        buckets = [bucket_range(p.unit.scope.bucket, i) for i, p in enumerate(pending)
+                   if p.unit.scope.bucket is not None]  # fmt: skip
+        ends_ = {int(c.partition): self.coverage_end(c.partition, ends) for c in self.cut.partitions}
+        plan = PassPlan(ranges, buckets, ends_, self.job.schema_.event_time, self.job.table.key)
+        return table_pass(self.sink, plan)
+
+    def coverage_end(self, partition: int, ends: Mapping[int, int]) -> int:
+        """Where coverage of ``partition`` stops: the min-age bound or the committed end."""
+        hwm = next((int(p.hwm) for p in self.cut.partitions if p.partition == partition), 0)
+        upper = self.parts[partition].upper if partition in self.parts else None
+        return upper if upper is not None else max(hwm, ends.get(partition, hwm))
+
+    def finish(self, i: int, p: _Pending, tp: TablePass) -> SliceReport:
+        """The unit's report from the pass; a mismatch is drilled down on the unit's scope."""
+        if p.columns is not None and tp.columns is not None and p.columns != tp.columns:
+            raise ReconcileError(
+                f"slice_id={p.unit.unit_id}: expected source columns {list(tp.columns)}, "
+                f"found {list(p.columns)}",
+                hint="the transform must return the table's columns on both sides",
+            )
+        table = tp.checksums.get(i, Checksum())
+        if table != p.source:
+            return self.drill(p)
+        unit = p.unit
+        return SliceReport(
+            unit.unit_id, unit.kind, describe_scope(unit.scope), p.source, table,
+            quarantined=p.quarantined, duplicate_keys=tp.duplicate_keys.get(i, 0),
+            ranges=unit.scope.ranges,
         )  # fmt: skip
-        return replace(report, superseded=replaced) if replaced else report
+
+    def drill(self, p: _Pending) -> SliceReport:
+        """The per-unit comparison of a mismatching unit (re-reads both sides of it)."""
+        unit = p.unit
+        if unit.kind == "archive":
+            return self.archive_unit(unit)
+        data = _drop_dead(self.source.read(unit.scope.ranges), self.dead)
+        return compare_unit(unit, data.rows, self.sink.scan(unit.scope), key=KAFKA_KEY,
+                            quarantined=p.quarantined)  # fmt: skip
+
+    def one_pass(self, units: Sequence[Unit], ends: Mapping[int, int]) -> list[SliceReport]:
+        """Every unit's source side, then one table pass, then the comparison."""
+        pending = [
+            self.archive_source(u) if u.kind == "archive" else self.kafka_source(u)
+            for u in units
+        ]
+        kept = [p for p in pending if p is not None]
+        tp = self.table_pass(kept, ends)
+        self.scanned = tp
+        log.info("table pass scans=%d units=%d", tp.scans, len(kept))
+        return [self.finish(i, p, tp) for i, p in enumerate(kept)]
 
     def drop_superseded(self, rows: pa.Table, table: pa.Table) -> tuple[pa.Table, int]:
         """Source rows minus those a later record of the same key replaced (merge mode)."""
@@ -277,14 +389,13 @@ class _Run:
         return kept, gone.num_rows
 
     def archive_unit(self, unit: Unit) -> SliceReport:
-        assert unit.slice is not None
-        if self.archive is None:
-            raise ReconcileError(
-                f"slice_id={unit.unit_id}: expected an archive reader, found none",
-                hint="pass archive= to reconcile_job (coordinator.service.reconcile does)",
-            )
-        source = self.archive(unit.slice)
+        source = self.read_archive(unit)
         return compare_unit(unit, source, self.sink.scan(unit.scope), key=self.job.table.key)
+
+    def lineage(self, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
+        """Table offsets of partition ``p`` below ``end`` and whether live wrote each."""
+        found = self.scanned.offsets(p) if self.scanned is not None else None
+        return found if found is not None else _lineage_scan(self.sink, p, end)
 
     def coverage(
         self, ends: Mapping[int, int], quarantine: Mapping[int, Iterable[int]]
@@ -302,22 +413,39 @@ class _Run:
         p, facts = pcut.partition, self.parts[pcut.partition]
         committed_end = max(pcut.hwm, ends.get(p, pcut.hwm))
         end = facts.upper if facts.upper is not None else committed_end
-        rows = self.sink.scan(
-            Scope("kafka", (OffsetRange(p, Offset(0), Offset(end)),)),
-            columns=[lineage.PARTITION, lineage.OFFSET, lineage.SIDE],
-        )
+        offsets, live = self.lineage(p, end)
         given = np.asarray(sorted(quarantine.get(p, ())), dtype=np.int64)
-        live = pc.equal(rows.column(lineage.SIDE), "live").to_numpy(zero_copy_only=False)
         return compare_offsets(
             p, log_start=pcut.log_start, hwm=pcut.hwm, end=end,
             source=np.concatenate([np.zeros(0, np.int64), *facts.offsets]),
-            table_offsets=np.asarray(rows.column(lineage.OFFSET).to_numpy(), np.int64),
-            table_live=np.asarray(live, np.bool_),
+            table_offsets=offsets, table_live=live,
             quarantine=np.concatenate([given, *facts.quarantined]),
             superseded=np.concatenate([np.zeros(0, np.int64), *facts.superseded]),
             live_position=max(pcut.hwm, live_at.get(p, pcut.hwm)),
             left_out=committed_end - end,
         )  # fmt: skip
+
+
+def _pending(unit: Unit, rows: pa.Table | None, quarantined: int) -> _Pending:
+    if rows is None:
+        return _Pending(unit, Checksum(), None, quarantined)
+    cols = hashed_columns(rows.schema.names)
+    return _Pending(unit, checksum(rows, cols), tuple(cols), quarantined)
+
+
+def _one_pass_safe(units: Sequence[Unit], merge_index: pa.Table | None) -> bool:
+    """One pass needs disjoint unit scopes (true of any plan) and no merge-mode supersession
+    (which compares each unit's source against its table rows)."""
+    return merge_index is None and scopes_disjoint([u.scope for u in units])
+
+
+def _lineage_scan(sink: TableReader, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
+    rows = sink.scan(
+        Scope("kafka", (OffsetRange(PartitionId(p), Offset(0), Offset(end)),)),
+        columns=[lineage.PARTITION, lineage.OFFSET, lineage.SIDE],
+    )
+    live = pc.equal(rows.column(lineage.SIDE), "live").to_numpy(zero_copy_only=False)
+    return np.asarray(rows.column(lineage.OFFSET).to_numpy(), np.int64), np.asarray(live, np.bool_)
 
 
 def _key_check(
@@ -351,6 +479,7 @@ def reconcile_job(
     source: UnitSource,
     archive: ArchiveReader | None = None,
     now: datetime | None = None,
+    one_pass: bool = True,
 ) -> ReconcileReport:
     """Compare source and table for every slice and partition of ``job`` (see module doc).
 
@@ -359,7 +488,8 @@ def reconcile_job(
     decoder refuses on the source side are added to it. ``sink`` is the table,
     ``source`` the Kafka side (``reconcile.source.KafkaUnits``) and ``archive`` reads archive
     slices (needed only when ``slices`` has some); ``coordinator.service.reconcile`` builds
-    them for a job. Raises ``ReconcileError`` / ``SourceError`` / ``LiveError`` (dead-letter
+    them for a job. ``one_pass=False`` scans the table once per unit (the reference path the
+    one-pass scan is tested against; merge mode always uses it). Raises ``ReconcileError`` / ``SourceError`` / ``LiveError`` (dead-letter
     topic) when the comparison cannot run.
     """
     dlq_topic, given = _dead_letters(job, quarantine)
@@ -370,11 +500,9 @@ def reconcile_job(
     index, keys = _key_check(job, sink, slices)
     parts: dict[int, _Partition] = {p: _Partition() for p in partitions}
     run = _Run(job, cut, sink, source, archive, cutoff, parts, index, given)
-    reports: list[SliceReport] = []
-    for unit in plan_units(cut, slices, ends, job.backfill.slice_records):
-        report = run.archive_unit(unit) if unit.kind == "archive" else run.kafka_unit(unit)
-        if report is not None:
-            reports.append(report)
+    units = plan_units(cut, slices, ends, job.backfill.slice_records)
+    fast = one_pass and _one_pass_safe(units, index)
+    reports = run.one_pass(units, ends) if fast else run.per_unit(units)
     coverage = run.coverage(ends, given)
     report_ = ReconcileReport(
         job.job_id, cut.topic, run_at, min_age_s, tuple(reports), tuple(coverage),

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
-    from coordinator.service import reconcile_and_record
+    from coordinator.service import reconcile_and_record, report_facts
     from reconcile.report import render_html, render_json, render_text
 
     job = load_job(job_path)
@@ -34,7 +34,7 @@ def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
     if html is not None:
         from coordinator.core.logs import write_private
 
-        write_private(html, render_html(report))  # 0640: reports name hosts and tables
+        write_private(html, render_html(report, report_facts(job)))  # 0640: reports name hosts and tables
     if not report.reconciled:
         return int(ExitCode.NOT_RECONCILED)
     return int(ExitCode.OK)

@@ -198,6 +198,7 @@ class LagWatch(threading.Thread):
         self.measure, self.every_s = measure, every_s
         self.max_lag = 0
         self.last: Mapping[int, int] = {}
+        self.samples: list[tuple[datetime, int]] = []  # (when, largest partition lag)
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -214,6 +215,7 @@ class LagWatch(threading.Thread):
             log.debug("lag sample failed: %s", exc)
             return {}
         self.max_lag = max([self.max_lag, *self.last.values()])
+        self.samples.append((datetime.now(UTC), max(self.last.values(), default=0)))
         return self.last
 
     def stop(self) -> None:

@@ -261,7 +261,7 @@ class _Demo:
                 "malformed_records": producer.poison, "live_lag_max": watch.max_lag}  # fmt: skip
 
     def reconcile(self, job: JobSpec, cut: Cut, seeded: Seeded) -> dict[str, Any]:
-        from coordinator.service import open_reader, reconcile_run
+        from coordinator.service import open_reader, reconcile_run, report_facts
         from reconcile.report import render_html
 
         self.say("reconcile: checksums per slice, offset coverage per partition")
@@ -269,7 +269,9 @@ class _Demo:
         report, error = reconcile_run(job, cut)
         if report is None:
             raise ReconcileError(f"job={job.job_id}: reconciliation could not run: {error}")
-        self.paths.html.write_text(render_html(report), encoding="utf-8")
+        watch: LagWatch | None = self.facts.get("watch")
+        facts = report_facts(job, list(watch.samples) if watch is not None else [])
+        self.paths.html.write_text(render_html(report, facts), encoding="utf-8")
         doc = reconcile_counts(report)
         doc["table_rows"] = open_reader(job).scan(columns=["order_id"]).num_rows
         doc["late_events_in_table"] = _late_rows_in_table(job, seeded)

@@ -273,3 +273,7 @@ class IcebergSink:
         expr = iceberg_scope(scope, self.event_time) if scope is not None else ice_true()
         fields = tuple(columns) if columns else ("*",)
         return self._table().scan(row_filter=expr, selected_fields=fields).to_arrow()
+
+    def scan_batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row of the table, batch by batch (the reconciler's one-pass scan)."""
+        yield from self._table().scan().to_arrow_batch_reader()

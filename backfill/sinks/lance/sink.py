@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -288,3 +288,7 @@ class LanceSink:
         """Rows of the dataset, optionally limited to ``scope`` and ``columns``."""
         expr = arrow_scope(scope, self.event_time) if scope is not None else None
         return self._dataset().to_table(columns=columns, filter=expr)
+
+    def scan_batches(self) -> Iterator[pa.RecordBatch]:
+        """Every row of the dataset, batch by batch (the reconciler's one-pass scan)."""
+        yield from self._dataset().to_batches()
