@@ -2,8 +2,9 @@
 
 ``execute_slice`` looks the slice's token up first: a slice already in the table is not
 written again (``already_committed=True``). Otherwise it reads the slice (Kafka range or
-archive bucket), confirms quarantined records to the dead-letter topic, and writes the slice's
-scope in ONE commit.
+archive bucket), evaluates the job's ``[[backfill.assert]]`` checks on the rows (a failure
+raises ``SliceAssertionError`` and nothing is written or quarantined), confirms quarantined
+records to the dead-letter topic, and writes the slice's scope in ONE commit.
 
 Crash testing: when the environment variable ``SEAMLINE_TEST_CRASH_AT`` names a crash point
 (``before_commit``: data files written, commit not yet made; ``after_commit``: committed, result
@@ -17,6 +18,7 @@ import multiprocessing
 
 import pyarrow as pa
 
+from backfill.assertions import check_slice
 from backfill.sinks import open_sink
 from backfill.sinks.common import crash_point
 from backfill.sources.archive import read_archive_slice
@@ -67,6 +69,7 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
         log.info("slice already committed: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
         return SliceResult(rows=found.rows or 0, commit=found, already_committed=True)
     data, bad = read_slice(job, slice_)
+    check_slice(job, slice_, data)
     _quarantine(job, bad)
     record = sink.write_slice(slice_.scope, data, token)
     crash_point("after_commit")

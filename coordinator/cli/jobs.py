@@ -210,6 +210,9 @@ def _print_status(doc: dict[str, Any]) -> None:
             (s["last_error"] or "")[:60],
         )
     console.print(table)
+    for s in doc["slices"]:
+        if s["status"] == "failed" and s["last_error"]:
+            click.echo(f"failed slice={s['slice_id']}: {s['last_error']}")
     remaining = doc["remaining"]
     click.echo(
         f"remaining: {len(remaining)} slices not yet committed"
@@ -289,6 +292,8 @@ def _print_outcome(out: JobOutcome) -> None:
         f"{run.rows:,} rows, {run.retries} retries, failed={list(run.failed)}"
         + (" (cancelled)" if run.cancelled else "")
     )
+    for sid, error in run.errors:
+        click.echo(f"failed slice={sid}: {error}")
     if run.not_selected:
         click.echo(
             f"partial run: {len(run.not_selected)} slices not selected remain "

@@ -18,6 +18,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from coordinator.core.controls import AssertSpec
 from coordinator.core.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -211,6 +212,8 @@ class BackfillSpec(_Model):
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     lag_threshold: Annotated[int, Field(gt=0)] = 100_000
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    # [[backfill.assert]]: checks on every slice before it commits (coordinator/core/controls)
+    asserts: list[AssertSpec] = Field(default=[], alias="assert")
 
 
 class LiveSpec(_Model):
@@ -442,11 +445,30 @@ def _cross_checks(spec: JobSpec) -> None:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     if spec.table.format == "lance" and spec.table.uri:
         _check_lance_path(spec, spec.table.uri)
+    _check_asserts(spec)
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
         )
+
+
+def _check_asserts(spec: JobSpec) -> None:
+    schema = spec.schema_.arrow_schema()
+    for i, a in enumerate(spec.backfill.asserts):
+        key = f"backfill.assert[{i}].column"
+        if a.column is not None and a.column not in schema.names:
+            raise ConfigError(
+                f"key={key}: unknown column {a.column!r}",
+                hint=f"declare it in [schema.fields] ({', '.join(schema.names)})",
+            )
+        if a.check == "range" and a.column is not None:
+            t = schema.field(a.column).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+                raise ConfigError(
+                    f"key={key}: expected a numeric column for check 'range', "
+                    f"found {a.column!r} of type {t}"
+                )
 
 
 def _check_lance_path(spec: JobSpec, uri: str) -> None:

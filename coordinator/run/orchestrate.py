@@ -74,6 +74,7 @@ class JobOutcome:
             "total": self.run.total,
             "committed": self.run.committed,
             "failed": list(self.run.failed),
+            "errors": dict(self.run.errors),
             "remaining": self.run.remaining,
             "not_selected": list(self.run.not_selected),
             "rows": self.run.rows,

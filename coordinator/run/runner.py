@@ -122,6 +122,7 @@ class RunReport:
     cancelled: bool
     worker_deaths: int = 0  # slices lost to a dead worker (each retried)
     not_selected: tuple[str, ...] = ()  # slices still to do that a partial run left out
+    errors: tuple[tuple[str, str], ...] = ()  # (slice id, last error) of each failed slice
 
     @property
     def exit_code(self) -> ExitCode:
@@ -155,6 +156,7 @@ class _Run:
     attempts: dict[str, int] = field(default_factory=dict)
     inflight: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)
     committed: int = 0
     rows: int = 0
     retries: int = 0
@@ -258,6 +260,7 @@ class Runner:
             cancelled=self.stop.stop.is_set(),
             worker_deaths=state.worker_deaths,
             not_selected=tuple(left_out),
+            errors=tuple(sorted((s, state.errors[s]) for s in state.failed)),
         )
 
     def _loop(self, pool: WorkerPool, state: _Run, by_id: dict[str, Slice]) -> None:
@@ -332,6 +335,7 @@ class Runner:
             )
         else:
             state.failed.add(sid)
+            state.errors[sid] = error
             log.error("slice=%s failed after %d attempts: %s", sid, tries, error)
 
     def _committed(self, sid: str, result: SliceResult, state: _Run) -> None:
