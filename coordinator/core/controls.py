@@ -1,4 +1,21 @@
-"""Backfill controls of the job file: per-slice assertions (``[[backfill.assert]]``).
+"""Backfill controls of the job file: per-slice assertions (``[[backfill.assert]]``) and the
+history row filter (``[history] where``).
+
+**Row filter.** ``where`` is a list of conditions, all of which a row must meet (AND)::
+
+    where = [{column = "region", op = "==", value = "eu"},
+             {column = "amount", op = ">=", value = 10.0},
+             {column = "status", op = "in", value = ["paid", "shipped"]},
+             {column = "customer", op = "is not null"}]
+
+``op`` is one of ``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=`` (one value), ``in`` /
+``not in`` (a list) and ``is null`` / ``is not null`` (no value). Values are converted to the
+column's declared type when the job loads (an impossible conversion is a config error) and
+become typed pyarrow compute expressions; nothing is ever formatted into a query string. A
+null compared with ``==``/``<``/... does not match (SQL semantics). The filter is applied to
+the rows a slice would write (after the transform) and identically by the reconciler to the
+history source, so filtered-out rows are neither written nor expected; live rows are never
+filtered.
 
 Each entry names one ``check`` and the keys it needs (anything else is refused up front):
 
@@ -21,8 +38,11 @@ event-time day found in the slice. Columns are checked against ``[schema.fields]
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CheckName = Literal["min_rows", "min_rows_per_day", "max_null_rate", "range", "unique", "custom"]
@@ -90,4 +110,116 @@ class AssertSpec(BaseModel):
         return f"{self.check}[{self.column}]" if self.column else self.check
 
 
-__all__ = ["CHECK_KEYS", "AssertSpec", "CheckName"]
+def check_asserts(asserts: Sequence[AssertSpec], schema: pa.Schema) -> None:
+    """Every assertion's column is declared (and numeric for ``range``); else ValueError."""
+    for i, a in enumerate(asserts):
+        key = f"backfill.assert[{i}].column"
+        if a.column is not None and a.column not in schema.names:
+            raise ValueError(
+                f"{key}: unknown column {a.column!r}; declare it in [schema.fields] "
+                f"({', '.join(schema.names)})"
+            )
+        if a.check == "range" and a.column is not None:
+            t = schema.field(a.column).type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+                raise ValueError(
+                    f"{key}: expected a numeric column for check 'range', "
+                    f"found {a.column!r} of type {t}"
+                )
+
+
+WhereOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null"]
+_COMPARE = {
+    "==": pc.equal,
+    "!=": pc.not_equal,
+    "<": pc.less,
+    "<=": pc.less_equal,
+    ">": pc.greater,
+    ">=": pc.greater_equal,
+}
+
+
+class WhereSpec(BaseModel):
+    """One condition of ``[history] where`` (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    column: str
+    op: WhereOp
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value(self) -> WhereSpec:
+        if self.op in ("is null", "is not null"):
+            if self.value is not None:
+                raise ValueError(f"op {self.op!r} takes no value, found {self.value!r}")
+        elif self.op in ("in", "not in"):
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError(
+                    f"op {self.op!r} needs a non-empty list value, found {self.value!r}"
+                )
+        elif self.value is None or isinstance(self.value, list | dict):
+            raise ValueError(f"op {self.op!r} needs one value, found {self.value!r}")
+        return self
+
+
+def _typed(value: Any, type_: pa.DataType, where: str) -> pa.Scalar:
+    try:
+        if isinstance(value, bool) != pa.types.is_boolean(type_):
+            raise TypeError("a boolean only matches a bool column")
+        if pa.types.is_integer(type_) and isinstance(value, float):
+            raise TypeError("an integer column needs an integer value")
+        if isinstance(value, str) and not (pa.types.is_string(type_) or pa.types.is_binary(type_)):
+            return pc.cast(pa.scalar(value), type_)  # ISO dates/timestamps, decimals
+        return pa.scalar(value, type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError,
+            OverflowError) as exc:  # fmt: skip
+        raise ValueError(
+            f"{where}: expected a value of type {type_}, found {value!r} ({exc})"
+        ) from None
+
+
+def where_condition(
+    cond: WhereSpec, schema: pa.Schema, where: str = "history.where"
+) -> pc.Expression:
+    """One condition as a typed compute expression; ``ValueError`` naming what is wrong."""
+    if cond.column not in schema.names:
+        raise ValueError(f"{where}: unknown column {cond.column!r}, expected one of {schema.names}")
+    type_ = schema.field(cond.column).type
+    field = pc.field(cond.column)
+    if cond.op == "is null":
+        return field.is_null()
+    if cond.op == "is not null":
+        return field.is_valid()
+    if cond.op in ("in", "not in"):
+        values = pa.array([_typed(v, type_, where).as_py() for v in cond.value], type_)
+        found = field.isin(values)
+        return found if cond.op == "in" else ~found
+    return _COMPARE[cond.op](field, _typed(cond.value, type_, where))
+
+
+def where_expression(conds: Sequence[WhereSpec], schema: pa.Schema) -> pc.Expression | None:
+    """All conditions AND-ed (``None`` when there are none)."""
+    expr: pc.Expression | None = None
+    for i, cond in enumerate(conds):
+        one = where_condition(cond, schema, f"history.where[{i}]")
+        expr = one if expr is None else expr & one
+    return expr
+
+
+def apply_where(rows: pa.Table, expr: pc.Expression | None) -> pa.Table:
+    """``rows`` meeting ``expr`` (all of them when ``expr`` is None)."""
+    return rows if expr is None or rows.num_rows == 0 else rows.filter(expr)
+
+
+__all__ = [
+    "CHECK_KEYS",
+    "AssertSpec",
+    "CheckName",
+    "WhereOp",
+    "WhereSpec",
+    "apply_where",
+    "check_asserts",
+    "where_condition",
+    "where_expression",
+]

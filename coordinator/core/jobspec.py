@@ -18,7 +18,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from coordinator.core.controls import AssertSpec
+from coordinator.core.controls import AssertSpec, WhereSpec, check_asserts, where_expression
 from coordinator.core.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -189,6 +189,7 @@ class HistorySpec(_Model):
 
     kafka: bool = True
     archive: list[ArchiveSpec] = []
+    where: list[WhereSpec] = []  # history row filter (coordinator/core/controls)
 
 
 class TransformSpec(_Model):
@@ -287,6 +288,10 @@ class JobSpec(_Model):
         """A path from the job file, relative to the job file's folder."""
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
+
+    def history_filter(self) -> Any:
+        """The ``[history] where`` filter as a pyarrow compute expression, or None."""
+        return where_expression(self.history.where, self.schema_.arrow_schema())
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings for this stream (bootstrap and security), secrets included."""
@@ -445,30 +450,16 @@ def _cross_checks(spec: JobSpec) -> None:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     if spec.table.format == "lance" and spec.table.uri:
         _check_lance_path(spec, spec.table.uri)
-    _check_asserts(spec)
+    try:  # columns and typed values of [[backfill.assert]] and [history] where
+        check_asserts(spec.backfill.asserts, spec.schema_.arrow_schema())
+        where_expression(spec.history.where, spec.schema_.arrow_schema())
+    except ValueError as exc:
+        raise ConfigError(f"key={exc}") from None
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
         )
-
-
-def _check_asserts(spec: JobSpec) -> None:
-    schema = spec.schema_.arrow_schema()
-    for i, a in enumerate(spec.backfill.asserts):
-        key = f"backfill.assert[{i}].column"
-        if a.column is not None and a.column not in schema.names:
-            raise ConfigError(
-                f"key={key}: unknown column {a.column!r}",
-                hint=f"declare it in [schema.fields] ({', '.join(schema.names)})",
-            )
-        if a.check == "range" and a.column is not None:
-            t = schema.field(a.column).type
-            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
-                raise ConfigError(
-                    f"key={key}: expected a numeric column for check 'range', "
-                    f"found {a.column!r} of type {t}"
-                )
 
 
 def _check_lance_path(spec: JobSpec, uri: str) -> None:
