@@ -208,7 +208,7 @@ class TransformSpec(_Model):
 class BackfillSpec(_Model):
     """How history is written."""
 
-    mode: Literal["overwrite", "merge"] = "overwrite"
+    mode: Literal["overwrite", "merge", "append"] = "overwrite"
     slice_records: Annotated[int, Field(gt=0)] = 250_000
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     lag_threshold: Annotated[int, Field(gt=0)] = 100_000
@@ -455,6 +455,12 @@ def _cross_checks(spec: JobSpec) -> None:
         where_expression(spec.history.where, spec.schema_.arrow_schema())
     except ValueError as exc:
         raise ConfigError(f"key={exc}") from None
+    if spec.backfill.mode == "append" and spec.history.kafka and spec.history.archive:
+        raise ConfigError(
+            "key=backfill.mode: append mode needs history that cannot overlap, found both "
+            "[[history.archive]] and history.kafka = true (an event in both would be written twice)",
+            hint='use mode = "merge" with table.key, or one history source',
+        )
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",
