@@ -2,8 +2,15 @@
 
 ``execute_slice`` looks the slice's token up first: a slice already in the table is not
 written again (``already_committed=True``). Otherwise it reads the slice (Kafka range or
-archive bucket), confirms quarantined records to the dead-letter topic, and writes the slice's
-scope in ONE commit.
+archive bucket), evaluates the job's ``[[backfill.assert]]`` checks on the rows (a failure
+raises ``SliceAssertionError`` and nothing is written or quarantined), confirms quarantined
+records to the dead-letter topic, and writes the slice's scope in ONE commit.
+
+Append mode (``[backfill] mode = "append"``) deletes nothing, so before writing it checks the
+slice's scope holds no row yet (a Kafka slice: no row of its partition and offsets, from either
+side; an archive slice: no archive row of its bucket); a scope that does is refused with a
+terminal ``ConfigError`` (writing would duplicate those rows), e.g. after a new cut moved slice
+boundaries or live already wrote offsets the new plan gives to history.
 
 Crash testing: when the environment variable ``SEAMLINE_TEST_CRASH_AT`` names a crash point
 (``before_commit``: data files written, commit not yet made; ``after_commit``: committed, result
@@ -14,17 +21,21 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from typing import Protocol
 
 import pyarrow as pa
 
+from backfill.assertions import check_slice
 from backfill.sinks import open_sink
 from backfill.sinks.common import crash_point
 from backfill.sources.archive import read_archive_slice
 from backfill.sources.kafka import decode_kafka_slice
+from coordinator.core import lineage
+from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
 from coordinator.core.logs import configure_worker_logging
-from coordinator.core.ports import SliceResult, SliceWriter
+from coordinator.core.ports import SliceResult, SliceWriter, TableReader
 from coordinator.core.values import CommitToken, Slice
 from stream.decode.base import Quarantined
 from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
@@ -55,18 +66,35 @@ def _quarantine(job: JobSpec, bad: list[Quarantined]) -> None:
     QuarantineWriter(conf, topic, job.stream.topic).write(bad)
 
 
+class ScopeWriter(SliceWriter, TableReader, Protocol):
+    """What the executor needs of a table: write slices, and read a scope (append mode)."""
+
+
+def _check_append_scope(sink: TableReader, slice_: Slice) -> None:
+    held = sink.scan(slice_.scope, columns=[lineage.SIDE]).num_rows
+    if held:
+        raise ConfigError(
+            f"slice_id={slice_.slice_id}: append mode expected an empty scope, found {held} rows "
+            "already in the table (appending would write them twice)",
+            hint='use mode = "overwrite" (or "merge") for history that can overlap',
+        )
+
+
 def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResult:
     """Run one slice end to end; idempotent by token."""
     if multiprocessing.parent_process() is not None:  # a worker: log like the coordinator
         configure_worker_logging()
     log.debug("slice start: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
-    sink: SliceWriter = open_sink(job)
+    sink: ScopeWriter = open_sink(job)
     sink.ensure_table()
     found = sink.find_commit(token.job_id, slice_.slice_id)
     if found is not None:
         log.info("slice already committed: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
         return SliceResult(rows=found.rows or 0, commit=found, already_committed=True)
+    if job.backfill.mode == "append":
+        _check_append_scope(sink, slice_)
     data, bad = read_slice(job, slice_)
+    check_slice(job, slice_, data)
     _quarantine(job, bad)
     record = sink.write_slice(slice_.scope, data, token)
     crash_point("after_commit")

@@ -256,6 +256,8 @@ def run_job(
     min_age_s: float = 0.0,
     timeout_s: float = 10.0,
     takeover: bool = False,
+    only: Sequence[str] = (),
+    limit: int | None = None,
 ) -> JobOutcome:
     """:func:`coordinator.run.orchestrate.run_job` with the job's lag gate and reconciler.
 
@@ -271,6 +273,7 @@ def run_job(
     return orchestrate.run_job(
         job, gate=gate_for, reconcile=lambda cut: reconcile_run(job, cut, min_age_s=min_age_s),
         executor=executor, progress=progress, stop=stop, timeout_s=timeout_s, takeover=takeover,
+        only=only, limit=limit,
     )  # fmt: skip
 
 

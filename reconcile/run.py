@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coordinator.core import lineage
+from coordinator.core.controls import apply_where
 from coordinator.core.errors import ReconcileError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableReader
@@ -186,6 +187,24 @@ def _drop_dead(unit: SourceUnit, dead: Mapping[int, set[int]]) -> SourceUnit:
     )
 
 
+def _drop_filtered(unit: SourceUnit, where: pc.Expression | None) -> SourceUnit:
+    """Rows the job's ``[history] where`` leaves out, and their offsets, dropped from a history
+    unit: the backfill never writes them, so they are neither expected nor lost."""
+    rows = unit.rows
+    if where is None or rows is None:
+        return unit
+    kept = apply_where(rows, where)
+    if kept.num_rows == rows.num_rows:
+        return unit
+    all_rows = np.asarray(rows.column(lineage.OFFSET).to_numpy(), np.int64)
+    left = np.asarray(kept.column(lineage.OFFSET).to_numpy(), np.int64)
+    keep = ~np.isin(unit.offsets, np.setdiff1d(all_rows, left))
+    return SourceUnit(
+        kept if kept.num_rows else None, unit.offsets[keep], unit.timestamps_ms[keep],
+        unit.quarantined,
+    )  # fmt: skip
+
+
 def _limit(scope: Scope, upper: int | None) -> Scope:
     if upper is None:
         return scope
@@ -289,6 +308,8 @@ class _Run:
         if unit.kind == "live" and self.cutoff_ms is not None:
             data, p.upper = _trim_young(data, self.cutoff_ms)
             scope = _limit(scope, p.upper)
+        if unit.kind != "live":  # the history row filter; live rows are never filtered
+            data = _drop_filtered(data, self.job.history_filter())
         for rng in scope.ranges:
             part = self.parts.setdefault(rng.partition, _Partition())
             part.offsets.append(

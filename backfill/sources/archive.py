@@ -2,7 +2,8 @@
 
 The slice's files are read with the job's schema, filtered to the slice's time bucket on the
 event-time column (Parquet row groups are pruned by their statistics), run through the job's
-transform and given lineage columns with null partition/offset and source ``archive``.
+transform, filtered by the job's ``[history] where`` (also what the reconciler reads through
+this function) and given lineage columns with null partition/offset and source ``archive``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pyarrow.dataset as pads
 from pyarrow import csv as pacsv
 
 from backfill.sinks.scopes import micros
+from coordinator.core.controls import apply_where
 from coordinator.core.errors import SourceError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Slice, TimeBucket
@@ -82,6 +84,7 @@ def read_archive_slice(job: JobSpec, slice_: Slice, default_format: str | None =
                 hint="check the files exist and match the job's [schema.fields]",
             ) from None
     out = load_transform(job.transform.function)(rows.combine_chunks())
+    out = apply_where(out, job.history_filter())
     log.debug("archive slice read", extra={"slice_id": slice_.slice_id, "rows": out.num_rows})
     return add_lineage(out, None, None, "archive", "backfill")
 

@@ -159,6 +159,7 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
         "state_url": store.url,
         "cut": cut_json(cut) if cut is not None else None,
         "counts": counts,
+        "remaining": [r.slice_id for r in records if r.status not in ("committed", "reconciled")],
         "slices": [
             {
                 "slice_id": r.slice_id,
@@ -209,6 +210,14 @@ def _print_status(doc: dict[str, Any]) -> None:
             (s["last_error"] or "")[:60],
         )
     console.print(table)
+    for s in doc["slices"]:
+        if s["status"] == "failed" and s["last_error"]:
+            click.echo(f"failed slice={s['slice_id']}: {s['last_error']}")
+    remaining = doc["remaining"]
+    click.echo(
+        f"remaining: {len(remaining)} slices not yet committed"
+        + (f" ({_id_list(remaining)})" if remaining else "")
+    )
     for p in doc["live"]:
         click.echo(
             f"live partition={p['partition']} committed={p['committed_offset']} "
@@ -229,6 +238,11 @@ def _print_status(doc: dict[str, Any]) -> None:
     )
 
 
+def _id_list(ids: list[str], shown: int = 5) -> str:
+    more = len(ids) - shown
+    return ", ".join(ids[:shown]) + (f", ... {more} more" if more > 0 else "")
+
+
 @contextmanager
 def _signals(stop: StopSignal) -> Iterator[None]:
     def handler(_signum: int, _frame: FrameType | None) -> None:
@@ -243,7 +257,13 @@ def _signals(stop: StopSignal) -> Iterator[None]:
 
 
 def _run(
-    job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float, takeover: bool
+    job: JobSpec,
+    executor: str,
+    output: str,
+    timeout_s: float,
+    min_age_s: float,
+    takeover: bool,
+    selection: tuple[tuple[str, ...], int | None] = ((), None),
 ) -> JobOutcome:
     stop = StopSignal()
     progress: ProgressSink = (
@@ -260,6 +280,8 @@ def _run(
             min_age_s=min_age_s,
             timeout_s=timeout_s,
             takeover=takeover,
+            only=selection[0],
+            limit=selection[1],
         )
 
 
@@ -270,6 +292,14 @@ def _print_outcome(out: JobOutcome) -> None:
         f"{run.rows:,} rows, {run.retries} retries, failed={list(run.failed)}"
         + (" (cancelled)" if run.cancelled else "")
     )
+    for sid, error in run.errors:
+        click.echo(f"failed slice={sid}: {error}")
+    if run.not_selected:
+        click.echo(
+            f"partial run: {len(run.not_selected)} slices not selected remain "
+            f"({_id_list(list(run.not_selected))}); run again without --only/--limit "
+            "to finish and reconcile"
+        )
     if out.pauses:
         total = sum(p.seconds for p in out.pauses)
         click.echo(f"paused {len(out.pauses)} times ({total:.1f}s) for live lag")
@@ -367,18 +397,39 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Take the job's lease from another coordinator (only once it is dead).",
     )
+    @click.option(
+        "--only",
+        "only",
+        multiple=True,
+        metavar="SLICE-GLOB",
+        help="Run only the slices whose id matches this glob (repeatable); the plan is kept.",
+    )
+    @click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Run at most this many of the slices still to do (plan order).",
+    )
     @_output
     @_timeout
     def run(
-        job_file: str, executor: str, output: str, timeout_s: float, min_age: float, takeover: bool
+        job_file: str,
+        executor: str,
+        output: str,
+        timeout_s: float,
+        min_age: float,
+        takeover: bool,
+        only: tuple[str, ...],
+        limit: int | None,
     ) -> None:
         """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
 
         Exit 0 only when every slice committed and reconciliation passed. One coordinator per
         job: another running one is refused (exit 2) unless its lease expired or --takeover.
+        --only/--limit run a subset (exit 5, partial, while slices remain).
         """
         job = _job(job_file)
-        out = _run(job, executor, output, timeout_s, min_age, takeover)
+        out = _run(job, executor, output, timeout_s, min_age, takeover, (only, limit))
         if output == "json":
             click.echo(json.dumps(out.to_json()))
         else:

@@ -82,6 +82,13 @@ class DuplicateKeyError(WriterError):
     """A merge batch holds the same business key more than once."""
 
 
+class SliceAssertionError(SeamlineError):
+    """A ``[[backfill.assert]]`` check failed on a slice: the slice was not committed.
+
+    Terminal: the same data fails the same check again, so it is not retried within a run.
+    """
+
+
 class LiveError(SeamlineError):
     """The live consumer failed."""
 

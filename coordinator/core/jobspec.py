@@ -18,6 +18,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from coordinator.core.controls import AssertSpec, WhereSpec, check_asserts, where_expression
 from coordinator.core.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -188,6 +189,7 @@ class HistorySpec(_Model):
 
     kafka: bool = True
     archive: list[ArchiveSpec] = []
+    where: list[WhereSpec] = []  # history row filter (coordinator/core/controls)
 
 
 class TransformSpec(_Model):
@@ -206,11 +208,13 @@ class TransformSpec(_Model):
 class BackfillSpec(_Model):
     """How history is written."""
 
-    mode: Literal["overwrite", "merge"] = "overwrite"
+    mode: Literal["overwrite", "merge", "append"] = "overwrite"
     slice_records: Annotated[int, Field(gt=0)] = 250_000
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     lag_threshold: Annotated[int, Field(gt=0)] = 100_000
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    # [[backfill.assert]]: checks on every slice before it commits (coordinator/core/controls)
+    asserts: list[AssertSpec] = Field(default=[], alias="assert")
 
 
 class LiveSpec(_Model):
@@ -284,6 +288,10 @@ class JobSpec(_Model):
         """A path from the job file, relative to the job file's folder."""
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
+
+    def history_filter(self) -> Any:
+        """The ``[history] where`` filter as a pyarrow compute expression, or None."""
+        return where_expression(self.history.where, self.schema_.arrow_schema())
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings for this stream (bootstrap and security), secrets included."""
@@ -442,6 +450,17 @@ def _cross_checks(spec: JobSpec) -> None:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     if spec.table.format == "lance" and spec.table.uri:
         _check_lance_path(spec, spec.table.uri)
+    try:  # columns and typed values of [[backfill.assert]] and [history] where
+        check_asserts(spec.backfill.asserts, spec.schema_.arrow_schema())
+        where_expression(spec.history.where, spec.schema_.arrow_schema())
+    except ValueError as exc:
+        raise ConfigError(f"key={exc}") from None
+    if spec.backfill.mode == "append" and spec.history.kafka and spec.history.archive:
+        raise ConfigError(
+            "key=backfill.mode: append mode needs history that cannot overlap, found both "
+            "[[history.archive]] and history.kafka = true (an event in both would be written twice)",
+            hint='use mode = "merge" with table.key, or one history source',
+        )
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",

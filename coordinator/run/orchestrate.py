@@ -74,7 +74,9 @@ class JobOutcome:
             "total": self.run.total,
             "committed": self.run.committed,
             "failed": list(self.run.failed),
+            "errors": dict(self.run.errors),
             "remaining": self.run.remaining,
+            "not_selected": list(self.run.not_selected),
             "rows": self.run.rows,
             "retries": self.run.retries,
             "cancelled": self.run.cancelled,
@@ -138,8 +140,14 @@ def run_job(
     stop: StopSignal | None = None,
     timeout_s: float = 10.0,
     takeover: bool = False,
+    only: Sequence[str] = (),
+    limit: int | None = None,
 ) -> JobOutcome:
     """Cut, plan, run every slice not yet committed, then reconcile (see the module doc).
+
+    ``only`` (slice-id globs) and ``limit`` make a partial run: a subset of the slices still
+    to do, the stored plan unchanged; while any slice remains the run is PARTIAL (exit 5) and
+    is not reconciled.
 
     ``gate(cut)`` is the runner's lag gate (``() -> seconds to pause | None``);
     ``reconcile(cut)`` returns the report, or ``(None, reason)`` when it could not run.
@@ -154,6 +162,8 @@ def run_job(
         concurrency=job.backfill.concurrency,
         max_attempts=job.backfill.max_attempts,
         takeover=takeover,
+        only=tuple(only),
+        limit=limit,
     )
     with StateStore(job.state_url()) as store:
         check_source_retained(job, store, cut, timeout_s)

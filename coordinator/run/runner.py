@@ -18,6 +18,10 @@
   slices stay ``running`` and are re-run on resume.
 * ``lag_gate()`` is consulted before each submission; a number is seconds to pause (recorded
   in the state store's pauses), ``None`` means go.
+* A partial run (``RunnerConfig.only`` globs over slice ids, ``RunnerConfig.limit`` slices at
+  most, in plan order) runs a subset of the slices still to do without changing the stored
+  plan; the slices it leaves out are reported as ``RunReport.not_selected`` and the run is
+  PARTIAL while any slice remains.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
-from coordinator.core.errors import ExitCode
+from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerPool
 from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice
@@ -56,10 +61,14 @@ class RunnerConfig:
     jitter: Jitter = "equal"
     takeover: bool = False  # steal the job's lease even if its holder looks alive
     lease_ttl_s: float = 30.0  # the lease expires this long after the last heartbeat
+    only: tuple[str, ...] = ()  # slice-id globs of a partial run (empty: every slice)
+    limit: int | None = None  # run at most this many slices (plan order)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"expected concurrency >= 1, found concurrency={self.concurrency}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"expected --limit >= 1, found limit={self.limit}")
         _ = self.retry  # building the policy validates the retry settings up front
 
     @property
@@ -112,6 +121,8 @@ class RunReport:
     retries: int
     cancelled: bool
     worker_deaths: int = 0  # slices lost to a dead worker (each retried)
+    not_selected: tuple[str, ...] = ()  # slices still to do that a partial run left out
+    errors: tuple[tuple[str, str], ...] = ()  # (slice id, last error) of each failed slice
 
     @property
     def exit_code(self) -> ExitCode:
@@ -145,6 +156,7 @@ class _Run:
     attempts: dict[str, int] = field(default_factory=dict)
     inflight: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)
     committed: int = 0
     rows: int = 0
     retries: int = 0
@@ -224,8 +236,12 @@ class Runner:
     def _run(self) -> RunReport:
         records = self.store.list_slices(self.job_id, self.epoch)
         by_id = {r.slice_id: r.slice for r in records}
-        state = _Run(todo=[(0.0, r.slice_id) for r in records if _needs_run(r)])
-        done_before = len(records) - len(state.todo)
+        chosen, left_out = select_slices(records, self.config.only, self.config.limit)
+        state = _Run(todo=[(0.0, sid) for sid in chosen])
+        done_before = len(records) - len(chosen) - len(left_out)
+        if left_out:
+            log.info("job=%s partial run: %d slices selected, %d left for a later run",
+                     self.job_id, len(chosen), len(left_out))  # fmt: skip
         self.progress.start(len(records), done_before)
         pool = self._pool or default_pool(self.config)
         try:
@@ -238,11 +254,13 @@ class Runner:
             total=len(records),
             committed=done_before + state.committed,
             failed=tuple(sorted(state.failed)),
-            remaining=len(state.todo) + len(state.inflight),
+            remaining=len(state.todo) + len(state.inflight) + len(left_out),
             rows=state.rows,
             retries=state.retries,
             cancelled=self.stop.stop.is_set(),
             worker_deaths=state.worker_deaths,
+            not_selected=tuple(left_out),
+            errors=tuple(sorted((s, state.errors[s]) for s in state.failed)),
         )
 
     def _loop(self, pool: WorkerPool, state: _Run, by_id: dict[str, Slice]) -> None:
@@ -317,6 +335,7 @@ class Runner:
             )
         else:
             state.failed.add(sid)
+            state.errors[sid] = error
             log.error("slice=%s failed after %d attempts: %s", sid, tries, error)
 
     def _committed(self, sid: str, result: SliceResult, state: _Run) -> None:
@@ -339,6 +358,32 @@ def _needs_run(record: SliceRecord) -> bool:
     return record.status in ("pending", "running", "failed")
 
 
+def select_slices(
+    records: Sequence[SliceRecord], only: Sequence[str] = (), limit: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(slices to run, slices still to do that the selection leaves out), in plan order.
+
+    ``only`` globs (``fnmatch``, case-sensitive) must each match some slice of the plan,
+    committed or not: a glob matching nothing is a ConfigError (a typo would otherwise run
+    nothing and look like success). ``limit`` keeps the first ``limit`` matching slices.
+    """
+    ids = [r.slice_id for r in records]
+    for pattern in only:
+        if not any(fnmatchcase(sid, pattern) for sid in ids):
+            sample = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+            raise ConfigError(
+                f"--only {pattern!r}: expected a glob matching slice ids of the plan, "
+                f"found no match among {len(ids)} slices ({sample})",
+                hint="see `seamline plan JOB` or `seamline status JOB` for the slice ids",
+            )
+    todo = pending_ids(records)
+    chosen = [s for s in todo if not only or any(fnmatchcase(s, p) for p in only)]
+    if limit is not None:
+        chosen = chosen[:limit]
+    picked = set(chosen)
+    return chosen, [s for s in todo if s not in picked]
+
+
 def pending_ids(records: Sequence[SliceRecord]) -> list[str]:
     """Ids of slices a run would execute."""
     return [r.slice_id for r in records if _needs_run(r)]
@@ -354,4 +399,5 @@ __all__ = [
     "StopSignal",
     "default_pool",
     "pending_ids",
+    "select_slices",
 ]

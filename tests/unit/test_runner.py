@@ -235,3 +235,37 @@ def test_reprocess_slices_run_through_the_same_runner_and_policy(tmp_path: Path)
 
 def rng(a: int) -> OffsetRange:
     return OffsetRange(PartitionId(0), Offset(a), Offset(a + 5))
+
+
+def _config(**kw: Any) -> RunnerConfig:
+    from dataclasses import replace
+
+    return replace(CONFIG, **kw)
+
+
+def test_only_and_limit_run_a_subset_and_leave_the_plan_unchanged(store: StateStore) -> None:
+    ids = sorted(by_id(store))  # k-p0-... (3 slices) then k-p1-... (3 slices)
+    table = FakeTable()
+    pool = InThreadPool(table.execute)
+    report = Runner(JOB, store, Epoch(1), _config(only=("k-p1-*",), limit=2), pool=pool).run()
+    assert report.exit_code == ExitCode.PARTIAL
+    assert sorted(table.commits) == ids[3:5]
+    assert report.committed == 2 and report.remaining == 4
+    assert report.not_selected == (ids[0], ids[1], ids[2], ids[5])
+    recs = by_id(store)
+    assert len(recs) == 6  # the stored plan is the same six slices
+    assert {s for s, r in recs.items() if r.status == "committed"} == set(ids[3:5])
+    rest = Runner(JOB, store, Epoch(1), CONFIG, pool=InThreadPool(table.execute)).run()
+    assert rest.exit_code == ExitCode.OK and rest.committed == 6 and rest.not_selected == ()
+    assert set(table.commits.values()) == {1} and len(table.commits) == 6
+
+
+def test_an_only_glob_matching_no_slice_is_a_config_error(store: StateStore) -> None:
+    table = FakeTable()
+    with pytest.raises(ConfigError, match=r"k-p9-\*.*found no match among 6 slices"):
+        Runner(
+            JOB, store, Epoch(1), _config(only=("k-p9-*",)), pool=InThreadPool(table.execute)
+        ).run()
+    assert table.executions == []
+    with pytest.raises(ConfigError, match="expected --limit >= 1"):
+        _config(limit=0)

@@ -44,7 +44,12 @@ from backfill.sinks.iceberg.live import (
     committed_record,
     snapshot_records,
 )
-from backfill.sinks.iceberg.write import CachedTransaction, stage_overwrite, write_data_files
+from backfill.sinks.iceberg.write import (
+    CachedTransaction,
+    stage_append,
+    stage_overwrite,
+    write_data_files,
+)
 from backfill.sinks.scopes import (
     ice_and,
     ice_eq,
@@ -174,9 +179,9 @@ class IcebergSink:
         return found
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
-        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one commit.
-
-        Overwrite writes its data files once; a conflict retry re-commits only metadata.
+        """Replace (overwrite), upsert (merge) or add to (append) exactly ``scope`` in one
+        commit. Overwrite and append write their data files once; a conflict retry re-commits
+        only metadata.
         """
         what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
         if self.mode == "merge":
@@ -185,11 +190,16 @@ class IcebergSink:
         target = iceberg_scope(scope, self.event_time)
         files: list[DataFile] | None = None
         fresh: list[Table] = [self._table()]  # the first attempt commits on this load
-        if self.mode == "overwrite":
+        if self.mode in ("overwrite", "append"):
             files = self._write_files(what, fresh[0], self._rows(fresh[0], data))
 
         def action() -> Table:
             table = fresh.pop() if fresh else self._table()
+            if self.mode == "append" and files is not None:
+                with CachedTransaction(table) as tx:
+                    stage_append(tx, files, props)
+                    common.crash_point("before_commit")
+                return table
             staged, expr = files, target
             if staged is None:  # merge: the plan depends on the table's current rows
                 rows, expr = self._merge_plan(table, self._rows(table, data), target)

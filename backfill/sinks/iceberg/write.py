@@ -115,6 +115,13 @@ def write_data_files(table: Table, rows: pa.Table) -> list[DataFile]:
     return list(write_file(io=table.io, table_metadata=meta, tasks=tasks))
 
 
+def stage_append(tx: Transaction, files: list[DataFile], props: dict[str, str]) -> None:
+    """Stage "add ``files``" in ``tx`` (append mode: nothing is deleted)."""
+    with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+        for data_file in files:
+            append.append_data_file(data_file)
+
+
 def stage_overwrite(
     tx: Transaction,
     scope: BooleanExpression,

@@ -124,7 +124,8 @@ class LanceSink:
         return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC))
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
-        """Replace (overwrite) or upsert (merge) exactly ``scope`` in one version."""
+        """Replace (overwrite), upsert (merge) or add to (append) exactly ``scope`` in one
+        version."""
         what = f"uri={self.uri} slice_id={token.slice_id} attempt={token.attempt}"
         rows = self._rows(data)
         props = token.to_properties()
@@ -134,6 +135,8 @@ class LanceSink:
             with common.dataset_lock(self.uri, "merge"):
                 return self._commit(what, token, lambda: self._merge(rows, predicate, props))
         new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        if self.mode == "append" and new:  # an empty slice commits its token like overwrite
+            return self._commit(what, token, lambda: self._append(new, props))
         seen: dict[int, tuple[Any, Any]] = {}
         return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
 
@@ -189,6 +192,14 @@ class LanceSink:
         op = lance.LanceOperation.Update(
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
         )
+        txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
+        common.crash_point("before_commit")  # files written, not committed
+        return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+
+    def _append(self, new: list[Any], props: dict[str, str]) -> lance.LanceDataset:
+        """Add ``new`` in one ``Append`` version carrying the token (append mode)."""
+        ds = self._dataset()
+        op = lance.LanceOperation.Append(new)
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
         common.crash_point("before_commit")  # files written, not committed
         return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
