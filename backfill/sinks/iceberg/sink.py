@@ -38,13 +38,13 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, HourTransform
 
 from backfill.sinks import common
+from backfill.sinks.iceberg.internals import CachedTransaction, stage_overwrite, write_data_files
 from backfill.sinks.iceberg.live import (
     MAINTENANCE_PROPERTIES,
     IcebergLiveTable,
     committed_record,
     snapshot_records,
 )
-from backfill.sinks.iceberg.write import CachedTransaction, stage_overwrite, write_data_files
 from backfill.sinks.scopes import (
     ice_and,
     ice_eq,
