@@ -86,6 +86,16 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, CommitFailedException)
 
 
+def ensure_no_library_retry(table: Table) -> None:
+    """Set :data:`NO_LIBRARY_RETRY` if ``table``'s loaded metadata lacks it (a property-only
+    commit: ``main`` does not move; callers validate on the metadata it leaves loaded)."""
+    props = table.metadata.properties
+    if all(props.get(k) == v for k, v in NO_LIBRARY_RETRY.items()):
+        return
+    with table.transaction() as txn:
+        txn.set_properties(NO_LIBRARY_RETRY)
+
+
 def check_offsets(token: CommitToken, current: Mapping[PartitionId, Offset]) -> None:
     """Raise :class:`LiveOffsetsMovedError` unless every range of ``token`` starts at the
     table's live offset of its partition (a partition without one may start anywhere)."""
@@ -229,22 +239,13 @@ class IcebergLiveTable:
         """One commit attempt on the loaded metadata: library retry off, offsets re-validated
         on exactly that metadata, ``main`` asserted unmoved by the catalog. A refused commit
         reloads, so the next attempt re-validates on the new head."""
-        self._ensure_no_library_retry()
+        ensure_no_library_retry(self._table)
         check_offsets(token, self.loaded_offsets())
         try:
             self._commit_at_head(files, token)
         except CommitFailedException:
             self._table.refresh()
             raise
-
-    def _ensure_no_library_retry(self) -> None:
-        """Set :data:`NO_LIBRARY_RETRY` if the loaded metadata lacks it (a property-only
-        commit: ``main`` does not move, the offsets are re-read after it)."""
-        props = self._table.metadata.properties
-        if all(props.get(k) == v for k, v in NO_LIBRARY_RETRY.items()):
-            return
-        with self._table.transaction() as txn:
-            txn.set_properties(NO_LIBRARY_RETRY)
 
     def _commit_at_head(self, files: list[DataFile], token: CommitToken) -> None:
         merge = property_as_bool(

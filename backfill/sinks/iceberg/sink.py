@@ -251,6 +251,19 @@ class IcebergSink:
         """Expire old snapshots (the live offsets are kept); returns how many were expired."""
         return self.live_table().maintain()
 
+    def compact(self) -> common.Compaction:
+        """Rewrite each partition's small data files into one, conditional on the snapshot
+        read (:mod:`backfill.sinks.iceberg.compact`); safe under a live appender."""
+        from backfill.sinks.iceberg.compact import compact_table
+
+        return compact_table(self.live_table().table, self.maintenance)
+
+    def maintain_table(self) -> common.MaintenanceReport:
+        """Compact small files, then expire old snapshots (manifests are merged by every
+        commit: ``commit.manifest-merge.enabled``)."""
+        compaction = self.compact()
+        return common.MaintenanceReport(expired=self.maintain(), compaction=compaction)
+
     # -- reading -------------------------------------------------------------------------
 
     def live_offsets(self) -> dict[PartitionId, Offset]:
