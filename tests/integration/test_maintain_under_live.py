@@ -173,3 +173,22 @@ def _files(job: JobSpec, sink: Any) -> int:
     import lance
 
     return len(lance.dataset(str(job.table.uri)).get_fragments())
+
+
+def test_backfill_slices_expire_snapshots_as_they_go(tmp_path: Path) -> None:
+    from coordinator.core.values import Scope
+
+    base = _iceberg(tmp_path, "backfill-cadence")
+    live = base.live.model_copy(update={"keep_snapshots": 2, "expire_snapshots_every": 3})
+    job = base.model_copy(update={"live": live})
+    sink = _sink(job)
+    for i in range(25):
+        rows = Rows(base=10 * i, partition=1, start=10 * i, count=10, day=i % 3)
+        sink.write_slice(
+            Scope("kafka", ranges=(rows.range,)), rows.table("backfill"), token(f"k{i}", rows.range)
+        )
+    table = sink.live_table().table.refresh()
+    assert len(table.snapshots()) <= 2 + 3 + 2  # without the cadence: 2 per slice, 50
+    assert _offsets(_sink(job)) == Counter({(1, o): 1 for o in range(250)})
+    manifests = table.current_snapshot().manifests(table.io)  # type: ignore[union-attr]
+    assert len(manifests) <= 20  # merged at commit.manifest.min-count-to-merge; unmerged: 25

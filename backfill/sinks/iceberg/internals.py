@@ -34,7 +34,7 @@ from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
 from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, HourTransform
-from pyiceberg.utils.properties import property_as_int
+from pyiceberg.utils.properties import property_as_bool, property_as_int
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,14 @@ def stage_overwrite(
     props: dict[str, str],
 ) -> None:
     """Stage "delete ``scope``, add ``files``" in ``tx`` (what ``Transaction.overwrite`` does,
-    with data files written beforehand)."""
+    with data files written beforehand), merging manifests when the table asks for it."""
     tx.delete(delete_filter=scope, snapshot_properties=props)
-    with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+    merge = property_as_bool(
+        tx.table_metadata.properties,
+        TableProperties.MANIFEST_MERGE_ENABLED,
+        TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
+    )  # merged manifests keep the manifest list (and every later commit) small
+    update = tx.update_snapshot(snapshot_properties=props)
+    with update.merge_append() if merge else update.fast_append() as append:
         for data_file in files:
             append.append_data_file(data_file)

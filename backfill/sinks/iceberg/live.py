@@ -226,7 +226,7 @@ class IcebergLiveTable:
         every = self.policy.every_commits
         if every and self._commits % every == 0:
             try:
-                self.maintain()
+                self.maintain_table()
             except Exception as exc:  # the commit landed; maintenance retries next round
                 log.warning("table maintenance failed after a live commit: %s", exc)
         return rec
@@ -296,6 +296,14 @@ class IcebergLiveTable:
     def find_exact(self, token: CommitToken) -> CommitRecord | None:
         """The snapshot carrying exactly ``token`` in the loaded metadata, or ``None``."""
         return next((r for r in snapshot_records(self._table) if r.token == token), None)
+
+    def maintain_table(self) -> common.MaintenanceReport:
+        """The live cadence (every ``policy.every_commits`` live commits): compact the small
+        files the live side wrote (:mod:`backfill.sinks.iceberg.compact`), then expire."""
+        from backfill.sinks.iceberg.compact import compact_table  # compact imports this module
+
+        compaction = compact_table(self._table, self.policy)
+        return common.MaintenanceReport(expired=self.maintain(), compaction=compaction)
 
     def maintain(self) -> int:
         """Expire all but the newest ``keep_versions`` snapshots older than ``min_age_s``.

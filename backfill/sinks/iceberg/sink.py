@@ -171,6 +171,8 @@ class IcebergSink:
         found = committed_record(done, token)
         if found is None:
             raise WriterError(f"{what}: expected the committed token in the table, found none")
+        if token.side == "backfill":
+            self._after_slice_commit(done)
         return found
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
@@ -263,6 +265,23 @@ class IcebergSink:
         commit: ``commit.manifest-merge.enabled``)."""
         compaction = self.compact()
         return common.MaintenanceReport(expired=self.maintain(), compaction=compaction)
+
+    def _after_slice_commit(self, table: Table) -> None:
+        """The backfill's cadence (stateless: each slice may run in its own process): once the
+        table holds more than ``keep_versions + every_commits`` snapshots, expire the old ones
+        (older than ``min_age_s``), so per-slice commit cost stays flat (DESIGN §6, §8)."""
+        m = self.maintenance
+        if (
+            not m.every_commits
+            or len(table.metadata.snapshots) <= m.keep_versions + m.every_commits
+        ):
+            return
+        try:
+            expired = self.maintain()
+        except Exception as exc:  # the slice landed; the next slice's commit tries again
+            log.warning("table=%s snapshot expiry after a slice failed: %s", self.identifier, exc)
+            return
+        log.info("table=%s expired %d snapshots during the backfill", self.identifier, expired)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -195,6 +195,7 @@ class LanceLive:
         every = self.maintenance.every_commits
         if every and self._commits % every == 0:
             try:
+                self.compact()
                 self.maintain()
             except Exception as exc:  # the commit landed; maintenance retries next round
                 log.warning("dataset maintenance failed after a live commit: %s", exc)
