@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -150,6 +150,15 @@ class MaintenanceReport:
 
 
 DEFAULT_MAINTENANCE = MaintenancePolicy()
+
+
+@runtime_checkable
+class MaintainableTable(Protocol):
+    """A table seamline can maintain in one pass (``seamline maintain``)."""
+
+    def maintain_table(self) -> MaintenanceReport:
+        """Compact small files, then expire old snapshots / versions."""
+        ...
 
 
 def retry_conflicts(
