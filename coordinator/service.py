@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from backfill.sinks import open_catalog as _open_catalog
 from backfill.sinks import open_sink
-from coordinator.core.errors import ConfigError, LiveError, SeamlineError, StateError
+from coordinator.core.errors import ConfigError, LiveError, SeamlineError, StateError, WriterError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import LiveTable, TableReader, TableSink
 from coordinator.core.values import Cut, Offset, PartitionId, Slice
@@ -75,6 +75,33 @@ def open_live_sink(job: JobSpec, *, min_snapshot_age_s: float = 60.0) -> LiveTab
 def open_reader(job: JobSpec) -> TableReader:
     """``job``'s table as the reconciler reads it."""
     return open_table(job)
+
+
+def maintain_table(job: JobSpec, *, min_age_s: float = 60.0) -> dict[str, int]:
+    """One maintenance pass over ``job``'s table (``seamline maintain``): compact small files
+    (Iceberg: per partition, conditional on the snapshot read; Lance: ``compact_files``), then
+    expire snapshots / remove versions older than ``min_age_s`` beyond ``live.keep_snapshots``.
+    Safe beside a running live consumer and backfill. Returns the counts."""
+    from backfill.sinks.common import MaintainableTable
+
+    table = open_table(job, min_age_s=min_age_s)
+    if not isinstance(table, MaintainableTable):
+        raise ConfigError(
+            f"job={job.job_id}: expected a table format with maintenance (iceberg, lance), "
+            f"found {job.table.format}"
+        )
+    try:
+        report = table.maintain_table()
+    except SeamlineError:
+        raise
+    except Exception as exc:  # a missing table, catalog errors: say which job and table
+        raise WriterError(
+            f"job={job.job_id} table={job.table.identifier or job.table.uri}: maintenance "
+            f"failed ({type(exc).__name__}: {exc})",
+            hint="check the table exists (seamline run or live creates it) and is reachable",
+        ) from exc
+    log.info("job=%s maintenance: %s", job.job_id, report.as_dict())
+    return report.as_dict()
 
 
 # -- lag gate --------------------------------------------------------------------------------
@@ -399,6 +426,7 @@ __all__ = [
     "cut_offsets",
     "lag_probe",
     "live_bounded_source",
+    "maintain_table",
     "make_lag_gate",
     "open_catalog",
     "open_live_sink",

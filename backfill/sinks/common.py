@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -94,15 +94,71 @@ class MaintenancePolicy:
     keep_versions: int = 20
     every_commits: int = 50
     min_age_s: float = 60.0
+    #: compaction: data files smaller than this are "small" ...
+    small_file_bytes: int = 32 * 1024 * 1024
+    #: ... and a partition is rewritten when it holds at least this many of them
+    min_files: int = 2
 
     def __post_init__(self) -> None:
         if self.keep_versions < 1 or self.every_commits < 0 or self.min_age_s < 0:
             raise ValueError(
                 f"expected keep_versions >= 1, every_commits >= 0, min_age_s >= 0, found {self}"
             )
+        if self.small_file_bytes < 1 or self.min_files < 2:
+            raise ValueError(f"expected small_file_bytes >= 1 and min_files >= 2, found {self}")
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What one compaction did: partitions rewritten, data files removed and added, rows
+    rewritten, and commits refused by a concurrent writer (re-planned)."""
+
+    partitions: int = 0
+    files_removed: int = 0
+    files_added: int = 0
+    rows: int = 0
+    conflicts: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.partitions, self.files_removed, self.files_added, self.rows) < 0:
+            raise ValueError(f"expected non-negative counts, found {self}")
+
+    def plus(self, **more: int) -> Compaction:
+        """A copy with ``more`` added to the named counts."""
+        fields = {k: getattr(self, k) + more.get(k, 0) for k in self.__dataclass_fields__}
+        return Compaction(**fields)
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """One maintenance pass over a table: snapshots/versions expired, and the compaction."""
+
+    expired: int
+    compaction: Compaction
+
+    def as_dict(self) -> dict[str, int]:
+        """Flat counts for rendering (``seamline maintain --output json``)."""
+        c = self.compaction
+        return {
+            "expired": self.expired,
+            "partitions_compacted": c.partitions,
+            "files_removed": c.files_removed,
+            "files_added": c.files_added,
+            "rows_rewritten": c.rows,
+            "conflicts": c.conflicts,
+        }
 
 
 DEFAULT_MAINTENANCE = MaintenancePolicy()
+
+
+@runtime_checkable
+class MaintainableTable(Protocol):
+    """A table seamline can maintain in one pass (``seamline maintain``)."""
+
+    def maintain_table(self) -> MaintenanceReport:
+        """Compact small files, then expire old snapshots / versions."""
+        ...
 
 
 def retry_conflicts(

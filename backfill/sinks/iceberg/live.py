@@ -3,26 +3,26 @@
 The one implementation of the live side's table code for Iceberg: :class:`IcebergSink`
 (``backfill.sinks.iceberg.sink``) delegates to it, and ``stream.live_iceberg`` re-exports it.
 
-Every live append stores, in ONE catalog commit:
+Every live append stores, in ONE catalog commit, through pyiceberg's public transaction API:
 
-* the rows (an append),
-* the batch's :class:`CommitToken` in the snapshot's summary properties,
+* the rows (an append of data files written once, before the first attempt),
+* the batch's :class:`CommitToken` in the snapshot's summary properties (its offset ranges per
+  partition included), and
 * the next offset of each partition *in the batch* as a table property
   ``seamline.live.offset.<partition>`` (table properties survive snapshot expiry and are
-  found even when the newest snapshot was made by the backfill), and
-* a requirement, :class:`AssertLiveOffsets`, that each range of the token starts exactly at
-  the table's current offset for its partition.
+  found even when the newest snapshot was made by the backfill).
 
-The SQL catalog validates requirements against the freshly loaded metadata and then swaps the
-metadata pointer with a compare-and-set, so two live processes that both read the same range
-(a zombie after a rebalance) can never both commit it: the loser fails with
-:class:`LiveOffsetsMovedError`, certainly not applied, and that is the only error reported as
-"offsets moved". A concurrent snapshot expiry that removes the snapshot an append started from
-(pyiceberg: "Cannot find starting snapshot") is a retryable conflict, retried from a fresh
-reload (:class:`BaseSnapshotExpiredError`). pyiceberg's retry-on-conflict rebases an
-append onto a concurrent commit and keeps the requirement, and because only the batch's own
-partitions are written, concurrent appenders of disjoint partitions never move each other's
-offsets backwards.
+Exactly once, on any catalog: the offsets are validated on the loaded metadata, and the commit
+is based on that metadata. Every snapshot producer sends ``AssertRefSnapshotId`` for ``main``
+(the catalog refuses the commit if main moved since), and every commit that moves a live offset
+adds a snapshot (a batch with zero good rows too), so "main did not move" implies "the offsets
+did not move". pyiceberg's own retry, which would rebase the append onto the new head and skip
+that check, is switched off by the table property ``commit.retry.num-retries = 0``
+(:data:`NO_LIBRARY_RETRY`, checked on the exact metadata each commit is based on). On a
+conflict seamline reloads, re-validates the offsets and retries: a partition that moved is
+:class:`LiveOffsetsMovedError` (another consumer committed the range; certainly not applied),
+anything else (a backfill commit, a compaction, a snapshot expiry) is retried from the new head.
+Concurrent appenders of disjoint partitions never move each other's offsets backwards.
 
 Commit cost is kept flat by :meth:`IcebergLiveTable.maintain` (snapshot expiry) and the
 manifest-merge / metadata-cleanup table properties :data:`MAINTENANCE_PROPERTIES`.
@@ -33,18 +33,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.table.update import ValidatableTableRequirement
 from pyiceberg.utils.properties import property_as_bool
 
 from backfill.sinks import common
-from backfill.sinks.iceberg.write import CachedTransaction, write_data_files
+from backfill.sinks.iceberg.internals import write_data_files
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import CommitToken, Offset, PartitionId, SnapshotId
@@ -53,16 +52,21 @@ log = logging.getLogger(__name__)
 
 LIVE_OFFSET_PREFIX = common.LIVE_OFFSET_PREFIX
 
-#: Table properties that keep commit cost flat (DESIGN §8).
+#: pyiceberg's commit retry rebases a snapshot onto whatever moved ``main`` without asking
+#: us: off, seamline retries every conflict itself after re-validating (module docstring).
+NO_LIBRARY_RETRY: dict[str, str] = {TableProperties.COMMIT_NUM_RETRIES: "0"}
+
+#: Table properties that keep commit cost flat (DESIGN §8) and commits seamline's own.
 MAINTENANCE_PROPERTIES: dict[str, str] = {
     "commit.manifest-merge.enabled": "true",
     "commit.manifest.min-count-to-merge": "20",
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "10",
+    **NO_LIBRARY_RETRY,
 }
 
 
-class LiveOffsetsMovedError(ValidationException):  # type: ignore[misc]
+class LiveOffsetsMovedError(Exception):
     """The table's live offset of a partition is not where the batch starts."""
 
 
@@ -76,44 +80,31 @@ def live_offset_properties(token: CommitToken) -> dict[str, str]:
     return common.live_offset_properties(token)
 
 
-class AssertLiveOffsets(ValidatableTableRequirement):  # type: ignore[misc]
-    """Requirement: each partition's live offset equals ``expected`` (``-1``: not yet set).
-
-    Only meaningful to catalogs that validate requirements themselves (the SQL catalog does:
-    it loads the current metadata, validates, then compare-and-swaps the metadata location).
-    """
-
-    type: Literal["assert-seamline-live-offsets"] = "assert-seamline-live-offsets"
-    expected: dict[str, int]
-
-    def validate(self, base_metadata: Any) -> None:  # type: ignore[override]
-        """Raise :class:`LiveOffsetsMovedError` when any partition moved."""
-        props = base_metadata.properties if base_metadata is not None else {}
-        for key, want in self.expected.items():
-            found = int(props.get(key, "-1"))
-            if found != want:
-                raise LiveOffsetsMovedError(
-                    f"live offset {key}: expected {want}, found {found} "
-                    "(another live consumer committed this range)"
-                )
-
-
-class BaseSnapshotExpiredError(Exception):
-    """The snapshot an append was built on was expired by a concurrent maintenance (pyiceberg's
-    own rebase then fails with "Cannot find starting snapshot"): certainly not applied."""
-
-
 def _is_retryable(exc: BaseException) -> bool:
-    """Certainly not applied and worth a retry with freshly loaded metadata: a lost
-    compare-and-set after pyiceberg's own rebases, or a base snapshot expired concurrently."""
-    return isinstance(exc, CommitFailedException | BaseSnapshotExpiredError)
+    """Certainly not applied and worth a retry after a reload: the catalog refused the commit
+    because ``main`` moved (or another requirement failed)."""
+    return isinstance(exc, CommitFailedException)
 
 
-def _expected(token: CommitToken, current: Mapping[PartitionId, Offset]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in token.ranges:
-        out[f"{LIVE_OFFSET_PREFIX}{r.partition}"] = r.start if r.partition in current else -1
-    return out
+def ensure_no_library_retry(table: Table) -> None:
+    """Set :data:`NO_LIBRARY_RETRY` if ``table``'s loaded metadata lacks it (a property-only
+    commit: ``main`` does not move; callers validate on the metadata it leaves loaded)."""
+    props = table.metadata.properties
+    if all(props.get(k) == v for k, v in NO_LIBRARY_RETRY.items()):
+        return
+    with table.transaction() as txn:
+        txn.set_properties(NO_LIBRARY_RETRY)
+
+
+def check_offsets(token: CommitToken, current: Mapping[PartitionId, Offset]) -> None:
+    """Raise :class:`LiveOffsetsMovedError` unless every range of ``token`` starts at the
+    table's live offset of its partition (a partition without one may start anywhere)."""
+    moved = common.moved_partitions(token, dict(current))
+    if moved:
+        desc = ", ".join(f"partition={p}: expected {s}, found {f}" for p, s, f in moved)
+        raise LiveOffsetsMovedError(
+            f"live offsets moved ({desc}; another live consumer committed this range)"
+        )
 
 
 def snapshot_record(snap: Snapshot) -> CommitRecord | None:
@@ -204,9 +195,10 @@ class IcebergLiveTable:
         self._table.refresh()
         rows = self._conform(data)
         try:
+            check_offsets(token, self.loaded_offsets())  # a zombie writes no files
             files = write_data_files(self._table, rows)  # once; conflict retries re-use them
             common.retry_conflicts(
-                what, lambda: self._commit_files(files, token), _is_retryable, self.retry
+                what, lambda: self._commit_once(files, token), _is_retryable, self.retry
             )
         except LiveOffsetsMovedError as exc:  # an offset moved: certainly not applied
             raise CommitConflictError(
@@ -234,50 +226,34 @@ class IcebergLiveTable:
         every = self.policy.every_commits
         if every and self._commits % every == 0:
             try:
-                self.maintain()
+                self.maintain_table()
             except Exception as exc:  # the commit landed; maintenance retries next round
                 log.warning("table maintenance failed after a live commit: %s", exc)
         return rec
 
-    def _commit_files(self, files: list[DataFile], token: CommitToken) -> None:
-        """One conditional commit of ``files`` at the table's current live offsets.
+    def loaded_offsets(self) -> dict[PartitionId, Offset]:
+        """Next offset per partition in the metadata loaded now (no reload)."""
+        return live_offsets_from_properties(self._table.metadata.properties)
 
-        A ``ValidationException`` other than :class:`LiveOffsetsMovedError` is classified by
-        cause: when the snapshot this attempt started from is gone from freshly loaded
-        metadata (a concurrent snapshot expiry), it becomes :class:`BaseSnapshotExpiredError`
-        (retried from a fresh reload); otherwise it propagates.
-        """
-        self._table.refresh()
-        base = self._table.current_snapshot()
+    def _commit_once(self, files: list[DataFile], token: CommitToken) -> None:
+        """One commit attempt on the loaded metadata: library retry off, offsets re-validated
+        on exactly that metadata, ``main`` asserted unmoved by the catalog. A refused commit
+        reloads, so the next attempt re-validates on the new head."""
+        ensure_no_library_retry(self._table)
+        check_offsets(token, self.loaded_offsets())
         try:
-            self._commit_at_current(files, token)
-        except LiveOffsetsMovedError:
+            self._commit_at_head(files, token)
+        except CommitFailedException:
+            self._table.refresh()
             raise
-        except ValidationException as exc:
-            if base is None or self._snapshot_exists(base.snapshot_id):
-                raise
-            log.info(
-                "base snapshot expired concurrently, retrying: snapshot_id=%d", base.snapshot_id
-            )
-            raise BaseSnapshotExpiredError(
-                f"snapshot_id={base.snapshot_id}: expected the append's base snapshot in the "
-                f"table, found it expired ({exc})"
-            ) from exc
 
-    def _snapshot_exists(self, snapshot_id: int) -> bool:
-        self._table.refresh()
-        return self._table.metadata.snapshot_by_id(snapshot_id) is not None
-
-    def _commit_at_current(self, files: list[DataFile], token: CommitToken) -> None:
-        current = live_offsets_from_properties(self._table.metadata.properties)
-        requirement = AssertLiveOffsets(expected=_expected(token, current))
+    def _commit_at_head(self, files: list[DataFile], token: CommitToken) -> None:
         merge = property_as_bool(
             self._table.metadata.properties,
             TableProperties.MANIFEST_MERGE_ENABLED,
             TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
         )
-        with CachedTransaction(self._table) as txn:
-            txn._stage((), (requirement,))  # type: ignore[arg-type]  # catalog re-validates
+        with self._table.transaction() as txn:
             txn.set_properties(live_offset_properties(token))
             update = txn.update_snapshot(snapshot_properties=token.to_properties())
             with update.merge_append() if merge else update.fast_append() as append:
@@ -320,6 +296,14 @@ class IcebergLiveTable:
     def find_exact(self, token: CommitToken) -> CommitRecord | None:
         """The snapshot carrying exactly ``token`` in the loaded metadata, or ``None``."""
         return next((r for r in snapshot_records(self._table) if r.token == token), None)
+
+    def maintain_table(self) -> common.MaintenanceReport:
+        """The live cadence (every ``policy.every_commits`` live commits): compact the small
+        files the live side wrote (:mod:`backfill.sinks.iceberg.compact`), then expire."""
+        from backfill.sinks.iceberg.compact import compact_table  # compact imports this module
+
+        compaction = compact_table(self._table, self.policy)
+        return common.MaintenanceReport(expired=self.maintain(), compaction=compaction)
 
     def maintain(self) -> int:
         """Expire all but the newest ``keep_versions`` snapshots older than ``min_age_s``.

@@ -38,17 +38,17 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, HourTransform
 
 from backfill.sinks import common
+from backfill.sinks.iceberg.internals import (
+    CachedTransaction,
+    stage_append,
+    stage_overwrite,
+    write_data_files,
+)
 from backfill.sinks.iceberg.live import (
     MAINTENANCE_PROPERTIES,
     IcebergLiveTable,
     committed_record,
     snapshot_records,
-)
-from backfill.sinks.iceberg.write import (
-    CachedTransaction,
-    stage_append,
-    stage_overwrite,
-    write_data_files,
 )
 from backfill.sinks.scopes import (
     ice_and,
@@ -176,6 +176,8 @@ class IcebergSink:
         found = committed_record(done, token)
         if found is None:
             raise WriterError(f"{what}: expected the committed token in the table, found none")
+        if token.side == "backfill":
+            self._after_slice_commit(done)
         return found
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
@@ -260,6 +262,36 @@ class IcebergSink:
     def maintain(self) -> int:
         """Expire old snapshots (the live offsets are kept); returns how many were expired."""
         return self.live_table().maintain()
+
+    def compact(self) -> common.Compaction:
+        """Rewrite each partition's small data files into one, conditional on the snapshot
+        read (:mod:`backfill.sinks.iceberg.compact`); safe under a live appender."""
+        from backfill.sinks.iceberg.compact import compact_table
+
+        return compact_table(self.live_table().table, self.maintenance)
+
+    def maintain_table(self) -> common.MaintenanceReport:
+        """Compact small files, then expire old snapshots (manifests are merged by every
+        commit: ``commit.manifest-merge.enabled``)."""
+        compaction = self.compact()
+        return common.MaintenanceReport(expired=self.maintain(), compaction=compaction)
+
+    def _after_slice_commit(self, table: Table) -> None:
+        """The backfill's cadence (stateless: each slice may run in its own process): once the
+        table holds more than ``keep_versions + every_commits`` snapshots, expire the old ones
+        (older than ``min_age_s``), so per-slice commit cost stays flat (DESIGN §6, §8)."""
+        m = self.maintenance
+        if (
+            not m.every_commits
+            or len(table.metadata.snapshots) <= m.keep_versions + m.every_commits
+        ):
+            return
+        try:
+            expired = self.maintain()
+        except Exception as exc:  # the slice landed; the next slice's commit tries again
+            log.warning("table=%s snapshot expiry after a slice failed: %s", self.identifier, exc)
+            return
+        log.info("table=%s expired %d snapshots during the backfill", self.identifier, expired)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -195,6 +195,7 @@ class LanceLive:
         every = self.maintenance.every_commits
         if every and self._commits % every == 0:
             try:
+                self.compact()
                 self.maintain()
             except Exception as exc:  # the commit landed; maintenance retries next round
                 log.warning("dataset maintenance failed after a live commit: %s", exc)
@@ -224,6 +225,23 @@ class LanceLive:
             log.info("live checkpoint skipped this round: %s", exc)
             return 0
         return self._cleanup(latest, state.version, started)
+
+    def compact(self) -> common.Compaction:
+        """``compact_files`` over the dataset; 0 counts when nothing was small enough or a
+        concurrent delete conflicted (the next round retries)."""
+        ds = lance.dataset(self.uri)
+        try:
+            m = ds.optimize.compact_files()
+        except (LanceConflict, OSError, RuntimeError, ValueError) as exc:
+            log.info("compaction skipped this round: %s", exc)
+            return common.Compaction(conflicts=1)
+        if m.fragments_removed == 0:
+            return common.Compaction()
+        return common.Compaction(
+            partitions=1,
+            files_removed=m.fragments_removed,
+            files_added=m.fragments_added,
+        )
 
     def _cleanup(self, latest: lance.LanceDataset, checkpoint: int, started: float) -> int:
         cutoff = started - self.maintenance.min_age_s

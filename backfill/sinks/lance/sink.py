@@ -235,6 +235,16 @@ class LanceSink:
         """Checkpoint the live offsets, then remove old versions; returns how many."""
         return self.live.maintain()
 
+    def compact(self) -> common.Compaction:
+        """Merge small fragments (Lance ``compact_files``: a Rewrite, compatible with a
+        concurrent live Append; a conflict with a delete skips this round)."""
+        return self.live.compact()
+
+    def maintain_table(self) -> common.MaintenanceReport:
+        """Compact small fragments, then checkpoint and remove old versions."""
+        compaction = self.compact()
+        return common.MaintenanceReport(expired=self.maintain(), compaction=compaction)
+
     # -- reading -------------------------------------------------------------------------
 
     def _find(self, match: Callable[[CommitToken], bool]) -> CommitRecord | None:

@@ -1,12 +1,22 @@
-"""Fast pieces of the Iceberg overwrite path (DESIGN §8), measured with ``bench/backfill.py``.
+"""The ONE module of seamline that relies on pyiceberg internals (pinned pyiceberg 0.12).
 
+Everything else in ``backfill.sinks.iceberg`` uses pyiceberg's public API only. What is here,
+and why (each piece is pinned by ``tests/unit/test_iceberg_internals.py``, which fails loudly
+when pyiceberg changes it):
+
+* :func:`write_data_files`: Parquet data files written ONCE per slice or live batch, not
+  committed, so a conflict retry re-commits only metadata (pyiceberg's public ``append`` /
+  ``overwrite`` write the files again on every call). It uses ``_dataframe_to_data_files``
+  (private) as the general path, and ``write_file`` / ``bin_pack_arrow_table`` / ``WriteTask``
+  (importable, undocumented) for the fast path: rows sorted by the partition source column
+  (``conform`` sorts by event time) hold each day/hour partition as one contiguous run, so the
+  files are cut from zero-copy slices in one pass instead of one filter pass per partition.
 * :class:`CachedTransaction`: pyiceberg recomputes ``Transaction.table_metadata`` (a deep copy
   of the whole metadata plus every staged update) on each access, ~30 times per overwrite, and
-  the copy grows with the snapshot count. The subclass caches it per staged-update state.
-* :func:`write_data_files`: rows sorted by the partition source column (``conform`` sorts by
-  event time) hold each day/hour partition as one contiguous run, so the data files are cut
-  from zero-copy slices in one pass instead of one filter pass over the input per partition.
-  The files are written once per slice: a conflict retry re-commits only the metadata.
+  the copy grows with the snapshot count. The subclass caches it per staged-update state
+  (reads the private ``_table`` / ``_updates``). Measured with ``bench/backfill.py``.
+
+:func:`stage_overwrite` uses public API only (``Transaction.delete``, ``update_snapshot``).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
 from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, HourTransform
-from pyiceberg.utils.properties import property_as_int
+from pyiceberg.utils.properties import property_as_bool, property_as_int
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +139,14 @@ def stage_overwrite(
     props: dict[str, str],
 ) -> None:
     """Stage "delete ``scope``, add ``files``" in ``tx`` (what ``Transaction.overwrite`` does,
-    with data files written beforehand)."""
+    with data files written beforehand), merging manifests when the table asks for it."""
     tx.delete(delete_filter=scope, snapshot_properties=props)
-    with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+    merge = property_as_bool(
+        tx.table_metadata.properties,
+        TableProperties.MANIFEST_MERGE_ENABLED,
+        TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
+    )  # merged manifests keep the manifest list (and every later commit) small
+    update = tx.update_snapshot(snapshot_properties=props)
+    with update.merge_append() if merge else update.fast_append() as append:
         for data_file in files:
             append.append_data_file(data_file)
