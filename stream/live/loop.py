@@ -31,6 +31,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from coordinator.core.errors import LiveError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import Offset, PartitionId
+from stream.decode import RecordDecoder
+from stream.decode.json import DECODER as JSON_DECODER
 from stream.live.core import BatchLimits, LiveBook, start_positions
 from stream.live.writer import (
     BatchOutcome,
@@ -81,6 +83,7 @@ class LiveSettings:
     epoch: int = 1
     partitions: tuple[int, ...] | None = None  # explicit assignment instead of subscribe
     max_commit_attempts: int = 50
+    decoder: RecordDecoder = JSON_DECODER  # the job's [stream] format
 
 
 @dataclass
@@ -158,6 +161,7 @@ class LiveConsumer:
             quarantine,
             self._fallback,
             settings.max_commit_attempts,
+            decoder=settings.decoder,
         )
         self._on_progress = on_progress
         self._clock = clock
