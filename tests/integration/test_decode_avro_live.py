@@ -128,9 +128,9 @@ def test_avro_from_a_registry_each_record_in_table_or_quarantine_exactly_once(
             assert {c: rows[key][c] for c in schema.names} == {
                 c: want.column(c)[0].as_py() for c in schema.names
             }, key
-    reasons = sorted(error for error, _ in bad.values())
-    assert sum("schema id=43 is not in the registry" in r for r in reasons) == 1
-    assert sum("Confluent wire format" in r for r in reasons) == 3  # magic, short, JSON
+    errors = sorted(error for error, _ in bad.values())
+    assert sum("schema id=43 is not in the registry" in r for r in errors) == 1
+    assert sum("Confluent wire format" in r for r in errors) == 3  # magic, short, JSON
     by_id = {r["id"]: r for r in rows.values()}
     assert all(isinstance(r["amount"], Decimal | None) for r in by_id.values())
     assert by_id[0]["ts"] == datetime(2024, 1, 1, tzinfo=UTC) and by_id[0]["day"] == date(
