@@ -26,7 +26,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ MAGIC = 0
 HEADER = 5  # magic byte + 4-byte schema id
 
 _Checks = list[tuple[str, Any, pa.DataType, bool]]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 class AvroDecoder:
@@ -191,6 +193,8 @@ def _row(record: dict[str, Any], checks: _Checks) -> list[Any]:
 def _natural(value: Any, type_: pa.DataType) -> Any:
     """An Avro value in the form the JSON coercion takes for ``type_``."""
     if isinstance(value, datetime):
+        if value.tzinfo is not None and pa.types.is_timestamp(type_) and type_.unit == "ms":
+            return (value - _EPOCH) // _ONE_MS  # epoch ms, as from ISO-8601: rounded down
         return value.isoformat()
     if isinstance(value, date):
         return value.isoformat()
