@@ -360,6 +360,7 @@ def _progress_writer(job: JobSpec, metrics: Any) -> Callable[[LiveProgress], Non
 
 
 def _live_settings(job: JobSpec, epoch: int, partitions: tuple[int, ...] | None) -> LiveSettings:
+    from stream.decode import decoder_for
     from stream.live.core import BatchLimits
     from stream.live.loop import LiveSettings
 
@@ -370,6 +371,7 @@ def _live_settings(job: JobSpec, epoch: int, partitions: tuple[int, ...] | None)
         schema=job.schema_.arrow_schema(),
         limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds),
         epoch=epoch, partitions=partitions,
+        decoder=decoder_for(job.stream.format, job),
     )  # fmt: skip
 
 

@@ -59,7 +59,7 @@ class KafkaUnits:
         self.topic = job.stream.topic
         self.schema = job.schema_.arrow_schema()
         self.transform: Transform = load_transform(job.transform.function)
-        self.decoder = decoder_for(job.stream.format)
+        self.decoder = decoder_for(job.stream.format, job)
         self.timeout_s = timeout_s
 
     def ends(self, partitions: Sequence[int]) -> dict[int, int]:

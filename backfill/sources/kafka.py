@@ -24,7 +24,7 @@ def decode_kafka_slice(
     schema = job.schema_.arrow_schema()
     transform = load_transform(job.transform.function)
     conf = job.kafka_config()
-    decoder = decoder_for(job.stream.format)
+    decoder = decoder_for(job.stream.format, job)
     where = job.history_filter()
     for rng in slice_.scope.ranges:
         for msgs in iter_kafka_range(conf, job.stream.topic, rng, batch_size):

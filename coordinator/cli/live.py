@@ -35,6 +35,15 @@ def _parse_partitions(text: str | None) -> tuple[int, ...] | None:
     return parts
 
 
+def _check_port(port: int | None) -> int | None:
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(
+            f"key=--metrics-port: expected a TCP port in 0..65535, found {port}",
+            hint="pass a free port such as 9108, or 0 to let the system pick one",
+        )
+    return port
+
+
 def _install_stop_handlers() -> threading.Event:
     stop = threading.Event()
 
@@ -92,7 +101,8 @@ def live(
     job = load_job(job_file)
     if engine == "faust" and partitions is not None:
         raise ConfigError("key=--partitions: the faust engine assigns through its group")
-    counters = run_live(job, metrics_port, _parse_partitions(partitions), engine, metrics_host)
+    port = _check_port(metrics_port)
+    counters = run_live(job, port, _parse_partitions(partitions), engine, metrics_host)
     click.echo(" ".join(f"{k}={v}" for k, v in counters.items()))
 
 

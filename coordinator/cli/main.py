@@ -9,12 +9,17 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import traceback
+from pathlib import Path
 
 import click
 
 from coordinator.core.errors import ExitCode, SeamlineError
 
 log = logging.getLogger(__name__)
+
+_ROOT = Path(__file__).resolve().parents[2]
+_MAX_DETAIL = 300
 
 # Modules that each define ``register(group: click.Group) -> None``.
 _COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli.broker", "coordinator.cli.live", "coordinator.cli.jobs", "coordinator.cli.reconcile", "coordinator.cli.demo", "coordinator.cli.reprocess", "coordinator.cli.maintain")
@@ -44,8 +49,49 @@ def _register_all() -> None:
 _register_all()
 
 
+def _command() -> str:
+    """The subcommand on the command line (``seamline`` when there is none)."""
+    name = next((a for a in sys.argv[1:] if a in cli.commands), None)
+    return f"seamline {name}" if name else "seamline"
+
+
+def _where(exc: BaseException) -> str:
+    """``path:line (function)`` of the deepest seamline frame the exception passed through."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if Path(f.filename).resolve().is_relative_to(_ROOT) and ".venv" not in f.filename
+    ]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {Path(f.filename).resolve().relative_to(_ROOT)}:{f.lineno} ({f.name})"
+
+
+def unexpected_error_line(exc: BaseException) -> str:
+    """The one ``error:`` line for an exception seamline did not raise on purpose.
+
+    It names the command, the exception type, its first message line and the seamline code
+    it came through; credentials are redacted.
+    """
+    from coordinator.core.logs import redact
+
+    detail = (str(exc).strip().splitlines() or [""])[0][:_MAX_DETAIL]
+    debug = log.isEnabledFor(logging.DEBUG)
+    hint = "" if debug else "; rerun with --log-level debug for the traceback"
+    return redact(
+        f"error: {_command()} failed: unexpected {type(exc).__name__}"
+        f"{': ' + detail if detail else ''}{_where(exc)}{hint}"
+    )
+
+
 def main() -> None:
-    """Console-script entry point: run the group and map seamline errors to exit codes."""
+    """Console-script entry point: run the group and map every error to an exit code.
+
+    Seamline errors exit with their own code; any other exception is unexpected and exits 2
+    (``ExitCode.ERROR``) with one ``error:`` line, never 1, which means "ran and found
+    differences". The traceback is logged (redacted) only under ``--log-level debug``.
+    """
     try:
         rc = cli.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -61,5 +107,9 @@ def main() -> None:
 
         click.echo(f"error: {redact(str(exc))}", err=True)  # messages may wrap library text
         sys.exit(exc.exit_code)
+    except Exception as exc:  # the one place an unexpected error becomes exit 2
+        log.debug("%s failed", _command(), exc_info=exc)
+        click.echo(unexpected_error_line(exc), err=True)
+        sys.exit(ExitCode.ERROR)
     # with standalone_mode=False, click returns the code of ctx.exit(n) instead of raising
     sys.exit(rc if isinstance(rc, int) else 0)

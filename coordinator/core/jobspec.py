@@ -26,7 +26,13 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 #: Keys whose values are never echoed back in an error (they may hold credentials).
-_SECRET_KEYS = ("state", "table.catalog_uri", "table.catalog_properties", "stream.security")
+_SECRET_KEYS = (
+    "state",
+    "table.catalog_uri",
+    "table.catalog_properties",
+    "stream.security",
+    "stream.avro.registry_url",
+)
 _SHOWN_MAX = 80
 
 
@@ -97,13 +103,31 @@ class SecuritySpec(_Model):
     ssl_ca_location: str | None = None
 
 
+class AvroSpec(_Model):
+    """Where Avro records get their writer schema: a file, or a Schema Registry (wire format)."""
+
+    schema_file: str | None = None  # an .avsc file, relative to the job file
+    registry_url: SecretStr | None = None  # may hold a password: a secret
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            url = v.get_secret_value()
+            _check_userinfo(url)
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("expected an http:// or https:// URL")
+        return v
+
+
 class StreamSpec(_Model):
     """The live Kafka topic."""
 
     bootstrap: str = Field(min_length=1)
     topic: str
     group: str | None = None
-    format: Literal["json"] = "json"
+    format: Literal["json", "avro"] = "json"
+    avro: AvroSpec | None = None
     security: SecuritySpec = SecuritySpec()
 
     @field_validator("topic")
@@ -444,6 +468,7 @@ def _cross_checks(spec: JobSpec) -> None:
                 f"key=table.key/schema.required: unknown column {key!r}",
                 hint=f"declare it in [schema.fields] ({', '.join(fields)})",
             )
+    _check_avro(spec.stream)
     if spec.table.format == "iceberg" and not (spec.table.identifier and spec.table.catalog_uri):
         raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")
     if spec.table.format == "lance" and not spec.table.uri:
@@ -465,6 +490,24 @@ def _cross_checks(spec: JobSpec) -> None:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
+        )
+
+
+def _check_avro(stream: StreamSpec) -> None:
+    """``format = "avro"`` takes exactly one schema source; other formats take no ``avro``."""
+    if stream.format != "avro":
+        if stream.avro is not None:
+            raise ConfigError(
+                f"key=stream.avro: expected no Avro settings for format {stream.format!r}",
+                hint='set [stream] format = "avro" or remove [stream.avro]',
+            )
+        return
+    avro = stream.avro
+    given = 0 if avro is None else (avro.schema_file is not None) + (avro.registry_url is not None)
+    if given != 1:
+        raise ConfigError(
+            f"key=stream.avro: expected exactly one of schema_file and registry_url, found {given}",
+            hint='e.g. [stream.avro] schema_file = "orders.avsc"',
         )
 
 

@@ -164,7 +164,7 @@ def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> Event
 def _max_event_time(job: JobSpec, msgs: list[RawMessage]) -> EventTimeMs | None:
     if not msgs:
         return None
-    decoder = decoder_for(job.stream.format)
+    decoder = decoder_for(job.stream.format, job)
     table, _bad = decoder.decode(msgs, job.schema_.arrow_schema(), identity, side="backfill")
     column = table.column(job.schema_.event_time)
     if table.num_rows == 0 or column.null_count == table.num_rows:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
@@ -18,6 +18,9 @@ from coordinator.core.errors import ConfigError
 from coordinator.core.values import Side
 from stream.decode.base import Quarantined, RawMessage
 from stream.decode.transform import Transform
+
+if TYPE_CHECKING:
+    from coordinator.core.jobspec import JobSpec
 
 
 class RecordDecoder(Protocol):
@@ -46,14 +49,19 @@ class RecordDecoder(Protocol):
     ) -> tuple[pa.Table, list[Quarantined]]: ...
 
 
-#: ``[stream] format`` -> ``module:attribute`` of its decoder.
+#: ``[stream] format`` -> ``module:attribute`` of its decoder, or of a function building it
+#: from the job (a format with settings of its own, like Avro's schema source).
 DECODERS: dict[str, str] = {
     "json": "stream.decode.json:DECODER",
+    "avro": "stream.decode.avro:decoder_for_job",
 }
 
 
-def decoder_for(format_: str) -> RecordDecoder:
-    """The decoder registered for ``format_``; ``ConfigError`` naming the known formats."""
+def decoder_for(format_: str, job: JobSpec | None = None) -> RecordDecoder:
+    """The decoder registered for ``format_`` (built from ``job`` where the format needs it).
+
+    ``ConfigError`` naming the known formats for an unknown one.
+    """
     ref = DECODERS.get(format_)
     if ref is None:
         close = difflib.get_close_matches(format_, list(DECODERS), n=1)
@@ -62,5 +70,11 @@ def decoder_for(format_: str) -> RecordDecoder:
             f"key=stream.format: expected one of {sorted(DECODERS)}, found {format_!r}", hint=hint
         )
     module_name, _, attr = ref.partition(":")
-    decoder: RecordDecoder = getattr(importlib.import_module(module_name), attr)
-    return decoder
+    found = getattr(importlib.import_module(module_name), attr)
+    if hasattr(found, "format"):
+        decoder: RecordDecoder = found
+        return decoder
+    if job is None:
+        raise ConfigError(f"key=stream.format: format {format_!r} needs the job's settings")
+    built: RecordDecoder = found(job)
+    return built

@@ -151,10 +151,7 @@ def _reference(
             bad[i] = f"decode: {exc}"
         except Exception as exc:
             bad[i] = f"decode: {type(exc).__name__}: {exc}"
-    try:
-        return _build(rows, schema), ok, bad
-    except Exception:
-        return _build_one_by_one(rows, ok, bad, schema)
+    return build_rows(rows, ok, bad, schema)
 
 
 def _record(value: bytes | None, checks: list[tuple[str, Any, pa.DataType, bool]]) -> list[Any]:
@@ -214,6 +211,16 @@ def _build(rows: list[list[Any]], schema: pa.Schema) -> pa.Table:
         arr = pa.array([r[i] for r in rows], type=physical(f.type))
         columns.append(arr.cast(f.type) if pa.types.is_timestamp(f.type) else arr)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def build_rows(
+    rows: list[list[Any]], ok: list[int], bad: dict[int, str], schema: pa.Schema
+) -> tuple[pa.Table, list[int], dict[int, str]]:
+    """Coerced ``rows`` (from batch positions ``ok``) as a table; rows Arrow refuses join ``bad``."""
+    try:
+        return _build(rows, schema), ok, bad
+    except Exception:
+        return _build_one_by_one(rows, ok, bad, schema)
 
 
 def _build_one_by_one(

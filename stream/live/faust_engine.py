@@ -101,6 +101,7 @@ class FaustBatchWriter:
             self._fallback,
             settings.max_commit_attempts,
             sleep,
+            settings.decoder,
         )
         self._book = LiveBook()
         self._book.assign(start_positions(self._fallback, sink.live_offsets(), self._fallback))

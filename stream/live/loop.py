@@ -31,6 +31,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from coordinator.core.errors import LiveError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import Offset, PartitionId
+from stream.decode import RecordDecoder
+from stream.decode.json import DECODER as JSON_DECODER
 from stream.kafka import client
 from stream.live.core import BatchLimits, LiveBook, start_positions
 from stream.live.writer import (
@@ -82,6 +84,7 @@ class LiveSettings:
     epoch: int = 1
     partitions: tuple[int, ...] | None = None  # explicit assignment instead of subscribe
     max_commit_attempts: int = 50
+    decoder: RecordDecoder = JSON_DECODER  # the job's [stream] format
 
 
 @dataclass
@@ -157,6 +160,7 @@ class LiveConsumer:
             quarantine,
             self._fallback,
             settings.max_commit_attempts,
+            decoder=settings.decoder,
         )
         self._on_progress = on_progress
         self._clock = clock

@@ -27,8 +27,9 @@ from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownErr
 from coordinator.core.ports import CommitRecord
 from coordinator.core.retry import RetryPolicy, call_with_retry
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
+from stream.decode import RecordDecoder
 from stream.decode.base import Quarantined
-from stream.decode.json import decode_columns
+from stream.decode.json import DECODER as JSON_DECODER
 from stream.decode.transform import Transform
 from stream.live.core import Batch, stale_partitions
 
@@ -104,6 +105,7 @@ class BatchWriter:
     fallback: Mapping[PartitionId, Offset]
     max_attempts: int = 50
     sleep: Callable[[float], None] = time.sleep
+    decoder: RecordDecoder = JSON_DECODER
 
     def write(self, batch: Batch) -> BatchOutcome:
         """Check, decode, quarantine and commit ``batch`` (raises ``LiveError`` if it cannot)."""
@@ -112,7 +114,9 @@ class BatchWriter:
         if not ranges:
             return BatchOutcome(None, stale)
         parts, offsets, values = batch.columns(without=stale)
-        data, bad = decode_columns(parts, offsets, values, self.schema, self.transform, "live")
+        data, bad = self.decoder.decode_columns(
+            parts, offsets, values, self.schema, self.transform, "live"
+        )
         self.quarantine.write(bad)
         record, data = self._commit(data, ranges, stale)
         if record is None:

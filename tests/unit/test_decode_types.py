@@ -47,7 +47,7 @@ def test_job_with_a_bad_type_is_a_config_error_naming_the_field(tmp_path: Path) 
 
 
 def test_decoder_for_the_job_format_and_a_clear_error_for_an_unknown_one() -> None:
-    assert sorted(DECODERS) == ["json"]
+    assert sorted(DECODERS) == ["avro", "json"]
     assert isinstance(decoder_for("json"), JsonDecoder)
     with pytest.raises(ConfigError) as info:
         decoder_for("jsn")
