@@ -5,9 +5,9 @@ written again (``already_committed=True``). Otherwise it reads the slice (Kafka 
 archive bucket), confirms quarantined records to the dead-letter topic, and writes the slice's
 scope in ONE commit.
 
-Crash testing: when the environment variable ``SEAMLINE_TEST_CRASH_AT`` names a crash point
-(``before_commit``: data files written, commit not yet made; ``after_commit``: committed, result
-not yet returned) the process SIGKILLs itself there. Tests set it in child processes only.
+Crash points (``coordinator.core.faults``, armed by ``SEAMLINE_CRASH_AT``):
+``worker.before_commit`` (data files written, commit not yet made) and ``worker.after_commit``
+(committed, the result not yet returned to the state store).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import multiprocessing
 import pyarrow as pa
 
 from backfill.sinks import open_sink
-from backfill.sinks.common import crash_point
 from backfill.sources.archive import read_archive_slice
 from backfill.sources.kafka import decode_kafka_slice
+from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
 from coordinator.core.logs import configure_worker_logging
@@ -69,5 +69,5 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
     data, bad = read_slice(job, slice_)
     _quarantine(job, bad)
     record = sink.write_slice(slice_.scope, data, token)
-    crash_point("after_commit")
+    crash_point("worker.after_commit")
     return SliceResult(rows=data.num_rows, commit=record, quarantined=len(bad))

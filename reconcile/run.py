@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from coordinator.core import lineage
 from coordinator.core.errors import ReconcileError
+from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableReader
 from coordinator.core.values import (
@@ -249,6 +250,7 @@ class _Run:
                 data.offsets[(data.offsets >= rng.start) & (data.offsets < rng.end)]
             )
             part.quarantined.append(data.quarantined)
+        crash_point("reconcile.mid_scan")  # the source side read, the table side not
         table = self.sink.scan(scope)
         data = _drop_dead(data, self.dead)
         rows, replaced = data.rows, 0
