@@ -1,9 +1,12 @@
 """Named crash points: kill this process with SIGKILL at a named place, for fault testing.
 
 Off by default. ``SEAMLINE_CRASH_AT=<point>[:<nth>]`` arms one point: the ``nth`` time (1 by
-default) this process reaches it, the process writes the point name to the file named by
-``SEAMLINE_CRASH_MARKER`` (when set) and kills itself with ``SIGKILL`` -- no ``finally``
-block, no ``atexit``, no flush runs, exactly as under ``kill -9``. The variable is read once,
+default) this process reaches it, it kills itself with ``SIGKILL`` -- no ``finally`` block,
+no ``atexit``, no flush runs, exactly as under ``kill -9``. When ``SEAMLINE_CRASH_MARKER``
+names a file, the point fires only if it can create that file (exclusively), and writes
+``<point> <pid>`` into it first: the crash happens once across every process of a run (a
+retried worker or a restarted coordinator inherits the variable but does not die again), and
+the test reads where the process died. The variable is read once,
 at import: when it is unset, :func:`crash_point` is one global lookup and a return.
 
 Worker processes inherit the variable and count their own reaches. A test that arms a point
@@ -84,13 +87,18 @@ def _reach(name: str) -> None:
     if name != point:
         return
     _reached += 1
-    if _reached < nth:
+    if _reached != nth:
         return
     log.warning("crash point reached: point=%s nth=%d pid=%d", name, nth, os.getpid())
     marker = os.environ.get(MARKER_ENV)
     if marker:
-        with open(marker, "a", encoding="utf-8") as fh:
-            fh.write(f"{name} {os.getpid()}\n")
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # fired already (in this or another process)
+        os.write(fd, f"{name} {os.getpid()}\n".encode())
+        os.fsync(fd)
+        os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -85,3 +85,11 @@ def test_every_point_has_a_call_site_in_the_product() -> None:
     )
     for point in faults.POINTS:
         assert f'crash_point("{point}")' in sources, point
+
+
+def test_marker_makes_the_point_fire_once_across_processes(tmp_path: Path) -> None:
+    first, marker = run_child(tmp_path, "worker.after_commit")
+    assert first.returncode == -signal.SIGKILL and first.stdout.split() == ["0"]
+    again, _ = run_child(tmp_path, "worker.after_commit")  # same marker: a restarted process
+    assert again.returncode == 0 and again.stdout.split()[-1] == "done"
+    assert marker.read_text().split()[0] == "worker.after_commit"
