@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +288,13 @@ def run_trial(spec: TrialSpec, root: Path, bootstrap: str, topic: str) -> TrialR
 
 
 def _run_phase(spec: TrialSpec, procs: Procs, job_file: Path, result: TrialResult) -> None:
+    began = datetime.now(UTC) - timedelta(minutes=5)  # reprocess finds offsets by Kafka time
     time.sleep(random.Random(spec.seed + 1).uniform(0, 1.0))
     until_done(procs, result, "run", str(job_file), "--output", "json")
     if spec.point == "reprocess.between_slices":
-        until_done(procs, result, "reprocess", str(job_file), "--from", "2024-01-01",
-                   "--to", "2024-01-02", "--output", "json")
+        until_done(procs, result, "reprocess", str(job_file), "--from", _iso(began),
+                   "--to", _iso(datetime.now(UTC)), "--output", "json")
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S")
