@@ -12,9 +12,9 @@ side; an archive slice: no archive row of its bucket); a scope that does is refu
 terminal ``ConfigError`` (writing would duplicate those rows), e.g. after a new cut moved slice
 boundaries or live already wrote offsets the new plan gives to history.
 
-Crash testing: when the environment variable ``SEAMLINE_TEST_CRASH_AT`` names a crash point
-(``before_commit``: data files written, commit not yet made; ``after_commit``: committed, result
-not yet returned) the process SIGKILLs itself there. Tests set it in child processes only.
+Crash points (``coordinator.core.faults``, armed by ``SEAMLINE_CRASH_AT``):
+``worker.before_commit`` (data files written, commit not yet made) and ``worker.after_commit``
+(committed, the result not yet returned to the state store).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import pyarrow as pa
 
 from backfill.assertions import check_slice
 from backfill.sinks import open_sink
-from backfill.sinks.common import crash_point
 from backfill.sources.archive import read_archive_slice
 from backfill.sources.kafka import decode_kafka_slice
 from coordinator.core import lineage
 from coordinator.core.errors import ConfigError
+from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
 from coordinator.core.logs import configure_worker_logging
@@ -97,5 +97,5 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
     check_slice(job, slice_, data)
     _quarantine(job, bad)
     record = sink.write_slice(slice_.scope, data, token)
-    crash_point("after_commit")
+    crash_point("worker.after_commit")
     return SliceResult(rows=data.num_rows, commit=record, quarantined=len(bad))

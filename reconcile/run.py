@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from coordinator.core import lineage
 from coordinator.core.controls import apply_where
 from coordinator.core.errors import ReconcileError
+from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableReader
 from coordinator.core.values import (
@@ -290,6 +291,7 @@ class _Run:
         if read is None:
             return None
         unit, data = read
+        crash_point("reconcile.mid_scan")  # per-slice path: the source side read, the table not
         table = self.sink.scan(unit.scope)
         rows, replaced = data.rows, 0
         if self.merge_index is not None and unit.kind != "live" and rows is not None:
@@ -338,6 +340,7 @@ class _Run:
 
     def table_pass(self, pending: Sequence[_Pending], ends: Mapping[int, int]) -> TablePass:
         """One scan of the whole table, rows grouped by unit (see reconcile.tablepass)."""
+        crash_point("reconcile.mid_scan")  # the source side read and summed, the table not yet
         ranges: dict[int, list[tuple[int, int, int]]] = {}
         for i, p in enumerate(pending):
             for r in p.unit.scope.ranges:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
-import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from coordinator.core.errors import (
     SeamlineError,
     WriterError,
 )
+from coordinator.core.faults import crash_point as crash_point  # the sinks' call sites
 from coordinator.core.ports import CommitRecord
 from coordinator.core.retry import RetryPolicy as RetryPolicy  # re-exported for the sinks
 from coordinator.core.retry import call_with_retry
@@ -45,17 +44,6 @@ T = TypeVar("T")
 
 #: Table/dataset-level property prefix holding the newest live offset per partition.
 LIVE_OFFSET_PREFIX = f"{TOKEN_PREFIX}live.offset."
-
-
-#: Test hook (documented in ``backfill.executor``): SIGKILL self at the named point.
-CRASH_ENV = "SEAMLINE_TEST_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL if ``SEAMLINE_TEST_CRASH_AT`` equals ``name``."""
-    if os.environ.get(CRASH_ENV) == name:
-        log.warning("test crash point reached: %s", name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -175,6 +163,7 @@ def retry_conflicts(
 
     def on_retry(attempt: int, exc: BaseException, wait: float) -> None:
         log.info("commit conflict, retrying: %s (attempt=%d, wait_s=%.3f)", what, attempt, wait)
+        crash_point("worker.commit_retry")
 
     try:
         return call_with_retry(action, policy, on_retry=on_retry, retry_on=is_conflict)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.core.errors import ConfigError, StateError
+from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, Offset, PartitionId
 from coordinator.plan.cut import floor_at_live, read_cut, read_log_starts
@@ -152,6 +153,7 @@ def ensure_cut(
         if new_cut and store.get_cut(job.job_id) is not None:
             epoch = store.bump_epoch(job.job_id)
         cut = store.save_cut(reading.to_cut(job.job_id, epoch))
+    crash_point("coordinator.after_cut")
     log.info("job=%s epoch=%d cut ready", job.job_id, cut.epoch)
     return cut
 
@@ -187,6 +189,7 @@ def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
         if existing is not None:
             return PlanView(existing, stored=True, exact=False)
         view = compute_plan(job, cut, count=count)
+        crash_point("coordinator.mid_plan")
         store.save_plan(cut.job_id, cut.epoch, view.plan.slices, view.plan.plan_hash)
         fresh = store.get_cut(cut.job_id, cut.epoch)
     if fresh is None or fresh.plan_hash != view.plan.plan_hash:

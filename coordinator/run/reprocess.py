@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from coordinator.core.errors import ConfigError, ExitCode, StateError
+from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec, TransformSpec
 from coordinator.core.values import (
     CommitToken,
@@ -262,6 +263,7 @@ class ReprocessLedger:
         snapshot_id: int | None = None,
     ) -> None:
         self.store.finish_slice(self.run_id, slice_id, rows=rows, token=token)
+        crash_point("reprocess.between_slices")
 
     def record_pause(self, job_id: str, seconds: float, reason: str) -> None:
         self.store.record_pause(job_id, seconds, reason)

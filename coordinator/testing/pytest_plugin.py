@@ -13,6 +13,10 @@ Fixtures:
 * ``iceberg_catalog`` -> a pyiceberg ``SqlCatalog`` (sqlite + local file warehouse under
   ``tmp_path``).
 * ``lance_uri`` -> a fresh, not yet existing dataset path under ``tmp_path``.
+* ``kill_at`` -> :class:`KillAt`: ``kill_at(point, fmt="lance", mode="overwrite", seed=0)``
+  runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
+  point armed in every ``seamline`` process, restarts until done, then the independent oracle
+  (``coordinator.testing.oracle``); returns the ``TrialResult``.
 
 Heavy libraries are imported inside the fixtures, so loading the plugin stays cheap.
 """
@@ -33,6 +37,7 @@ import pytest
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
+    from coordinator.testing.soak import TrialResult
     from stream.broker.provide import BrokerHandle
 
 log = logging.getLogger(__name__)
@@ -129,3 +134,27 @@ def lance_uri(tmp_path: Path) -> str:
     parent = tmp_path / "lance"
     parent.mkdir()
     return str(parent / "table.lance")
+
+
+class KillAt(Protocol):
+    """The ``kill_at`` fixture: one fault trial at a crash point, ended by the oracle."""
+
+    def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
+                 seed: int = 0) -> TrialResult:
+        """Run the trial and return where it died, what restarted and the oracle's report."""
+        ...
+
+
+@pytest.fixture
+def kill_at(kafka_bootstrap: str, kafka_topic: TopicFactory, tmp_path: Path) -> KillAt:
+    """Fault trials on the session broker, each on a fresh topic under ``tmp_path``."""
+    from coordinator.testing.soak import PARTITIONS, TrialSpec, run_trial
+
+    def trial(point: str, fmt: str = "lance", mode: str = "overwrite",
+              seed: int = 0) -> TrialResult:
+        root = tmp_path / f"{point}-{fmt}-{mode}-{seed}"
+        root.mkdir()
+        topic = kafka_topic(PARTITIONS)
+        return run_trial(TrialSpec(point, fmt, mode, seed), root, kafka_bootstrap, topic)
+
+    return trial

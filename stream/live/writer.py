@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from coordinator.core import lineage
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, LiveError
+from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
 from coordinator.core.retry import RetryPolicy, call_with_retry
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId
@@ -118,9 +119,11 @@ class BatchWriter:
             parts, offsets, values, self.schema, self.transform, "live"
         )
         self.quarantine.write(bad)
+        crash_point("live.mid_batch")  # decoded and quarantined, not committed
         record, data = self._commit(data, ranges, stale)
         if record is None:
             return BatchOutcome(None, stale)
+        crash_point("live.after_commit")  # committed, the loop's bookkeeping not done
         done = {r.partition for r in record.token.ranges}
         kept = tuple(q for q in bad if q.partition in done)
         return BatchOutcome(record, stale, data.num_rows, kept)

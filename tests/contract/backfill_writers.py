@@ -7,7 +7,6 @@ import them cheaply.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +16,7 @@ import pyarrow as pa
 
 from backfill.executor import execute_slice
 from backfill.sinks import open_sink
-from backfill.sinks.common import CRASH_ENV
-from coordinator.core import lineage
+from coordinator.core import faults, lineage
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.ports import TableSink
 from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Slice
@@ -144,7 +142,7 @@ def live_appender(job: JobSpec, batches: list[Rows], ready: Any) -> None:
 
 def crashing_executor(job: JobSpec, slice_: Slice, tok: CommitToken, crash_at: str) -> None:
     """Child process: run the slice and SIGKILL at ``crash_at``."""
-    os.environ[CRASH_ENV] = crash_at
+    faults.arm(crash_at)
     execute_slice(job, slice_, tok)
 
 

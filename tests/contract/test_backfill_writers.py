@@ -197,7 +197,7 @@ def kafka_job(
     return kjob
 
 
-@pytest.mark.parametrize("crash_at", ["before_commit", "after_commit"])
+@pytest.mark.parametrize("crash_at", ["worker.before_commit", "worker.after_commit"])
 def test_kill_9_around_the_commit_then_rerun_is_exact(kafka_job: JobSpec, crash_at: str) -> None:
     rows = Rows(base=0, partition=0, start=0, count=50)
     slice_ = _kafka_slice("k0", rows)
@@ -208,10 +208,10 @@ def test_kill_9_around_the_commit_then_rerun_is_exact(kafka_job: JobSpec, crash_
     child.join(120)
     assert child.exitcode == -9
     sink = open_sink(kafka_job)
-    if crash_at == "before_commit":
+    if crash_at == "worker.before_commit":
         assert content(kafka_job) == []
         assert sink.find_commit("contract", "k0") is None
     result = execute_slice(kafka_job, slice_, token("k0", rows.range, attempt=2))
-    assert result.already_committed is (crash_at == "after_commit")
+    assert result.already_committed is (crash_at == "worker.after_commit")
     assert _offsets(kafka_job, sink, "backfill") == Counter({(0, o): 1 for o in range(50)})
     assert [r["order_id"] for r in content(kafka_job)] == list(range(50))

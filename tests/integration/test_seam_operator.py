@@ -213,7 +213,7 @@ def test_stale_coordinator_commit_never_lands_after_a_new_epoch(
     real = common.crash_point
 
     def pause(name: str) -> None:  # runs inside the sink's commit, right before the commit
-        if name == "before_commit" and not at_commit.is_set():
+        if name == "worker.before_commit" and not at_commit.is_set():
             at_commit.set()
             release.wait(120)
         real(name)

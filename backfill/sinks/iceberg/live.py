@@ -45,6 +45,7 @@ from pyiceberg.utils.properties import property_as_bool
 from backfill.sinks import common
 from backfill.sinks.iceberg.internals import write_data_files
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
+from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import CommitToken, Offset, PartitionId, SnapshotId
 
@@ -311,6 +312,7 @@ class IcebergLiveTable:
         The live offsets live in table properties, so expiry never loses them. Returns the
         number of snapshots expired; a conflict with a concurrent writer skips this round.
         """
+        crash_point("maintenance")
         self._table.refresh()
         snaps = sorted(self._table.snapshots(), key=lambda s: s.timestamp_ms)
         cutoff_ms = (datetime.now(UTC).timestamp() - self.policy.min_age_s) * 1000

@@ -208,7 +208,7 @@ class IcebergSink:
                 staged = self._write_files(what, table, rows)
             with _quiet_empty_delete(), CachedTransaction(table) as tx:
                 stage_overwrite(tx, expr, staged, props)
-                common.crash_point("before_commit")  # files written, not committed
+                common.crash_point("worker.before_commit")  # files written, not committed
             return table
 
         return self._commit(what, token, action)

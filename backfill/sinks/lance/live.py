@@ -44,6 +44,7 @@ from lance.fragment import write_fragments
 from backfill.sinks import common
 from backfill.sinks.lance import tokens
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
+from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import TOKEN_PREFIX, CommitToken, Offset, PartitionId, SnapshotId
 
@@ -206,6 +207,7 @@ class LanceLive:
         old versions at or below that checkpoint; returns how many versions were removed (0 on
         a conflict). A removed version's backfill token is in the index first, so a running
         backfill's lookups never need it."""
+        crash_point("maintenance")
         started = time.time()
         ds, state = self._open()
         config: dict[str, str | None] = {

@@ -193,7 +193,7 @@ class LanceSink:
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new
         )
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
-        common.crash_point("before_commit")  # files written, not committed
+        common.crash_point("worker.before_commit")  # files written, not committed
         return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
 
     def _append(self, new: list[Any], props: dict[str, str]) -> lance.LanceDataset:
@@ -221,7 +221,7 @@ class LanceSink:
         txn, stats = builder.execute_uncommitted(rows)
         log.debug("merge stats: %s", stats)
         txn.transaction_properties = props
-        common.crash_point("before_commit")  # files written, not committed
+        common.crash_point("worker.before_commit")  # files written, not committed
         return lance.LanceDataset.commit(
             self.uri, txn, read_version=txn.read_version, max_retries=0
         )

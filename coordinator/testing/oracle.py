@@ -1,0 +1,205 @@
+"""An exactly-once oracle that shares no code with the reconciler: only the job file.
+
+It reads the topic with its OWN ``read_committed`` consumer (built here on purpose, outside
+``stream/kafka``: an oracle that reused the product's reader would inherit its bugs) and the
+table with the format's own reader (a pyiceberg scan, a Lance dataset), and compares offsets
+row by row. Everything is counted separately and every count must be 0:
+
+* ``lost``: a good source record (overwrite) or a source key (merge) with no row;
+* ``duplicated``: extra rows of one ``(partition, offset)``;
+* ``phantom``: rows whose offset holds no good committed record (aborted, poison, invented);
+* ``overlap``: offsets with rows from both sides (backfill and live);
+* ``wrong_side``: a row below the cut's ``hwm`` written by live, or at/above it by backfill;
+* ``wrong_value``: a row whose key column differs from its source record;
+* merge mode: ``key_duplicates`` (extra rows of one key) and ``stale`` (a key's row is not its
+  newest record; "newest" is the highest offset, keys are partitioned by key).
+
+A source record is *good* when its value is a JSON object holding every field the schema
+requires; anything else is poison (it must be in the dead-letter topic, not the table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from coordinator.core.jobspec import JobSpec
+
+log = logging.getLogger(__name__)
+
+Pos = tuple[int, int]  # (partition, offset)
+COUNTS = ("lost", "duplicated", "phantom", "overlap", "wrong_side", "wrong_value",
+          "key_duplicates", "stale")
+
+
+@dataclass
+class OracleReport:
+    """What the oracle found; :attr:`anomalies` is the sum of every count."""
+
+    mode: str
+    source_records: int = 0
+    poison: int = 0
+    table_rows: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    phantom: int = 0
+    overlap: int = 0
+    wrong_side: int = 0
+    wrong_value: int = 0
+    key_duplicates: int = 0
+    stale: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def anomalies(self) -> int:
+        return sum(int(getattr(self, c)) for c in COUNTS)
+
+    def note(self, kind: str, what: object) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if len(self.examples) < 20:
+            self.examples.append(f"{kind}: {what}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "anomalies": self.anomalies}
+
+
+def read_topic(job: JobSpec, timeout_s: float = 60.0) -> dict[Pos, bytes | None]:
+    """Every committed record of the job's topic, ``(partition, offset) -> value``."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    conf = {**job.kafka_config(), "group.id": f"seamline-oracle-{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+            "enable.partition.eof": False}
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(job.stream.topic, timeout=10)
+        parts = sorted(meta.topics[job.stream.topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(job.stream.topic, p), 10)[1]
+                for p in parts}
+        consumer.assign([TopicPartition(job.stream.topic, p, OFFSET_BEGINNING) for p in parts])
+        return _drain(consumer, job.stream.topic, ends, timeout_s)
+    finally:
+        consumer.close()
+
+
+def _drain(consumer: Any, topic: str, ends: Mapping[int, int], timeout_s: float
+           ) -> dict[Pos, bytes | None]:
+    from confluent_kafka import TopicPartition
+
+    out: dict[Pos, bytes | None] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for m in consumer.consume(1000, 0.5):
+            if m.error() is None:
+                out[(m.partition(), m.offset())] = m.value()
+        pos = consumer.position([TopicPartition(topic, p) for p in ends])
+        if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in pos):
+            return out
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic={topic}: expected to read up to {dict(ends)} "
+                               f"within {timeout_s}s, found positions {pos}")
+
+
+def read_table(job: JobSpec) -> pa.Table:
+    """Every row of the job's table, read with the format's own library."""
+    t = job.table
+    if t.format == "lance":
+        import lance
+
+        return lance.dataset(str(job.resolve(t.uri or ""))).to_table()
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if t.catalog_uri is None or t.identifier is None:
+        raise ValueError("expected table.catalog_uri and table.identifier for iceberg")
+    props = {k: v.get_secret_value() for k, v in t.catalog_properties.items()}
+    catalog = SqlCatalog(t.catalog_name, uri=t.catalog_uri.get_secret_value(), **props)
+    try:
+        return catalog.load_table(t.identifier).scan().to_arrow()
+    finally:
+        catalog.engine.dispose()
+
+
+def good_records(job: JobSpec, records: Mapping[Pos, bytes | None]) -> dict[Pos, dict[str, Any]]:
+    """The records the table must reflect: JSON objects holding every required field."""
+    need = set(job.schema_.required)
+    out: dict[Pos, dict[str, Any]] = {}
+    for pos, value in records.items():
+        try:
+            doc = json.loads(value) if value is not None else None
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and need <= doc.keys():
+            out[pos] = doc
+    return out
+
+
+def check(job: JobSpec, hwm: Mapping[int, int] | None = None, *, key: str = "order_id"
+          ) -> OracleReport:
+    """Read both sides and count every anomaly (``hwm``: the cut, for ``wrong_side``)."""
+    records = read_topic(job)
+    good = good_records(job, records)
+    rows = read_table(job)
+    kafka = [r for r in rows.to_pylist() if r.get("_kafka_offset") is not None]
+    report = OracleReport(job.backfill.mode, len(records), len(records) - len(good),
+                          rows.num_rows)
+    _rows_vs_source(report, kafka, good, hwm or {}, key)
+    if job.backfill.mode == "merge":
+        _merge(report, kafka, good, key)
+    else:
+        seen = {(r["_kafka_partition"], r["_kafka_offset"]) for r in kafka}
+        for pos in sorted(good.keys() - seen):
+            report.note("lost", f"partition={pos[0]} offset={pos[1]}")
+    return report
+
+
+def _rows_vs_source(report: OracleReport, kafka: list[dict[str, Any]],
+                    good: Mapping[Pos, dict[str, Any]], hwm: Mapping[int, int], key: str) -> None:
+    sides: dict[Pos, set[str]] = {}
+    count: Counter[Pos] = Counter()
+    for r in kafka:
+        pos = (r["_kafka_partition"], r["_kafka_offset"])
+        count[pos] += 1
+        sides.setdefault(pos, set()).add(r["_seamline_side"])
+        src = good.get(pos)
+        if src is None:
+            report.note("phantom", f"partition={pos[0]} offset={pos[1]}")
+        elif src.get(key) != r.get(key):
+            report.note("wrong_value", f"partition={pos[0]} offset={pos[1]} {key}={r.get(key)}")
+        if pos[0] in hwm:
+            want = "backfill" if pos[1] < hwm[pos[0]] else "live"
+            if r["_seamline_side"] != want:
+                report.note("wrong_side", f"partition={pos[0]} offset={pos[1]} "
+                                          f"expected {want}, found {r['_seamline_side']}")
+    for pos, n in count.items():
+        for _ in range(n - 1):
+            report.note("duplicated", f"partition={pos[0]} offset={pos[1]}")
+        if len(sides[pos]) > 1:
+            report.note("overlap", f"partition={pos[0]} offset={pos[1]}")
+
+
+def _merge(report: OracleReport, kafka: list[dict[str, Any]],
+           good: Mapping[Pos, dict[str, Any]], key: str) -> None:
+    newest: dict[Any, Pos] = {}
+    for pos, doc in good.items():
+        k = doc[key]
+        if k not in newest or pos[1] > newest[k][1]:
+            newest[k] = pos
+    by_key: dict[Any, list[Pos]] = {}
+    for r in kafka:
+        by_key.setdefault(r[key], []).append((r["_kafka_partition"], r["_kafka_offset"]))
+    for k, want in sorted(newest.items(), key=lambda kv: kv[1]):
+        got = by_key.get(k, [])
+        if not got:
+            report.note("lost", f"{key}={k}")
+        for _ in range(len(got) - 1):
+            report.note("key_duplicates", f"{key}={k}")
+        if got and want not in got:
+            report.note("stale", f"{key}={k} expected offset={want}, found {sorted(got)}")

@@ -1,0 +1,95 @@
+"""Crash points: parsing, zero effect when unset, and a real SIGKILL with a marker when armed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coordinator.core import faults
+from coordinator.core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+CHILD = """
+from coordinator.core.faults import crash_point
+for i in range(5):
+    print(i, flush=True)
+    crash_point("worker.after_commit")
+    crash_point("live.mid_batch")
+print("done", flush=True)
+"""
+
+
+def run_child(tmp_path: Path, crash_at: str | None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    marker = tmp_path / "marker"
+    env = {k: v for k, v in os.environ.items() if k != faults.CRASH_ENV}
+    env.update({"PYTHONPATH": str(REPO), faults.MARKER_ENV: str(marker)})
+    if crash_at is not None:
+        env[faults.CRASH_ENV] = crash_at
+    res = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                         text=True, timeout=60)
+    return res, marker
+
+
+def test_parse_point_and_nth() -> None:
+    assert faults.parse("worker.after_commit") == ("worker.after_commit", 1)
+    assert faults.parse("maintenance:7") == ("maintenance", 7)
+
+
+@pytest.mark.parametrize("bad", ["worker.aftercommit", "maintenance:0", "maintenance:x", ""])
+def test_bad_value_is_a_config_error_naming_what_was_found(bad: str) -> None:
+    with pytest.raises(ConfigError, match="expected"):
+        faults.parse(bad)
+
+
+def test_unset_never_kills(tmp_path: Path) -> None:
+    res, marker = run_child(tmp_path, None)
+    assert res.returncode == 0 and res.stdout.split() == ["0", "1", "2", "3", "4", "done"]
+    assert not marker.exists()
+
+
+def test_armed_point_kills_on_its_nth_reach_with_a_marker(tmp_path: Path) -> None:
+    res, marker = run_child(tmp_path, "live.mid_batch:3")
+    assert res.returncode == -signal.SIGKILL
+    assert res.stdout.split() == ["0", "1", "2"]  # killed in the third round, not before
+    name, pid = marker.read_text().split()
+    assert name == "live.mid_batch" and int(pid) > 0
+
+
+def test_bad_env_value_fails_at_import_with_the_point_named(tmp_path: Path) -> None:
+    res, marker = run_child(tmp_path, "nowhere")
+    assert res.returncode == 1 and "point='nowhere'" in res.stderr
+    assert not marker.exists()
+
+
+def test_arm_and_disarm_in_process() -> None:
+    faults.arm("reconcile.mid_scan:2")
+    try:
+        faults.crash_point("reconcile.mid_scan")  # first reach: not yet
+        faults.crash_point("maintenance")  # another point: never
+    finally:
+        faults.arm(None)
+    faults.crash_point("reconcile.mid_scan")  # disarmed: nothing happens
+
+
+def test_every_point_has_a_call_site_in_the_product() -> None:
+    sources = "".join(
+        p.read_text()
+        for pkg in ("coordinator", "backfill", "stream", "reconcile")
+        for p in (REPO / pkg).rglob("*.py")
+    )
+    for point in faults.POINTS:
+        assert f'crash_point("{point}")' in sources, point
+
+
+def test_marker_makes_the_point_fire_once_across_processes(tmp_path: Path) -> None:
+    first, marker = run_child(tmp_path, "worker.after_commit")
+    assert first.returncode == -signal.SIGKILL and first.stdout.split() == ["0"]
+    again, _ = run_child(tmp_path, "worker.after_commit")  # same marker: a restarted process
+    assert again.returncode == 0 and again.stdout.split()[-1] == "done"
+    assert marker.read_text().split()[0] == "worker.after_commit"
