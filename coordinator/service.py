@@ -255,6 +255,7 @@ def reprocess(
     *,
     transform: str | None = None,
     timeout_s: float = 10.0,
+    progress: ProgressSink | None = None,
 ) -> ReprocessOutcome:
     """:func:`coordinator.run.reprocess.reprocess`, reconciled against the job's table."""
     from coordinator.run.reprocess import reprocess as run_reprocess
@@ -262,7 +263,10 @@ def reprocess(
     def check(fixed: JobSpec, cut: Cut, plan: Sequence[Slice]) -> ReconcileReport:
         return reconcile(fixed, cut, plan, source=live_bounded_source(fixed, cut))
 
-    return run_reprocess(job, start, end, transform=transform, timeout_s=timeout_s, reconcile=check)
+    return run_reprocess(
+        job, start, end, transform=transform, timeout_s=timeout_s, reconcile=check,
+        progress=progress,
+    )  # fmt: skip
 
 
 # -- live ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from coordinator.run.prepare import (
     ensure_plan,
     open_existing,
 )
-from coordinator.run.progress import NullProgress, ProgressSink, RichProgress
+from coordinator.run.progress import progress_for
 from coordinator.run.runner import StopSignal
 from coordinator.state.codec import scope_to_json
 from coordinator.state.store import StateStore
@@ -246,9 +246,7 @@ def _run(
     job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float, takeover: bool
 ) -> JobOutcome:
     stop = StopSignal()
-    progress: ProgressSink = (
-        RichProgress() if output == "text" and sys.stderr.isatty() else NullProgress()
-    )
+    progress = progress_for()  # stderr: a bar on a TTY, throttled lines otherwise
     from coordinator.service import run_job
 
     with _signals(stop):
