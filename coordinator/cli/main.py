@@ -21,6 +21,7 @@ _COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli.broker", "coordinator.cli.
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="seamline", prog_name="seamline", message="%(prog)s %(version)s")
 @click.option(
     "--log-level",
     default="WARNING",
