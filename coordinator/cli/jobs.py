@@ -26,10 +26,12 @@ from coordinator.plan.planner import with_estimates
 from coordinator.run.orchestrate import JobOutcome, pause_json
 from coordinator.run.prepare import (
     PlanView,
+    compute_plan,
     dry_run_plan,
     ensure_cut,
     ensure_plan,
     open_existing,
+    stored_cut,
 )
 from coordinator.run.progress import progress_for
 from coordinator.run.runner import StopSignal
@@ -144,6 +146,26 @@ def _plan_view(job: JobSpec, dry_run: bool, count: bool, timeout_s: float) -> Pl
     else:
         view = ensure_plan(job, ensure_cut(job, timeout_s=timeout_s), count=count)
     return _recount(job, view) if count and not view.exact else view
+
+
+def warn_plan_drift(job: JobSpec, job_file: str) -> bool:
+    """Say on stderr when the job file no longer gives the stored plan; ``True`` if so.
+
+    The stored plan is immutable (resumes reuse it); the next step is a new cut.
+    """
+    cut = stored_cut(job)
+    if cut is None or cut.plan_hash is None:
+        return False
+    fresh = compute_plan(job, cut, count=False).plan.plan_hash
+    if fresh == cut.plan_hash:
+        return False
+    click.echo(
+        f"warning: job={job.job_id} epoch={cut.epoch}: the job file no longer matches the "
+        f"stored plan (expected plan hash {cut.plan_hash[:12]}, found {fresh[:12]}); the "
+        f"stored plan is used. To plan from the job file: seamline cut {job_file} --new-cut",
+        err=True,
+    )
+    return True
 
 
 def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
@@ -261,7 +283,7 @@ def _run(
         )
 
 
-def _print_outcome(out: JobOutcome) -> None:
+def _print_outcome(out: JobOutcome, job_file: str) -> None:
     run = out.run
     click.echo(
         f"job={out.cut.job_id} committed {run.committed}/{run.total} slices, "
@@ -281,7 +303,7 @@ def _print_outcome(out: JobOutcome) -> None:
     elif out.reconcile_error is not None:
         click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
     if out.exit_code == ExitCode.NOT_RECONCILED:
-        click.echo("not reconciled: see `seamline reconcile JOB --html report.html`")
+        click.echo(f"not reconciled: see `seamline reconcile {job_file} --html report.html`")
 
 
 def register(group: click.Group) -> None:
@@ -321,7 +343,9 @@ def register(group: click.Group) -> None:
     @_timeout
     def plan(job_file: str, dry_run: bool, count: bool, output: str, timeout_s: float) -> None:
         """Show the slice list with estimated rows and bytes per slice and in total."""
-        view = _plan_view(_job(job_file), dry_run, count, timeout_s)
+        job = _job(job_file)
+        warn_plan_drift(job, job_file)
+        view = _plan_view(job, dry_run, count, timeout_s)
         if output == "json":
             click.echo(json.dumps(plan_json(view)))
         else:
@@ -338,6 +362,7 @@ def register(group: click.Group) -> None:
             raise StateError(
                 f"job={job.job_id}: no state store yet", hint="run `seamline cut` or `seamline run`"
             )
+        warn_plan_drift(job, job_file)
         with store:
             doc = status_json(job.job_id, store)
         if output == "json":
@@ -376,9 +401,10 @@ def register(group: click.Group) -> None:
         job: another running one is refused (exit 2) unless its lease expired or --takeover.
         """
         job = _job(job_file)
+        warn_plan_drift(job, job_file)
         out = _run(job, executor, output, timeout_s, min_age, takeover)
         if output == "json":
             click.echo(json.dumps(out.to_json()))
         else:
-            _print_outcome(out)
+            _print_outcome(out, job_file)
         sys.exit(int(out.exit_code))  # SystemExit: cli.main drops click Exit codes
