@@ -89,10 +89,29 @@ def render_summary_text(doc: dict[str, Any], width: int = 100) -> str:
     t = doc["table"]
     where = (f"{t['identifier']} in catalog {t['catalog_uri']} (warehouse {t['warehouse']})"
              if t["format"] == "iceberg" else t["uri"])  # fmt: skip
-    for line in (
+    lines = [
         f"table: {where}",
         f"job file: {doc['job_file']}   HTML report: {doc['html_report']}",
-        f"try: seamline status {doc['job_file']}   seamline reconcile {doc['job_file']}",
-    ):
+    ]
+    steps = doc.get("next_steps") or []
+    if steps:
+        lines.append("next (paste these):")
+        lines += [f"  {step}" for step in steps]
+    for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
     return out.getvalue()
+
+
+def next_steps(job_file: str, broker_kind: str, broker_dir: str, html: str) -> list[str]:
+    """Commands that work after the demo, in order (the demo stops a broker it started)."""
+    steps = []
+    if broker_kind == "local":
+        steps.append(f"uv run seamline broker start --data-dir {broker_dir}")
+    steps += [
+        f"uv run seamline status {job_file}",
+        f"uv run seamline plan {job_file}",
+        f"uv run seamline reconcile {job_file} --html {html}",
+    ]
+    if broker_kind == "local":
+        steps.append(f"uv run seamline broker stop --data-dir {broker_dir}")
+    return steps
