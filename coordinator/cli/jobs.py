@@ -18,6 +18,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from coordinator.cli.summary import (
+    DEFAULT_ROWS,
+    Show,
+    counts_text,
+    humanize_bytes,
+    humanize_seconds,
+    pick_slices,
+    plan_totals,
+    remaining_estimate,
+)
 from coordinator.core.errors import ExitCode, StateError
 from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import Cut
@@ -108,16 +118,22 @@ def _print_cut(cut: Cut) -> None:
     click.echo(f"taken_at={cut.taken_at.isoformat()} watermark_ms={cut.watermark_ms}")
 
 
-def _print_plan(view: PlanView) -> None:
+def _print_plan(view: PlanView, show_all: bool) -> None:
     plan = view.plan
+    doc = plan_json(view)
     title = f"plan job={plan.cut.job_id} epoch={plan.cut.epoch} hash={plan.plan_hash[:12]}"
     table = Table(title=title)
     for col in ("slice", "kind", "est rows", "est bytes"):
         table.add_column(col, justify="right" if col.startswith("est") else "left")
-    for s in plan.slices:
-        table.add_row(s.slice_id, s.scope.source, f"{s.est_rows:,}", f"{s.est_bytes:,}")
+    shown = doc["slices"] if show_all else doc["slices"][:DEFAULT_ROWS]
+    for s in shown:
+        table.add_row(s["slice_id"], s["kind"], f"{s['est_rows']:,}", humanize_bytes(s["est_bytes"]))
+    if len(shown) < len(doc["slices"]):
+        table.add_row(f"... {len(doc['slices']) - len(shown):,} more (--all)", "", "", "")
+    for kind, n, rows, size in plan_totals(doc["slices"]):
+        table.add_row(f"total {kind}", f"{n:,} slices", f"{rows:,}", humanize_bytes(size))
     table.add_row(
-        "total", f"{len(plan.slices)} slices", f"{plan.est_rows:,}", f"{plan.est_bytes:,}"
+        "total", f"{len(plan.slices):,} slices", f"{plan.est_rows:,}", humanize_bytes(plan.est_bytes)
     )
     _console().print(table)
     click.echo(
@@ -215,12 +231,13 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
     }
 
 
-def _print_status(doc: dict[str, Any]) -> None:
+def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
     console = _console()
-    table = Table(title=f"job={doc['job_id']} slices {doc['counts']}")
+    table = Table(title=f"job={doc['job_id']} slices: {counts_text(doc['counts'])}")
     for col in ("slice", "status", "attempts", "rows", "duration s", "last error"):
         table.add_column(col)
-    for s in doc["slices"]:
+    shown, more = pick_slices(doc["slices"], show)
+    for s in shown:
         duration = "" if s["duration_s"] is None else f"{s['duration_s']:.2f}"
         table.add_row(
             s["slice_id"],
@@ -230,7 +247,12 @@ def _print_status(doc: dict[str, Any]) -> None:
             duration,
             (s["last_error"] or "")[:60],
         )
+    if more:
+        table.add_row(f"... {more:,} more (--all)", "", "", "", "", "")
     console.print(table)
+    left = remaining_estimate(doc["slices"], concurrency)
+    if left:
+        click.echo(f"estimated time left: {humanize_seconds(left)} at the pace so far")
     for p in doc["live"]:
         click.echo(
             f"live partition={p['partition']} committed={p['committed_offset']} "
@@ -339,9 +361,12 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Count Kafka records exactly (reads the topic) or use offset widths.",
     )
+    @click.option("--all", "show_all", is_flag=True, help="List every slice (default: the first 20).")
     @_output
     @_timeout
-    def plan(job_file: str, dry_run: bool, count: bool, output: str, timeout_s: float) -> None:
+    def plan(
+        job_file: str, dry_run: bool, count: bool, show_all: bool, output: str, timeout_s: float
+    ) -> None:
         """Show the slice list with estimated rows and bytes per slice and in total."""
         job = _job(job_file)
         warn_plan_drift(job, job_file)
@@ -349,12 +374,14 @@ def register(group: click.Group) -> None:
         if output == "json":
             click.echo(json.dumps(plan_json(view)))
         else:
-            _print_plan(view)
+            _print_plan(view, show_all)
 
     @group.command()
     @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option("--all", "show_all", is_flag=True, help="List every slice.")
+    @click.option("--failed", "only_failed", is_flag=True, help="List only failed slices.")
     @_output
-    def status(job_file: str, output: str) -> None:
+    def status(job_file: str, show_all: bool, only_failed: bool, output: str) -> None:
         """Per-slice state, live progress and the latest reconcile result."""
         job = _job(job_file)
         store = open_existing(job)
@@ -368,7 +395,8 @@ def register(group: click.Group) -> None:
         if output == "json":
             click.echo(json.dumps(doc))
         else:
-            _print_status(doc)
+            show: Show = "failed" if only_failed else "all" if show_all else "summary"
+            _print_status(doc, show, job.backfill.concurrency)
 
     @group.command()
     @click.argument("job_file", type=click.Path(dir_okay=False))
