@@ -43,7 +43,7 @@ from coordinator.run.prepare import (
     open_existing,
     stored_cut,
 )
-from coordinator.run.progress import progress_for
+from coordinator.run.progress import ProgressSink, progress_for
 from coordinator.run.runner import StopSignal
 from coordinator.state.codec import scope_to_json
 from coordinator.state.store import StateStore
@@ -286,11 +286,23 @@ def _signals(stop: StopSignal) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _progress(job: JobSpec, metrics_port: int | None, metrics_host: str) -> ProgressSink:
+    """The terminal's sink; with a metrics port, wrapped to feed ``/metrics`` too."""
+    progress = progress_for()  # stderr: a bar on a TTY, throttled lines otherwise
+    if metrics_port is None:
+        return progress
+    from coordinator.run.metrics import MetricsProgress, RunMetrics, store_readers
+
+    metrics = RunMetrics(job.job_id, *store_readers(job.state_url(), job.job_id))
+    metrics.serve(metrics_port, metrics_host)
+    return MetricsProgress(progress, metrics)
+
+
 def _run(
-    job: JobSpec, executor: str, output: str, timeout_s: float, min_age_s: float, takeover: bool
+    job: JobSpec, executor: str, timeout_s: float, min_age_s: float, takeover: bool,
+    progress: ProgressSink,
 ) -> JobOutcome:
     stop = StopSignal()
-    progress = progress_for()  # stderr: a bar on a TTY, throttled lines otherwise
     from coordinator.service import run_job
 
     with _signals(stop):
@@ -418,10 +430,15 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Take the job's lease from another coordinator (only once it is dead).",
     )
+    @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+                  help="Serve Prometheus /metrics here while the run lasts.")  # fmt: skip
+    @click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                  help="Address /metrics binds to (0.0.0.0 exposes it to the network).")  # fmt: skip
     @_output
     @_timeout
     def run(
-        job_file: str, executor: str, output: str, timeout_s: float, min_age: float, takeover: bool
+        job_file: str, executor: str, output: str, timeout_s: float, min_age: float,
+        takeover: bool, metrics_port: int | None, metrics_host: str,
     ) -> None:
         """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
 
@@ -430,7 +447,8 @@ def register(group: click.Group) -> None:
         """
         job = _job(job_file)
         warn_plan_drift(job, job_file)
-        out = _run(job, executor, output, timeout_s, min_age, takeover)
+        progress = _progress(job, metrics_port, metrics_host)
+        out = _run(job, executor, timeout_s, min_age, takeover, progress)
         if output == "json":
             click.echo(json.dumps(out.to_json()))
         else:
