@@ -157,6 +157,7 @@ def toml_text(doc: Mapping[str, Any], prefix: str = "") -> str:
     >>> print(toml_text({"job": {"id": "x"}, "history": {"archive": [{"glob": "a/*"}]}}), end="")
     [job]
     id = "x"
+    [history]
     [[history.archive]]
     glob = "a/*"
     """
