@@ -108,8 +108,7 @@ def _writable(folder: Path) -> str:
 
 
 def _state(job: JobSpec, job_file: str) -> str:
-    from coordinator.cli.jobs import warn_plan_drift
-    from coordinator.run.prepare import open_existing
+    from coordinator.run.prepare import open_existing, plan_drift
 
     store = open_existing(job)
     if store is None:
@@ -118,9 +117,10 @@ def _state(job: JobSpec, job_file: str) -> str:
         cut = store.get_cut(job.job_id)
     if cut is None:
         return f"{store.url}: no cut yet"
-    drift = warn_plan_drift(job, job_file)
-    return (f"{store.url}: epoch={cut.epoch} plan={'stored' if cut.plan_hash else 'none'}"
-            + (" (job file drifted from the plan, see above)" if drift else ""))  # fmt: skip
+    drift = plan_drift(job, job_file)
+    if drift is not None:
+        raise ConfigError(drift)
+    return f"{store.url}: epoch={cut.epoch} plan={'stored' if cut.plan_hash else 'none'}"
 
 
 def run_checks(job_file: str, timeout_s: float) -> list[Step]:
@@ -159,6 +159,6 @@ def register(group: click.Group) -> None:
     @group.command()
     def schema() -> None:
         """Print the job file's JSON schema (for editors: taplo, VS Code Even Better TOML)."""
-        from coordinator.cli.reference import job_file_schema
+        from coordinator.core.jobref import job_file_schema
 
         click.echo(json.dumps(job_file_schema(), indent=2))

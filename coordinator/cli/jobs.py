@@ -18,7 +18,23 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from coordinator.cli.summary import (
+from coordinator.core.errors import ExitCode, StateError
+from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.core.values import Cut
+from coordinator.plan.facts import count_kafka_slices
+from coordinator.plan.planner import with_estimates
+from coordinator.run.orchestrate import JobOutcome, pause_json
+from coordinator.run.prepare import (
+    PlanView,
+    dry_run_plan,
+    ensure_cut,
+    ensure_plan,
+    open_existing,
+    plan_drift,
+)
+from coordinator.run.progress import ProgressSink, progress_for
+from coordinator.run.runner import StopSignal
+from coordinator.run.summary import (
     DEFAULT_ROWS,
     Show,
     counts_text,
@@ -28,23 +44,6 @@ from coordinator.cli.summary import (
     plan_totals,
     remaining_estimate,
 )
-from coordinator.core.errors import ExitCode, StateError
-from coordinator.core.jobspec import JobSpec, load_job
-from coordinator.core.values import Cut
-from coordinator.plan.facts import count_kafka_slices
-from coordinator.plan.planner import with_estimates
-from coordinator.run.orchestrate import JobOutcome, pause_json
-from coordinator.run.prepare import (
-    PlanView,
-    compute_plan,
-    dry_run_plan,
-    ensure_cut,
-    ensure_plan,
-    open_existing,
-    stored_cut,
-)
-from coordinator.run.progress import ProgressSink, progress_for
-from coordinator.run.runner import StopSignal
 from coordinator.state.codec import scope_to_json
 from coordinator.state.store import StateStore
 
@@ -165,23 +164,11 @@ def _plan_view(job: JobSpec, dry_run: bool, count: bool, timeout_s: float) -> Pl
 
 
 def warn_plan_drift(job: JobSpec, job_file: str) -> bool:
-    """Say on stderr when the job file no longer gives the stored plan; ``True`` if so.
-
-    The stored plan is immutable (resumes reuse it); the next step is a new cut.
-    """
-    cut = stored_cut(job)
-    if cut is None or cut.plan_hash is None:
-        return False
-    fresh = compute_plan(job, cut, count=False).plan.plan_hash
-    if fresh == cut.plan_hash:
-        return False
-    click.echo(
-        f"warning: job={job.job_id} epoch={cut.epoch}: the job file no longer matches the "
-        f"stored plan (expected plan hash {cut.plan_hash[:12]}, found {fresh[:12]}); the "
-        f"stored plan is used. To plan from the job file: seamline cut {job_file} --new-cut",
-        err=True,
-    )
-    return True
+    """Say on stderr when the job file no longer gives the stored plan; ``True`` if so."""
+    message = plan_drift(job, job_file)
+    if message is not None:
+        click.echo(f"warning: {message}", err=True)
+    return message is not None
 
 
 def status_json(job_id: str, store: StateStore) -> dict[str, Any]:

@@ -214,6 +214,24 @@ def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
     return PlanView(Plan(fresh, view.plan.slices, view.plan.plan_hash), True, view.exact)
 
 
+def plan_drift(job: JobSpec, job_file: str) -> str | None:
+    """What to say when the job file no longer gives the stored plan (``None`` when it does).
+
+    The stored plan is immutable (resumes reuse it); the next step is a new cut.
+    """
+    cut = stored_cut(job)
+    if cut is None or cut.plan_hash is None:
+        return None
+    fresh = compute_plan(job, cut, count=False).plan.plan_hash
+    if fresh == cut.plan_hash:
+        return None
+    return (
+        f"job={job.job_id} epoch={cut.epoch}: the job file no longer matches the stored plan "
+        f"(expected plan hash {cut.plan_hash[:12]}, found {fresh[:12]}); the stored plan is "
+        f"used. To plan from the job file: seamline cut {job_file} --new-cut"
+    )
+
+
 def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanView:
     """The plan without writing anything (nor importing the transform): the stored one if
     any, else computed."""

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coordinator.cli.reference import (
+from coordinator.core.jobref import (
     DESCRIPTIONS,
     SECTIONS,
     job_file_schema,
@@ -29,7 +29,7 @@ def _readme_block() -> str:
 def test_the_readme_reference_is_the_generated_one() -> None:
     assert _readme_block() == job_reference_markdown(), (
         "README job-file reference drifted from the model: paste "
-        "coordinator.cli.reference.job_reference_markdown() between the markers"
+        "coordinator.core.jobref.job_reference_markdown() between the markers"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.cli.summary import counts_text, pick_slices, plan_totals, remaining_estimate
+from coordinator.run.summary import counts_text, pick_slices, plan_totals, remaining_estimate
 
 
 def _slice(i: int, status: str, **kw: Any) -> dict[str, Any]:
