@@ -340,6 +340,16 @@ def _dead_letters(
     return dead_letter_topic(job), read_dead_letters(job)
 
 
+#: ``on_progress(phase, done, total, rows)``: a phase starts (``done == total == 0``) or, in
+#: phase :data:`UNITS`, one more unit (slice or range) was compared.
+ReconcileProgress = Callable[[str, int, int, int], None]
+UNITS = "units"
+
+
+def _silent(phase: str, done: int, total: int, rows: int) -> None:
+    """No progress wanted."""
+
+
 def reconcile_job(
     job: JobSpec,
     cut: Cut,
@@ -351,6 +361,7 @@ def reconcile_job(
     source: UnitSource,
     archive: ArchiveReader | None = None,
     now: datetime | None = None,
+    on_progress: ReconcileProgress | None = None,
 ) -> ReconcileReport:
     """Compare source and table for every slice and partition of ``job`` (see module doc).
 
@@ -367,14 +378,20 @@ def reconcile_job(
     cutoff = int(run_at.timestamp() * 1000 - min_age_s * 1000) if min_age_s > 0 else None
     partitions = [p.partition for p in cut.partitions]
     ends = source.ends(partitions) if partitions else {}
+    say = on_progress or _silent
+    say("checking keys", 0, 0, 0)
     index, keys = _key_check(job, sink, slices)
     parts: dict[int, _Partition] = {p: _Partition() for p in partitions}
     run = _Run(job, cut, sink, source, archive, cutoff, parts, index, given)
     reports: list[SliceReport] = []
-    for unit in plan_units(cut, slices, ends, job.backfill.slice_records):
+    units = plan_units(cut, slices, ends, job.backfill.slice_records)
+    say(UNITS, 0, len(units), 0)
+    for done, unit in enumerate(units, 1):
         report = run.archive_unit(unit) if unit.kind == "archive" else run.kafka_unit(unit)
         if report is not None:
             reports.append(report)
+        say(UNITS, done, len(units), report.source.rows if report is not None else 0)
+    say("offset coverage per partition", 0, 0, 0)
     coverage = run.coverage(ends, given)
     report_ = ReconcileReport(
         job.job_id, cut.topic, run_at, min_age_s, tuple(reports), tuple(coverage),
