@@ -206,7 +206,7 @@ def write_job_file(
     root: Path, bootstrap: str, topic: str, *, table_format: str = "lance",
     job_id: str = "orders", **sections: Any,
 ) -> JobFile:  # fmt: skip
-    """Write ``<root>/<job_id>.toml`` (defaults below, ``sections`` merged over them)."""
+    """Write ``<root>/job.toml`` (defaults below, ``sections`` merged over them)."""
     from coordinator.core.jobspec import load_job
 
     root.mkdir(parents=True, exist_ok=True)
@@ -219,7 +219,7 @@ def write_job_file(
         "live": {"batch_records": 1000, "batch_seconds": 0.3, "min_commit_seconds": 0.1},
         "state": {"url": f"sqlite:///{root / 'state.db'}"},
     }
-    path = root / f"{job_id}.toml"
+    path = root / "job.toml"
     path.write_text(toml_text(_merge(doc, sections)), encoding="utf-8")
     return JobFile(path, load_job(path), topic)
 
