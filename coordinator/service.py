@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from coordinator.state.store import StateStore
     from reconcile.charts import RunFacts
     from reconcile.model import ReconcileReport
-    from reconcile.run import UnitSource
+    from reconcile.run import ReconcileProgress, UnitSource
     from stream.live.loop import LiveProgress, LiveSettings
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ def reconcile(
     quarantine: Mapping[int, Iterable[int]] | None = None,
     source: UnitSource | None = None,
     now: datetime | None = None,
+    on_progress: ReconcileProgress | None = None,
 ) -> ReconcileReport:
     """:func:`reconcile.run.reconcile_job` over the job's table, Kafka topic and archive."""
     from backfill.sources.archive import read_archive_slice
@@ -178,7 +179,7 @@ def reconcile(
     return reconcile_job(
         job, cut, slices, min_age_s=min_age_s, quarantine=quarantine, sink=open_reader(job),
         source=source if source is not None else KafkaUnits(job),
-        archive=lambda s: read_archive_slice(job, s), now=now,
+        archive=lambda s: read_archive_slice(job, s), now=now, on_progress=on_progress,
     )  # fmt: skip
 
 
@@ -210,7 +211,11 @@ def _record(
 
 
 def reconcile_and_record(
-    job: JobSpec, *, min_age_s: float = 0.0, source: UnitSource | None = None
+    job: JobSpec,
+    *,
+    min_age_s: float = 0.0,
+    source: UnitSource | None = None,
+    on_progress: ReconcileProgress | None = None,
 ) -> ReconcileReport:
     """Reconcile the job's stored plan; on a pass, record the result and mark the slices.
 
@@ -221,7 +226,9 @@ def reconcile_and_record(
     store, records, cut, epoch = _load_plan(job)
     with store:
         slices = [r.slice for r in records]
-        report = reconcile(job, cut, slices, min_age_s=min_age_s, source=source)
+        report = reconcile(
+            job, cut, slices, min_age_s=min_age_s, source=source, on_progress=on_progress
+        )
         if report.reconciled:
             _record(store, job, epoch, records, report)
     return report
@@ -311,6 +318,7 @@ def reprocess(
     *,
     transform: str | None = None,
     timeout_s: float = 10.0,
+    progress: ProgressSink | None = None,
 ) -> ReprocessOutcome:
     """:func:`coordinator.run.reprocess.reprocess`, reconciled against the job's table."""
     from coordinator.run.reprocess import reprocess as run_reprocess
@@ -318,7 +326,10 @@ def reprocess(
     def check(fixed: JobSpec, cut: Cut, plan: Sequence[Slice]) -> ReconcileReport:
         return reconcile(fixed, cut, plan, source=live_bounded_source(fixed, cut))
 
-    return run_reprocess(job, start, end, transform=transform, timeout_s=timeout_s, reconcile=check)
+    return run_reprocess(
+        job, start, end, transform=transform, timeout_s=timeout_s, reconcile=check,
+        progress=progress,
+    )  # fmt: skip
 
 
 # -- live ------------------------------------------------------------------------------------

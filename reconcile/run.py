@@ -492,6 +492,16 @@ def _dead_letters(
     return dead_letter_topic(job), read_dead_letters(job)
 
 
+#: ``on_progress(phase, done, total, rows)``: a phase starts (``done == total == 0``) or, in
+#: phase :data:`UNITS`, one more unit (slice or range) was compared.
+ReconcileProgress = Callable[[str, int, int, int], None]
+UNITS = "units"
+
+
+def _silent(phase: str, done: int, total: int, rows: int) -> None:
+    """No progress wanted."""
+
+
 def reconcile_job(
     job: JobSpec,
     cut: Cut,
@@ -504,6 +514,7 @@ def reconcile_job(
     archive: ArchiveReader | None = None,
     now: datetime | None = None,
     one_pass: bool = True,
+    on_progress: ReconcileProgress | None = None,
 ) -> ReconcileReport:
     """Compare source and table for every slice and partition of ``job`` (see module doc).
 
@@ -521,12 +532,17 @@ def reconcile_job(
     cutoff = int(run_at.timestamp() * 1000 - min_age_s * 1000) if min_age_s > 0 else None
     partitions = [p.partition for p in cut.partitions]
     ends = source.ends(partitions) if partitions else {}
+    say = on_progress or _silent
+    say("checking keys", 0, 0, 0)
     index, keys = _key_check(job, sink, slices)
     parts: dict[int, _Partition] = {p: _Partition() for p in partitions}
     run = _Run(job, cut, sink, source, archive, cutoff, parts, index, given)
     units = plan_units(cut, slices, ends, job.backfill.slice_records)
     fast = one_pass and _one_pass_safe(units, index)
+    say(UNITS, 0, len(units), 0)
     reports = run.one_pass(units, ends) if fast else run.per_unit(units)
+    say(UNITS, len(units), len(units), sum(r.source.rows for r in reports))
+    say("offset coverage per partition", 0, 0, 0)
     coverage = run.coverage(ends, given)
     report_ = ReconcileReport(
         job.job_id, cut.topic, run_at, min_age_s, tuple(reports), tuple(coverage),

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from coordinator.run.progress import ProgressSink, RichProgress
+from coordinator.run.progress import progress_for
 from coordinator.run.runner import StopSignal
 
 
@@ -37,12 +37,6 @@ def _signals(stop: StopSignal) -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _progress() -> ProgressSink:
-    from coordinator.demo.report import LineProgress
-
-    return RichProgress(Console(stderr=True)) if sys.stderr.isatty() else LineProgress()
 
 
 def register(group: click.Group) -> None:
@@ -92,7 +86,7 @@ def register(group: click.Group) -> None:
         with _signals(stop):
             result = run_demo(
                 options,
-                progress=_progress(),
+                progress=progress_for(),
                 stop=stop,
                 say=lambda text: err.print(Text("> ", style="bold") + Text(text), soft_wrap=True),
             )

@@ -30,9 +30,20 @@ from coordinator.run.prepare import (
     ensure_cut,
     ensure_plan,
     open_existing,
+    plan_drift,
 )
-from coordinator.run.progress import NullProgress, ProgressSink, RichProgress
+from coordinator.run.progress import ProgressSink, progress_for
 from coordinator.run.runner import StopSignal
+from coordinator.run.summary import (
+    DEFAULT_ROWS,
+    Show,
+    counts_text,
+    humanize_bytes,
+    humanize_seconds,
+    pick_slices,
+    plan_totals,
+    remaining_estimate,
+)
 from coordinator.state.codec import scope_to_json
 from coordinator.state.store import StateStore
 
@@ -106,16 +117,22 @@ def _print_cut(cut: Cut) -> None:
     click.echo(f"taken_at={cut.taken_at.isoformat()} watermark_ms={cut.watermark_ms}")
 
 
-def _print_plan(view: PlanView) -> None:
+def _print_plan(view: PlanView, show_all: bool) -> None:
     plan = view.plan
+    doc = plan_json(view)
     title = f"plan job={plan.cut.job_id} epoch={plan.cut.epoch} hash={plan.plan_hash[:12]}"
     table = Table(title=title)
     for col in ("slice", "kind", "est rows", "est bytes"):
         table.add_column(col, justify="right" if col.startswith("est") else "left")
-    for s in plan.slices:
-        table.add_row(s.slice_id, s.scope.source, f"{s.est_rows:,}", f"{s.est_bytes:,}")
+    shown = doc["slices"] if show_all else doc["slices"][:DEFAULT_ROWS]
+    for s in shown:
+        table.add_row(s["slice_id"], s["kind"], f"{s['est_rows']:,}", humanize_bytes(s["est_bytes"]))
+    if len(shown) < len(doc["slices"]):
+        table.add_row(f"... {len(doc['slices']) - len(shown):,} more (--all)", "", "", "")
+    for kind, n, rows, size in plan_totals(doc["slices"]):
+        table.add_row(f"total {kind}", f"{n:,} slices", f"{rows:,}", humanize_bytes(size))
     table.add_row(
-        "total", f"{len(plan.slices)} slices", f"{plan.est_rows:,}", f"{plan.est_bytes:,}"
+        "total", f"{len(plan.slices):,} slices", f"{plan.est_rows:,}", humanize_bytes(plan.est_bytes)
     )
     _console().print(table)
     click.echo(
@@ -144,6 +161,14 @@ def _plan_view(job: JobSpec, dry_run: bool, count: bool, timeout_s: float) -> Pl
     else:
         view = ensure_plan(job, ensure_cut(job, timeout_s=timeout_s), count=count)
     return _recount(job, view) if count and not view.exact else view
+
+
+def warn_plan_drift(job: JobSpec, job_file: str) -> bool:
+    """Say on stderr when the job file no longer gives the stored plan; ``True`` if so."""
+    message = plan_drift(job, job_file)
+    if message is not None:
+        click.echo(f"warning: {message}", err=True)
+    return message is not None
 
 
 def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
@@ -194,12 +219,13 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
     }
 
 
-def _print_status(doc: dict[str, Any]) -> None:
+def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
     console = _console()
-    table = Table(title=f"job={doc['job_id']} slices {doc['counts']}")
+    table = Table(title=f"job={doc['job_id']} slices: {counts_text(doc['counts'])}")
     for col in ("slice", "status", "attempts", "rows", "duration s", "last error"):
         table.add_column(col)
-    for s in doc["slices"]:
+    shown, more = pick_slices(doc["slices"], show)
+    for s in shown:
         duration = "" if s["duration_s"] is None else f"{s['duration_s']:.2f}"
         table.add_row(
             s["slice_id"],
@@ -209,6 +235,8 @@ def _print_status(doc: dict[str, Any]) -> None:
             duration,
             (s["last_error"] or "")[:60],
         )
+    if more:
+        table.add_row(f"... {more:,} more (--all)", "", "", "", "", "")
     console.print(table)
     for s in doc["slices"]:
         if s["status"] == "failed" and s["last_error"]:
@@ -218,6 +246,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"remaining: {len(remaining)} slices not yet committed"
         + (f" ({_id_list(remaining)})" if remaining else "")
     )
+    left = remaining_estimate(doc["slices"], concurrency)
+    if left:
+        click.echo(f"estimated time left: {humanize_seconds(left)} at the pace so far")
     for p in doc["live"]:
         click.echo(
             f"live partition={p['partition']} committed={p['committed_offset']} "
@@ -256,19 +287,28 @@ def _signals(stop: StopSignal) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _progress(job: JobSpec, metrics_port: int | None, metrics_host: str) -> ProgressSink:
+    """The terminal's sink; with a metrics port, wrapped to feed ``/metrics`` too."""
+    progress = progress_for()  # stderr: a bar on a TTY, throttled lines otherwise
+    if metrics_port is None:
+        return progress
+    from coordinator.run.metrics import MetricsProgress, RunMetrics, store_readers
+
+    metrics = RunMetrics(job.job_id, *store_readers(job.state_url(), job.job_id))
+    metrics.serve(metrics_port, metrics_host)
+    return MetricsProgress(progress, metrics)
+
+
 def _run(
     job: JobSpec,
     executor: str,
-    output: str,
     timeout_s: float,
     min_age_s: float,
     takeover: bool,
+    progress: ProgressSink,
     selection: tuple[tuple[str, ...], int | None] = ((), None),
 ) -> JobOutcome:
     stop = StopSignal()
-    progress: ProgressSink = (
-        RichProgress() if output == "text" and sys.stderr.isatty() else NullProgress()
-    )
     from coordinator.service import run_job
 
     with _signals(stop):
@@ -285,7 +325,7 @@ def _run(
         )
 
 
-def _print_outcome(out: JobOutcome) -> None:
+def _print_outcome(out: JobOutcome, job_file: str) -> None:
     run = out.run
     click.echo(
         f"job={out.cut.job_id} committed {run.committed}/{run.total} slices, "
@@ -313,7 +353,7 @@ def _print_outcome(out: JobOutcome) -> None:
     elif out.reconcile_error is not None:
         click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
     if out.exit_code == ExitCode.NOT_RECONCILED:
-        click.echo("not reconciled: see `seamline reconcile JOB --html report.html`")
+        click.echo(f"not reconciled: see `seamline reconcile {job_file} --html report.html`")
 
 
 def register(group: click.Group) -> None:
@@ -349,20 +389,27 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Count Kafka records exactly (reads the topic) or use offset widths.",
     )
+    @click.option("--all", "show_all", is_flag=True, help="List every slice (default: the first 20).")
     @_output
     @_timeout
-    def plan(job_file: str, dry_run: bool, count: bool, output: str, timeout_s: float) -> None:
+    def plan(
+        job_file: str, dry_run: bool, count: bool, show_all: bool, output: str, timeout_s: float
+    ) -> None:
         """Show the slice list with estimated rows and bytes per slice and in total."""
-        view = _plan_view(_job(job_file), dry_run, count, timeout_s)
+        job = _job(job_file)
+        warn_plan_drift(job, job_file)
+        view = _plan_view(job, dry_run, count, timeout_s)
         if output == "json":
             click.echo(json.dumps(plan_json(view)))
         else:
-            _print_plan(view)
+            _print_plan(view, show_all)
 
     @group.command()
     @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option("--all", "show_all", is_flag=True, help="List every slice.")
+    @click.option("--failed", "only_failed", is_flag=True, help="List only failed slices.")
     @_output
-    def status(job_file: str, output: str) -> None:
+    def status(job_file: str, show_all: bool, only_failed: bool, output: str) -> None:
         """Per-slice state, live progress and the latest reconcile result."""
         job = _job(job_file)
         store = open_existing(job)
@@ -370,12 +417,14 @@ def register(group: click.Group) -> None:
             raise StateError(
                 f"job={job.job_id}: no state store yet", hint="run `seamline cut` or `seamline run`"
             )
+        warn_plan_drift(job, job_file)
         with store:
             doc = status_json(job.job_id, store)
         if output == "json":
             click.echo(json.dumps(doc))
         else:
-            _print_status(doc)
+            show: Show = "failed" if only_failed else "all" if show_all else "summary"
+            _print_status(doc, show, job.backfill.concurrency)
 
     @group.command()
     @click.argument("job_file", type=click.Path(dir_okay=False))
@@ -410,16 +459,15 @@ def register(group: click.Group) -> None:
         default=None,
         help="Run at most this many of the slices still to do (plan order).",
     )
+    @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+                  help="Serve Prometheus /metrics here while the run lasts.")  # fmt: skip
+    @click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                  help="Address /metrics binds to (0.0.0.0 exposes it to the network).")  # fmt: skip
     @_output
     @_timeout
     def run(
-        job_file: str,
-        executor: str,
-        output: str,
-        timeout_s: float,
-        min_age: float,
-        takeover: bool,
-        only: tuple[str, ...],
+        job_file: str, executor: str, output: str, timeout_s: float, min_age: float,
+        takeover: bool, metrics_port: int | None, metrics_host: str, only: tuple[str, ...],
         limit: int | None,
     ) -> None:
         """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
@@ -429,9 +477,11 @@ def register(group: click.Group) -> None:
         --only/--limit run a subset (exit 5, partial, while slices remain).
         """
         job = _job(job_file)
-        out = _run(job, executor, output, timeout_s, min_age, takeover, (only, limit))
+        warn_plan_drift(job, job_file)
+        progress = _progress(job, metrics_port, metrics_host)
+        out = _run(job, executor, timeout_s, min_age, takeover, progress, (only, limit))
         if output == "json":
             click.echo(json.dumps(out.to_json()))
         else:
-            _print_outcome(out)
+            _print_outcome(out, job_file)
         sys.exit(int(out.exit_code))  # SystemExit: cli.main drops click Exit codes

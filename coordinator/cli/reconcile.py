@@ -20,16 +20,48 @@ import click
 
 from coordinator.core.errors import ConfigError, ExitCode, ReconcileError, SeamlineError
 from coordinator.core.jobspec import load_job
+from coordinator.run.progress import ProgressSink
 
 log = logging.getLogger(__name__)
 
 
+class PhaseProgress:
+    """``on_progress`` of the reconciler shown through a progress sink: phases as notes,
+    compared units as slices (a bar on a TTY, throttled lines otherwise)."""
+
+    def __init__(self, sink: ProgressSink) -> None:
+        self.sink, self.started = sink, False
+
+    def __call__(self, phase: str, done: int, total: int, rows: int) -> None:
+        """One reconciler event."""
+        from reconcile.run import UNITS
+
+        if phase != UNITS:
+            self.sink.note(phase)
+        elif not self.started:
+            self.started = True
+            self.sink.note(f"comparing {total:,} slices and ranges")
+            self.sink.start(total, 0)
+        else:
+            self.sink.slice_done(rows)
+
+    def stop(self) -> None:
+        """End the display (once units started)."""
+        if self.started:
+            self.sink.stop()
+
+
 def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
+    from coordinator.run.progress import progress_for
     from coordinator.service import reconcile_and_record, report_facts
     from reconcile.report import render_html, render_json, render_text
 
     job = load_job(job_path)
-    report = reconcile_and_record(job, min_age_s=min_age)
+    progress = PhaseProgress(progress_for(label="reconcile"))
+    try:
+        report = reconcile_and_record(job, min_age_s=min_age, on_progress=progress)
+    finally:
+        progress.stop()
     click.echo(render_json(report) if output == "json" else render_text(report))
     if html is not None:
         from coordinator.core.logs import write_private

@@ -33,13 +33,15 @@ def register(group: click.Group) -> None:
     ) -> None:
         """Overwrite [FROM, TO) with a fixed transform, then reconcile with it."""
         from coordinator.core.jobspec import load_job
+        from coordinator.run.progress import progress_for
         from coordinator.run.reprocess import parse_when
         from coordinator.service import reprocess
 
         job = load_job(job_file)
         out = reprocess(
-            job, parse_when(start), parse_when(end), transform=transform, timeout_s=timeout_s
-        )
+            job, parse_when(start), parse_when(end), transform=transform, timeout_s=timeout_s,
+            progress=progress_for(label="reprocess"),
+        )  # fmt: skip
         doc = out.to_json()
         if output == "json":
             click.echo(json.dumps(doc))

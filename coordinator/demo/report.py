@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
-from typing import Any, TextIO
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -90,44 +89,29 @@ def render_summary_text(doc: dict[str, Any], width: int = 100) -> str:
     t = doc["table"]
     where = (f"{t['identifier']} in catalog {t['catalog_uri']} (warehouse {t['warehouse']})"
              if t["format"] == "iceberg" else t["uri"])  # fmt: skip
-    for line in (
+    lines = [
         f"table: {where}",
         f"job file: {doc['job_file']}   HTML report: {doc['html_report']}",
-        f"try: seamline status {doc['job_file']}   seamline reconcile {doc['job_file']}",
-    ):
+    ]
+    steps = doc.get("next_steps") or []
+    if steps:
+        lines.append("next (paste these):")
+        lines += [f"  {step}" for step in steps]
+    for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
     return out.getvalue()
 
 
-class LineProgress:
-    """Progress as plain lines (for logs and pipes, where a live bar cannot draw)."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self._out = out or sys.stderr
-        self._total = self._done = self._rows = 0
-
-    def _say(self, text: str) -> None:
-        print(text, file=self._out, flush=True)
-
-    def start(self, total: int, done: int) -> None:
-        """The run begins."""
-        self._total, self._done = total, done
-        self._say(f"  backfill: {total} slices ({done} already committed)")
-
-    def slice_done(self, rows: int) -> None:
-        """One slice committed."""
-        self._done += 1
-        self._rows += rows
-        self._say(f"  backfill: {self._done}/{self._total} slices, {self._rows:,} rows")
-
-    def retry(self) -> None:
-        """A slice will be retried."""
-        self._say("  backfill: a slice failed and will be retried")
-
-    def note(self, text: str) -> None:
-        """A status note (lag pauses)."""
-        if text:
-            self._say(f"  backfill: {text}")
-
-    def stop(self) -> None:
-        """Nothing to tear down."""
+def next_steps(job_file: str, broker_kind: str, broker_dir: str, html: str) -> list[str]:
+    """Commands that work after the demo, in order (the demo stops a broker it started)."""
+    steps = []
+    if broker_kind == "local":
+        steps.append(f"uv run seamline broker start --data-dir {broker_dir}")
+    steps += [
+        f"uv run seamline status {job_file}",
+        f"uv run seamline plan {job_file}",
+        f"uv run seamline reconcile {job_file} --html {html}",
+    ]
+    if broker_kind == "local":
+        steps.append(f"uv run seamline broker stop --data-dir {broker_dir}")
+    return steps

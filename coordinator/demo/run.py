@@ -46,7 +46,7 @@ from coordinator.demo.job import (
     seed_history,
 )
 from coordinator.demo.live import LagWatch, LiveProcess, LiveProducer, lag_probe, wait_caught_up
-from coordinator.demo.report import reconcile_counts, table_json
+from coordinator.demo.report import next_steps, reconcile_counts, table_json
 from coordinator.run.progress import ProgressSink
 from coordinator.run.runner import StopSignal
 
@@ -320,5 +320,9 @@ def run_demo(
         _check(stop)
         rec = demo.reconcile(job, cut, seeded)
     summary = demo.summary(job, [rec, run, live])
+    summary["broker_kind"] = handle.kind
+    summary["next_steps"] = next_steps(
+        str(demo.paths.job), handle.kind, str(demo.paths.broker), str(demo.paths.html)
+    )
     ok = bool(summary["reconciled"]) and summary.get("reprocess", {}).get("ok", True)
     return DemoResult(summary, ExitCode.OK if ok else ExitCode.NOT_RECONCILED)

@@ -126,13 +126,21 @@ def scan_file(path: Path, spec: ArchiveSpec, column: str) -> ArchiveFile | None:
 
 
 def scan_archives(job: JobSpec) -> list[ArchiveFile]:
-    """Every archive file of ``job`` with its event-time range (sorted by path)."""
+    """Every archive file of ``job`` with its event-time range (sorted by path).
+
+    An archive glob that matches no file is a ``ConfigError`` naming it (exit 3).
+    """
     out: list[ArchiveFile] = []
-    for spec in job.history.archive:
+    for i, spec in enumerate(job.history.archive):
         pattern = str(job.resolve(spec.glob))
         paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
         if not paths:
-            log.warning("archive glob %s matched no files", pattern)
+            raise ConfigError(
+                f"job={job.job_id} history.archive[{i}].glob={spec.glob!r}: expected at least "
+                f"one file, found none matching {pattern}",
+                hint="fix the glob (relative to the job file's folder) or remove that "
+                "[[history.archive]] entry; nothing was planned",
+            )
         for path in paths:
             found = scan_file(path, spec, job.schema_.event_time)
             if found is not None:

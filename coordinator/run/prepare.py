@@ -18,7 +18,7 @@ from coordinator.core.errors import ConfigError, StateError
 from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, Offset, PartitionId
-from coordinator.plan.cut import floor_at_live, read_cut, read_log_starts
+from coordinator.plan.cut import CutReading, floor_at_live, read_cut, read_log_starts
 from coordinator.plan.facts import archive_unit, count_kafka_slices, scan_archives
 from coordinator.plan.planner import Plan, check_retention, make_plan, with_estimates
 from coordinator.state.store import StateStore, state_exists
@@ -124,6 +124,24 @@ def _refuse_fresh_store(job: JobSpec, facts: TableFacts) -> None:
     )
 
 
+def refuse_unowned_history(job: JobSpec, reading: CutReading) -> None:
+    """``history.kafka = false`` needs an empty topic below the cut (``ConfigError``).
+
+    Without Kafka history nobody would own ``[log_start, hwm)``: every retained record would
+    be reported lost and the job could never reconcile.
+    """
+    held = [p for p in reading.partitions if p.hwm > p.log_start]
+    if job.history.kafka or not held:
+        return
+    ranges = " ".join(f"partition={p.partition} offsets=[{p.log_start},{p.hwm})" for p in held)
+    raise ConfigError(
+        f"job={job.job_id} topic={job.stream.topic}: history.kafka=false expects a topic with "
+        f"no retained records below the cut, found {ranges}",
+        hint="set history.kafka = true to backfill them (the default), or point the job at "
+        "an empty topic; nothing was written",
+    )
+
+
 def ensure_cut(
     job: JobSpec,
     *,
@@ -147,7 +165,9 @@ def ensure_cut(
     facts = table_facts(job)
     if existing is None and facts.holds_job and not adopt:
         _refuse_fresh_store(job, facts)
-    reading = floor_at_live(read_cut(job, timeout_s), facts.live_offsets)
+    reading = read_cut(job, timeout_s)
+    refuse_unowned_history(job, reading)
+    reading = floor_at_live(reading, facts.live_offsets)
     with StateStore(job.state_url()) as store:
         epoch = store.ensure_job(job.job_id)
         if new_cut and store.get_cut(job.job_id) is not None:
@@ -197,6 +217,24 @@ def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
     return PlanView(Plan(fresh, view.plan.slices, view.plan.plan_hash), True, view.exact)
 
 
+def plan_drift(job: JobSpec, job_file: str) -> str | None:
+    """What to say when the job file no longer gives the stored plan (``None`` when it does).
+
+    The stored plan is immutable (resumes reuse it); the next step is a new cut.
+    """
+    cut = stored_cut(job)
+    if cut is None or cut.plan_hash is None:
+        return None
+    fresh = compute_plan(job, cut, count=False).plan.plan_hash
+    if fresh == cut.plan_hash:
+        return None
+    return (
+        f"job={job.job_id} epoch={cut.epoch}: the job file no longer matches the stored plan "
+        f"(expected plan hash {cut.plan_hash[:12]}, found {fresh[:12]}); the stored plan is "
+        f"used. To plan from the job file: seamline cut {job_file} --new-cut"
+    )
+
+
 def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanView:
     """The plan without writing anything (nor importing the transform): the stored one if
     any, else computed."""
@@ -211,7 +249,9 @@ def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanV
     else:
         cut = None
     if cut is None:
-        cut = read_cut(job, timeout_s).to_cut(job.job_id, Epoch(1))
+        reading = read_cut(job, timeout_s)
+        refuse_unowned_history(job, reading)
+        cut = reading.to_cut(job.job_id, Epoch(1))
     return compute_plan(job, cut, count=count)
 
 

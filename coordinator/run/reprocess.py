@@ -52,6 +52,7 @@ from coordinator.core.values import (
 from coordinator.plan.planner import ArchiveFile, BucketUnit, floor_time, next_boundary, split_range
 
 if TYPE_CHECKING:
+    from coordinator.run.progress import ProgressSink
     from coordinator.run.runner import RunReport
     from coordinator.state.lease import LeaseOwner
     from coordinator.state.reprocess import ReprocessStore
@@ -280,7 +281,9 @@ class ReprocessLedger:
         return self.store.release_lease(job_id, owner)
 
 
-def _run_slices(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str) -> RunReport:
+def _run_slices(
+    job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str, progress: ProgressSink | None
+) -> RunReport:
     """Run the reprocess slices not yet committed through the job runner (same worker pool,
     same retry policy, same epoch check before every commit)."""
     from coordinator.run.orchestrate import DEFAULT_EXECUTOR
@@ -289,7 +292,7 @@ def _run_slices(job: JobSpec, store: ReprocessStore, cut: Cut, run_id: str) -> R
     # One slice at a time, as before the runner took over: a reprocess is a bounded range, and
     # parallel overwrites of one table only add commit conflicts with the live writer.
     config = RunnerConfig(DEFAULT_EXECUTOR, concurrency=1, max_attempts=job.backfill.max_attempts)
-    return Runner(job, ReprocessLedger(store, run_id), cut.epoch, config).run()
+    return Runner(job, ReprocessLedger(store, run_id), cut.epoch, config, progress=progress).run()
 
 
 def reprocess(
@@ -300,6 +303,7 @@ def reprocess(
     transform: str | None = None,
     timeout_s: float = 10.0,
     reconcile: Callable[[JobSpec, Cut, Sequence[Slice]], ReconcileReport],
+    progress: ProgressSink | None = None,
 ) -> ReprocessOutcome:
     """Re-derive ``[start, end)`` with ``transform`` (default: the job's), then reconcile.
 
@@ -328,7 +332,7 @@ def reprocess(
                 "transform": fixed.transform.function}  # fmt: skip
         store.save_run(run_id, job.job_id, cut.epoch, spec, plan)
         skipped = sum(r.status == "committed" for r in store.run_slices(run_id))
-        ran = _run_slices(fixed, store, cut, run_id)
+        ran = _run_slices(fixed, store, cut, run_id, progress)
         committed, rows = ran.committed - skipped, ran.rows
         failed = list(ran.failed)
         report = None

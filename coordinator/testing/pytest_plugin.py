@@ -17,6 +17,17 @@ Fixtures:
   runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
   point armed in every ``seamline`` process, restarts until done, then the independent oracle
   (``coordinator.testing.oracle``); returns the ``TrialResult``.
+* ``seamline_job`` -> :class:`JobFactory`: ``seamline_job(table_format="lance", topic=None,
+  partitions=3, **sections)`` writes a job file under ``tmp_path`` (a fresh topic on the
+  session broker unless ``topic`` is given, the table and the state store under ``tmp_path``,
+  fields ``id: int64, ts: timestamp_ms``) with ``sections`` merged over it (e.g.
+  ``backfill={"slice_records": 5}``, ``history={"archive": [{"glob": "archive/*.parquet"}]}``)
+  and returns a :class:`JobFile` (``.path``, ``.spec``, ``.topic``).
+* ``seamline_producer`` -> :class:`Producer`: ``produce(topic, records, partition=None)``
+  sends dicts as JSON (idempotent), flushes and returns their ``(partition, offset)``.
+* ``seamline_live`` -> ``start(job)``: a running ``seamline live`` process for a
+  :class:`JobFile` (its cut is taken first if missing); ``.stop()`` sends SIGTERM and returns
+  the exit code; every consumer still running is stopped at teardown.
 
 Heavy libraries are imported inside the fixtures, so loading the plugin stays cheap.
 """
@@ -24,19 +35,25 @@ Heavy libraries are imported inside the fixtures, so loading the plugin stays ch
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
+    from coordinator.core.jobspec import JobSpec
     from coordinator.testing.soak import TrialResult
     from stream.broker.provide import BrokerHandle
 
@@ -142,6 +159,88 @@ class KillAt(Protocol):
     def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
                  seed: int = 0) -> TrialResult:
         """Run the trial and return where it died, what restarted and the oracle's report."""
+# -- jobs, producers and live consumers for users' own integration tests -----------------------
+
+
+def toml_text(doc: Mapping[str, Any], prefix: str = "") -> str:
+    """A TOML document of plain values, tables and arrays of tables (what job files use).
+
+    >>> print(toml_text({"job": {"id": "x"}, "history": {"archive": [{"glob": "a/*"}]}}), end="")
+    [job]
+    id = "x"
+    [history]
+    [[history.archive]]
+    glob = "a/*"
+    """
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in doc.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping):
+            tables.append(f"[{name}]\n" + toml_text(value, name))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            tables += [f"[[{name}]]\n" + toml_text(v, name) for v in value]
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "".join(line + "\n" for line in lines) + "".join(tables)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = _merge(out[key], value) if nested else value
+    return out
+
+
+def _table_section(root: Path, table_format: str) -> dict[str, Any]:
+    if table_format == "lance":
+        return {"format": "lance", "uri": str(root / "table.lance")}
+    if table_format != "iceberg":
+        raise ValueError(f"table_format: expected 'iceberg' or 'lance', found {table_format!r}")
+    (root / "warehouse").mkdir(parents=True, exist_ok=True)
+    return {"format": "iceberg", "identifier": "seamline_test.events",
+            "catalog_uri": f"sqlite:///{root / 'catalog.db'}",
+            "warehouse": (root / "warehouse").as_uri(), "partition_by": "none"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """A job file written by ``seamline_job``: its path, the validated spec and its topic."""
+
+    path: Path
+    spec: JobSpec
+    topic: str
+
+
+def write_job_file(
+    root: Path, bootstrap: str, topic: str, *, table_format: str = "lance",
+    job_id: str = "orders", **sections: Any,
+) -> JobFile:  # fmt: skip
+    """Write ``<root>/job.toml`` (defaults below, ``sections`` merged over them)."""
+    from coordinator.core.jobspec import load_job
+
+    root.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "job": {"id": job_id},
+        "stream": {"bootstrap": bootstrap, "topic": topic, "group": f"{topic}-live"},
+        "schema": {"event_time": "ts", "fields": {"id": "int64", "ts": "timestamp_ms"}},
+        "table": _table_section(root, table_format),
+        "backfill": {"slice_records": 1000, "concurrency": 2, "max_attempts": 3},
+        "live": {"batch_records": 1000, "batch_seconds": 0.3, "min_commit_seconds": 0.1},
+        "state": {"url": f"sqlite:///{root / 'state.db'}"},
+    }
+    path = root / "job.toml"
+    path.write_text(toml_text(_merge(doc, sections)), encoding="utf-8")
+    return JobFile(path, load_job(path), topic)
+
+
+class JobFactory(Protocol):
+    """The ``seamline_job`` fixture."""
+
+    def __call__(self, table_format: str = "lance", topic: str | None = None,
+                 partitions: int = 3, **sections: Any) -> JobFile:
+        """Write a job file (a fresh topic unless ``topic``); see the module doc."""
         ...
 
 
@@ -158,3 +257,99 @@ def kill_at(kafka_bootstrap: str, kafka_topic: TopicFactory, tmp_path: Path) -> 
         return run_trial(TrialSpec(point, fmt, mode, seed), root, kafka_bootstrap, topic)
 
     return trial
+
+
+@pytest.fixture
+def seamline_job(kafka_bootstrap: str, kafka_topic: TopicFactory, tmp_path: Path) -> JobFactory:
+    """Factory writing job files for the session broker, tables and state under tmp_path."""
+
+    def make(table_format: str = "lance", topic: str | None = None, partitions: int = 3,
+             **sections: Any) -> JobFile:  # fmt: skip
+        name = topic or kafka_topic(partitions)
+        return write_job_file(tmp_path / "job", kafka_bootstrap, name,
+                              table_format=table_format, **sections)  # fmt: skip
+
+    return make
+
+
+class Producer:
+    """The ``seamline_producer`` fixture: JSON records to the session broker."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from confluent_kafka import Producer as KafkaProducer
+
+        self._producer = KafkaProducer({"bootstrap.servers": bootstrap,
+                                        "enable.idempotence": True})  # fmt: skip
+
+    def produce(self, topic: str, records: Iterable[Mapping[str, Any]],
+                partition: int | None = None) -> list[tuple[int, int]]:  # fmt: skip
+        """Send ``records`` as JSON, flush, and return each one's ``(partition, offset)``."""
+        delivered: list[tuple[int, int]] = []
+        errors: list[str] = []
+
+        def done(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                delivered.append((msg.partition(), msg.offset()))
+
+        for rec in records:
+            kw: dict[str, Any] = {} if partition is None else {"partition": partition}
+            self._producer.produce(topic, json.dumps(rec).encode(), on_delivery=done, **kw)
+        left = self._producer.flush(30)
+        if errors or left:
+            raise RuntimeError(f"expected every record delivered, found {left} left: {errors}")
+        return delivered
+
+
+@pytest.fixture
+def seamline_producer(kafka_bootstrap: str) -> Producer:
+    """A JSON producer on the session broker."""
+    return Producer(kafka_bootstrap)
+
+
+@dataclass
+class LiveProcess:
+    """A running ``seamline live`` for one job (stopped at teardown at the latest)."""
+
+    job: JobFile
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (flush, commit, exit 0), wait, and return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    @property
+    def log(self) -> str:
+        """What the consumer wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def seamline_live(tmp_path: Path) -> Iterator[Callable[[JobFile], LiveProcess]]:
+    """``start(job)``: take the job's cut if missing, then run ``seamline live`` on it."""
+    from coordinator.run.prepare import ensure_cut
+
+    started: list[LiveProcess] = []
+
+    def start(job: JobFile) -> LiveProcess:
+        ensure_cut(job.spec)
+        log_path = tmp_path / f"live-{len(started)}.log"
+        exe = Path(sys.executable).parent / "seamline"
+        with log_path.open("wb") as err:
+            proc = subprocess.Popen([str(exe), "live", str(job.path)],
+                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        started.append(LiveProcess(job, proc, log_path))
+        return started[-1]
+
+    yield start
+    for live in started:
+        live.stop()

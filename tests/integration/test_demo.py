@@ -133,6 +133,34 @@ def test_demo_on_lance_with_its_own_broker_reconciles_and_stops_everything(
     assert doc["table"] == {"format": "lance", "uri": str(workdir / "orders.lance")}
     pids = _assert_nothing_left(workdir)
     assert pids["broker_kind"] == "local" and pids["broker_pid"] > 0
+    _paste_next_steps(doc, workdir)
+
+
+def _paste_next_steps(doc: dict[str, Any], workdir: Path) -> None:
+    """The README's after-demo promise: the closing commands, pasted as printed, all work
+    (the broker the demo stopped comes back on its recorded port, plan and reconcile pass)."""
+    steps: list[str] = doc["next_steps"]
+    job, broker = doc["job_file"], str(workdir / "broker")
+    assert steps == [
+        f"uv run seamline broker start --data-dir {broker}",
+        f"uv run seamline status {job}",
+        f"uv run seamline plan {job}",
+        f"uv run seamline reconcile {job} --html {doc['html_report']}",
+        f"uv run seamline broker stop --data-dir {broker}",
+    ]
+    try:
+        for step in steps:
+            args = step.split()
+            assert args[:3] == ["uv", "run", "seamline"]
+            res = subprocess.run([SEAMLINE, *args[3:]], capture_output=True, text=True,
+                                 timeout=300, env=_env(None))  # fmt: skip
+            assert res.returncode == 0, (step, res.stderr[-4000:])
+            assert "librdkafka" not in res.stderr and "warning" not in res.stderr, res.stderr
+            if args[3] == "reconcile":
+                assert "reconciled" in res.stdout.lower(), res.stdout
+    finally:
+        subprocess.run([SEAMLINE, "broker", "stop", "--data-dir", broker], timeout=120)
+    assert _processes_using(workdir) == []
 
 
 def test_demo_cancelled_with_sigint_stops_everything(kafka_bootstrap: str, tmp_path: Path) -> None:

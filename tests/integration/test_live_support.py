@@ -19,46 +19,13 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Offset, PartitionCut, PartitionId
 from coordinator.state.store import StateStore
+from coordinator.testing.pytest_plugin import write_job_file
 
 SEAMLINE = str(Path(sys.executable).parent / "seamline")
 
-JOB_TOML = """
-[job]
-id = "{job_id}"
-
-[stream]
-bootstrap = "{bootstrap}"
-topic = "{topic}"
-group = "{group}"
-
-[schema]
-event_time = "ts"
-required = ["id"]
-[schema.fields]
-id = "int64"
-ts = "timestamp_ms"
-name = "string"
-
-[table]
-format = "iceberg"
-identifier = "live.events"
-catalog_uri = "sqlite:///{root}/catalog.db"
-warehouse = "{root}/warehouse"
-partition_by = "none"
-
-[live]
-batch_records = {batch_records}
-batch_seconds = {batch_seconds}
-min_commit_seconds = {min_commit_seconds}
-expire_snapshots_every = 20
-keep_snapshots = 10
-
-[state]
-url = "sqlite:///{root}/state.db"
-"""
 
 
 def write_job(
@@ -70,22 +37,16 @@ def write_job(
     batch_seconds: float = 0.5,
     min_commit_seconds: float = 0.2,
 ) -> JobSpec:
-    """A job file under ``root`` whose cut is stored with ``hwm`` = 0 on every partition."""
-    (root / "warehouse").mkdir(parents=True, exist_ok=True)
-    path = root / "job.toml"
-    path.write_text(
-        JOB_TOML.format(
-            job_id="livejob",
-            bootstrap=bootstrap,
-            topic=topic,
-            group=f"{topic}-live",
-            root=root,
-            batch_records=batch_records,
-            batch_seconds=batch_seconds,
-            min_commit_seconds=min_commit_seconds,
-        )
-    )
-    return load_job(path)
+    """A job file under ``root`` (the plugin's job factory) on the Iceberg table ``live.events``."""
+    return write_job_file(
+        root, bootstrap, topic, table_format="iceberg", job_id="livejob",
+        schema={"required": ["id"], "fields": {"id": "int64", "ts": "timestamp_ms", "name": "string"}},
+        table={"identifier": "live.events"},
+        backfill={"slice_records": 250_000, "concurrency": 2, "max_attempts": 5},
+        live={"batch_records": batch_records, "batch_seconds": batch_seconds,
+              "min_commit_seconds": min_commit_seconds, "expire_snapshots_every": 20,
+              "keep_snapshots": 10},
+    ).spec  # fmt: skip
 
 
 def store_cut(job: JobSpec, hwm: dict[int, int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,11 @@ def test_reconcile_command_exit_codes_and_state(
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["reconciled"] is True
+    # phases and compared slices reach stderr as plain lines (not a TTY)
+    phases = ok.stderr.splitlines()
+    assert "reconcile: checking keys" in phases, ok.stderr
+    assert "reconcile: offset coverage per partition" in phases, ok.stderr
+    assert any(re.match(r"reconcile: (\d+)/\1 slices \(100%\)", line) for line in phases)
     assert 'data-reconciled="true"' in html.read_text()
     latest = store.latest_reconcile("orders")
     assert latest is not None and latest.reconciled

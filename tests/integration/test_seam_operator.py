@@ -29,7 +29,7 @@ from coordinator.core.values import CommitToken
 from coordinator.run.pool import run_one
 from coordinator.run.prepare import ensure_cut, ensure_plan
 from coordinator.state.store import StateStore
-from coordinator.testing.pytest_plugin import TopicFactory
+from coordinator.testing.pytest_plugin import TopicFactory, write_job_file
 
 pytestmark = pytest.mark.integration
 
@@ -39,44 +39,14 @@ FORMATS = ["iceberg", "lance"]
 
 
 def write_job(root: Path, fmt: str, bootstrap: str, topic: str, state: str = "state.db") -> Path:
-    if fmt == "iceberg":
-        (root / "warehouse").mkdir(parents=True, exist_ok=True)
-        table = (
-            'format = "iceberg"\nidentifier = "seam.events"\n'
-            f'catalog_uri = "sqlite:///{root}/catalog.db"\nwarehouse = "{root}/warehouse"'
-        )
-    else:
-        table = f'format = "lance"\nuri = "{root}/events.lance"'
-    path = root / "job.toml"
-    path.write_text(
-        f"""[job]
-id = "seam"
-[stream]
-bootstrap = "{bootstrap}"
-topic = "{topic}"
-group = "{topic}-live"
-[schema]
-event_time = "ts"
-[schema.fields]
-id = "int64"
-ts = "timestamp_ms"
-[table]
-{table}
-partition_by = "none"
-[backfill]
-slice_records = 1000
-concurrency = 1
-max_attempts = 2
-[live]
-batch_records = 1000
-batch_seconds = 0.3
-min_commit_seconds = 0.1
-[state]
-url = "sqlite:///{state}"
-""",
-        encoding="utf-8",
-    )
-    return path
+    """The job file of these tests, written by the plugin's job factory."""
+    table: dict[str, Any] = {"partition_by": "none"}
+    table |= {"identifier": "seam.events"} if fmt == "iceberg" else {"uri": str(root / "events.lance")}
+    return write_job_file(
+        root, bootstrap, topic, table_format=fmt, job_id="seam", table=table,
+        backfill={"slice_records": 1000, "concurrency": 1, "max_attempts": 2},
+        state={"url": f"sqlite:///{root / state}"},
+    ).path  # fmt: skip
 
 
 def produce(bootstrap: str, topic: str, start: int, n: int) -> None:

@@ -1,0 +1,187 @@
+"""The job file's JSON schema and its Markdown reference, both generated from the model.
+
+``seamline schema`` prints :func:`job_file_schema`; the README's job-file reference is
+:func:`job_reference_markdown` (``tests/unit/test_cli_reference.py`` fails when they drift, and
+when a key of the model has no description here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+
+from coordinator.core.jobspec import (
+    FIELD_TYPES,
+    ArchiveSpec,
+    BackfillSpec,
+    HistorySpec,
+    JobSpec,
+    LiveSpec,
+    SchemaSpec,
+    SecuritySpec,
+    StateSpec,
+    StreamSpec,
+    TableSpec,
+    TransformSpec,
+)
+
+log = logging.getLogger(__name__)
+
+# (TOML section header, model): the order of the reference.
+SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("[stream]", StreamSpec),
+    ("[stream.security]", SecuritySpec),
+    ("[schema]", SchemaSpec),
+    ("[table]", TableSpec),
+    ("[history]", HistorySpec),
+    ("[[history.archive]]", ArchiveSpec),
+    ("[transform]", TransformSpec),
+    ("[backfill]", BackfillSpec),
+    ("[live]", LiveSpec),
+    ("[state]", StateSpec),
+)
+
+DESCRIPTIONS: dict[str, str] = {
+    "stream.bootstrap": "Kafka bootstrap servers, `host:port[,host:port]`.",
+    "stream.topic": "The topic to onboard (history below the cut, live from it).",
+    "stream.group": "Consumer group id of the live consumer (default: `seamline-live-<job id>`); "
+    "offsets are read from the table, never from the group.",
+    "stream.format": "Record encoding (the `stream/decode` registry).",
+    "stream.security": "The `[stream.security]` table below.",
+    "stream.security.protocol": "librdkafka `security.protocol`.",
+    "stream.security.sasl_mechanism": "librdkafka `sasl.mechanism`.",
+    "stream.security.sasl_username": "SASL user name.",
+    "stream.security.sasl_password": "SASL password (a secret: never printed); use "
+    '`"${KAFKA_PASSWORD}"`.',
+    "stream.security.ssl_ca_location": "CA certificate file for SSL.",
+    "schema.fields": "Table of `column = \"type\"`, in order; types: "
+    + ", ".join(f"`{name}`" for name in [*FIELD_TYPES, "decimal(P,S)"])
+    + ".",
+    "schema.required": "Columns that must not be null (a record without them is quarantined).",
+    "schema.event_time": "The event-time column (buckets archive slices; never the seam).",
+    "schema.non_finite": "NaN/Infinity in float columns: quarantine the record, or keep it.",
+    "table.format": "`iceberg` or `lance`.",
+    "table.identifier": "Iceberg: `namespace.table`.",
+    "table.catalog_name": "Iceberg: the catalog's name (pyiceberg SQL catalog).",
+    "table.catalog_uri": "Iceberg: SQL catalog URL, e.g. `sqlite:///catalog.db` or "
+    "`postgresql+psycopg://user:${PGPASSWORD}@host/db` (a secret).",
+    "table.warehouse": "Iceberg: warehouse location (`file:///…`, `s3://…`).",
+    "table.catalog_properties": "Iceberg: extra catalog properties (e.g. `s3.endpoint`), "
+    "treated as secrets.",
+    "table.uri": "Lance: dataset path (relative to the job file) or URI.",
+    "table.key": "Business key columns (needed by `mode = \"merge\"`; checked unique).",
+    "table.partition_by": "Iceberg partitioning of the event-time column.",
+    "history.kafka": "Backfill the topic's retained records below the cut. `false` "
+    "(archive-only) needs a topic with no retained records: seamline refuses to cut otherwise.",
+    "history.archive": "Archive sources, one `[[history.archive]]` table each (below).",
+    "history.archive.glob": "Files of this archive, relative to the job file; must match at "
+    "least one file (else exit 3).",
+    "history.archive.format": "`parquet`, `csv` or `jsonl`.",
+    "history.archive.bucket": "Archive slice width by event time.",
+    "transform.function": "User code `module:function`, Arrow table in and out, applied "
+    "identically on both sides.",
+    "backfill.mode": "`overwrite` the slice's scope, or `merge` by `table.key`.",
+    "backfill.slice_records": "Kafka offsets per history slice.",
+    "backfill.concurrency": "Slices written in parallel (worker processes).",
+    "backfill.lag_threshold": "Pause the backfill while live lag exceeds this many records.",
+    "backfill.max_attempts": "Attempts per slice before the run is partial (exit 5).",
+    "live.batch_records": "Records per live micro-batch at most.",
+    "live.batch_seconds": "Seconds per live micro-batch at most.",
+    "live.quarantine_topic": "Dead-letter topic (default `<topic>.seamline-dlq`).",
+    "live.expire_snapshots_every": "Iceberg: expire snapshots every N live commits (0: never).",
+    "live.keep_snapshots": "Iceberg: snapshots kept when expiring.",
+    "live.min_commit_seconds": "Minimum seconds between two live commits (batches grow "
+    "under load instead).",
+    "state.url": "State store URL (SQLite or PostgreSQL, a secret); default "
+    "`sqlite:///.seamline/<job id>.db` next to the job file.",
+}
+
+
+def job_file_schema() -> dict[str, Any]:
+    """The JSON schema of a job file (TOML layout: ``[job] id`` instead of ``job_id``)."""
+    schema = JobSpec.model_json_schema(by_alias=True)
+    props = schema["properties"]
+    for internal in ("job_id", "base_dir"):
+        props.pop(internal, None)
+    props["job"] = {
+        "type": "object",
+        "title": "Job",
+        "description": "`id`: the job id (default: the job file's name without .toml).",
+        "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}},
+        "additionalProperties": False,
+    }
+    schema["required"] = [r for r in schema.get("required", []) if r not in ("job_id", "base_dir")]
+    schema["title"] = "seamline job file"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def _type_text(prop: dict[str, Any]) -> str:
+    options = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
+    one = options[0] if len(options) == 1 else prop
+    if "enum" in one:
+        return "one of " + ", ".join(f"`{v}`" for v in one["enum"])
+    if "const" in one:
+        return f"`{one['const']}`"
+    kind = {"integer": "int", "number": "float", "boolean": "bool", "string": "string"}.get(
+        one.get("type", ""), "table"
+    )
+    if one.get("type") == "array":
+        kind = "list of " + _type_text(one.get("items", {})).replace("table", "tables")
+    if one.get("format") == "password":
+        kind = "string (secret)"
+    if one.get("type") == "object" and "additionalProperties" in one:
+        kind = "table of " + _type_text(one["additionalProperties"])
+    bounds = [f"{op} {one[key]}" for key, op in
+              (("exclusiveMinimum", ">"), ("minimum", ">="), ("maximum", "<=")) if key in one]  # fmt: skip
+    return kind + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _default_text(model: type[BaseModel], name: str) -> str:
+    field = model.model_fields[name]
+    if field.is_required():
+        return "required"
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        return "see below"
+    return "none" if default is None else f"`{json.dumps(default)}`"
+
+
+def _section_rows(prefix: str, model: type[BaseModel]) -> list[str]:
+    props = model.model_json_schema(by_alias=True)["properties"]
+    rows = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        text = DESCRIPTIONS[f"{prefix}.{key}"]
+        rows.append(f"| `{key}` | {_type_text(props[key])} | {_default_text(model, name)} | {text} |")
+    return rows
+
+
+def job_reference_markdown() -> str:
+    """Every key of the job file, section by section (type, default, meaning)."""
+    out = [
+        "Every string value may use `${NAME}` (replaced by the environment variable, which must",
+        "be set; secrets so given are never printed). Unknown keys are refused (exit 3). Paths",
+        "are relative to the job file's folder. `[job]` holds `id` (default: the file's name).",
+        "",
+    ]
+    for header, model in SECTIONS:
+        prefix = header.strip("[]")
+        out += [f"`{header}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        out += [*_section_rows(prefix, model), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def missing_descriptions() -> list[str]:
+    """Model keys without a description here (the reference must cover every key)."""
+    missing = []
+    for header, model in SECTIONS:
+        prefix = header.strip("[]")
+        for name, field in model.model_fields.items():
+            key = f"{prefix}.{field.alias or name}"
+            if key not in DESCRIPTIONS:
+                missing.append(key)
+    return missing
