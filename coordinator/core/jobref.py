@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from coordinator.core.controls import AssertSpec, WhereSpec
 from coordinator.core.jobspec import (
+    AvroSpec,
     FIELD_TYPES,
     ArchiveSpec,
     BackfillSpec,
@@ -34,12 +36,15 @@ log = logging.getLogger(__name__)
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[stream]", StreamSpec),
     ("[stream.security]", SecuritySpec),
+    ("[stream.avro]", AvroSpec),
     ("[schema]", SchemaSpec),
     ("[table]", TableSpec),
     ("[history]", HistorySpec),
     ("[[history.archive]]", ArchiveSpec),
+    ("[[history.where]]", WhereSpec),
     ("[transform]", TransformSpec),
     ("[backfill]", BackfillSpec),
+    ("[[backfill.assert]]", AssertSpec),
     ("[live]", LiveSpec),
     ("[state]", StateSpec),
 )
@@ -51,6 +56,10 @@ DESCRIPTIONS: dict[str, str] = {
     "offsets are read from the table, never from the group.",
     "stream.format": "Record encoding (the `stream/decode` registry).",
     "stream.security": "The `[stream.security]` table below.",
+    "stream.avro": "For `format = \"avro\"`: the `[stream.avro]` table below.",
+    "stream.avro.schema_file": "Writer schema (`.avsc`) of plain Avro message bodies.",
+    "stream.avro.registry_url": "Schema Registry URL for the Confluent wire format (a secret: "
+    "it may carry credentials).",
     "stream.security.protocol": "librdkafka `security.protocol`.",
     "stream.security.sasl_mechanism": "librdkafka `sasl.mechanism`.",
     "stream.security.sasl_username": "SASL user name.",
@@ -81,9 +90,27 @@ DESCRIPTIONS: dict[str, str] = {
     "least one file (else exit 3).",
     "history.archive.format": "`parquet`, `csv` or `jsonl`.",
     "history.archive.bucket": "Archive slice width by event time.",
+    "history.where": "Row filter: `[[history.where]]` conditions that must all hold (below); "
+    "the reconciler applies the same filter to the source.",
+    "history.where.column": "A column of `[schema.fields]`.",
+    "history.where.op": "`==`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `is null`, "
+    "`is not null`.",
+    "history.where.value": "A value of the column's type (a list for `in`/`not in`; none for "
+    "the null tests).",
     "transform.function": "User code `module:function`, Arrow table in and out, applied "
     "identically on both sides.",
-    "backfill.mode": "`overwrite` the slice's scope, or `merge` by `table.key`.",
+    "backfill.mode": "`overwrite` the slice's scope, `merge` by `table.key`, or `append` "
+    "(immutable history that cannot overlap: one history source only).",
+    "backfill.assert": "Per-slice assertions, `[[backfill.assert]]` tables (below), checked "
+    "before a slice commits.",
+    "backfill.assert.check": "`min_rows`, `min_rows_per_day`, `max_null_rate`, `range`, "
+    "`unique` or `custom`.",
+    "backfill.assert.column": "The column checked (`max_null_rate`, `range`, `unique`).",
+    "backfill.assert.min": "Lower bound (`min_rows`, `min_rows_per_day`, `range`).",
+    "backfill.assert.max": "Upper bound (`max_null_rate`, `range`).",
+    "backfill.assert.function": "`module:function(table)` for `custom`: returns None to pass "
+    "or a string saying what was found.",
+    "backfill.assert.name": "A name shown in errors, `status` and the report.",
     "backfill.slice_records": "Kafka offsets per history slice.",
     "backfill.concurrency": "Slices written in parallel (worker processes).",
     "backfill.lag_threshold": "Pause the backfill while live lag exceeds this many records.",
