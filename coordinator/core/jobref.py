@@ -15,9 +15,9 @@ from pydantic import BaseModel
 
 from coordinator.core.controls import AssertSpec, WhereSpec
 from coordinator.core.jobspec import (
-    AvroSpec,
     FIELD_TYPES,
     ArchiveSpec,
+    AvroSpec,
     BackfillSpec,
     HistorySpec,
     JobSpec,
