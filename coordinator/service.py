@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.catalog import Catalog
 
 from backfill.sinks.iceberg.sink import IcebergSink
 from backfill.sinks.registry import open_catalog, open_sink
@@ -21,7 +21,7 @@ from coordinator.core.ports import TableSink
 log = logging.getLogger(__name__)
 
 
-def _catalog(job: JobSpec) -> SqlCatalog:
+def _catalog(job: JobSpec) -> Catalog:
     """The job's Iceberg catalog (kept for callers of the former live-only helper)."""
     if job.table.identifier is None:
         raise ConfigError("key=table.identifier: iceberg needs 'identifier' and 'catalog_uri'")

@@ -1,11 +1,13 @@
-"""Open the job's table as a ``TableSink`` (Iceberg over a SQL catalog, or Lance).
+"""Open the job's table as a ``TableSink`` (Iceberg over any pyiceberg catalog, or Lance).
 
 Both sides (history and live) open the table here, so they share one code path per format.
 """
 
 from __future__ import annotations
 
-from pyiceberg.catalog.sql import SqlCatalog
+import logging
+
+from pyiceberg.catalog import Catalog, load_catalog
 
 from backfill.sinks.common import MaintenancePolicy
 from backfill.sinks.iceberg.sink import IcebergSink
@@ -14,20 +16,27 @@ from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableSink
 
+log = logging.getLogger(__name__)
 
-def open_catalog(job: JobSpec) -> SqlCatalog:
-    """The job's pyiceberg SQL catalog (secrets are read here and never logged).
 
-    A warehouse without a scheme is a path relative to the job file, given as a file URI.
+def open_catalog(job: JobSpec) -> Catalog:
+    """The job's pyiceberg catalog via ``load_catalog`` (secrets are read here, never logged).
+
+    ``[table] catalog`` (or the older flat keys, a SQL catalog) gives the type and properties;
+    ``[table.storage]`` adds the ``s3.*`` FileIO properties. A warehouse without a scheme is a
+    path relative to the job file, given as a file URI.
     """
-    t = job.table
-    if t.catalog_uri is None:
-        raise ConfigError("key=table.catalog_uri: iceberg needs a catalog URI")
-    props = {k: v.get_secret_value() for k, v in t.catalog_properties.items()}
-    if t.warehouse is not None:
-        wh = t.warehouse
-        props["warehouse"] = wh if "://" in wh else job.resolve(wh).as_uri()
-    return SqlCatalog(t.catalog_name, uri=t.catalog_uri.get_secret_value(), **props)
+    spec = job.table.catalog_spec()
+    if spec is None:
+        raise ConfigError("key=table.catalog: iceberg needs a catalog",
+                          hint='catalog = { type = "sql", uri = "sqlite:///catalog.db" }')
+    spec.check_uri()
+    wh = job.table.catalog_warehouse()
+    if wh is not None and "://" not in wh:
+        wh = job.resolve(wh).as_uri()
+    props = {**job.table.storage.iceberg_properties(), **spec.load_properties(wh)}
+    log.debug("opening catalog name=%s type=%s", spec.name, spec.type)
+    return load_catalog(spec.name, **props)
 
 
 def maintenance_policy(job: JobSpec, min_age_s: float = 60.0) -> MaintenancePolicy:

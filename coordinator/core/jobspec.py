@@ -99,18 +99,163 @@ class SchemaSpec(_Model):
         )
 
 
+#: Catalog types ``pyiceberg.catalog.load_catalog`` knows, and the URI schemes each takes
+#: (``None``: the type takes no ``uri``; its endpoint goes in ``properties``).
+CATALOG_URI_SCHEMES: dict[str, tuple[str, ...] | None] = {
+    "sql": ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql"),
+    "rest": ("http", "https"),
+    "hive": ("thrift",),
+    "glue": None,
+    "dynamodb": None,
+    "bigquery": None,
+    "in-memory": None,
+}
+#: Types that cannot work without a ``uri``.
+_CATALOG_NEEDS_URI = frozenset({"sql", "rest", "hive"})
+
+
+class CatalogSpec(_Model):
+    """``[table] catalog = { type = ..., uri = ..., ... }``, handed to ``load_catalog``.
+
+    Every value that can carry a credential (``uri``, ``credential``, ``token``, extra
+    ``properties``) is a secret: read only where the catalog is opened, masked elsewhere.
+    """
+
+    type: str = "sql"
+    name: str = "seamline"
+    uri: SecretStr | None = None
+    warehouse: str | None = None
+    credential: SecretStr | None = None  # REST OAuth2 client_id:client_secret
+    token: SecretStr | None = None  # REST bearer token
+    properties: dict[str, SecretStr] = {}  # any other pyiceberg catalog property
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if v not in CATALOG_URI_SCHEMES:
+            close = difflib.get_close_matches(v, list(CATALOG_URI_SCHEMES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"expected one of {sorted(CATALOG_URI_SCHEMES)}, found {v!r}{hint}")
+        return v
+
+    def check_uri(self) -> None:
+        """Raise ``ConfigError`` when ``uri`` is missing or has a scheme this type cannot take."""
+        schemes = CATALOG_URI_SCHEMES[self.type]
+        if self.uri is None:
+            if self.type in _CATALOG_NEEDS_URI:
+                raise ConfigError(f"key=table.catalog.uri: catalog type {self.type!r} needs a uri",
+                                  hint=_uri_hint(self.type))
+            return
+        scheme = uri_scheme(self.uri.get_secret_value())
+        if schemes is None:
+            raise ConfigError(
+                f"key=table.catalog.uri: catalog type {self.type!r} takes no uri, found one",
+                hint="put the endpoint in [table.catalog.properties] (e.g. glue.endpoint)")
+        if scheme.split("+", 1)[0] not in schemes:
+            raise ConfigError(
+                f"key=table.catalog.uri: catalog type {self.type!r} expected a "
+                f"{'/'.join(s + ':' for s in schemes)} URI, found scheme {scheme or '(none)'!r}",
+                hint=_uri_hint(self.type))
+
+    def load_properties(self, warehouse: str | None) -> dict[str, str]:
+        """The properties for ``load_catalog`` (secrets revealed: never log the result)."""
+        props = {k: v.get_secret_value() for k, v in self.properties.items()}
+        props["type"] = self.type
+        for key, value in (("uri", self.uri), ("credential", self.credential),
+                           ("token", self.token)):
+            if value is not None:
+                props[key] = value.get_secret_value()
+        if warehouse is not None:
+            props["warehouse"] = warehouse
+        return props
+
+
+def uri_scheme(uri: str) -> str:
+    """The lower-case scheme of ``uri`` ('' when it has none)."""
+    head, sep, _ = uri.partition(":")
+    return head.lower() if sep and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", head) else ""
+
+
+def _uri_hint(kind: str) -> str:
+    examples = {"sql": "uri = \"sqlite:///catalog.db\" or \"postgresql://user@host/db\"",
+                "rest": "uri = \"http://127.0.0.1:8181\"", "hive": "uri = \"thrift://host:9083\""}
+    return examples.get(kind, "see pyiceberg's catalog documentation")
+
+
+class StorageSpec(_Model):
+    """``[table.storage]``: S3-compatible object storage for the warehouse or dataset.
+
+    Mapped onto pyiceberg's ``s3.*`` FileIO properties (Iceberg tables only for now).
+    """
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    path_style: bool = False
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and uri_scheme(v) not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// endpoint")
+        return v
+
+    def iceberg_properties(self) -> dict[str, str]:
+        """pyiceberg FileIO properties (secrets revealed: never log the result)."""
+        names = {"endpoint": "s3.endpoint", "region": "s3.region",
+                 "access_key_id": "s3.access-key-id",
+                 "secret_access_key": "s3.secret-access-key",
+                 "session_token": "s3.session-token"}
+        props = {names[k]: v for k, v in self._values().items()}
+        if self.path_style:
+            props["s3.force-virtual-addressing"] = "false"
+            props["s3.path-style-access"] = "true"
+        return props
+
+    def _values(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key in ("endpoint", "region", "access_key_id", "secret_access_key", "session_token"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return out
+
+
 class TableSpec(_Model):
-    """Where rows land."""
+    """Where rows land.
+
+    ``catalog`` is the catalog (any pyiceberg type); the older flat keys ``catalog_uri``,
+    ``catalog_name`` and ``catalog_properties`` still work and mean a SQL catalog.
+    """
 
     format: Literal["iceberg", "lance"]
     identifier: str | None = None  # iceberg: namespace.table
+    catalog: CatalogSpec | None = None
     catalog_name: str = "seamline"
     catalog_uri: SecretStr | None = None  # may hold a password: a secret
     warehouse: str | None = None
     catalog_properties: dict[str, SecretStr] = {}
+    storage: StorageSpec = StorageSpec()
     uri: str | None = None  # lance dataset path or URI
     key: list[str] = []
     partition_by: Literal["day", "hour", "none"] = "day"
+
+    def catalog_spec(self) -> CatalogSpec | None:
+        """The catalog, from ``catalog`` or the legacy flat keys (a SQL catalog)."""
+        if self.catalog is not None:
+            return self.catalog
+        if self.catalog_uri is None:
+            return None
+        return CatalogSpec(type="sql", name=self.catalog_name, uri=self.catalog_uri,
+                           properties=self.catalog_properties)
+
+    def catalog_warehouse(self) -> str | None:
+        """The warehouse: ``catalog.warehouse``, else ``warehouse``."""
+        if self.catalog is not None and self.catalog.warehouse is not None:
+            return self.catalog.warehouse
+        return self.warehouse
 
     @field_validator("identifier")
     @classmethod
@@ -265,6 +410,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
     return [f.alias or n for n, f in current.model_fields.items() if n != "base_dir"]
 
 
+def _is_secret_key(key: str) -> bool:
+    secretish = ("password", "secret", "url", "uri", "credential", "token", "access_key",
+                 "properties")
+    return any(word in key for word in secretish)
+
+
 def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
@@ -275,7 +426,7 @@ def _describe(err: Any) -> str:
     if err["type"] == "missing":
         return f"key={key}: required key is missing"
     found = err.get("input")
-    shown = "***" if "password" in key or "secret" in key or "url" in key else repr(found)
+    shown = "***" if _is_secret_key(key) else repr(found)
     return f"key={key}: {err['msg']}, found {shown}"
 
 
@@ -309,8 +460,7 @@ def _cross_checks(spec: JobSpec) -> None:
                 f"key=table.key/schema.required: unknown column {key!r}",
                 hint=f"declare it in [schema.fields] ({', '.join(fields)})",
             )
-    if spec.table.format == "iceberg" and not (spec.table.identifier and spec.table.catalog_uri):
-        raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")
+    _check_catalog(spec.table)
     if spec.table.format == "lance" and not spec.table.uri:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     if spec.backfill.mode == "merge" and not spec.table.key:
@@ -318,6 +468,25 @@ def _cross_checks(spec: JobSpec) -> None:
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
         )
+
+
+def _check_catalog(table: TableSpec) -> None:
+    legacy = [k for k in ("catalog_uri", "catalog_properties", "catalog_name")
+              if k in table.model_fields_set]
+    if table.catalog is not None and legacy:
+        raise ConfigError(
+            f"key=table.{legacy[0]}: expected either 'catalog' or the older flat catalog keys, "
+            "found both", hint="move it into table.catalog (uri, name, properties)")
+    if table.format != "iceberg":
+        if table.storage != StorageSpec():
+            raise ConfigError("key=table.storage: expected an iceberg table, found format 'lance'",
+                              hint="Lance datasets on object storage are not supported yet")
+        return
+    spec = table.catalog_spec()
+    if not table.identifier or spec is None:
+        raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'",
+                          hint='or catalog = { type = "rest", uri = "http://..." }')
+    spec.check_uri()
 
 
 def load_job(path: str | Path) -> JobSpec:

@@ -12,7 +12,8 @@ _SECRET_PATTERNS = (
     re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<secret>[^@\s]+)(?P<post>@)"),
     # key=value / key: value for secret-like keys
     re.compile(
-        r"(?P<pre>(?:password|passwd|secret|token|sasl\.password|access[_-]?key|secret[_-]?key)"
+        r"(?P<pre>(?:password|passwd|secret|token|credential|sasl\.password"
+        r"|access[_-]?key(?:[_-]?id)?|secret[_-]?(?:access[_-]?)?key)"
         r"['\"]?\s*[=:]\s*['\"]?)(?P<secret>[^'\"\s,}]+)(?P<post>)",
         re.IGNORECASE,
     ),
