@@ -12,6 +12,9 @@ Fixtures:
   are deleted at teardown.
 * ``iceberg_catalog`` -> a pyiceberg ``SqlCatalog`` (sqlite + local file warehouse under
   ``tmp_path``).
+* ``iceberg_rest_catalog`` (session) -> :class:`RestCatalogServer` (``.uri``): a local Apache
+  Iceberg REST catalog (``seamline catalog``) in a session temp dir, its warehouse under it,
+  stopped at session end. It FAILS (never skips) when Java, javac or Maven are missing.
 * ``lance_uri`` -> a fresh, not yet existing dataset path under ``tmp_path``.
 
 Heavy libraries are imported inside the fixtures, so loading the plugin stays cheap.
@@ -33,6 +36,7 @@ import pytest
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
+    from backfill.sinks.iceberg.rest_server.local import RestCatalogServer
     from stream.broker.provide import BrokerHandle
 
 log = logging.getLogger(__name__)
@@ -121,6 +125,23 @@ def iceberg_catalog(tmp_path: Path) -> Iterator[SqlCatalog]:
                          warehouse=warehouse.as_uri())
     yield catalog
     catalog.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def iceberg_rest_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestCatalogServer]:
+    """A serving local Iceberg REST catalog for the session (fails loudly if none can start)."""
+    from backfill.sinks.iceberg.rest_server.local import start_catalog, stop_catalog
+    from coordinator.core.errors import ServiceError
+
+    data_dir = tmp_path_factory.mktemp("iceberg-rest")
+    try:
+        server = start_catalog(data_dir)
+    except ServiceError as exc:
+        pytest.fail(f"no Iceberg REST catalog for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_catalog(data_dir)
 
 
 @pytest.fixture
