@@ -6,6 +6,7 @@ Both sides (history and live) open the table here, so they share one code path p
 from __future__ import annotations
 
 import logging
+import os
 
 from pyiceberg.catalog import Catalog, load_catalog
 
@@ -35,8 +36,21 @@ def open_catalog(job: JobSpec) -> Catalog:
     if wh is not None and "://" not in wh:
         wh = job.resolve(wh).as_uri()
     props = {**job.table.storage.iceberg_properties(), **spec.load_properties(wh)}
+    if job.table.storage.endpoint is not None:
+        _checksums_when_required()
     log.debug("opening catalog name=%s type=%s", spec.name, spec.type)
     return load_catalog(spec.name, **props)
+
+
+def _checksums_when_required() -> None:
+    """Send S3 request checksums only where the API requires them.
+
+    The AWS SDK inside pyarrow adds CRC64-NVME checksums to uploads by default; S3-compatible
+    servers (S3Proxy, older MinIO) reject the unknown header with HTTP 400. Set only when unset,
+    so ``AWS_REQUEST_CHECKSUM_CALCULATION`` in the environment still wins.
+    """
+    os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
 
 
 def maintenance_policy(job: JobSpec, min_age_s: float = 60.0) -> MaintenancePolicy:

@@ -15,6 +15,9 @@ Fixtures:
 * ``iceberg_rest_catalog`` (session) -> :class:`RestCatalogServer` (``.uri``): a local Apache
   Iceberg REST catalog (``seamline catalog``) in a session temp dir, its warehouse under it,
   stopped at session end. It FAILS (never skips) when Java, javac or Maven are missing.
+* ``s3_server`` (session) -> :class:`S3Server` (``.endpoint``, ``.storage()`` for a job's
+  ``[table.storage]``, ``create_bucket``): a local S3-compatible server (S3Proxy on files,
+  ``seamline s3``), stopped at session end; FAILS (never skips) without Java or Maven.
 * ``lance_uri`` -> a fresh, not yet existing dataset path under ``tmp_path``.
 
 Heavy libraries are imported inside the fixtures, so loading the plugin stays cheap.
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
     from backfill.sinks.iceberg.rest_server.local import RestCatalogServer
+    from backfill.sinks.s3_server.local import S3Server
     from stream.broker.provide import BrokerHandle
 
 log = logging.getLogger(__name__)
@@ -142,6 +146,23 @@ def iceberg_rest_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         yield server
     finally:
         stop_catalog(data_dir)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A serving local S3-compatible server for the session (fails loudly if none can start)."""
+    from backfill.sinks.s3_server.local import start_s3, stop_s3
+    from coordinator.core.errors import ServiceError
+
+    data_dir = tmp_path_factory.mktemp("s3")
+    try:
+        server = start_s3(data_dir)
+    except ServiceError as exc:
+        pytest.fail(f"no S3 server for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_s3(data_dir)
 
 
 @pytest.fixture

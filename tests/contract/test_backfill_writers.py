@@ -21,13 +21,16 @@ from coordinator.core.ports import TableSink
 from coordinator.core.values import Scope, Slice, TimeBucket
 from tests.contract.backfill_writers import (
     DAY0,
+    SERVER_WRITERS,
     WRITERS,
     Rows,
     content,
     crashing_executor,
+    expect_live_refused_on_rest,
     live_appender,
     make_job,
     produce,
+    servers_for,
     token,
 )
 
@@ -37,11 +40,13 @@ SPAWN = multiprocessing.get_context("spawn")
 HWM = 100  # the cut: backfill owns offsets [0, 100) of partition 0, live owns [100, ∞)
 
 
-@pytest.fixture(params=WRITERS)
+@pytest.fixture(params=WRITERS + SERVER_WRITERS)
 def job(request: pytest.FixtureRequest, tmp_path: Path) -> JobSpec:
-    """A job for each of the four writers (topic filled in by Kafka tests)."""
+    """A job for each of the four writers, and Iceberg on the REST catalog (topic filled in by
+    Kafka tests)."""
     writer: str = request.param
-    return make_job(writer, tmp_path, "127.0.0.1:1", "contract-topic")
+    return make_job(writer, tmp_path, "127.0.0.1:1", "contract-topic",
+                    **servers_for(writer, request))
 
 
 @pytest.fixture
@@ -87,7 +92,10 @@ def test_rerunning_a_slice_leaves_content_identical(job: JobSpec, sink: TableSin
     assert found is not None and found.token.attempt == 2
 
 
-def test_late_live_rows_survive_the_backfill_of_their_day(job: JobSpec, sink: TableSink) -> None:
+def test_late_live_rows_survive_the_backfill_of_their_day(
+    job: JobSpec, sink: TableSink, request: pytest.FixtureRequest
+) -> None:
+    expect_live_refused_on_rest(job, request)
     late = Rows(base=50_000, partition=0, start=HWM, count=5, day=0)  # historical day, live offsets
     sink.append_live(late.table("live"), token("live-0", late.range, side="live"))
     hist = Rows(base=0, partition=0, start=0, count=HWM, day=0)
@@ -114,7 +122,10 @@ def test_merge_or_overwrite_replaces_a_changed_slice(job: JobSpec, sink: TableSi
     assert [r["order_id"] for r in content(job)] == list(range(30))
 
 
-def test_a_concurrent_live_appender_loses_nothing(job: JobSpec, sink: TableSink) -> None:
+def test_a_concurrent_live_appender_loses_nothing(
+    job: JobSpec, sink: TableSink, request: pytest.FixtureRequest
+) -> None:
+    expect_live_refused_on_rest(job, request)
     live = [
         Rows(base=100_000 + 10 * i, partition=0, start=HWM + 10 * i, count=10, day=i % 3)
         for i in range(6)

@@ -13,11 +13,18 @@ import backfill.sinks.common as common
 from backfill.sinks.registry import open_sink
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.values import Scope
-from tests.contract.backfill_writers import Rows, content, make_job, token
+from tests.contract.backfill_writers import (
+    SERVER_WRITERS,
+    Rows,
+    content,
+    make_job,
+    servers_for,
+    token,
+)
 
 pytestmark = pytest.mark.integration
 
-FORMATS = ("iceberg-overwrite", "lance-overwrite")
+FORMATS = ("iceberg-overwrite", "lance-overwrite", *SERVER_WRITERS)
 
 
 def _fail_after_commit(real: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,9 +41,10 @@ def _fail_before_commit(*_args: Any, **_kwargs: Any) -> Any:
 
 @pytest.mark.parametrize("writer", FORMATS)
 def test_error_after_commit_is_resolved_by_token(
-    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused")
+    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused",
+                   **servers_for(writer, request))
     sink = open_sink(job)
     sink.ensure_table()
     rows = Rows(base=1000, partition=0, start=0, count=50)
@@ -50,9 +58,10 @@ def test_error_after_commit_is_resolved_by_token(
 
 @pytest.mark.parametrize("writer", FORMATS)
 def test_error_before_commit_is_outcome_unknown_and_nothing_is_visible(
-    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused")
+    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused",
+                   **servers_for(writer, request))
     sink = open_sink(job)
     sink.ensure_table()
     rows = Rows(base=1000, partition=0, start=0, count=50)

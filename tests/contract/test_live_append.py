@@ -20,17 +20,27 @@ from coordinator.core.errors import CommitConflictError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableSink
 from coordinator.core.values import Scope
-from tests.contract.backfill_writers import Rows, make_job, token
+from tests.contract.backfill_writers import (
+    SERVER_WRITERS,
+    Rows,
+    expect_live_refused_on_rest,
+    make_job,
+    servers_for,
+    token,
+)
 
 pytestmark = pytest.mark.integration
 
-FORMATS = ("iceberg-overwrite", "lance-overwrite")
+FORMATS = ("iceberg-overwrite", "lance-overwrite", *SERVER_WRITERS)
 
 
 @pytest.fixture(params=FORMATS)
 def job(request: pytest.FixtureRequest, tmp_path: Path) -> JobSpec:
-    """A job per table format; maintenance every 5 live commits, keeping 2 versions."""
-    base = make_job(request.param, tmp_path, "127.0.0.1:1", "live-contract")
+    """A job per table format (and Iceberg on the REST catalog); maintenance every 5 live
+    commits, keeping 2 versions."""
+    base = make_job(request.param, tmp_path, "127.0.0.1:1", "live-contract",
+                    **servers_for(request.param, request))
+    expect_live_refused_on_rest(base, request)
     live = base.live.model_copy(update={"keep_snapshots": 2, "expire_snapshots_every": 5})
     return base.model_copy(update={"live": live})
 

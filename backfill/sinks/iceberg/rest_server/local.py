@@ -100,7 +100,8 @@ def is_serving(uri: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True when ``pid`` runs and is not a zombie (our own children are polled and reaped)."""
     child = _CHILDREN.get(pid)
     if child is not None:
         return child.poll() is None
@@ -113,7 +114,7 @@ def _alive(pid: int) -> bool:
 
 def is_our_server(pid: int, data_dir: Path) -> bool:
     """True when ``pid`` is alive and is the catalog server of ``data_dir`` (no recycled pid)."""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
@@ -123,14 +124,15 @@ def is_our_server(pid: int, data_dir: Path) -> bool:
     return LAUNCHER_MAIN in text and str(data_dir / "catalog.db") in text
 
 
-def _terminate(pid: int, timeout: float) -> None:
+def terminate(pid: int, timeout: float) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; raise ``ServiceError`` if it survives."""
     for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait_s
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             child = _CHILDREN.get(pid)
             if child is not None:
                 try:
@@ -139,9 +141,9 @@ def _terminate(pid: int, timeout: float) -> None:
                     break
             else:
                 time.sleep(0.1)
-        if not _alive(pid):
+        if not alive(pid):
             break
-    if _alive(pid):
+    if alive(pid):
         raise ServiceError(f"catalog server pid={pid} is still running after SIGKILL",
                            hint=f"check it with: ps -o pid,stat,cmd -p {pid}")
     _CHILDREN.pop(pid, None)
@@ -198,10 +200,16 @@ def start_catalog(data_dir: Path, *, port: int | None = None,
 
 def _launch(cmd: list[str], data_dir: Path) -> int:
     (data_dir / "warehouse").mkdir(exist_ok=True)
+    return launch(cmd, data_dir)
+
+
+def launch(cmd: list[str], data_dir: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``cmd`` in its own session, output to ``data_dir/logs/server.log``; its pid."""
     (data_dir / "logs").mkdir(exist_ok=True)
     with (data_dir / "logs" / "server.log").open("ab") as out:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True)
+                                 stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True,
+                                 env=env)
     _CHILDREN[child.pid] = child
     return child.pid
 
@@ -210,20 +218,20 @@ def _await_start(server: RestCatalogServer, data_dir: Path, deadline: float, *,
                  stop_on_timeout: bool = True) -> None:
     assert server.pid is not None
     while not is_serving(server.uri):
-        if not _alive(server.pid):
+        if not alive(server.pid):
             raise ServiceError(f"the REST catalog pid={server.pid} exited during start-up",
                                hint=f"see {data_dir / 'logs' / 'server.log'}:\n"
-                               f"{_log_tail(data_dir)}")
+                               f"{log_tail(data_dir)}")
         if time.monotonic() > deadline:
             if stop_on_timeout:
-                _terminate(server.pid, DEFAULT_STOP_TIMEOUT_S)
+                terminate(server.pid, DEFAULT_STOP_TIMEOUT_S)
             raise ServiceError(f"the REST catalog pid={server.pid} at {server.uri} did not serve "
                                "/v1/config in time", hint=f"see {data_dir / 'logs'}:\n"
-                               f"{_log_tail(data_dir)}")
+                               f"{log_tail(data_dir)}")
         time.sleep(0.2)
 
 
-def _log_tail(data_dir: Path, lines: int = 12) -> str:
+def log_tail(data_dir: Path, lines: int = 12) -> str:
     path = data_dir / "logs" / "server.log"
     if not path.is_file():
         return "(no log written)"
@@ -244,7 +252,7 @@ def stop_catalog(data_dir: Path, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> 
         if state is None or state.pid is None or not is_our_server(state.pid, data_dir):
             return []
         log.info("stopping local REST catalog pid=%d", state.pid)
-        _terminate(state.pid, timeout)
+        terminate(state.pid, timeout)
         _write_state(data_dir, dataclasses.replace(state, pid=None))
         return [state.pid]
 
