@@ -17,7 +17,7 @@ from coordinator.core.errors import ExitCode, SeamlineError
 log = logging.getLogger(__name__)
 
 # Modules that each define ``register(group: click.Group) -> None``.
-_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli.broker", "coordinator.cli.catalog", "coordinator.cli.live", "coordinator.cli.jobs", "coordinator.cli.reconcile", "coordinator.cli.demo", "coordinator.cli.reprocess")
+_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli.broker", "coordinator.cli.catalog", "coordinator.cli.s3", "coordinator.cli.live", "coordinator.cli.jobs", "coordinator.cli.reconcile", "coordinator.cli.demo", "coordinator.cli.reprocess")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
