@@ -31,14 +31,24 @@ from typing import Any
 import pyarrow.compute as pc
 
 from coordinator.core import lineage
-from coordinator.core.errors import CancelledError, ExitCode, LiveError, ReconcileError
+from coordinator.core.errors import (
+    CancelledError,
+    ConfigError,
+    ExitCode,
+    LiveError,
+    ReconcileError,
+)
 from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import Cut
 from coordinator.demo.job import (
     PARTITIONS,
+    S3_SECRET_ENV,
     TOPIC_CONFIG,
+    CatalogKind,
     DemoPaths,
+    DemoServices,
     Seeded,
+    StorageKind,
     TableFormat,
     new_topic_name,
     prepare_workdir,
@@ -64,11 +74,24 @@ class DemoOptions:
     """What ``seamline demo`` was asked to do."""
 
     table_format: TableFormat = "iceberg"
+    catalog: CatalogKind = "sql"
+    storage: StorageKind = "local"
     rows: int = DEFAULT_ROWS
     workdir: Path = DEFAULT_WORKDIR
     reprocess: bool = False
     live_rate: float = 200.0  # live records per second
     catch_up_s: float = 180.0  # deadline for live to reach lag 0 after the producer stops
+
+    def __post_init__(self) -> None:
+        if self.table_format == "lance" and (self.catalog, self.storage) != ("sql", "local"):
+            raise ConfigError(
+                "key=--catalog/--storage: expected --table-format iceberg, found lance",
+                hint="Lance needs no catalog, and Lance on object storage is not supported yet")
+        if (self.catalog, self.storage) == ("rest", "s3"):
+            raise ConfigError(
+                "key=--storage: the local REST catalog keeps its warehouse on local files; "
+                "expected --storage local with --catalog rest, found s3",
+                hint="use --catalog sql --storage s3, or --catalog rest --storage local")
 
 
 @dataclass(frozen=True)
@@ -161,6 +184,29 @@ class _Demo:
         self.pids.record(demo_pid=os.getpid(), workdir=str(self.paths.root))
         self.t0 = time.monotonic()
         self.facts: dict[str, Any] = {}
+        self.services = DemoServices()
+
+    def start_services(self, stack: contextlib.ExitStack) -> None:
+        """Start the REST catalog and/or the S3 server the options ask for (stopped at exit)."""
+        from backfill.sinks.iceberg.rest_server.local import start_catalog, stop_catalog
+        from backfill.sinks.s3_server.local import create_bucket, start_s3, stop_s3
+
+        if self.options.catalog == "rest":
+            rest = start_catalog(self.paths.rest_catalog)
+            stack.callback(stop_catalog, self.paths.rest_catalog)
+            self.pids.record(rest_catalog_pid=rest.pid)
+            self.services = DemoServices(rest_uri=rest.uri)
+            self.say(f"REST catalog: {rest.uri} (seamline catalog, pid {rest.pid})")
+        if self.options.storage == "s3":
+            s3 = start_s3(self.paths.s3)
+            stack.callback(stop_s3, self.paths.s3)
+            self.pids.record(s3_pid=s3.pid)
+            bucket = create_bucket(s3, f"demo-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
+            os.environ[S3_SECRET_ENV] = s3.secret_access_key  # read by job.toml, never written
+            self.services = DemoServices(
+                rest_uri=self.services.rest_uri, s3_endpoint=s3.endpoint, s3_region=s3.region,
+                s3_access_key_id=s3.access_key_id, s3_bucket=bucket.removeprefix("s3://"))
+            self.say(f"S3: {s3.endpoint}, warehouse {bucket}/warehouse (seamline s3, pid {s3.pid})")
 
     def seed(self, bootstrap: str) -> tuple[JobSpec, Seeded]:
         from stream.broker.admin import create_topic
@@ -173,7 +219,7 @@ class _Demo:
         self.say(f"history: {seeded.archive_rows:,} rows in {seeded.archive_files} monthly "
                  f"Parquet files, {seeded.topic_records:,} records in the topic")  # fmt: skip
         self.paths.job.write_text(render_job(self.options.table_format, self.paths, bootstrap,
-                                             topic))  # fmt: skip
+                                             topic, self.services))  # fmt: skip
         self.say(f"job file: {self.paths.job}")
         return load_job(self.paths.job), seeded
 
@@ -308,6 +354,8 @@ def run_demo(
         demo.pids.record(bootstrap=handle.bootstrap, broker_kind=handle.kind,
                          broker_pid=_broker_pid(handle.kind, demo.paths.broker))  # fmt: skip
         say(f"broker: {handle.bootstrap} ({handle.kind})")
+        _check(stop)
+        demo.start_services(stack)
         _check(stop)
         job, seeded = demo.seed(handle.bootstrap)
         _check(stop)
