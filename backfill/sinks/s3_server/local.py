@@ -99,6 +99,16 @@ def _config(server: S3Server, data_dir: Path) -> str:
     ])
 
 
+# S3Proxy ships no logging configuration: logback's default logs every request at DEBUG.
+_LOGBACK = """<configuration>
+  <appender name="OUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%d{HH:mm:ss.SSS} %-5level %logger{36} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="OUT"/></root>
+</configuration>
+"""
+
+
 def is_serving(endpoint: str, timeout: float = 2.0) -> bool:
     """True when the endpoint accepts TCP connections and answers HTTP (any status)."""
     import socket
@@ -151,10 +161,11 @@ def start_s3(data_dir: Path, *, port: int | None = None,
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(_config(server, data_dir))
-        cmd = [java.path, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-DLOG_LEVEL=info",
+        (data_dir / "logback.xml").write_text(_LOGBACK)
+        cmd = [java.path, "-Xmx256m", "-XX:TieredStopAtLevel=1",
+               f"-Dlogback.configurationFile={data_dir / 'logback.xml'}",
                "-cp", f"{libs}{os.sep}*", MAIN, "--properties", str(conf)]
-        server = dataclasses.replace(server, pid=launch(cmd, data_dir,
-                                                        env=os.environ | {"LOG_LEVEL": "info"}))
+        server = dataclasses.replace(server, pid=launch(cmd, data_dir))
         _write_state(data_dir, server)
         _await(server, data_dir, deadline)
         log.info("local S3 server pid=%s serving at %s", server.pid, server.endpoint)
