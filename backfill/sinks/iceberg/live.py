@@ -31,7 +31,7 @@ manifest-merge / metadata-cleanup table properties :data:`MAINTENANCE_PROPERTIES
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -43,7 +43,8 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update import ValidatableTableRequirement
 from pyiceberg.utils.properties import property_as_bool
 
-from backfill.sinks import common
+from backfill.sinks import common, merge
+from backfill.sinks.iceberg.merge import stage_merge
 from backfill.sinks.iceberg.write import CachedTransaction, write_data_files
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.ports import CommitRecord
@@ -98,6 +99,11 @@ class AssertLiveOffsets(ValidatableTableRequirement):  # type: ignore[misc]
                 )
 
 
+class MergeConflictError(Exception):
+    """A live merge met a concurrent commit touching its keys: certainly not applied; the
+    merge is re-planned on the new snapshot."""
+
+
 class BaseSnapshotExpiredError(Exception):
     """The snapshot an append was built on was expired by a concurrent maintenance (pyiceberg's
     own rebase then fails with "Cannot find starting snapshot"): certainly not applied."""
@@ -106,7 +112,7 @@ class BaseSnapshotExpiredError(Exception):
 def _is_retryable(exc: BaseException) -> bool:
     """Certainly not applied and worth a retry with freshly loaded metadata: a lost
     compare-and-set after pyiceberg's own rebases, or a base snapshot expired concurrently."""
-    return isinstance(exc, CommitFailedException | BaseSnapshotExpiredError)
+    return isinstance(exc, CommitFailedException | BaseSnapshotExpiredError | MergeConflictError)
 
 
 def _expected(token: CommitToken, current: Mapping[PartitionId, Offset]) -> dict[str, int]:
@@ -161,9 +167,11 @@ class IcebergLiveTable:
         expire_every: int = 50,
         min_snapshot_age_s: float = 60.0,
         sort_by: str | None = None,
+        merge_rule: merge.MergeRule | None = None,
     ) -> None:
         self._table = table
         self._sort_by = sort_by
+        self._merge = merge_rule
         self.policy = common.MaintenancePolicy(keep_snapshots, expire_every, min_snapshot_age_s)
         self.retry = common.DEFAULT_RETRY
         self._commits = 0
@@ -204,10 +212,8 @@ class IcebergLiveTable:
         self._table.refresh()
         rows = self._conform(data)
         try:
-            files = write_data_files(self._table, rows)  # once; conflict retries re-use them
-            common.retry_conflicts(
-                what, lambda: self._commit_files(files, token), _is_retryable, self.retry
-            )
+            commit = self._committer(rows, token)
+            common.retry_conflicts(what, commit, _is_retryable, self.retry)
         except LiveOffsetsMovedError as exc:  # an offset moved: certainly not applied
             raise CommitConflictError(
                 f"{what}: live commit not applied ({exc})",
@@ -239,7 +245,16 @@ class IcebergLiveTable:
                 log.warning("table maintenance failed after a live commit: %s", exc)
         return rec
 
-    def _commit_files(self, files: list[DataFile], token: CommitToken) -> None:
+    def _committer(self, rows: pa.Table, token: CommitToken) -> Callable[[], None]:
+        """One commit attempt: an append of files written once, or (merge mode) a merge
+        re-planned against the snapshot each attempt commits on."""
+        if self._merge is None:
+            files = write_data_files(self._table, rows)  # once; conflict retries re-use them
+            return lambda: self._commit_files(files, token)
+        batch = merge.dedupe(rows, self._merge)
+        return lambda: self._commit_files(batch, token)
+
+    def _commit_files(self, files: list[DataFile] | pa.Table, token: CommitToken) -> None:
         """One conditional commit of ``files`` at the table's current live offsets.
 
         A ``ValidationException`` other than :class:`LiveOffsetsMovedError` is classified by
@@ -254,6 +269,12 @@ class IcebergLiveTable:
         except LiveOffsetsMovedError:
             raise
         except ValidationException as exc:
+            if self._merge is not None and (
+                base is None or self._snapshot_exists(base.snapshot_id)
+            ):
+                raise MergeConflictError(
+                    f"live merge: concurrent commit on its keys ({exc})"
+                ) from exc
             if base is None or self._snapshot_exists(base.snapshot_id):
                 raise
             log.info(
@@ -268,7 +289,7 @@ class IcebergLiveTable:
         self._table.refresh()
         return self._table.metadata.snapshot_by_id(snapshot_id) is not None
 
-    def _commit_at_current(self, files: list[DataFile], token: CommitToken) -> None:
+    def _commit_at_current(self, files: list[DataFile] | pa.Table, token: CommitToken) -> None:
         current = live_offsets_from_properties(self._table.metadata.properties)
         requirement = AssertLiveOffsets(expected=_expected(token, current))
         merge = property_as_bool(
@@ -279,6 +300,11 @@ class IcebergLiveTable:
         with CachedTransaction(self._table) as txn:
             txn._stage((), (requirement,))  # type: ignore[arg-type]  # catalog re-validates
             txn.set_properties(live_offset_properties(token))
+            if isinstance(files, pa.Table):  # merge mode: plan on this snapshot
+                assert self._merge is not None
+                props = token.to_properties()
+                stage_merge(txn, self._table, files, self._merge, props, self._sort_by)
+                return
             update = txn.update_snapshot(snapshot_properties=token.to_properties())
             with update.merge_append() if merge else update.fast_append() as append:
                 for data_file in files:
