@@ -59,9 +59,20 @@ def open_sink(job: JobSpec, *, min_age_s: float = 60.0) -> TableSink:
             partition_by=job.table.partition_by,
             mode=mode,
             key=job.table.key,
+            version=job.table.version,
+            strict_keys=job.table.strict_keys,
             maintenance=maintenance,
         )
     if job.table.uri is None:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     uri = job.table.uri if "://" in job.table.uri else str(job.resolve(job.table.uri))
-    return LanceSink(uri, schema, event_time, mode=mode, key=job.table.key, maintenance=maintenance)
+    return LanceSink(
+        uri,
+        schema,
+        event_time,
+        mode=mode,
+        key=job.table.key,
+        version=job.table.version,
+        strict_keys=job.table.strict_keys,
+        maintenance=maintenance,
+    )
