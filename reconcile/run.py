@@ -49,7 +49,7 @@ from coordinator.core.values import (
 from reconcile.checksum import Checksum, checksum, hashed_columns
 from reconcile.coverage import I64, PartitionCoverage, compare_offsets
 from reconcile.drilldown import KAFKA_KEY, bisect_diff
-from reconcile.keys import KeyCheck, check_unique, key_index, superseded_rows
+from reconcile.keys import KeyCheck, check_unique, key_index, superseded, superseded_rows
 from reconcile.model import ReconcileReport, SliceReport, UnitKind, describe_scope
 from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
 
@@ -247,7 +247,7 @@ class _Run:
         table = self.sink.scan(scope)
         data = _drop_dead(data, self.dead)
         rows, replaced = data.rows, 0
-        if self.merge_index is not None and unit.kind != "live" and rows is not None:
+        if self.merge_index is not None and rows is not None:
             rows, replaced = self.drop_superseded(rows, table)
         report = compare_unit(
             Unit(unit.unit_id, unit.kind, scope, unit.slice), rows, table,
@@ -260,7 +260,10 @@ class _Run:
         assert self.merge_index is not None
         lineage_cols = [lineage.PARTITION, lineage.OFFSET]
         missing = rows.join(table.select(lineage_cols), lineage_cols, join_type="left anti")
-        gone = superseded_rows(missing, self.merge_index, self.job.table.key)
+        gone = superseded_rows(
+            missing, self.merge_index, self.job.table.key, self.job.table.version
+        )
+        gone = gone.select(lineage_cols).group_by(lineage_cols).aggregate([])
         if gone.num_rows == 0:
             return rows, 0
         for p in set(gone[lineage.PARTITION].to_pylist()):
@@ -276,7 +279,30 @@ class _Run:
 
         assert unit.slice is not None
         source = read_archive_slice(self.job, unit.slice)
-        return compare_unit(unit, source, self.sink.scan(unit.scope), key=self.job.table.key)
+        table = self.sink.scan(unit.scope)
+        replaced = 0
+        if self.merge_index is not None and source.num_rows:
+            source, replaced = self.drop_superseded_archive(source, table)
+        report = compare_unit(unit, source, table, key=self.job.table.key)
+        return replace(report, superseded=replaced) if replaced else report
+
+    def drop_superseded_archive(self, source: pa.Table, table: pa.Table) -> tuple[pa.Table, int]:
+        """Archive rows minus those whose key the table holds from a later record (merge)."""
+        assert self.merge_index is not None
+        key = list(self.job.table.key)
+        missing = source.join(table.select(key), key, join_type="left anti")
+        if missing.num_rows == 0:
+            return source, 0
+        tagged = (
+            missing.append_column(lineage.SOURCE, pa.array(["archive"] * missing.num_rows))
+            .append_column(lineage.PARTITION, pa.nulls(missing.num_rows, pa.int32()))
+            .append_column(lineage.OFFSET, pa.nulls(missing.num_rows, pa.int64()))
+        )
+        gone = superseded(tagged, self.merge_index, key, self.job.table.version)
+        if gone.num_rows == 0:
+            return source, 0
+        kept = source.join(gone.select(key), key, join_type="left anti")
+        return kept.select(source.column_names).cast(source.schema), source.num_rows - kept.num_rows
 
     def coverage(
         self, ends: Mapping[int, int], quarantine: Mapping[int, Iterable[int]]
@@ -319,7 +345,7 @@ def _key_check(
     merge = job.backfill.mode == "merge"
     if not job.table.key or not (merge or any(s.scope.source == "archive" for s in slices)):
         return None, None
-    index = key_index(sink, job.table.key, job.schema_.event_time)
+    index = key_index(sink, job.table.key, job.schema_.event_time, job.table.version)
     return (index if merge else None), check_unique(index, job.table.key, merge=merge)
 
 
