@@ -293,11 +293,15 @@ class _Run:
         missing = source.join(table.select(key), key, join_type="left anti")
         if missing.num_rows == 0:
             return source, 0
-        tagged = (
-            missing.append_column(lineage.SOURCE, pa.array(["archive"] * missing.num_rows))
-            .append_column(lineage.PARTITION, pa.nulls(missing.num_rows, pa.int32()))
-            .append_column(lineage.OFFSET, pa.nulls(missing.num_rows, pa.int64()))
-        )
+        n, tagged = missing.num_rows, missing
+        fill = {
+            lineage.SOURCE: pa.array(["archive"] * n, pa.string()),
+            lineage.PARTITION: pa.nulls(n, pa.int32()),
+            lineage.OFFSET: pa.nulls(n, pa.int64()),
+        }
+        for name, values in fill.items():
+            if name not in tagged.column_names:
+                tagged = tagged.append_column(name, values)
         gone = superseded(tagged, self.merge_index, key, self.job.table.version)
         if gone.num_rows == 0:
             return source, 0

@@ -44,7 +44,7 @@ from pyiceberg.table.update import ValidatableTableRequirement
 from pyiceberg.utils.properties import property_as_bool
 
 from backfill.sinks import common, merge
-from backfill.sinks.iceberg.merge import stage_merge
+from backfill.sinks.iceberg.merge import merge_lock, stage_merge
 from backfill.sinks.iceberg.write import CachedTransaction, write_data_files
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.ports import CommitRecord
@@ -252,7 +252,12 @@ class IcebergLiveTable:
             files = write_data_files(self._table, rows)  # once; conflict retries re-use them
             return lambda: self._commit_files(files, token)
         batch = merge.dedupe(rows, self._merge)
-        return lambda: self._commit_files(batch, token)
+
+        def attempt() -> None:
+            with merge_lock(self._table):  # fair turns with history merges on this host
+                self._commit_files(batch, token)
+
+        return attempt
 
     def _commit_files(self, files: list[DataFile] | pa.Table, token: CommitToken) -> None:
         """One conditional commit of ``files`` at the table's current live offsets.

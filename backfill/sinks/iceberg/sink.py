@@ -43,7 +43,7 @@ from backfill.sinks.iceberg.live import (
     committed_record,
     snapshot_records,
 )
-from backfill.sinks.iceberg.merge import stage_merge
+from backfill.sinks.iceberg.merge import merge_lock, stage_merge
 from backfill.sinks.iceberg.write import CachedTransaction, stage_overwrite, write_data_files
 from backfill.sinks.scopes import arrow_scope, ice_true, iceberg_scope
 from coordinator.core import lineage
@@ -185,17 +185,17 @@ class IcebergSink:
         own = (iceberg_scope(scope, self.event_time), arrow_scope(scope, self.event_time))
         first = self._table()
         rows = merge.dedupe(self._rows(first, data), rule)
-        fresh: list[Table] = [first]
 
         def action() -> Table:
-            table = fresh.pop() if fresh else self._table()
-            try:
-                with _quiet_empty_delete(), CachedTransaction(table) as tx:
-                    stage_merge(tx, table, rows, rule, props, self.event_time, own)
-                    common.crash_point("before_commit")  # files written, not committed
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise WriterError(f"{what}: merge refused ({exc})") from exc
-            return table
+            with merge_lock(first):  # fair turns with the live merger on this host
+                table = self._table()
+                try:
+                    with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                        stage_merge(tx, table, rows, rule, props, self.event_time, own)
+                        common.crash_point("before_commit")  # files written, not committed
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                    raise WriterError(f"{what}: merge refused ({exc})") from exc
+                return table
 
         return self._commit(what, token, action)
 
