@@ -140,12 +140,14 @@ def main() -> None:
                 str(Path(tmp) / "o" / "t.lance" if kind == "lance" else Path(tmp) / "o"),
                 "overwrite",
                 data,
+                args.months,
             )
             merged, _ = history(
                 kind,
                 str(Path(tmp) / "m" / "t.lance" if kind == "lance" else Path(tmp) / "m"),
                 "merge",
                 data,
+                args.months,
             )
             print(f"{kind}: merge / overwrite = {merged / over:.2f} (target >= 0.5)", flush=True)
     reconcile_cost(args.reconcile_rows)

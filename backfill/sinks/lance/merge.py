@@ -57,6 +57,19 @@ def key_predicate(key_rows: pa.Table, keys: tuple[str, ...]) -> str | None:
     return "(" + " OR ".join(parts) + ")"
 
 
+_ADDR = "_rowaddr"
+
+
+def _read(
+    ds: lance.LanceDataset, flt: pc.Expression, columns: list[str] | None = None
+) -> tuple[pa.Table, set[int]]:
+    """Rows matching ``flt`` (a structural Arrow filter) and the fragments holding them."""
+    got = ds.to_table(columns=columns, filter=flt, with_row_address=True)
+    frags = pc.shift_right(got[_ADDR], pa.scalar(32, pa.uint64())) if got.num_rows else []
+    touched = {int(f) for f in pc.unique(frags).to_pylist()} if got.num_rows else set()
+    return got.drop_columns([_ADDR]), touched
+
+
 @dataclass(frozen=True)
 class LanceMergeChanges:
     """One merge against one version: fragments removed/updated and new fragments."""
@@ -79,8 +92,9 @@ def plan_changes(
 ) -> LanceMergeChanges:
     """Read the batch's keys at ``ds``, decide winners, write their fragments (uncommitted)
     and compute deletions of the replaced keys plus ``scope`` (SQL and Arrow forms)."""
-    predicate = key_predicate(rows, rule.key)
-    existing = ds.to_table(filter=predicate) if predicate else schema.empty_table()
+    existing, touched = _read(ds, merge.arrow_key_filter(rows, rule.key))
+    if scope is not None:
+        touched |= _read(ds, scope[1], columns=[])[1]
     decided = merge.plan(rows, merge.outside(existing, scope and scope[1]), rule)
     delete = [p for p in (scope and scope[0], key_predicate(decided.replace, rule.key)) if p]
     removed: list[int] = []
@@ -88,7 +102,8 @@ def plan_changes(
     kept: list[Any] = []
     for frag in ds.get_fragments():
         before = frag.metadata
-        after = frag.delete(" OR ".join(f"({p})" for p in delete)) if delete else before
+        hit = delete and frag.fragment_id in touched  # only fragments holding these rows
+        after = frag.delete(" OR ".join(f"({p})" for p in delete)) if hit else before
         if after is None:
             removed.append(frag.fragment_id)
             continue
