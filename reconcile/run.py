@@ -541,7 +541,9 @@ def reconcile_job(
     fast = one_pass and _one_pass_safe(units, index)
     say(UNITS, 0, len(units), 0)
     reports = run.one_pass(units, ends) if fast else run.per_unit(units)
-    say(UNITS, len(units), len(units), sum(r.source.rows for r in reports))
+    rows = [r.source.rows for r in reports] + [0] * (len(units) - len(reports))
+    for done, n in enumerate(rows, 1):  # units compared (the one pass ends them together)
+        say(UNITS, done, len(units), n)
     say("offset coverage per partition", 0, 0, 0)
     coverage = run.coverage(ends, given)
     report_ = ReconcileReport(

@@ -244,7 +244,7 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
     remaining = doc["remaining"]
     click.echo(
         f"remaining: {len(remaining)} slices not yet committed"
-        + (f" ({_id_list(remaining)})" if remaining else "")
+        + (f" ({_id_list(remaining)})" if 0 < len(remaining) <= 5 else "")
     )
     left = remaining_estimate(doc["slices"], concurrency)
     if left:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from coordinator.core.logs import current_log_settings
 
 
 class ProgressSink(Protocol):
@@ -127,19 +130,24 @@ class LineProgress:
         every_slices: int | None = None,
         every_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        json_lines: bool = False,
     ) -> None:
         if every_slices is not None and every_slices < 1:
             raise ValueError(f"every_slices: expected >= 1, found {every_slices}")
         self._out = out if out is not None else sys.stderr
         self._label, self._every_slices, self._every_s = label, every_slices, every_s
-        self._clock = clock
+        self._clock, self._json = clock, json_lines
         self._total = self._done = self._done_before = self._rows = self._retries = 0
         self._t0 = self._last_line = clock()
         self._since_line = 0
 
     def _say(self, text: str) -> None:
         self._last_line, self._since_line = self._clock(), 0
-        print(f"{self._label}: {text}", file=self._out, flush=True)
+        msg = f"{self._label}: {text}"
+        line = msg if not self._json else json.dumps(
+            {"level": "INFO", "logger": __name__, "msg": msg, "progress": self._label}
+        )
+        print(line, file=self._out, flush=True)
 
     def _line(self) -> str:
         elapsed = max(self._clock() - self._t0, 1e-6)
@@ -195,8 +203,9 @@ def _clock_text(seconds: float) -> str:
 
 
 def progress_for(stream: TextIO | None = None, *, label: str = "backfill") -> ProgressSink:
-    """The one sink chosen by the terminal: a rich bar on a TTY, throttled lines otherwise."""
+    """The one sink chosen by the terminal: a rich bar on a TTY, throttled lines otherwise
+    (JSON objects when the CLI logs JSON, so every stderr line stays machine-readable)."""
     out = stream if stream is not None else sys.stderr
     if out.isatty():
         return RichProgress(Console(file=out))
-    return LineProgress(out, label=label)
+    return LineProgress(out, label=label, json_lines=current_log_settings()[1])

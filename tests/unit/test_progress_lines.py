@@ -69,3 +69,23 @@ class Tty(io.StringIO):
 def test_the_terminal_chooses_the_sink() -> None:
     assert isinstance(progress_for(io.StringIO()), LineProgress)
     assert isinstance(progress_for(Tty()), RichProgress)
+
+
+def test_with_json_logs_every_progress_line_is_a_json_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    monkeypatch.setenv("SEAMLINE_LOG_JSON", "1")
+    out = io.StringIO()
+    sink = progress_for(out, label="reconcile")
+    sink.start(2, 0)
+    sink.slice_done(10)
+    sink.slice_done(5)
+    sink.stop()
+    lines = out.getvalue().splitlines()
+    assert lines and all(json.loads(line)["progress"] == "reconcile" for line in lines)
+    monkeypatch.setenv("SEAMLINE_LOG_JSON", "0")
+    plain = io.StringIO()
+    progress_for(plain, label="backfill").start(1, 0)
+    assert plain.getvalue().startswith("backfill: ")
