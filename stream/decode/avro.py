@@ -37,7 +37,7 @@ from coordinator.core.errors import ConfigError, SourceError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.logs import redact
 from coordinator.core.values import Side
-from stream.decode.base import Quarantined, RawMessage, add_lineage
+from stream.decode.base import ColumnsDecoder, Quarantined, add_lineage
 from stream.decode.coerce import RecordError, field_coercer
 from stream.decode.json import build_rows
 from stream.decode.transform import Transform, apply_transform
@@ -52,7 +52,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 
 
-class AvroDecoder:
+class AvroDecoder(ColumnsDecoder):
     """Decodes Avro message values into the job's schema (see the module docstring)."""
 
     format = "avro"
@@ -63,19 +63,6 @@ class AvroDecoder:
         self._schema = fastavro.parse_schema(schema) if schema is not None else None
         self._registry = registry
         self._by_id: dict[int, Any] = {}
-
-    def decode(
-        self, messages: Sequence[RawMessage], schema: pa.Schema, transform: Transform, side: Side
-    ) -> tuple[pa.Table, list[Quarantined]]:
-        """Decode, transform and add lineage to ``messages`` (see :meth:`decode_columns`)."""
-        return self.decode_columns(
-            [m.partition for m in messages],
-            [m.offset for m in messages],
-            [m.value for m in messages],
-            schema,
-            transform,
-            side,
-        )
 
     def decode_columns(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -51,3 +52,37 @@ def add_lineage(
     for f, col in zip(lineage.FIELDS, cols, strict=True):
         table = table.append_column(f, col)
     return table
+
+
+class ColumnsDecoder:
+    """Base of the decoders: :meth:`decode` of messages is :meth:`decode_columns` of their
+    partitions, offsets and values (the live loop calls the latter on its column buffers)."""
+
+    def decode(
+        self,
+        messages: Sequence[RawMessage],
+        schema: pa.Schema,
+        transform: Callable[[pa.Table], pa.Table],
+        side: Side,
+    ) -> tuple[pa.Table, list[Quarantined]]:
+        """Decode, transform and add lineage to ``messages`` (see :meth:`decode_columns`)."""
+        return self.decode_columns(
+            [m.partition for m in messages],
+            [m.offset for m in messages],
+            [m.value for m in messages],
+            schema,
+            transform,
+            side,
+        )
+
+    def decode_columns(
+        self,
+        partitions: Sequence[int],
+        offsets: Sequence[int],
+        values: Sequence[bytes | None],
+        schema: pa.Schema,
+        transform: Callable[[pa.Table], pa.Table],
+        side: Side,
+    ) -> tuple[pa.Table, list[Quarantined]]:
+        """Rows (as the transform returns them, plus lineage) and quarantined records."""
+        raise NotImplementedError

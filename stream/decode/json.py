@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from coordinator.core.values import Side
-from stream.decode.base import Quarantined, RawMessage, add_lineage
+from stream.decode.base import ColumnsDecoder, Quarantined, add_lineage
 from stream.decode.coerce import (
     MAX_MS,
     MIN_MS,
@@ -52,26 +52,13 @@ _PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError
 Indices = list[int] | None  # batch positions; None: all of them, in order
 
 
-class JsonDecoder:
+class JsonDecoder(ColumnsDecoder):
     """Decodes one-object-per-message JSON into the job's schema (``[stream] format = "json"``)."""
 
     format = "json"
 
     def __init__(self, *, fast: bool = True) -> None:
         self.fast = fast  # False: every record through the reference (for tests, benchmarks)
-
-    def decode(
-        self, messages: Sequence[RawMessage], schema: pa.Schema, transform: Transform, side: Side
-    ) -> tuple[pa.Table, list[Quarantined]]:
-        """Decode, transform and add lineage to ``messages`` (see :meth:`decode_columns`)."""
-        return self.decode_columns(
-            [m.partition for m in messages],
-            [m.offset for m in messages],
-            [m.value for m in messages],
-            schema,
-            transform,
-            side,
-        )
 
     def decode_columns(
         self,
