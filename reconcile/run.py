@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coordinator.core import lineage
-from coordinator.core.controls import apply_where
 from coordinator.core.errors import ReconcileError
 from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
@@ -57,7 +56,7 @@ from reconcile.checksum import Checksum, checksum, hashed_columns
 from reconcile.coverage import I64, PartitionCoverage, compare_offsets
 from reconcile.drilldown import KAFKA_KEY, bisect_diff
 from reconcile.keys import KeyCheck, check_unique, key_index, superseded_rows
-from reconcile.model import ReconcileReport, SliceReport, UnitKind, describe_scope
+from reconcile.model import ReconcileReport, SliceReport, describe_scope
 from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
 from reconcile.tablepass import (
     PassPlan,
@@ -65,6 +64,14 @@ from reconcile.tablepass import (
     bucket_range,
     scopes_disjoint,
     table_pass,
+)
+from reconcile.units import (
+    Unit,
+    drop_dead,
+    drop_filtered,
+    limit_scope,
+    plan_units,
+    trim_young,
 )
 
 log = logging.getLogger(__name__)
@@ -83,16 +90,6 @@ class UnitSource(Protocol):
 
 
 @dataclass(frozen=True)
-class Unit:
-    """One compared unit: a planned slice or a pseudo-slice."""
-
-    unit_id: str
-    kind: UnitKind
-    scope: Scope
-    slice: Slice | None = None
-
-
-@dataclass(frozen=True)
 class _Pending:
     """A unit whose source side is summed, waiting for the table pass."""
 
@@ -100,45 +97,6 @@ class _Pending:
     source: Checksum
     columns: tuple[str, ...] | None  # hashed source columns (None: no source rows)
     quarantined: int = 0
-
-
-def _chunks(p: int, start: int, end: int, width: int) -> list[OffsetRange]:
-    return [
-        OffsetRange(PartitionId(p), Offset(a), Offset(min(a + width, end)))
-        for a in range(start, end, width)
-    ]
-
-
-def _uncovered(
-    p: int, start: int, end: int, ranges: Iterable[OffsetRange]
-) -> list[tuple[int, int]]:
-    out, pos = [], start
-    for r in sorted(r for r in ranges if r.partition == p):
-        if r.start > pos:
-            out.append((pos, min(r.start, end)))
-        pos = max(pos, r.end)
-    if pos < end:
-        out.append((pos, end))
-    return [(a, b) for a, b in out if b > a]
-
-
-def plan_units(
-    cut: Cut, slices: Sequence[Slice], ends: Mapping[int, int], width: int
-) -> list[Unit]:
-    """Planned slices, then unplanned history ranges, then live chunks, per partition."""
-    units = [
-        Unit(s.slice_id, "history" if s.scope.source == "kafka" else "archive", s.scope, s)
-        for s in slices
-    ]
-    planned = [r for s in slices for r in s.scope.ranges]
-    for pc_ in cut.partitions:
-        p = pc_.partition
-        for a, b in _uncovered(p, pc_.log_start, pc_.hwm, planned):
-            for r in _chunks(p, a, b, width):
-                units.append(Unit(f"unplanned-p{p}-{r.start}", "unplanned", Scope("kafka", (r,))))
-        for r in _chunks(p, pc_.hwm, max(pc_.hwm, ends.get(p, pc_.hwm)), width):
-            units.append(Unit(f"live-p{p}-{r.start}", "live", Scope("kafka", (r,))))
-    return units
 
 
 @dataclass
@@ -149,70 +107,6 @@ class _Partition:
     quarantined: list[I64] = field(default_factory=list)
     superseded: list[I64] = field(default_factory=list)
     upper: int | None = None  # first offset left out by min-age
-
-
-def _trim_young(unit: SourceUnit, cutoff_ms: int) -> tuple[SourceUnit, int | None]:
-    young = np.flatnonzero(unit.timestamps_ms > cutoff_ms)
-    if not len(young):
-        return unit, None
-    upper = int(unit.offsets[young[0]])
-    keep = unit.offsets < upper
-    rows = unit.rows
-    if rows is not None:
-        rows = rows.filter(pc.less(rows.column(lineage.OFFSET), pa.scalar(upper, pa.int64())))
-    q = unit.quarantined[unit.quarantined < upper]
-    return SourceUnit(rows, unit.offsets[keep], unit.timestamps_ms[keep], q), upper
-
-
-def _drop_dead(unit: SourceUnit, dead: Mapping[int, set[int]]) -> SourceUnit:
-    """Move rows whose offset the dead-letter topic lists from ``rows`` to ``quarantined``
-    (a writer quarantined them: they are expected absent from the table)."""
-    rows = unit.rows
-    if rows is None or not dead:
-        return unit
-    listed = pa.table(
-        {
-            lineage.PARTITION: pa.array([p for p, offs in dead.items() for _ in offs], pa.int32()),
-            lineage.OFFSET: pa.array([o for offs in dead.values() for o in offs], pa.int64()),
-        }
-    )
-    keys = [lineage.PARTITION, lineage.OFFSET]
-    hit = rows.select(keys).join(listed, keys, join_type="inner")
-    if hit.num_rows == 0:
-        return unit
-    kept = rows.join(listed, keys, join_type="left anti")
-    moved = np.asarray(hit[lineage.OFFSET].to_numpy(), dtype=np.int64)
-    quarantined = np.union1d(unit.quarantined, moved)
-    return SourceUnit(
-        kept if kept.num_rows else None, unit.offsets, unit.timestamps_ms, quarantined
-    )
-
-
-def _drop_filtered(unit: SourceUnit, where: pc.Expression | None) -> SourceUnit:
-    """Rows the job's ``[history] where`` leaves out, and their offsets, dropped from a history
-    unit: the backfill never writes them, so they are neither expected nor lost."""
-    rows = unit.rows
-    if where is None or rows is None:
-        return unit
-    kept = apply_where(rows, where)
-    if kept.num_rows == rows.num_rows:
-        return unit
-    all_rows = np.asarray(rows.column(lineage.OFFSET).to_numpy(), np.int64)
-    left = np.asarray(kept.column(lineage.OFFSET).to_numpy(), np.int64)
-    keep = ~np.isin(unit.offsets, np.setdiff1d(all_rows, left))
-    return SourceUnit(
-        kept if kept.num_rows else None, unit.offsets[keep], unit.timestamps_ms[keep],
-        unit.quarantined,
-    )  # fmt: skip
-
-
-def _limit(scope: Scope, upper: int | None) -> Scope:
-    if upper is None:
-        return scope
-    r = scope.ranges[0]
-    return Scope(
-        "kafka", (OffsetRange(r.partition, r.start, Offset(max(r.start, min(r.end, upper)))),)
-    )
 
 
 def _duplicate_keys(rows: pa.Table, key: Sequence[str]) -> int:
@@ -308,17 +202,17 @@ class _Run:
         data = self.source.read(unit.scope.ranges)
         scope = unit.scope
         if unit.kind == "live" and self.cutoff_ms is not None:
-            data, p.upper = _trim_young(data, self.cutoff_ms)
-            scope = _limit(scope, p.upper)
+            data, p.upper = trim_young(data, self.cutoff_ms)
+            scope = limit_scope(scope, p.upper)
         if unit.kind != "live":  # the history row filter; live rows are never filtered
-            data = _drop_filtered(data, self.job.history_filter())
+            data = drop_filtered(data, self.job.history_filter())
         for rng in scope.ranges:
             part = self.parts.setdefault(rng.partition, _Partition())
             part.offsets.append(
                 data.offsets[(data.offsets >= rng.start) & (data.offsets < rng.end)]
             )
             part.quarantined.append(data.quarantined)
-        return Unit(unit.unit_id, unit.kind, scope, unit.slice), _drop_dead(data, self.dead)
+        return Unit(unit.unit_id, unit.kind, scope, unit.slice), drop_dead(data, self.dead)
 
     def kafka_source(self, unit: Unit) -> _Pending | None:
         """The source side of a Kafka unit, summed."""
@@ -380,7 +274,7 @@ class _Run:
         unit = p.unit
         if unit.kind == "archive":
             return self.archive_unit(unit)
-        data = _drop_dead(self.source.read(unit.scope.ranges), self.dead)
+        data = drop_dead(self.source.read(unit.scope.ranges), self.dead)
         return compare_unit(unit, data.rows, self.sink.scan(unit.scope), key=KAFKA_KEY,
                             quarantined=p.quarantined)  # fmt: skip
 
