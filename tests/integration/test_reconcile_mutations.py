@@ -345,6 +345,11 @@ def _chromium(html: Path, tmp_path: Path, name: str) -> tuple[Path, str]:
     import subprocess
 
     exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if exe is None and shutil.which("apt-get"):  # Debian's chromium, like the PostgreSQL fixture
+        subprocess.run(["apt-get", "update"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+                       check=False, capture_output=True)  # fmt: skip
+        exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if exe is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium", pytrace=False)
     png = tmp_path / f"{name}.png"
