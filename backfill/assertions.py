@@ -8,7 +8,6 @@ retried): the same rows fail the same check again.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coordinator.core.controls import AssertSpec
-from coordinator.core.errors import ConfigError, SliceAssertionError
+from coordinator.core.errors import SliceAssertionError
 from coordinator.core.jobspec import JobSpec
+from coordinator.core.refs import load_function
 from coordinator.core.values import Slice
 
 log = logging.getLogger(__name__)
@@ -134,20 +134,7 @@ def _days_of(slice_: Slice, counts: dict[datetime, int]) -> list[datetime]:
 
 def load_check(ref: str) -> CustomCheck:
     """Import a custom check ``module:function``; a ConfigError when it cannot be used."""
-    module_name, _, func_name = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"key=backfill.assert.function: cannot import module {module_name!r} ({exc})",
-            hint="check the module is on PYTHONPATH or installed in the environment",
-        ) from None
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ConfigError(
-            f"key=backfill.assert.function: module {module_name!r} has no function {func_name!r}"
-        )
-    return func  # type: ignore[no-any-return]
+    return load_function(ref, "backfill.assert.function")
 
 
 __all__ = ["CustomCheck", "check_slice", "load_check"]

@@ -7,13 +7,13 @@ fails on are quarantined and the rest of the batch goes on.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 
 import pyarrow as pa
 
 from coordinator.core.errors import ConfigError
+from coordinator.core.refs import load_function
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,7 @@ def load_transform(ref: str | None) -> Transform:
     """Import ``module:function``; a clear ``ConfigError`` when it cannot be used."""
     if ref is None:
         return identity
-    module_name, _, func_name = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"key=transform.function: cannot import module {module_name!r} ({exc})",
-            hint="check the module is on PYTHONPATH or installed in the environment",
-        ) from None
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ConfigError(
-            f"key=transform.function: module {module_name!r} has no function {func_name!r}"
-        )
-    return func  # type: ignore[no-any-return]
+    return load_function(ref, "transform.function")
 
 
 def apply_transform(
