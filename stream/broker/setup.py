@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from coordinator.core.errors import BrokerError
@@ -247,9 +247,17 @@ def require_free_port(port: int) -> None:
 # --- Config files -----------------------------------------------------------------------
 
 
-def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding (22 characters).
+
+    An id starting with ``-`` is drawn again, as Kafka's own ``Uuid.randomUuid`` does:
+    ``kafka-storage format -t -abc…`` would read it as an option and refuse to format
+    (one start in 64 failed that way).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:

@@ -112,6 +112,13 @@ def test_cluster_id_is_22_chars_of_base64url_16_bytes() -> None:
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
 
 
+def test_cluster_id_never_starts_with_a_dash() -> None:
+    # 0xf8.. encodes to "-..." in base64url; kafka-storage would read "-t -..." as an option.
+    draws = iter([b"\xf8" + bytes(15), b"\x00" * 16])
+    cluster_id = new_cluster_id(lambda: next(draws))
+    assert cluster_id == "A" * 22
+
+
 def test_pom_pins_the_kafka_version_and_a_log4j2_binding() -> None:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     root = ET.parse(POM_PATH).getroot()
