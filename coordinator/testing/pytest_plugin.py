@@ -17,6 +17,10 @@ Fixtures:
   runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
   point armed in every ``seamline`` process, restarts until done, then the independent oracle
   (``coordinator.testing.oracle``); returns the ``TrialResult``.
+  ``kill_at.run(job, point, *args)`` runs ``seamline run`` on a :class:`JobFile` of your own
+  with ``point`` armed once across the coordinator and its workers (the process reaching it
+  dies by SIGKILL), re-runs it unchanged until it exits 0 and returns a ``KilledRun``
+  (``.died_at``, ``.exit_codes``, ``.restarts``, ``.outcome``: the final run's JSON).
 * ``seamline_job`` -> :class:`JobFactory`: ``seamline_job(table_format="lance", topic=None,
   partitions=3, **sections)`` writes a job file under ``tmp_path`` (a fresh topic on the
   session broker unless ``topic`` is given, the table and the state store under ``tmp_path``,
@@ -54,7 +58,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
     from coordinator.core.jobspec import JobSpec
-    from coordinator.testing.soak import TrialResult
+    from coordinator.testing.soak import KilledRun, TrialResult
     from stream.broker.provide import BrokerHandle
 
 log = logging.getLogger(__name__)
@@ -159,6 +163,11 @@ class KillAt(Protocol):
     def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
                  seed: int = 0) -> TrialResult:
         """Run the trial and return where it died, what restarted and the oracle's report."""
+        ...
+
+    def run(self, job: JobFile, point: str, *args: str, attempts: int = 4) -> KilledRun:
+        """``seamline run`` of ``job`` with ``point`` armed once, re-run until it exits 0."""
+        ...
 # -- jobs, producers and live consumers for users' own integration tests -----------------------
 
 
@@ -244,19 +253,32 @@ class JobFactory(Protocol):
         ...
 
 
+class _KillAt:
+    """The ``kill_at`` fixture's value (see :class:`KillAt`)."""
+
+    def __init__(self, bootstrap: str, topics: TopicFactory, root: Path) -> None:
+        self._bootstrap, self._topics, self._root = bootstrap, topics, root
+
+    def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
+                 seed: int = 0) -> TrialResult:
+        from coordinator.testing.soak import PARTITIONS, TrialSpec, run_trial
+
+        root = self._root / f"{point}-{fmt}-{mode}-{seed}"
+        root.mkdir()
+        topic = self._topics(PARTITIONS)
+        return run_trial(TrialSpec(point, fmt, mode, seed), root, self._bootstrap, topic)
+
+    def run(self, job: JobFile, point: str, *args: str, attempts: int = 4) -> KilledRun:
+        from coordinator.testing.soak import run_killed
+
+        return run_killed(job.path, point, args=args, attempts=attempts)
+
+
 @pytest.fixture
 def kill_at(kafka_bootstrap: str, kafka_topic: TopicFactory, tmp_path: Path) -> KillAt:
-    """Fault trials on the session broker, each on a fresh topic under ``tmp_path``."""
-    from coordinator.testing.soak import PARTITIONS, TrialSpec, run_trial
-
-    def trial(point: str, fmt: str = "lance", mode: str = "overwrite",
-              seed: int = 0) -> TrialResult:
-        root = tmp_path / f"{point}-{fmt}-{mode}-{seed}"
-        root.mkdir()
-        topic = kafka_topic(PARTITIONS)
-        return run_trial(TrialSpec(point, fmt, mode, seed), root, kafka_bootstrap, topic)
-
-    return trial
+    """Fault trials on the session broker (each on a fresh topic under ``tmp_path``), and
+    ``kill_at.run(job, point)``: a user's own job run with a crash point armed."""
+    return _KillAt(kafka_bootstrap, kafka_topic, tmp_path)
 
 
 @pytest.fixture

@@ -298,3 +298,47 @@ def _run_phase(spec: TrialSpec, procs: Procs, job_file: Path, result: TrialResul
 
 def _iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass(frozen=True)
+class KilledRun:
+    """``seamline run`` of a user's job with one crash point armed, re-run until it exits 0.
+
+    ``died_at`` is the point the marker file names (``None``: the point was never reached),
+    ``exit_codes`` every attempt's exit code (``-9``: killed by the point), ``outcome`` the
+    JSON the final attempt printed (``seamline run --output json``).
+    """
+
+    point: str
+    died_at: str | None
+    exit_codes: tuple[int, ...]
+    outcome: dict[str, Any]
+    stderr: str
+
+    @property
+    def restarts(self) -> int:
+        """How many times ``seamline run`` was started again after the first attempt."""
+        return len(self.exit_codes) - 1
+
+
+def run_killed(job_file: Path, point: str, *, args: tuple[str, ...] = (), attempts: int = 4,
+               timeout_s: float = 300) -> KilledRun:  # fmt: skip
+    """Run ``seamline run JOB_FILE`` with ``point`` armed once across every process (the
+    coordinator and its workers), then again without changes until it exits 0 (at most
+    ``attempts`` runs in all); an :class:`AssertionError` with the last stderr otherwise."""
+    if point not in POINTS:
+        raise ValueError(f"expected a crash point of {sorted(POINTS)}, found {point!r}")
+    marker = job_file.parent / f"crash-{point}.marker"
+    marker.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", CRASH_ENV: point, MARKER_ENV: str(marker)}
+    codes: list[int] = []
+    for _ in range(attempts):
+        proc = subprocess.run([SEAMLINE, "run", str(job_file), "--output", "json", *args],
+                              env=env, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+        codes.append(proc.returncode)
+        if proc.returncode == 0:
+            died = marker.read_text().split()[0] if marker.exists() else None
+            return KilledRun(point, died, tuple(codes), json.loads(proc.stdout), proc.stderr)
+    raise AssertionError(f"seamline run {job_file}: expected exit 0 within {attempts} runs "
+                         f"with {CRASH_ENV}={point}, found exit codes {codes}; last stderr:\n"
+                         f"{proc.stderr[-4000:]}")  # fmt: skip
