@@ -94,11 +94,30 @@ class ReconcileReport:
         return [s for s in self.slices if not s.matches]
 
     def totals(self) -> dict[str, int]:
-        """Summed counts over partitions and slices."""
+        """Summed counts over partitions and slices.
+
+        The one definition of the "source" totals that the terminal, the JSON and the HTML
+        report all print (nothing else sums them):
+
+        * ``source_records``: every record of the source the job covers, ``archive_records``
+          (archive rows) plus ``kafka_records`` (Kafka offsets holding a committed record,
+          below and above the cut). A quarantined record is a source record: ``quarantined``
+          says how many of them the table does not hold because the decoder refused them.
+        * ``source_rows`` / ``table_rows``: the rows the compared units hold on each side
+          (quarantined records yield no source row).
+        * ``slices``: the planned slices (archive buckets and Kafka ranges below the cut);
+          ``live_units``: the live and unplanned ranges compared beyond the plan. Live units are
+          never counted as slices.
+        """
         out = {k: sum(getattr(p, k) for p in self.partitions) for k in (*FAILING, *INFO)}
         out["duplicate_keys"] = self.keys.duplicated if self.keys else 0
+        out["archive_records"] = sum(s.source.rows for s in self.slices if s.kind == "archive")
+        out["kafka_records"] = sum(p.source_records for p in self.partitions)
+        out["source_records"] = out["archive_records"] + out["kafka_records"]
         out["source_rows"] = sum(s.source.rows for s in self.slices)
         out["table_rows"] = sum(s.table.rows for s in self.slices)
+        out["slices"] = sum(1 for s in self.slices if s.kind in ("archive", "history"))
+        out["live_units"] = len(self.slices) - out["slices"]
         out["mismatched_slices"] = len(self.mismatched)
         return out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import jinja2
 from markupsafe import Markup
@@ -47,39 +47,77 @@ def _verdict(report: ReconcileReport) -> str:
     return "RECONCILED" if report.reconciled else "NOT RECONCILED"
 
 
-def render_text(report: ReconcileReport, *, width: int = 200) -> str:
-    """Rich tables: partitions, slices, then the named differences."""
+#: Rows per table ``render_text`` shows by default before "... N more".
+TEXT_ROWS: Final = 20
+
+TextShow = Literal["summary", "all", "mismatched"]
+
+
+def render_text(report: ReconcileReport, *, width: int = 200, show: TextShow = "summary",
+                limit: int = TEXT_ROWS) -> str:  # fmt: skip
+    """Rich tables that scale: the totals line, partitions then units with problems first,
+    ``limit`` rows each unless ``show="all"``; ``show="mismatched"`` lists only failing
+    partitions and mismatched units. Counts with thousands separators; count columns that
+    are 0 in every partition are left out (the totals line still names them)."""
     out = io.StringIO()
     console = Console(file=out, width=width, force_terminal=False, color_system=None)
     console.print(f"job={report.job_id} topic={report.topic} scheme={report.scheme}")
-    parts = Table(title="coverage per partition")
-    for col in ("partition", "log_start", "hwm", "end", "source", "table", *FAILING, *INFO):
-        parts.add_column(col, justify="right")
-    for p in report.partitions:
-        parts.add_row(
-            str(p.partition), str(p.log_start), str(p.hwm), str(p.end), str(p.source_records),
-            str(p.table_rows), *(str(getattr(p, k)) for k in (*FAILING, *INFO)),
-        )  # fmt: skip
-    console.print(parts)
+    console.print(totals_line(report))
+    console.print(_partition_table(report, show, limit))
     console.print(_dead_letter_line(report))
     if report.keys is not None:
         console.print(_keys_line(report.keys))
         for d in report.keys.samples:
             console.print(f"  duplicate key {d.key}: {d.rows} rows at {list(d.where)}")
-    slices = Table(title="slices")
-    for col in ("slice", "kind", "scope", "source rows", "table rows", "verdict", "differences"):
-        slices.add_column(col)
-    for s in report.slices:
-        slices.add_row(
-            s.slice_id, s.kind, s.scope, str(s.source.rows), str(s.table.rows), s.verdict,
-            _diff_summary(s),
-        )  # fmt: skip
-    console.print(slices)
+    console.print(_unit_table(report, show, limit))
     for s in report.mismatched:
         for row in s.drilldown.rows if s.drilldown else ():
             console.print(f"  {s.slice_id}: {row.kind} at {row.where}")
     console.print(_verdict(report))
     return out.getvalue()
+
+
+def _more(shown: int, total: int, what: str, show: TextShow) -> str | None:
+    if shown >= total:
+        return None
+    flag = "--all" if show == "summary" else "--all to list every one"
+    return f"... {fmt(total - shown)} more {what} ({flag})"
+
+
+def _partition_table(report: ReconcileReport, show: TextShow, limit: int) -> Table:
+    counts = [k for k in (*FAILING, *INFO) if any(getattr(p, k) for p in report.partitions)]
+    ordered = sorted(report.partitions, key=lambda p: (p.ok, p.partition))  # failing first
+    chosen = [p for p in ordered if show != "mismatched" or not p.ok]
+    shown = chosen if show == "all" else chosen[:limit]
+    bad = sum(1 for p in report.partitions if not p.ok)
+    table = Table(title=f"coverage of {fmt(len(report.partitions))} partitions, "
+                        f"{fmt(bad)} failing")  # fmt: skip
+    for col in ("partition", "log_start", "hwm", "end", "source", "table", *counts):
+        table.add_column(col, justify="right")
+    for p in shown:
+        table.add_row(str(p.partition), *(fmt(getattr(p, k)) for k in (
+            "log_start", "hwm", "end", "source_records", "table_rows", *counts)))  # fmt: skip
+    more = _more(len(shown), len(chosen), "partitions", show)
+    if more:
+        table.add_row(more, *([""] * (5 + len(counts))))
+    return table
+
+
+def _unit_table(report: ReconcileReport, show: TextShow, limit: int) -> Table:
+    ordered = sorted(report.slices, key=lambda s: s.matches)  # stable: mismatches first
+    chosen = [s for s in ordered if show != "mismatched" or not s.matches]
+    shown = chosen if show == "all" else chosen[:limit]
+    table = Table(title=f"{fmt(len(report.slices))} compared units, "
+                        f"{fmt(len(report.mismatched))} mismatched")  # fmt: skip
+    for col in ("slice", "kind", "scope", "source rows", "table rows", "verdict", "differences"):
+        table.add_column(col, justify="right" if col.endswith("rows") else "left")
+    for s in shown:
+        table.add_row(s.slice_id, s.kind, s.scope, fmt(s.source.rows), fmt(s.table.rows),
+                      s.verdict, _diff_summary(s))  # fmt: skip
+    more = _more(len(shown), len(chosen), "units", show)
+    if more:
+        table.add_row(more, "", "", "", "", "", "")
+    return table
 
 
 def _dead_letter_line(report: ReconcileReport) -> str:
@@ -150,14 +188,17 @@ def _counts(p: PartitionCoverage) -> str:
 
 
 def _facts(report: ReconcileReport) -> list[tuple[str, str, bool]]:
-    t = report.totals()
+    t = report.totals()  # the one definition of the source totals (JSON and text alike)
     kinds = [s.kind for s in report.slices]
     out = [
-        ("source rows", fmt(t["source_rows"]), False),
-        ("table rows", fmt(t["table_rows"]), t["source_rows"] != t["table_rows"]),
-        ("slices (archive / Kafka)", f"{fmt(kinds.count('archive'))} / "
-         f"{fmt(kinds.count('history'))}", False),
-        ("mismatched slices", fmt(t["mismatched_slices"]), t["mismatched_slices"] > 0),
+        ("source records (archive + Kafka)", f"{fmt(t['source_records'])} "
+         f"({fmt(t['archive_records'])} + {fmt(t['kafka_records'])})", False),
+        ("source rows / table rows", f"{fmt(t['source_rows'])} / {fmt(t['table_rows'])}",
+         t["source_rows"] != t["table_rows"]),
+        ("slices (archive / Kafka)", f"{fmt(t['slices'])} ({fmt(kinds.count('archive'))} / "
+         f"{fmt(kinds.count('history'))})", False),
+        ("live ranges compared", fmt(t["live_units"]), False),
+        ("mismatched", fmt(t["mismatched_slices"]), t["mismatched_slices"] > 0),
     ]  # fmt: skip
     for k in ("lost", "in_flight", "overlap", "gap", "duplicated", "phantom"):
         out.append((k.replace("_", " "), fmt(t.get(k, 0)), t.get(k, 0) > 0))
@@ -166,13 +207,17 @@ def _facts(report: ReconcileReport) -> list[tuple[str, str, bool]]:
     return out
 
 
-def _summary(report: ReconcileReport) -> str:
+def totals_line(report: ReconcileReport) -> str:
+    """One line of the totals, worded the same in the terminal and the HTML report."""
     t = report.totals()
     return (
-        f"{fmt(len(report.slices))} slices, {fmt(t['mismatched_slices'])} mismatched · "
+        f"{fmt(t['source_records'])} source records ({fmt(t['archive_records'])} archive + "
+        f"{fmt(t['kafka_records'])} Kafka, {fmt(t['quarantined'])} quarantined) · "
         f"{fmt(t['source_rows'])} source rows, {fmt(t['table_rows'])} table rows · "
-        f"lost {fmt(t['lost'])} · in flight {fmt(t['in_flight'])} · overlap {fmt(t['overlap'])}"
-        f" · gap {fmt(t['gap'])} · quarantined {fmt(t['quarantined'])} · superseded "
+        f"{fmt(t['slices'])} slices + {fmt(t['live_units'])} live ranges, "
+        f"{fmt(t['mismatched_slices'])} mismatched · lost {fmt(t['lost'])} · in flight "
+        f"{fmt(t['in_flight'])} · overlap {fmt(t['overlap'])} · gap {fmt(t['gap'])} · "
+        f"duplicated {fmt(t['duplicated'])} · phantom {fmt(t['phantom'])} · superseded "
         f"{fmt(t['superseded'])} · duplicate keys {fmt(t['duplicate_keys'])}"
     )
 
@@ -187,7 +232,7 @@ def _context(report: ReconcileReport, facts: RunFacts, now: datetime) -> dict[st
     }  # fmt: skip
     return {
         "report": report, "verdict": _verdict(report), "facts": _facts(report),
-        "summary": _summary(report),
+        "summary": totals_line(report),
         "cut_time": cut.isoformat(timespec="seconds") if cut else "(not recorded)",
         "generated": now.isoformat(timespec="seconds"), "mismatched": list(report.mismatched),
         "failing": failing, "ordered": ordered, "fmt": fmt, "diff": _diff_summary,

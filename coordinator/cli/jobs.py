@@ -347,8 +347,9 @@ def _print_outcome(out: JobOutcome, job_file: str) -> None:
         t = out.reconcile.totals()
         counts = " ".join(
             f"{k}={t[k]}"
-            for k in ("lost", "duplicated", "phantom", "overlap", "gap", "quarantined")
-        )
+            for k in ("lost", "duplicated", "phantom", "overlap", "gap", "quarantined",
+                      "source_records", "table_rows")
+        )  # fmt: skip
         click.echo(f"reconciled={out.reconcile.reconciled} {counts}")
     elif out.reconcile_error is not None:
         click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")

@@ -24,8 +24,9 @@ def register(group: click.Group) -> None:
     """Add the ``maintain`` command to ``group``."""
 
     @group.command("maintain")
-    @click.argument("job", type=click.Path(dir_okay=False))
-    @click.option("--output", type=click.Choice(["text", "json"]), default="text")
+    @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option("--output", type=click.Choice(["text", "json"]), default="text",
+                  show_default=True)  # fmt: skip
     @click.option(
         "--min-age",
         type=click.FloatRange(min=0),
@@ -33,11 +34,11 @@ def register(group: click.Group) -> None:
         show_default=True,
         help="Never expire snapshots/versions younger than this many seconds (running readers).",
     )
-    def maintain(job: str, output: str, min_age: float) -> None:
+    def maintain(job_file: str, output: str, min_age: float) -> None:
         """Compact small files, then expire old snapshots (keeps live.keep_snapshots)."""
         from coordinator.service import maintain_table
 
-        spec = load_job(job)
+        spec = load_job(job_file)
         counts = maintain_table(spec, min_age_s=min_age)
         if output == "json":
             click.echo(json.dumps({"job": spec.job_id, **counts}, sort_keys=True))

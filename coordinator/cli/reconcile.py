@@ -15,12 +15,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from coordinator.core.errors import ConfigError, ExitCode, ReconcileError, SeamlineError
 from coordinator.core.jobspec import load_job
 from coordinator.run.progress import ProgressSink
+
+if TYPE_CHECKING:
+    from reconcile.report import TextShow
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ class PhaseProgress:
             self.sink.stop()
 
 
-def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
+def _run(job_path: str, output: str, html: Path | None, min_age: float,
+         show: TextShow = "summary") -> int:  # fmt: skip
     from coordinator.run.progress import progress_for
     from coordinator.service import reconcile_and_record, report_facts
     from reconcile.report import render_html, render_json, render_text
@@ -62,7 +67,7 @@ def _run(job_path: str, output: str, html: Path | None, min_age: float) -> int:
         report = reconcile_and_record(job, min_age_s=min_age, on_progress=progress)
     finally:
         progress.stop()
-    click.echo(render_json(report) if output == "json" else render_text(report))
+    click.echo(render_json(report) if output == "json" else render_text(report, show=show))
     if html is not None:
         from coordinator.core.logs import write_private
 
@@ -76,8 +81,13 @@ def register(group: click.Group) -> None:
     """Add the ``reconcile`` command to ``group``."""
 
     @group.command("reconcile")
-    @click.argument("job", type=click.Path(dir_okay=False))
-    @click.option("--output", type=click.Choice(["text", "json"]), default="text")
+    @click.argument("job_file", type=click.Path(dir_okay=False))
+    @click.option("--all", "show_all", is_flag=True,
+                  help="List every partition and compared unit (default: problems first, 20 each).")
+    @click.option("--mismatched", "only_mismatched", is_flag=True,
+                  help="List only failing partitions and mismatched units.")
+    @click.option("--output", type=click.Choice(["text", "json"]), default="text",
+                  show_default=True)
     @click.option("--html", "html", type=click.Path(dir_okay=False, path_type=Path))
     @click.option(
         "--min-age",
@@ -89,13 +99,22 @@ def register(group: click.Group) -> None:
             "(still in flight); without it, records the live side has not written yet fail "
             "the run as in_flight."
         ),
-    )
-    def reconcile(job: str, output: str, html: Path | None, min_age: float) -> None:
-        """Compare source and table per slice and partition; exit 0 only when reconciled."""
+    )  # fmt: skip
+    def reconcile(job_file: str, show_all: bool, only_mismatched: bool, output: str,
+                  html: Path | None, min_age: float) -> None:  # fmt: skip
+        """Compare source and table per slice and partition; exit 0 only when reconciled.
+
+        Text output summarises: the totals, then partitions and units with problems first
+        (20 of each unless --all; --mismatched lists only the problems). --output json is
+        always complete.
+        """
+        if show_all and only_mismatched:
+            raise click.UsageError("choose one of --all and --mismatched")
+        show: TextShow = "all" if show_all else "mismatched" if only_mismatched else "summary"
         try:
-            code = _run(job, output, html, min_age)
+            code = _run(job_file, output, html, min_age, show)
         except ConfigError:
             raise
         except SeamlineError as exc:
-            raise ReconcileError(f"job={job}: reconciliation could not run: {exc}") from exc
+            raise ReconcileError(f"job={job_file}: reconciliation could not run: {exc}") from exc
         sys.exit(code)

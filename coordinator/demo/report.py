@@ -39,9 +39,8 @@ def table_json(job: JobSpec) -> dict[str, Any]:
 
 
 def source_records(report: ReconcileReport) -> int:
-    """Archive rows plus Kafka records (offsets that hold a committed record)."""
-    archive = sum(s.source.rows for s in report.slices if s.kind == "archive")
-    return archive + sum(p.source_records for p in report.partitions)
+    """Archive rows plus Kafka records (``ReconcileReport.totals`` defines it)."""
+    return report.totals()["source_records"]
 
 
 def reconcile_counts(report: ReconcileReport) -> dict[str, Any]:
