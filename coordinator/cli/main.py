@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -86,6 +88,32 @@ def unexpected_error_line(exc: BaseException) -> str:
     )
 
 
+def _job_argument(argv: list[str]) -> str | None:
+    """The job file given on the command line: the first argument after the subcommand
+    that names an existing file (``None`` when there is none)."""
+    names = [i for i, a in enumerate(argv) if a in cli.commands]
+    if not names:
+        return None
+    return next((a for a in argv[names[0] + 1:] if not a.startswith("-") and Path(a).is_file()),
+                None)  # fmt: skip
+
+
+def error_text(exc: SeamlineError, argv: list[str]) -> str:
+    """The error line's text: a hint's ``JOB`` placeholder becomes the job file the command
+    was given (shell-quoted), so the suggested command pastes as is.
+
+    >>> from coordinator.core.errors import StateError
+    >>> error_text(StateError("no cut", hint="run `seamline run JOB` first"), ["run", "-h"])
+    'no cut; run `seamline run JOB` first'
+    """
+    text = str(exc)
+    job = _job_argument(argv)
+    if not exc.hint or job is None or not text.endswith(exc.hint):
+        return text
+    hint = re.sub(r"\bJOB\b", lambda _: shlex.quote(job), exc.hint)
+    return text[: len(text) - len(exc.hint)] + hint
+
+
 def main() -> None:
     """Console-script entry point: run the group and map every error to an exit code.
 
@@ -106,7 +134,8 @@ def main() -> None:
     except SeamlineError as exc:
         from coordinator.core.logs import redact
 
-        click.echo(f"error: {redact(str(exc))}", err=True)  # messages may wrap library text
+        # messages may wrap library text
+        click.echo(f"error: {redact(error_text(exc, sys.argv[1:]))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # the one place an unexpected error becomes exit 2
         log.debug("%s failed", _command(), exc_info=exc)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,7 +218,7 @@ class _Demo:
             raise ReconcileError(
                 f"job={job.job_id}: expected every slice committed, found "
                 f"failed={list(outcome.run.failed)} remaining={outcome.run.remaining}",
-                hint=f"see `seamline status {self.paths.job}`",
+                hint=f"see `uv run seamline status {shlex.quote(str(self.paths.job))}`",
             )
         kinds = [s.kind for s in (outcome.reconcile.slices if outcome.reconcile else ())]
         self.say(f"backfill: {outcome.run.rows:,} rows in {seconds:.1f}s; reconciled under "

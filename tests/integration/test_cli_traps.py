@@ -85,3 +85,15 @@ def test_history_kafka_false_on_a_topic_with_records_is_refused(
     empty = kafka_topic(1)
     job = write_job(tmp_path, job_toml(empty, kafka_bootstrap, extra=extra))
     assert out_json(seamline("cut", str(job), "--output", "json"))["topic"] == empty
+
+
+def test_a_hint_names_the_job_file_it_was_given_so_it_pastes(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
+) -> None:
+    (tmp_path / "my jobs").mkdir()  # a path that needs quoting
+    job = write_job(tmp_path / "my jobs", job_toml(kafka_topic(1), kafka_bootstrap))
+    assert seamline("cut", str(job)).returncode == 0
+    res = seamline("run", str(job), "--only", "no-such-slice*")
+    assert res.returncode != 0, res.stdout
+    line = res.stderr.strip().splitlines()[-1]
+    assert "JOB" not in line and f"`seamline plan '{job}'`" in line, line
