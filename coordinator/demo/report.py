@@ -63,7 +63,7 @@ def render_summary_text(doc: dict[str, Any], width: int = 100) -> str:
     table.add_column("what")
     table.add_column("value", justify="right")
     rows = [
-        ("source records (archive + topic)", f"{doc['source_records']:,}"),
+        ("source records (archive + Kafka)", f"{doc['source_records']:,}"),
         ("table rows", f"{doc['table_rows']:,}"),
         *((k, str(doc[k])) for k in COUNTS),
         ("quarantined (malformed, dead-lettered)", str(doc["quarantined"])),
