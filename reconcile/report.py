@@ -86,7 +86,8 @@ def _more(shown: int, total: int, what: str, show: TextShow) -> str | None:
 
 def _partition_table(report: ReconcileReport, show: TextShow, limit: int) -> Table:
     counts = [k for k in (*FAILING, *INFO) if any(getattr(p, k) for p in report.partitions)]
-    ordered = sorted(report.partitions, key=lambda p: (p.ok, p.partition))  # failing first
+    ordered = sorted(report.partitions,  # failing first, then those with informational counts
+                     key=lambda p: (p.ok, not any(getattr(p, k) for k in INFO), p.partition))
     chosen = [p for p in ordered if show != "mismatched" or not p.ok]
     shown = chosen if show == "all" else chosen[:limit]
     bad = sum(1 for p in report.partitions if not p.ok)

@@ -48,6 +48,7 @@ def test_text_summarises_problems_first_with_more_rows_behind_all() -> None:
     assert "44 more units (--all)" in text
     parts = [ln for ln in lines if re.match(r"^\s*[│|]\s+\d+ [│|]", ln)]
     assert len(parts) == 20 and re.match(r"^\s*[│|]\s+33 ", parts[0])  # failing partition first
+    assert re.match(r"^\s*[│|]\s+5 ", parts[1])  # then the one with quarantined records
     assert "20 more partitions (--all)" in text
     header = next(ln for ln in lines if "partition" in ln and "log_start" in ln)
     assert "lost" in header and "quarantined" in header and "phantom" not in header
