@@ -128,8 +128,8 @@ def _dead_letter_line(report: ReconcileReport) -> str:
 
 
 def _keys_line(keys: KeyCheck) -> str:
-    verdict = "unique" if keys.ok else f"NOT unique: duplicated={keys.duplicated}"
-    return f"business key {list(keys.key)} over the {keys.domain} ({keys.rows} rows): {verdict}"
+    verdict = "unique" if keys.ok else f"NOT unique: duplicated={fmt(keys.duplicated)}"
+    return f"business key {list(keys.key)} over the {keys.domain} ({fmt(keys.rows)} rows): {verdict}"
 
 
 def _diff_summary(s: SliceReport) -> str:
