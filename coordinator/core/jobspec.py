@@ -82,7 +82,9 @@ def field_type(name: str) -> pa.DataType:
         return FIELD_TYPES[name]
     m = _DECIMAL.fullmatch(name)
     if m is None:
-        raise ValueError(f"expected one of {_TYPE_NAMES}, found {name!r}")
+        close = difflib.get_close_matches(name, list(FIELD_TYPES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"expected one of {_TYPE_NAMES}, found {name!r}{hint}")
     precision, scale = int(m.group(1)), int(m.group(2))
     if not 1 <= precision <= 38 or scale > precision:
         raise ValueError(f"expected decimal(P,S) with 1 <= P <= 38 and 0 <= S <= P, found {name!r}")

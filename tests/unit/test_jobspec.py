@@ -79,6 +79,12 @@ def test_wrong_type_names_the_key_and_what_was_found(tmp_path: Path) -> None:
     assert "key=backfill.slice_records" in msg and "'lots'" in msg
 
 
+def test_a_bad_field_type_is_named_once_with_a_suggestion(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, BASE.replace('amount = "decimal(18,2)"', 'amount = "flaot64"'))
+    assert "field 'amount'" in msg and "found 'flaot64' (did you mean 'float64'?)" in msg
+    assert msg.count("found") == 1 and "order_id" not in msg  # no echo of [schema.fields]
+
+
 def test_missing_required_key(tmp_path: Path) -> None:
     msg = error_of(tmp_path, BASE.replace('topic = "orders"\n', ""))
     assert "key=stream.topic: required key is missing" in msg
