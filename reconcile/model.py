@@ -100,6 +100,7 @@ class ReconcileReport:
         out["source_rows"] = sum(s.source.rows for s in self.slices)
         out["table_rows"] = sum(s.table.rows for s in self.slices)
         out["mismatched_slices"] = len(self.mismatched)
+        out["archive_quarantined"] = sum(s.quarantined for s in self.slices if s.kind == "archive")
         return out
 
     def to_json(self) -> dict[str, Any]:
