@@ -1,11 +1,12 @@
 """The archive quarantine: bad archive rows of each slice, in a JSON-lines file beside the job.
 
-One file per slice, ``.seamline/<job_id>.quarantine/<slice_id>.jsonl`` in the job file's
-folder, one entry per bad row: ``slice_id``, ``file``, ``row`` (1-based data row), ``line``
+One file per archive bucket, ``.seamline/<job_id>.quarantine/<bucket>.jsonl`` in the job
+file's folder (``<bucket>`` like ``20240301T00-20240401T00``), one entry per bad row: ``slice_id``, ``file``, ``row`` (1-based data row), ``line``
 (where the record starts, when known), ``error`` and ``raw`` (the record's text, or its values
-as JSON). The file is replaced whole and atomically each time its slice runs, before the slice
-commits: a re-run writes the same entries again, never a second copy, and a slice whose files
-were fixed leaves no stale entries.
+as JSON). The file is replaced whole and atomically each time a slice of its bucket runs,
+before the slice commits: a re-run (a retry, or a reprocess of the bucket under another slice
+id) writes the same entries again, never a second copy, and a bucket whose files were fixed
+leaves no stale entries.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from backfill.sources.archive_rows import BadRow
 from coordinator.core.jobspec import JobSpec
+from coordinator.core.values import Slice, TimeBucket
 
 
 def quarantine_dir(job: JobSpec) -> Path:
@@ -26,19 +28,22 @@ def quarantine_dir(job: JobSpec) -> Path:
     return job.base_dir / ".seamline" / f"{job.job_id}.quarantine"
 
 
-def quarantine_path(job: JobSpec, slice_id: str) -> Path:
-    """The quarantine file of one slice (slice ids are file-name safe: ``a-day-20240101``)."""
-    return quarantine_dir(job) / f"{slice_id}.jsonl"
+def quarantine_path(job: JobSpec, bucket: TimeBucket) -> Path:
+    """The quarantine file of one archive bucket."""
+    return quarantine_dir(job) / f"{bucket.label()}.jsonl"
 
 
-def write_quarantine(job: JobSpec, slice_id: str, bad: Sequence[BadRow]) -> Path | None:
-    """Replace the slice's quarantine file with ``bad`` (remove it when empty); its path."""
-    path = quarantine_path(job, slice_id)
+def write_quarantine(job: JobSpec, slice_: Slice, bad: Sequence[BadRow]) -> Path | None:
+    """Replace the quarantine file of the slice's bucket with ``bad`` (remove it when empty);
+    its path."""
+    assert slice_.scope.bucket is not None, "an archive slice has a bucket"
+    slice_id = slice_.slice_id
+    path = quarantine_path(job, slice_.scope.bucket)
     if not bad:
         path.unlink(missing_ok=True)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{slice_id}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for b in bad:

@@ -98,7 +98,7 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
         archive = read_archive(job, slice_)
         data, quarantined = archive.rows, len(archive.bad)
         check_slice(job, slice_, data)
-        write_quarantine(job, slice_.slice_id, archive.bad)
+        write_quarantine(job, slice_, archive.bad)
     else:
         data, bad = read_slice(job, slice_)
         quarantined = len(bad)

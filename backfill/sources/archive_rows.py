@@ -117,10 +117,11 @@ def read_file(path: Path, fmt: str, schema: pa.Schema, shown: str | None = None)
     data = path.read_bytes()
     parse = _parse_csv(schema) if fmt == "csv" else _parse_jsonl(schema)
     try:
-        table = parse(data)
+        found = checked(parse(data), schema, name)
     except _PARSE_ERRORS:
         return _by_record(data, fmt, parse, schema, name)
-    return checked(table, schema, name)
+    # bad rows found by the checks: read again by record, for their text and line numbers
+    return _by_record(data, fmt, parse, schema, name) if found.bad else found
 
 
 def _numbers(positions: list[int]) -> pa.Array:
