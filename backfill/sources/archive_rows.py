@@ -272,7 +272,7 @@ def checked(
     flags = [(f.name, why, m) for f in schema for why, m in _flags(table[f.name], f)]
     flags = [(n, why, m) for n, why, m in flags if pc.any(m).as_py()]
     if not flags:
-        return FileRows(table, rows, sorted(bad, key=lambda b: b.row))
+        return FileRows(_typed(table, schema), rows, sorted(bad, key=lambda b: b.row))
     reasons: dict[int, str] = {}
     for column, why, mask in flags:
         for i in pc.indices_nonzero(mask).to_pylist():
@@ -283,7 +283,13 @@ def checked(
         raw = raws[i] if raws else row_json(shown, numbers[i] - 1 if source is not None else i)
         bad.append(BadRow(name, numbers[i], lines[i] if lines else None, why, raw))
     keep = pa.array([i not in reasons for i in range(table.num_rows)], pa.bool_())
-    return FileRows(table.filter(keep), pc.filter(rows, keep), sorted(bad, key=lambda b: b.row))
+    good = _typed(table.filter(keep), schema)
+    return FileRows(good, pc.filter(rows, keep), sorted(bad, key=lambda b: b.row))
+
+
+def _typed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` under the job's schema (its nullability and field metadata)."""
+    return table if table.schema == schema else pa.Table.from_arrays(table.columns, schema=schema)
 
 
 def _flags(col: pa.ChunkedArray, f: pa.Field) -> list[tuple[str, pa.ChunkedArray]]:

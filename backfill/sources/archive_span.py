@@ -112,17 +112,16 @@ def footer_span(path: Path, column: str) -> tuple[bool, Span | None]:
             return False, None
         nulls += stats.null_count
         if stats.has_min_max:
-            lows.append(stats.min)
-            highs.append(stats.max)
+            try:
+                lows.append(stats.min)
+                highs.append(stats.max)
+            except (OverflowError, ValueError):  # beyond what Python's datetime holds
+                return False, None
         elif stats.null_count != meta.row_group(rg).num_rows:
             return False, None
     if meta.num_rows == 0 or nulls == meta.num_rows:
         return True, None
-    try:
-        ends = pa.chunked_array([pa.array([min(lows), max(highs)], type=arrow_type)])
-    except (pa.ArrowInvalid, OverflowError, ValueError):
-        return False, None
-    span = as_utc(ends)
+    span = as_utc(pa.chunked_array([pa.array([min(lows), max(highs)], type=arrow_type)]))
     if span.null_count:  # an end outside years 1..9999: only a scan knows the valid span
         return False, None
     lo, hi = span[0].as_py(), span[1].as_py()

@@ -2,10 +2,10 @@
 
 ``seamline run`` on a job whose monthly CSV archive holds good rows and bad ones (a number
 that is not one, an empty required field, a timestamp in year 10000, an empty event time):
-the run exits 0 and reconciles, the table (read directly) holds exactly the good rows with
-their values, every bad row is in the archive quarantine once with its file, row, line and
-reason, the reconciler counts them per slice, and a reprocess of the month (the slice re-run)
-leaves the same quarantine entries, not a second copy.
+the run exits 0 and reconciles counting them, the table (read directly) holds exactly the
+good rows with their values, and every bad row is in the archive quarantine once with its
+file, row, line and reason. On Lance also: ``seamline reconcile`` counts them per slice, and
+a reprocess of the month (the slice re-run) leaves the same entries, not a second copy.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def test_csv_archive_bad_rows_are_quarantined_and_counted(
     path = _job(tmp_path, fmt, kafka_bootstrap, kafka_topic(1))
     res = seamline("run", str(path), "--output", "json")
     assert res.returncode == ExitCode.OK, res.stderr[-3000:]
-    assert json.loads(res.stdout)["reconciled"] is True, res.stdout
+    run = json.loads(res.stdout)
+    assert run["reconciled"] is True, res.stdout
+    assert run["reconcile"]["archive_quarantined"] == len(BAD), run
 
     rows = table_rows(load_job(path))  # the table itself, not our reconciler
     got = {r["order_id"]: (r["customer"], r["amount"]) for r in rows.to_pylist()}
@@ -122,6 +124,8 @@ def test_csv_archive_bad_rows_are_quarantined_and_counted(
     assert entries[0]["raw"] == "2,bob,not-a-number,2024-03-02T10:00:00Z"
     assert {e["slice_id"] for e in entries} == {"a-month-202403", "a-month-202404"}
 
+    if fmt == "iceberg":
+        return  # the per-slice counts and the re-run are format-neutral: checked once, on Lance
     rec = seamline("reconcile", str(path), "--output", "json")
     assert rec.returncode == ExitCode.OK, rec.stderr[-3000:]
     doc = json.loads(rec.stdout)
