@@ -101,6 +101,6 @@ def test_fast_and_reference_paths_agree_on_metadata(
 def test_bad_declarations_are_refused(
     kafka: dict[str, str], fields: dict[str, str], expected: str
 ) -> None:
-    with pytest.raises(ConfigError, match="schema.kafka") as err:
+    with pytest.raises(ConfigError, match=r"schema\.kafka") as err:
         _job(kafka, fields)
     assert expected in str(err.value)
