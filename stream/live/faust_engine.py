@@ -238,7 +238,8 @@ def _value(message: Any, meta: bool) -> bytes | None:
     if not meta:
         return cast("bytes | None", message.value)
     ts = message.timestamp
-    headers = [(k, v) for k, v in (message.headers or [])]
+    raw = message.headers or []
+    headers = [(str(k), v) for k, v in (raw.items() if isinstance(raw, Mapping) else raw)]
     stamp = None if ts is None else round(ts * 1000)
     return with_metadata(message.value, message.key, headers, stamp)
 

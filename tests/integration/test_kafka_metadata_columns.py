@@ -85,7 +85,9 @@ def _produce(bootstrap: str, topic: str, ids: range) -> dict[int, dict[str, Any]
     for i in ids:
         stamp = T0 + timedelta(minutes=i)
         key = None if i % 6 == 3 else f"c-{i}".encode()
-        headers = [("source", b"web" if i % 2 else b"app"), ("shard", str(i % 4).encode())]
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("source", b"web" if i % 2 else b"app"), ("shard", str(i % 4).encode())
+        ]
         if i % 5 == 0:
             headers = headers[1:]  # no "source" header: channel is null
         value = json.dumps({"order_id": i, "ts": int(stamp.timestamp() * 1000)}).encode()
