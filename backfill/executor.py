@@ -4,7 +4,9 @@
 written again (``already_committed=True``). Otherwise it reads the slice (Kafka range or
 archive bucket), evaluates the job's ``[[backfill.assert]]`` checks on the rows (a failure
 raises ``SliceAssertionError`` and nothing is written or quarantined), confirms quarantined
-records to the dead-letter topic, and writes the slice's scope in ONE commit.
+records to the dead-letter topic (Kafka slices) or writes the slice's archive quarantine file
+(archive slices: bad rows with file and row, see ``backfill.archive_quarantine``), and writes
+the slice's scope in ONE commit.
 
 Append mode (``[backfill] mode = "append"``) deletes nothing, so before writing it checks the
 slice's scope holds no row yet (a Kafka slice: no row of its partition and offsets, from either
@@ -25,9 +27,10 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from backfill.archive_quarantine import write_quarantine
 from backfill.assertions import check_slice
 from backfill.sinks import open_sink
-from backfill.sources.archive import read_archive_slice
+from backfill.sources.archive import read_archive
 from backfill.sources.kafka import decode_kafka_slice
 from coordinator.core import lineage
 from coordinator.core.errors import ConfigError
@@ -44,9 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def read_slice(job: JobSpec, slice_: Slice) -> tuple[pa.Table, list[Quarantined]]:
-    """All rows of one slice (with lineage) and its quarantined records."""
-    if slice_.scope.source == "archive":
-        return read_archive_slice(job, slice_), []
+    """All rows of one Kafka slice (with lineage) and its quarantined records."""
     tables: list[pa.Table] = []
     bad: list[Quarantined] = []
     for table, quarantined in decode_kafka_slice(job, slice_):
@@ -93,9 +94,16 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
         return SliceResult(rows=found.rows or 0, commit=found, already_committed=True)
     if job.backfill.mode == "append":
         _check_append_scope(sink, slice_)
-    data, bad = read_slice(job, slice_)
-    check_slice(job, slice_, data)
-    _quarantine(job, bad)
+    if slice_.scope.source == "archive":
+        archive = read_archive(job, slice_)
+        data, quarantined = archive.rows, len(archive.bad)
+        check_slice(job, slice_, data)
+        write_quarantine(job, slice_, archive.bad)
+    else:
+        data, bad = read_slice(job, slice_)
+        quarantined = len(bad)
+        check_slice(job, slice_, data)
+        _quarantine(job, bad)
     record = sink.write_slice(slice_.scope, data, token)
     crash_point("worker.after_commit")
-    return SliceResult(rows=data.num_rows, commit=record, quarantined=len(bad))
+    return SliceResult(rows=data.num_rows, commit=record, quarantined=quarantined)

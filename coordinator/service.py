@@ -172,14 +172,14 @@ def reconcile(
     on_progress: ReconcileProgress | None = None,
 ) -> ReconcileReport:
     """:func:`reconcile.run.reconcile_job` over the job's table, Kafka topic and archive."""
-    from backfill.sources.archive import read_archive_slice
+    from backfill.sources.archive import read_archive
     from reconcile.run import reconcile_job
     from reconcile.source import KafkaUnits
 
     return reconcile_job(
         job, cut, slices, min_age_s=min_age_s, quarantine=quarantine, sink=open_reader(job),
         source=source if source is not None else KafkaUnits(job),
-        archive=lambda s: read_archive_slice(job, s), now=now, on_progress=on_progress,
+        archive=lambda s: read_archive(job, s).counted(), now=now, on_progress=on_progress,
     )  # fmt: skip
 
 

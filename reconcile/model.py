@@ -119,6 +119,7 @@ class ReconcileReport:
         out["slices"] = sum(1 for s in self.slices if s.kind in ("archive", "history"))
         out["live_units"] = len(self.slices) - out["slices"]
         out["mismatched_slices"] = len(self.mismatched)
+        out["archive_quarantined"] = sum(s.quarantined for s in self.slices if s.kind == "archive")
         return out
 
     def to_json(self) -> dict[str, Any]:

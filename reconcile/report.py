@@ -123,8 +123,11 @@ def _unit_table(report: ReconcileReport, show: TextShow, limit: int) -> Table:
 
 def _dead_letter_line(report: ReconcileReport) -> str:
     where = f"topic={report.dead_letter_topic}" if report.dead_letter_topic else "given by caller"
-    quarantined = report.totals()["quarantined"]
-    return f"dead letters ({where}): {report.dead_letters} listed; quarantined={quarantined}"
+    totals = report.totals()
+    line = f"dead letters ({where}): {report.dead_letters} listed; quarantined={totals['quarantined']}"
+    if totals["archive_quarantined"]:
+        line += f"; archive rows quarantined={totals['archive_quarantined']}"
+    return line
 
 
 def _keys_line(keys: KeyCheck) -> str:
@@ -203,8 +206,8 @@ def _facts(report: ReconcileReport) -> list[tuple[str, str, bool]]:
     ]  # fmt: skip
     for k in ("lost", "in_flight", "overlap", "gap", "duplicated", "phantom"):
         out.append((k.replace("_", " "), fmt(t.get(k, 0)), t.get(k, 0) > 0))
-    for k in ("quarantined", "superseded"):
-        out.append((k, fmt(t.get(k, 0)), False))
+    for k in ("quarantined", "archive_quarantined", "superseded"):
+        out.append((k.replace("_", " "), fmt(t.get(k, 0)), False))
     return out
 
 

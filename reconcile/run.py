@@ -77,8 +77,9 @@ from reconcile.units import (
 log = logging.getLogger(__name__)
 
 
-ArchiveReader = Callable[[Slice], pa.Table]
-"""Rows of one archive slice, with lineage (``backfill.sources.archive`` in production)."""
+ArchiveReader = Callable[[Slice], tuple[pa.Table, int]]
+"""Rows of one archive slice, with lineage, and how many of its rows are quarantined
+(``backfill.sources.archive.read_archive`` in production)."""
 
 
 class UnitSource(Protocol):
@@ -221,9 +222,10 @@ class _Run:
 
     def archive_source(self, unit: Unit) -> _Pending:
         """The source side of an archive unit, summed."""
-        return _pending(unit, self.read_archive(unit), 0)
+        rows, quarantined = self.read_archive(unit)
+        return _pending(unit, rows, quarantined)
 
-    def read_archive(self, unit: Unit) -> pa.Table:
+    def read_archive(self, unit: Unit) -> tuple[pa.Table, int]:
         assert unit.slice is not None
         if self.archive is None:
             raise ReconcileError(
@@ -307,8 +309,9 @@ class _Run:
         return kept, gone.num_rows
 
     def archive_unit(self, unit: Unit) -> SliceReport:
-        source = self.read_archive(unit)
-        return compare_unit(unit, source, self.sink.scan(unit.scope), key=self.job.table.key)
+        source, quarantined = self.read_archive(unit)
+        return compare_unit(unit, source, self.sink.scan(unit.scope), key=self.job.table.key,
+                            quarantined=quarantined)  # fmt: skip
 
     def lineage(self, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
         """Table offsets of partition ``p`` below ``end`` and whether live wrote each."""

@@ -72,6 +72,11 @@ DESCRIPTIONS: dict[str, str] = {
     "schema.required": "Columns that must not be null (a record without them is quarantined).",
     "schema.event_time": "The event-time column (buckets archive slices; never the seam).",
     "schema.non_finite": "NaN/Infinity in float columns: quarantine the record, or keep it.",
+    "schema.kafka": "Columns filled from Kafka metadata, not the value: `col = \"key\"` (the "
+    "message key), `\"header:NAME\"` (the last header of that name), either read as text "
+    "(string, binary or integer column) or with `:json` as a JSON value of the column's type, "
+    "or `\"timestamp\"` (the record timestamp, a timestamp column). Live, history and "
+    "reconcile read them alike; usable in `[table] key`.",
     "table.format": "`iceberg` or `lance`.",
     "table.identifier": "Iceberg: `namespace.table`.",
     "table.catalog_name": "Iceberg: the catalog's name (pyiceberg SQL catalog).",

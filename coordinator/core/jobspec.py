@@ -72,6 +72,10 @@ FIELD_TYPES: dict[str, pa.DataType] = {
 }
 #: Arrow field metadata marking a float field whose NaN / Infinity values are kept.
 NON_FINITE_KEY = b"seamline.non_finite"
+#: Arrow field metadata naming where a ``[schema.kafka]`` column comes from (``key``...).
+KAFKA_SOURCE_KEY = b"seamline.kafka"
+_KAFKA_SOURCE = re.compile(r"(key|header:[^:\s]{1,249})(:json)?|timestamp")
+_TEXT_TYPES = ("string", "binary", "int8", "int16", "int32", "int64")
 _DECIMAL = re.compile(r"decimal\(\s*([0-9]{1,3})\s*,\s*([0-9]{1,3})\s*\)")
 _TYPE_NAMES = [*FIELD_TYPES, "decimal(P,S)"]
 
@@ -148,6 +152,19 @@ class SchemaSpec(_Model):
     event_time: str
     # NaN / Infinity in float fields: quarantined by default; "keep" stores them (IEEE).
     non_finite: Literal["quarantine", "keep"] = "quarantine"
+    # column -> "key" | "header:NAME" (either with ":json") | "timestamp": Kafka metadata
+    kafka: dict[str, str] = {}
+
+    @field_validator("kafka")
+    @classmethod
+    def _kafka(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, source in v.items():
+            if not _KAFKA_SOURCE.fullmatch(source):
+                raise ValueError(
+                    f"column {name!r}: expected \"key\", \"header:NAME\" (either may end in "
+                    f"\":json\") or \"timestamp\", found {source!r}"
+                )
+        return v
 
     @field_validator("fields")
     @classmethod
@@ -162,9 +179,12 @@ class SchemaSpec(_Model):
         return v
 
     def _field(self, name: str, type_: pa.DataType, nullable: bool) -> pa.Field:
-        keep = self.non_finite == "keep" and pa.types.is_floating(type_)
-        meta = {NON_FINITE_KEY: b"keep"} if keep else None
-        return pa.field(name, type_, nullable=nullable, metadata=meta)
+        meta: dict[bytes, bytes] = {}
+        if self.non_finite == "keep" and pa.types.is_floating(type_):
+            meta[NON_FINITE_KEY] = b"keep"
+        if name in self.kafka:
+            meta[KAFKA_SOURCE_KEY] = self.kafka[name].encode()
+        return pa.field(name, type_, nullable=nullable, metadata=meta or None)
 
     def arrow_schema(self) -> pa.Schema:
         """The user columns as an Arrow schema (lineage columns are added by writers)."""
@@ -471,6 +491,7 @@ def _cross_checks(spec: JobSpec) -> None:
                 hint=f"declare it in [schema.fields] ({', '.join(fields)})",
             )
     _check_avro(spec.stream)
+    _check_kafka_columns(spec.schema_)
     if spec.table.format == "iceberg" and not (spec.table.identifier and spec.table.catalog_uri):
         raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")
     if spec.table.format == "lance" and not spec.table.uri:
@@ -493,6 +514,28 @@ def _cross_checks(spec: JobSpec) -> None:
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
         )
+
+
+def _check_kafka_columns(schema: SchemaSpec) -> None:
+    """``[schema.kafka]`` columns are declared fields of a type their source can fill."""
+    for name, source in schema.kafka.items():
+        type_name = schema.fields.get(name)
+        if type_name is None:
+            raise ConfigError(
+                f"key=schema.kafka.{name}: expected a column of [schema.fields], found {name!r}",
+                hint=f'declare it, e.g. {name} = "string"',
+            )
+        if source == "timestamp" and not type_name.startswith("timestamp"):
+            raise ConfigError(
+                f"key=schema.kafka.{name}: expected a timestamp_ms or timestamp_us column for "
+                f"the Kafka timestamp, found {type_name!r}"
+            )
+        if source != "timestamp" and not source.endswith(":json") and type_name not in _TEXT_TYPES:
+            raise ConfigError(
+                f"key=schema.kafka.{name}: expected a string, binary or integer column for "
+                f"{source!r} read as text, found {type_name!r}",
+                hint=f'use "{source}:json" to read it as a JSON value of type {type_name}',
+            )
 
 
 def _check_avro(stream: StreamSpec) -> None:

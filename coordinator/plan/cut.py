@@ -153,7 +153,9 @@ def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> Event
             for m in consumer.consume(500, 0.2):
                 if m.error() is not None or m.offset() >= hwms[m.partition()]:
                     continue
-                msgs.append(RawMessage(m.partition(), m.offset(), m.value(), m.key()))
+                ts_type, ts = m.timestamp()
+                msgs.append(RawMessage(m.partition(), m.offset(), m.value(), m.key(),
+                                       ts if ts_type else None, tuple(m.headers() or ()) or None))  # fmt: skip
                 if m.offset() >= hwms[m.partition()] - 1:
                     remaining.discard(m.partition())
     finally:

@@ -13,15 +13,11 @@ import bisect
 import glob
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.json as pjson
-import pyarrow.parquet as pq
 
+from backfill.sources.archive_span import Span, footer_span, scan_span
 from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import ArchiveSpec, JobSpec
 from coordinator.core.values import Cut, Slice
@@ -42,66 +38,24 @@ def archive_unit(job: JobSpec) -> BucketUnit:
     return units.pop() if units else "day"
 
 
-def _event_times(path: Path, spec: ArchiveSpec, column: str) -> tuple[pa.ChunkedArray, int]:
-    if spec.format == "parquet":
-        table = pq.read_table(path, columns=[column])
-    elif spec.format == "csv":
-        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(include_columns=[column]))
-    else:
-        table = pjson.read_json(path).select([column])
-    return table.column(column), table.num_rows
-
-
-def _as_utc(value: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_timestamp(value.type):
-        return value if value.type.tz else pc.assume_timezone(value, "UTC")
-    if pa.types.is_date(value.type) or pa.types.is_string(value.type):
-        return value.cast(pa.timestamp("ms")).cast(pa.timestamp("ms", tz="UTC"))
-    if pa.types.is_integer(value.type):  # epoch milliseconds, like the stream
-        return value.cast(pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-    raise ConfigError(f"expected an event-time column, found type {value.type}")
+def _file(path: Path, span: Span) -> ArchiveFile:
+    return ArchiveFile(str(path), span.lo, span.hi, span.rows, path.stat().st_size)
 
 
 def _footer_facts(path: Path, column: str) -> tuple[bool, ArchiveFile | None]:
-    """Facts of a Parquet file from its footer statistics alone, without reading data.
-
-    Returns ``(answered, facts)``; not answered when the footer cannot answer exactly (no
-    statistics in some row group, or a column type whose min/max order is not time order,
-    e.g. strings), so the caller scans the column instead.
-    """
-    meta = pq.ParquetFile(path).metadata
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if column not in names:
-        return False, None
-    idx = names.index(column)
-    arrow_type = meta.schema.to_arrow_schema().field(column).type
-    if not (pa.types.is_timestamp(arrow_type) or pa.types.is_integer(arrow_type)
-            or pa.types.is_date(arrow_type)):
-        return False, None
-    lows, highs, nulls = [], [], 0
-    for rg in range(meta.num_row_groups):
-        stats = meta.row_group(rg).column(idx).statistics
-        if stats is None or not stats.has_null_count:
-            return False, None
-        nulls += stats.null_count
-        if stats.has_min_max:
-            lows.append(stats.min)
-            highs.append(stats.max)
-        elif stats.null_count != meta.row_group(rg).num_rows:
-            return False, None
-    if meta.num_rows == 0 or nulls == meta.num_rows:
-        return True, None
-    span = _as_utc(pa.chunked_array([pa.array([min(lows), max(highs)], type=arrow_type)]))
-    lo, hi = span[0].as_py(), span[1].as_py()
-    return True, ArchiveFile(str(path), lo.astimezone(UTC), hi.astimezone(UTC), meta.num_rows,
-                       path.stat().st_size)
+    """Facts of a Parquet file from its footer statistics alone (see
+    :func:`backfill.sources.archive_span.footer_span`); ``(answered, facts)``."""
+    answered, span = footer_span(path, column)
+    return answered, (None if span is None else _file(path, span))
 
 
 def scan_file(path: Path, spec: ArchiveSpec, column: str) -> ArchiveFile | None:
-    """Facts about one file; ``None`` for a file without rows.
+    """Facts about one file; ``None`` for a file without a valid event time.
 
     Parquet files answer from their footer statistics when those are exact (no data read);
     other files, and Parquet files without usable statistics, are scanned for the column.
+    Event times that do not convert are left out (their rows are quarantined by the slice
+    that owns the file's bad rows), never fatal.
     """
     if spec.format == "parquet":
         try:
@@ -110,19 +64,8 @@ def scan_file(path: Path, spec: ArchiveSpec, column: str) -> ArchiveFile | None:
             answered, found = False, None  # the scan below reports the file with its error
         if answered:
             return found
-    try:
-        values, rows = _event_times(path, spec, column)
-    except (OSError, pa.ArrowInvalid, KeyError) as exc:
-        raise ConfigError(
-            f"archive file={path}: cannot read event-time column {column!r} ({exc})",
-            hint="check history.archive.format and schema.event_time",
-        ) from None
-    times = _as_utc(values)
-    if rows == 0 or times.null_count == rows:
-        return None
-    lo, hi = pc.min(times).as_py(), pc.max(times).as_py()
-    assert isinstance(lo, datetime) and isinstance(hi, datetime)
-    return ArchiveFile(str(path), lo.astimezone(UTC), hi.astimezone(UTC), rows, path.stat().st_size)
+    span = scan_span(path, spec.format, column)
+    return None if span is None else _file(path, span)
 
 
 def scan_archives(job: JobSpec) -> list[ArchiveFile]:

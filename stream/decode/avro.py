@@ -40,6 +40,7 @@ from coordinator.core.values import Side
 from stream.decode.base import ColumnsDecoder, Quarantined, add_lineage
 from stream.decode.coerce import RecordError, field_coercer
 from stream.decode.json import build_rows
+from stream.decode.kafka_meta import attach, value_schema
 from stream.decode.transform import Transform, apply_transform
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class AvroDecoder(ColumnsDecoder):
         side: Side,
     ) -> tuple[pa.Table, list[Quarantined]]:
         """Rows (as the transform returns them, plus lineage) and quarantined records, in order."""
-        checks: _Checks = [(f.name, field_coercer(f), f.type, f.nullable) for f in schema]
+        checks: _Checks = [
+            (f.name, field_coercer(f), f.type, f.nullable) for f in value_schema(schema)
+        ]
         rows: list[list[Any]] = []
         ok: list[int] = []
         bad: dict[int, str] = {}
@@ -84,7 +87,9 @@ class AvroDecoder(ColumnsDecoder):
                 ok.append(i)
             except RecordError as exc:
                 bad[i] = f"decode: {exc}"
-        table, kept, bad = build_rows(rows, ok, bad, schema)
+        table, kept, bad = build_rows(rows, ok, bad, value_schema(schema))
+        table, attached, bad = attach(table, kept, bad, values, schema)
+        kept = kept if attached is None else attached
         out, kept_rows, failed = apply_transform(table, transform)
         if kept_rows is not None:
             bad.update({kept[i]: reason for i, reason in failed.items()})

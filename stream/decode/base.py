@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from coordinator.core import lineage
+from coordinator.core.jobspec import KAFKA_SOURCE_KEY
 from coordinator.core.values import Side, SourceTag
+from stream.decode.kafka_meta import with_metadata
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class RawMessage:
     value: bytes | None
     key: bytes | None = None
     timestamp_ms: int | None = None
+    headers: tuple[tuple[str, str | bytes | None], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,14 @@ class ColumnsDecoder:
         side: Side,
     ) -> tuple[pa.Table, list[Quarantined]]:
         """Decode, transform and add lineage to ``messages`` (see :meth:`decode_columns`)."""
+        if any(KAFKA_SOURCE_KEY in (f.metadata or {}) for f in schema):
+            values = [with_metadata(m.value, m.key, m.headers, m.timestamp_ms) for m in messages]
+        else:
+            values = [m.value for m in messages]
         return self.decode_columns(
             [m.partition for m in messages],
             [m.offset for m in messages],
-            [m.value for m in messages],
+            values,
             schema,
             transform,
             side,

@@ -36,6 +36,7 @@ from stream.decode.coerce import (
     keeps_non_finite,
     physical,
 )
+from stream.decode.kafka_meta import attach, value_schema
 from stream.decode.transform import Transform, apply_transform
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ class JsonDecoder(ColumnsDecoder):
         The rows keep the batch's order; the quarantined records are in batch order too. A
         batch with no good record gives an empty table with the transform's schema.
         """
-        table, order, bad = _decode_values(values, schema, self.fast)
+        table, order, bad = _decode_values(values, value_schema(schema), self.fast)
+        table, order, bad = attach(table, order, bad, values, schema)
         out, kept_rows, failed = apply_transform(table, transform)
         kept = order if kept_rows is None else [_at(order, i) for i in kept_rows]
         bad.update({_at(order, i): reason for i, reason in failed.items()})

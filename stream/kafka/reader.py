@@ -119,6 +119,7 @@ def _take(msgs: list[Any], topic: str, prog: _Progress) -> list[RawMessage]:
                 value=msg.value(),
                 key=msg.key(),
                 timestamp_ms=ts if ts_type != 0 else None,
+                headers=tuple(msg.headers() or ()) or None,
             )
         )
     return out

@@ -33,6 +33,7 @@ from coordinator.core.ports import CommitRecord
 from coordinator.core.values import Offset, PartitionId
 from stream.decode import RecordDecoder
 from stream.decode.json import DECODER as JSON_DECODER
+from stream.decode.kafka_meta import Headers, kafka_fields, with_metadata
 from stream.kafka import client
 from stream.live.core import BatchLimits, LiveBook, start_positions
 from stream.live.writer import (
@@ -146,6 +147,7 @@ class LiveConsumer:
         floor: Callable[[], Mapping[PartitionId, Offset]] | None = None,
     ) -> None:
         self.settings = settings
+        self._meta = bool(kafka_fields(settings.schema))
         self._read_floor = floor
         self._floor: dict[PartitionId, Offset] = {}
         self._conf = dict(kafka_conf)
@@ -233,7 +235,7 @@ class LiveConsumer:
         # Messages without an error always have a partition and an offset.
         parts = cast("list[int]", list(map(Message.partition, msgs)))
         offsets = cast("list[int]", list(map(Message.offset, msgs)))
-        values = list(map(Message.value, msgs))
+        values = self._values(msgs)
         start = 0
         for p, run in itertools.groupby(parts):  # consume() returns long runs per partition
             end = start + len(list(run))
@@ -245,6 +247,18 @@ class LiveConsumer:
             if offs:
                 self._book.add_many(p, offs, vals, now)
             start = end
+
+    def _values(self, msgs: list[Message]) -> list[bytes | None]:
+        """The values of ``msgs``, carrying key, headers and timestamp when the job has
+        ``[schema.kafka]`` columns (the decoder fills those columns from them)."""
+        if not self._meta:
+            return list(map(Message.value, msgs))
+        out = []
+        for m in msgs:
+            ts_type, ts = m.timestamp()
+            headers = cast("Headers | None", m.headers())
+            out.append(with_metadata(m.value(), m.key(), headers, ts if ts_type else None))
+        return out
 
     def _on_error(self, err: Any) -> None:
         if err.code() == KafkaError._PARTITION_EOF:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from backfill.sinks import open_catalog
-from backfill.sources.archive import read_archive_slice
+from backfill.sources.archive import read_archive
 from coordinator.core import lineage
 from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
@@ -62,7 +62,7 @@ def _both(job: JobSpec, cut: Cut, slices: list[Slice]) -> Iterator[tuple[Reconci
         reader = CountingReader(job)
         report = reconcile_job(
             job, cut, slices, sink=reader, source=KafkaUnits(job), quarantine={},
-            archive=lambda s: read_archive_slice(job, s), now=NOW, one_pass=one_pass,
+            archive=lambda s: read_archive(job, s).counted(), now=NOW, one_pass=one_pass,
         )  # fmt: skip
         yield report, reader.scans
 

@@ -1,0 +1,152 @@
+"""Kafka metadata as columns: the message key, headers by name and the record timestamp.
+
+A job declares them in ``[schema.kafka]`` (``column = "key"``, ``"header:NAME"``,
+``"timestamp"``, ``key``/``header`` with ``:json``); the column's Arrow field carries its
+source in its metadata (:data:`KAFKA_SOURCE_KEY`), so a decoder needs nothing but the schema.
+The value decoder decodes the message value into the other columns; :func:`attach` then adds
+these columns, checked like any value, for the rows that decoded. A key or header that does
+not convert quarantines its record, like a bad value.
+
+Messages reach the decoders as values: a value that carries its message's key, headers and
+timestamp is a :class:`KafkaValue` (``bytes`` with three attributes), made by
+:func:`with_metadata` only for jobs that declare such columns, so the live loop's buffers and
+every decoder signature stay as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from coordinator.core.jobspec import KAFKA_SOURCE_KEY
+from stream.decode.coerce import RecordError, field_coercer, physical
+
+Headers = Sequence[tuple[str, str | bytes | None]]
+_INTEGER = re.compile(r"[+-]?[0-9]{1,40}")
+
+
+class KafkaValue(bytes):
+    """A message value with its message's key, headers and timestamp (epoch ms)."""
+
+    key: bytes | None
+    headers: Headers | None
+    timestamp_ms: int | None
+
+    def __new__(
+        cls, value: bytes, key: bytes | None, headers: Headers | None, timestamp_ms: int | None
+    ) -> KafkaValue:
+        made = super().__new__(cls, value)
+        made.key, made.headers, made.timestamp_ms = key, headers, timestamp_ms
+        return made
+
+
+def with_metadata(
+    value: bytes | None, key: bytes | None, headers: Headers | None, timestamp_ms: int | None
+) -> bytes | None:
+    """``value`` carrying its message's metadata (a tombstone stays ``None``)."""
+    return None if value is None else KafkaValue(value, key, headers, timestamp_ms)
+
+
+def kafka_fields(schema: pa.Schema) -> list[tuple[pa.Field, str]]:
+    """The schema's metadata columns and their sources (``key``, ``header:x:json``...)."""
+    out = []
+    for f in schema:
+        source = (f.metadata or {}).get(KAFKA_SOURCE_KEY)
+        if source is not None:
+            out.append((f, source.decode()))
+    return out
+
+
+def value_schema(schema: pa.Schema) -> pa.Schema:
+    """The columns the message value holds (the schema less its metadata columns)."""
+    names = {f.name for f, _ in kafka_fields(schema)}
+    return pa.schema([f for f in schema if f.name not in names]) if names else schema
+
+
+def attach(
+    table: pa.Table,
+    order: list[int] | None,
+    bad: dict[int, str],
+    values: Sequence[bytes | None],
+    schema: pa.Schema,
+) -> tuple[pa.Table, list[int] | None, dict[int, str]]:
+    """``table`` (rows decoded from ``values`` at batch positions ``order``; ``None``: all)
+    in the full ``schema`` with its metadata columns; rows whose metadata does not convert
+    leave the table and join ``bad``."""
+    declared = kafka_fields(schema)
+    if not declared:
+        return table, order, bad
+    positions = list(range(len(values))) if order is None else order
+    columns: dict[str, list[Any]] = {f.name: [] for f, _ in declared}
+    keep: list[bool] = []
+    for i in positions:
+        try:
+            row = [_value(values[i], f, source) for f, source in declared]
+        except RecordError as exc:
+            bad[i] = f"decode: {exc}"
+            keep.append(False)
+            continue
+        keep.append(True)
+        for (f, _), v in zip(declared, row, strict=True):
+            columns[f.name].append(v)
+    if not all(keep):
+        table = table.filter(pa.array(keep, pa.bool_()))
+        positions = [i for i, k in zip(positions, keep, strict=True) if k]
+    arrays = []
+    for f in schema:
+        if f.name in columns:
+            arr = pa.array(columns[f.name], physical(f.type))
+            arrays.append(arr.cast(f.type) if pa.types.is_timestamp(f.type) else arr)
+        else:
+            arrays.append(table[f.name])
+    return pa.Table.from_arrays(arrays, schema=schema), positions, bad
+
+
+def _value(value: bytes | None, f: pa.Field, source: str) -> Any:
+    raw, what = _raw(value, source)
+    if raw is None:
+        if not f.nullable:
+            raise RecordError(f"required field {f.name!r}: the message has no {what}")
+        return None
+    try:
+        if source == "timestamp":
+            return field_coercer(f)(raw, f.type)
+        if source.endswith(":json"):
+            from stream.decode.json import loads  # the JSON decoder's exact parser
+
+            doc = loads(raw)
+            return None if doc is None and f.nullable else field_coercer(f)(doc, f.type)
+        return _text(raw, f)
+    except RecordError as exc:
+        raise RecordError(f"field {f.name!r} ({what}): {exc}") from None
+
+
+def _raw(value: bytes | None, source: str) -> tuple[Any, str]:
+    meta = value if isinstance(value, KafkaValue) else None
+    if source == "timestamp":
+        return (meta.timestamp_ms if meta else None), "timestamp"
+    if source.startswith("key"):
+        return (meta.key if meta else None), "key"
+    name = source.split(":")[1]
+    found = None
+    for h, v in (meta.headers or ()) if meta else ():
+        if h == name:
+            found = v.encode() if isinstance(v, str) else v  # the last one, as lastHeader
+    return found, f"header {name!r}"
+
+
+def _text(raw: bytes, f: pa.Field) -> Any:
+    if pa.types.is_binary(f.type):
+        return raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"expected UTF-8, found byte 0x{raw[exc.start]:02x}") from None
+    if pa.types.is_integer(f.type):
+        if not _INTEGER.fullmatch(text):
+            raise RecordError(f"expected a decimal integer, found {text[:40]!r}")
+        return field_coercer(f)(int(text), f.type)
+    return field_coercer(f)(text, f.type)
