@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from pyarrow import csv as pacsv
 
-from backfill.sinks.scopes import micros
+from backfill.sinks.scopes import arrow_key, micros
 from coordinator.core.controls import apply_where
 from coordinator.core.errors import SourceError
 from coordinator.core.jobspec import JobSpec
@@ -65,7 +65,8 @@ def _read_files(files: tuple[str, ...], schema: pa.Schema, default: str) -> pads
 
 
 def read_archive_slice(job: JobSpec, slice_: Slice, default_format: str | None = None) -> pa.Table:
-    """The slice's archive rows in its bucket, transformed, with archive lineage."""
+    """The slice's archive rows in its bucket (and of its key values), transformed, with
+    archive lineage."""
     bucket = slice_.scope.bucket
     if slice_.scope.source != "archive" or bucket is None:
         raise SourceError(f"slice_id={slice_.slice_id}: expected an archive slice with a bucket")
@@ -77,7 +78,10 @@ def read_archive_slice(job: JobSpec, slice_: Slice, default_format: str | None =
     else:
         try:
             dataset = _read_files(files, schema, fmt)
-            rows = dataset.to_table(filter=bucket_filter(job.schema_.event_time, bucket))
+            scope_filter = bucket_filter(job.schema_.event_time, bucket)
+            if slice_.scope.key is not None:  # only the slice's key values
+                scope_filter = scope_filter & arrow_key(slice_.scope.key)
+            rows = dataset.to_table(filter=scope_filter)
         except (OSError, pa.ArrowInvalid, ValueError) as exc:
             raise SourceError(
                 f"slice_id={slice_.slice_id}: cannot read archive files ({exc})",
