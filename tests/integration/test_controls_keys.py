@@ -78,6 +78,21 @@ def _change_archive(folder: Path) -> pa.Table:
     return pa.concat_tables(out)
 
 
+def _source(rows: pa.Table, tag: str) -> pa.Table:
+    return rows.filter(pc.equal(rows["_seamline_source"], tag))
+
+
+def feb_eur(rows: pa.Table) -> pa.Table:
+    """Archive rows of the re-written scope (February, EUR)."""
+    return _source(rows, "archive").filter(_in_feb_eur(_source(rows, "archive")))
+
+
+def others(rows: pa.Table) -> pa.Table:
+    """Archive rows outside it."""
+    arch = _source(rows, "archive")
+    return arch.filter(pc.invert(_in_feb_eur(arch)))
+
+
 def _live_at(job: JobSpec) -> dict[int, int]:
     try:
         return {int(p): int(o) for p, o in open_sink(job).live_offsets().items()}
@@ -142,18 +157,13 @@ def test_tenant_by_month_slices_replace_exactly_their_scope(
         open_sink(job).write_slice(record.slice.scope, read_archive_slice(job, record.slice), token)
 
         after = table_rows(job)
-        feb_eur = lambda t: t.filter(pc.and_(  # noqa: E731
-            _in_feb_eur(t), pc.equal(t["_seamline_source"], "archive")))
-        others = lambda t: t.filter(pc.and_(  # noqa: E731
-            pc.invert(_in_feb_eur(t)), pc.equal(t["_seamline_source"], "archive")))
         new_part = feb_eur(changed.append_column(
             "_seamline_source", pa.array(["archive"] * changed.num_rows)))  # fmt: skip
         assert _archive_rows(feb_eur(after)) == _archive_rows(new_part)
         assert feb_eur(after).num_rows == feb_eur(before).num_rows - 1
         assert _archive_rows(others(after)) == _archive_rows(others(before))
         assert _live_rows(job) == live_before, "live rows survive (the late EUR ones too)"
-        kafka = lambda t: t.filter(pc.equal(t["_seamline_source"], "kafka"))  # noqa: E731
-        assert kafka(after).num_rows == kafka(before).num_rows
+        assert _source(after, "kafka").num_rows == _source(before, "kafka").num_rows
 
         rec = seamline("reconcile", job_path(job), "--output", "json")
         assert rec.returncode == ExitCode.OK, rec.stdout[-2000:]
