@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -29,6 +31,7 @@ import sqlalchemy as sa
 
 from coordinator.core.errors import ExitCode, LeaseHeldError, StateError
 from coordinator.core.jobspec import JobSpec, load_job
+from coordinator.state.lease import pid_gone
 from coordinator.state.runs import RunRecord
 from coordinator.state.store import StateStore
 
@@ -45,7 +48,7 @@ def log_dir(job: JobSpec) -> Path:
     return job.base_dir / ".seamline" / "runs"
 
 
-def refuse_if_running(job: JobSpec, store: StateStore) -> None:
+def refuse_if_running(job: JobSpec, job_file: str, store: StateStore) -> None:
     """``LeaseHeldError`` when a detached run of ``job`` is still running, or another
     coordinator holds the job's lease (checked again, atomically, when the run starts)."""
     run = store.get_run(job.job_id)
@@ -53,27 +56,18 @@ def refuse_if_running(job: JobSpec, store: StateStore) -> None:
         raise LeaseHeldError(
             f"job={job.job_id}: detached run run_id={run.run_id} (pid={run.pid}, "
             f"host={run.host}) is still running",
-            hint=f"follow it with `seamline wait {job.base_dir}/... {run.run_id}`, or stop it "
+            hint=f"follow it with `seamline wait {job_file} {run.run_id}`, or stop it "
             f"(kill {run.pid}) before starting another",
         )
     lease = store.get_lease(job.job_id)
     if lease is None:
         return
-    from datetime import UTC, datetime
-
-    if not lease.expired(datetime.now(UTC)) and not _gone(lease.owner.pid, lease.owner.host):
+    gone = lease.owner.host == socket.gethostname() and pid_gone(lease.owner.pid)
+    if not lease.expired(datetime.now(UTC)) and not gone:
         raise LeaseHeldError(
             f"another coordinator ({lease.describe()}) is running job={job.job_id}",
             hint="wait for it, or take over with `seamline run --takeover` once it is dead",
         )
-
-
-def _gone(pid: int, host: str) -> bool:
-    import socket
-
-    from coordinator.state.lease import _pid_gone
-
-    return host == socket.gethostname() and _pid_gone(pid)
 
 
 def start_detached(job: JobSpec, job_file: str, args: Sequence[str]) -> RunRecord:
@@ -84,7 +78,7 @@ def start_detached(job: JobSpec, job_file: str, args: Sequence[str]) -> RunRecor
     log_path = folder / f"{job.job_id}-{run_id}.log"
     with StateStore(job.state_url()) as store:
         store.ensure_job(job.job_id)
-        refuse_if_running(job, store)
+        refuse_if_running(job, job_file, store)
         store.record_run(job.job_id, run_id, str(log_path), list(args))
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from coordinator.core.errors import StateError
 from coordinator.state import schema as t
 from coordinator.state.base import StoreBase, _now
-from coordinator.state.lease import _pid_gone
+from coordinator.state.lease import pid_gone
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class RunRecord:
             return "ended"
         if self.pid is None:
             return "starting"
-        if self.host == socket.gethostname() and _pid_gone(self.pid):
+        if self.host == socket.gethostname() and pid_gone(self.pid):
             return "died"
         return "running"
 
