@@ -13,7 +13,15 @@ import pytest
 from backfill.sinks.scopes import arrow_scope, iceberg_scope, lance_scope
 from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import parse_job
-from coordinator.core.values import Cut, Epoch, Scope, SliceKey, TimeBucket
+from coordinator.core.values import (
+    Cut,
+    Epoch,
+    Offset,
+    PartitionId,
+    Scope,
+    SliceKey,
+    TimeBucket,
+)
 from coordinator.plan.facts import file_keys
 from coordinator.plan.planner import ArchiveFile, key_slice_id, make_plan
 from coordinator.state.codec import scope_from_json, scope_to_json
@@ -171,3 +179,47 @@ def test_file_keys_from_statistics_or_a_scan(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="null values"):
         file_keys(holes, "parquet", "tenant", str)
     assert file_keys(holes, "parquet", "tenant", str, nulls_ok=True) == {"acme"}
+
+
+class _Reader:
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
+        return self.table
+
+    def live_offsets(self) -> dict[PartitionId, Offset]:
+        return {}
+
+
+def test_the_one_pass_groups_archive_rows_by_bucket_and_key_as_a_scan_per_scope_does() -> None:
+    from reconcile.checksum import checksum
+    from reconcile.tablepass import PassPlan, bucket_range, table_pass
+
+    feb = TimeBucket(BUCKET.end, datetime(2024, 3, 1, tzinfo=UTC))
+    scopes = [
+        Scope("archive", bucket=BUCKET, key=SliceKey("tenant", ("acme",))),
+        Scope("archive", bucket=BUCKET, key=SliceKey("tenant", ("globex", "initech"))),
+        Scope("archive", bucket=feb, key=SliceKey("tenant", ("acme",))),
+    ]
+    n = 40
+    table = pa.table(
+        {
+            "_seamline_source": ["archive" if i % 5 else "kafka" for i in range(n)],
+            "_seamline_side": ["backfill" if i % 5 else "live" for i in range(n)],
+            "_kafka_partition": pa.array([None if i % 5 else 0 for i in range(n)], pa.int32()),
+            "_kafka_offset": pa.array([None if i % 5 else i for i in range(n)], pa.int64()),
+            "ts": pa.array([JAN if i % 2 else FEB for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "tenant": [["acme", "globex", "initech", "hooli", None][i % 5 - 1] for i in range(n)],
+            "amount": [float(i) for i in range(n)],
+        }
+    )
+    plan = PassPlan(
+        {}, [bucket_range(s.bucket, i) for i, s in enumerate(scopes) if s.bucket], {}, "ts",
+        bucket_keys={i: s.key.values for i, s in enumerate(scopes) if s.key},
+        key_column="tenant",
+    )  # fmt: skip
+    tp = table_pass(_Reader(table), plan)
+    for i, scope in enumerate(scopes):
+        want = checksum(table.filter(arrow_scope(scope, "ts")))
+        assert want.rows > 0 and tp.checksums[i] == want, scope
