@@ -38,6 +38,9 @@ from coordinator.state.store import StateStore
 log = logging.getLogger(__name__)
 
 _CHILD = "from coordinator.cli.main import main; main()"  # ``seamline`` without a script path
+# The state URL reaches the supervisor in its environment (never on a command line, which
+# other users can read): its exit code is recorded even if the job file changed meanwhile.
+_STATE_ENV = "SEAMLINE_DETACHED_STATE_URL"
 
 
 def log_dir(job: JobSpec) -> Path:
@@ -85,7 +88,8 @@ def start_detached(job: JobSpec, job_file: str, args: Sequence[str]) -> RunRecor
                 [sys.executable, "-m", "coordinator.run.detach", str(Path(job_file).resolve()),
                  run_id, *args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", _STATE_ENV: job.state_url()},
             )  # fmt: skip
         store.set_run_pid(run_id, proc.pid)
         record = store.get_run(job.job_id, run_id)
@@ -96,6 +100,7 @@ def start_detached(job: JobSpec, job_file: str, args: Sequence[str]) -> RunRecor
 
 def supervise(job_file: str, run_id: str, args: Sequence[str]) -> int:
     """The detached process: run ``seamline run JOB ARGS`` as a child, record its exit code."""
+    state_url = os.environ.pop(_STATE_ENV, None) or load_job(job_file).state_url()
     child = subprocess.Popen([sys.executable, "-c", _CHILD, "run", job_file, *args])
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -106,8 +111,7 @@ def supervise(job_file: str, run_id: str, args: Sequence[str]) -> int:
     rc = child.wait()
     code = rc if rc >= 0 else 128 - rc  # killed by a signal: 128 + its number, as shells say
     print(f"seamline: detached run_id={run_id} ended exit_code={code}", flush=True)
-    job = load_job(job_file)
-    with StateStore(job.state_url()) as store:
+    with StateStore(state_url) as store:
         store.end_run(run_id, code)
     return code
 

@@ -116,3 +116,36 @@ def test_wait_exits_with_the_runs_code_and_a_missing_run_is_an_error(
     waited = seamline("wait", job_path(job), run_id)
     assert waited.returncode == ExitCode.CONFIG, waited.stdout + waited.stderr
     assert "expected at least one file" in waited.stdout  # the run's error line, from its log
+
+
+def test_sigterm_cancels_a_detached_run_cleanly_and_wait_says_130(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = kafka_topic(3, config={"retention.ms": "-1"})
+    load_history(tmp_path, kafka_bootstrap, topic, archive_n=30, topic_n=30)
+    job = write_job(tmp_path, "lance", kafka_bootstrap, topic, slice_records=10)
+    exec_dir, gate = tmp_path / "exec", tmp_path / "gate"
+    exec_dir.mkdir()
+    monkeypatch.setenv("SEAMLINE_TEST_EXEC_DIR", str(exec_dir))
+    monkeypatch.setenv("SEAMLINE_TEST_EXEC_SLEEP", "0.1")
+    monkeypatch.setenv("SEAMLINE_TEST_EXEC_GATE", str(gate))
+    res = seamline("run", job_path(job), "--detach", "--executor", SLOW)
+    assert res.returncode == ExitCode.OK, res.stderr
+    run_id = res.stdout.strip()
+    pid = json_out(seamline("status", job_path(job), "--output", "json"))["runs"][0]["pid"]
+    try:
+        deadline = time.monotonic() + 120
+        while not (exec_dir / "started.log").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)  # the detached process passes it on to the run
+        time.sleep(1.0)
+        gate.touch()  # in-flight slices finish (idempotent), nothing new is submitted
+        waited = seamline("wait", job_path(job), run_id)
+        assert waited.returncode == ExitCode.CANCELLED, waited.stdout[-3000:] + waited.stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    status = json_out(seamline("status", job_path(job), "--output", "json"))
+    assert (status["runs"][0]["state"], status["runs"][0]["exit_code"]) == ("ended", 130)
+    assert status["remaining"], "cancelled before every slice ran"
