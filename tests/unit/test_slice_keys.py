@@ -223,3 +223,18 @@ def test_the_one_pass_groups_archive_rows_by_bucket_and_key_as_a_scan_per_scope_
     for i, scope in enumerate(scopes):
         want = checksum(table.filter(arrow_scope(scope, "ts")))
         assert want.rows > 0 and tp.checksums[i] == want, scope
+
+
+def test_reprocess_slices_keep_the_custom_key() -> None:
+    from coordinator.run.reprocess import archive_reprocess_slices
+
+    files = [_file("a.parquet", {"acme", "globex"}), _file("b.parquet", {"globex"})]
+    keys = [SliceKey("tenant", ("acme",)), SliceKey("tenant", ("globex",))]
+    out = archive_reprocess_slices(
+        "x", files, datetime(2024, 1, 10, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC), "month", keys
+    )
+    assert [(s.slice_id, s.files) for s in out] == [
+        ("r-x-a-20240110T00-20240201T00-tenant=acme", ("a.parquet",)),
+        ("r-x-a-20240110T00-20240201T00-tenant=globex", ("a.parquet", "b.parquet")),
+    ]
+    assert out[0].scope.key == keys[0]
