@@ -18,6 +18,9 @@ UnitKind = Literal["history", "archive", "live", "unplanned"]
 
 def describe_scope(scope: Scope) -> str:
     """Short human form of a scope, e.g. ``p0[0,500)`` or ``2024010100-2024010200``."""
+    if scope.bucket is not None and scope.key is not None:
+        values = ",".join(repr(v) for v in scope.key.values)
+        return f"{scope.bucket.label()} {scope.key.column} in ({values})"
     if scope.bucket is not None:
         return scope.bucket.label()
     return " ".join(f"p{r.partition}[{r.start},{r.end})" for r in scope.ranges)

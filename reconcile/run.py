@@ -244,7 +244,12 @@ class _Run:
         buckets = [bucket_range(p.unit.scope.bucket, i) for i, p in enumerate(pending)
                    if p.unit.scope.bucket is not None]  # fmt: skip
         ends_ = {int(c.partition): self.coverage_end(c.partition, ends) for c in self.cut.partitions}
-        plan = PassPlan(ranges, buckets, ends_, self.job.schema_.event_time, self.job.table.key)
+        keyed = {i: p.unit.scope.key for i, p in enumerate(pending) if p.unit.scope.key}
+        plan = PassPlan(
+            ranges, buckets, ends_, self.job.schema_.event_time, self.job.table.key,
+            bucket_keys={i: k.values for i, k in keyed.items()},
+            key_column=next((k.column for k in keyed.values()), None),
+        )  # fmt: skip
         return table_pass(self.sink, plan)
 
     def coverage_end(self, partition: int, ends: Mapping[int, int]) -> int:

@@ -4,7 +4,8 @@ filtered scan per compared unit.
 
 Every row is assigned to the unit that owns it from its lineage columns: a Kafka row
 (``_seamline_source = 'kafka'``) by ``(_kafka_partition, _kafka_offset)`` against the units'
-half-open offset ranges, an archive row by its event time against the units' buckets; rows no
+half-open offset ranges, an archive row by its event time against the units' buckets (and, for
+custom-key slices, by its key value against the units' key values); rows no
 unit owns are not compared, exactly as a per-unit scan would not have returned them. Each
 batch's row hashes (:func:`reconcile.checksum.row_hashes`) are grouped by unit with polars:
 count, the sums of the low and the high 32-bit halves (exact in 64 bits, combined modulo 2^64)
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 
 from coordinator.core import lineage
 from coordinator.core.ports import TableReader
-from coordinator.core.values import Scope, TimeBucket
+from coordinator.core.values import KeyValue, Scope, TimeBucket
 from reconcile.checksum import Checksum, hashed_columns, row_hashes
 from reconcile.coverage import I64
 
@@ -103,13 +104,26 @@ def disjoint(ranges: Sequence[tuple[Any, Any, int]]) -> bool:
 
 
 def scopes_disjoint(scopes: Sequence[Scope]) -> bool:
-    """True when no two scopes share an offset of a partition or an instant of a bucket."""
+    """True when no two scopes share an offset of a partition, or an instant of a bucket for
+    one key value (scopes without a key hold every value; keyed scopes share one column)."""
     per_part: dict[int, list[tuple[int, int, int]]] = {}
     for i, scope in enumerate(scopes):
         for r in scope.ranges:
             per_part.setdefault(int(r.partition), []).append((int(r.start), int(r.end), i))
-    buckets = [(s.bucket.start, s.bucket.end, i) for i, s in enumerate(scopes) if s.bucket]
-    return all(disjoint(rs) for rs in per_part.values()) and disjoint(buckets)
+    plain = [(s.bucket.start, s.bucket.end, i) for i, s in enumerate(scopes)
+             if s.bucket and s.key is None]  # fmt: skip
+    per_value: dict[KeyValue, list[tuple[datetime, datetime, int]]] = {}
+    for i, s in enumerate(scopes):
+        if s.bucket and s.key is not None:
+            for v in s.key.values:
+                per_value.setdefault(v, []).append((s.bucket.start, s.bucket.end, i))
+    columns = {s.key.column for s in scopes if s.key is not None}
+    return (
+        len(columns) <= 1
+        and all(disjoint(rs) for rs in per_part.values())
+        and disjoint(plain)
+        and all(disjoint(plain + rs) for rs in per_value.values())
+    )
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,8 @@ class PassPlan:
     coverage_end: Mapping[int, int]
     event_time: str
     key: Sequence[str] = ()
+    bucket_keys: Mapping[int, tuple[KeyValue, ...]] = field(default_factory=dict)  # keyed units
+    key_column: str | None = None  # the custom slice key's column (keyed units)
 
 
 def bucket_range(bucket: TimeBucket, unit: int) -> tuple[int, int, int]:
@@ -176,8 +192,30 @@ def _archive_units(batch: pa.RecordBatch, plan: PassPlan) -> npt.NDArray[np.int6
         return unit
     at, valid = _micros(batch, plan.event_time)
     rows = np.flatnonzero(is_archive & valid)
-    unit[rows] = assign_offsets(at[rows], plan.buckets)
+    plain = [b for b in plan.buckets if b[2] not in plan.bucket_keys]
+    if plain:
+        unit[rows] = assign_offsets(at[rows], plain)
+    if plan.bucket_keys and plan.key_column is not None:
+        _keyed_units(batch, plan, at, is_archive & valid, unit)
     return unit
+
+
+def _keyed_units(
+    batch: pa.RecordBatch, plan: PassPlan, at: I64, mask: npt.NDArray[np.bool_], unit: I64
+) -> None:
+    """Assign archive rows of custom-key units: per key value, the buckets holding it."""
+    assert plan.key_column is not None
+    column = batch.column(plan.key_column)
+    per_value: dict[KeyValue, list[tuple[int, int, int]]] = {}
+    for b in plan.buckets:
+        for v in plan.bucket_keys.get(b[2], ()):
+            per_value.setdefault(v, []).append(b)
+    for v, buckets in per_value.items():
+        hit = pc.fill_null(pc.equal(column, v), False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(mask & np.asarray(hit, np.bool_))
+        if len(rows):
+            found = assign_offsets(at[rows], buckets)
+            unit[rows] = np.where(found >= 0, found, unit[rows])
 
 
 def table_pass(sink: TableReader, plan: PassPlan) -> TablePass:

@@ -20,7 +20,7 @@ from pyiceberg import expressions as _iceberg_expressions
 from pyiceberg.expressions import BooleanExpression
 
 from coordinator.core import lineage
-from coordinator.core.values import OffsetRange, Scope, TimeBucket
+from coordinator.core.values import OffsetRange, Scope, SliceKey, TimeBucket
 
 _TAGS = ("kafka", "archive")
 _SIDES = ("backfill", "live")
@@ -111,13 +111,32 @@ def iceberg_bucket(event_time: str, bucket: TimeBucket) -> BooleanExpression:
     )
 
 
+def _key_values(key: SliceKey) -> list[str | int]:
+    """The key's values, each checked to be a str or an int (never a bool)."""
+    out: list[str | int] = []
+    for v in key.values:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise TypeError(f"expected a str or int key value, found {v!r}")
+        out.append(v)
+    return out
+
+
+def iceberg_key(key: SliceKey) -> BooleanExpression:
+    """``column = value`` or ``column IN (values)`` (typed literals, no text)."""
+    values = _key_values(key)
+    return ice_eq(key.column, values[0]) if len(values) == 1 else ice_in(key.column, set(values))
+
+
 def iceberg_scope(scope: Scope, event_time: str) -> BooleanExpression:
-    """Exactly the rows a slice owns: its offsets (kafka) or its archive bucket."""
+    """Exactly the rows a slice owns: its offsets (kafka) or its archive bucket (and key)."""
     tag = ice_eq(lineage.SOURCE, scope.source)
     if scope.source == "kafka":
         return ice_and(tag, ice_or(*[iceberg_range(r) for r in scope.ranges]))
     assert scope.bucket is not None
-    return ice_and(tag, iceberg_bucket(event_time, scope.bucket))
+    parts = [tag, iceberg_bucket(event_time, scope.bucket)]
+    if scope.key is not None:
+        parts.append(iceberg_key(scope.key))
+    return ice_and(*parts)
 
 
 def iceberg_side(side: str) -> BooleanExpression:
@@ -210,13 +229,22 @@ def lance_bucket(event_time: str, bucket: TimeBucket, column_type: pa.DataType) 
     return f"{col} >= {lo} AND {col} < {hi}"
 
 
+def lance_key(key: SliceKey) -> str:
+    """`` `column` IN (typed literals) `` (strings quoted, ints validated)."""
+    lits = [lance_str(v) if isinstance(v, str) else lance_int(v) for v in _key_values(key)]
+    return f"{lance_ident(key.column)} IN ({', '.join(lits)})"
+
+
 def lance_scope(scope: Scope, event_time: str, column_type: pa.DataType = _DEFAULT_TIME) -> str:
     """SQL predicate for the rows a slice owns; ``column_type`` is ``event_time``'s type."""
     tag = _lance_tag(scope.source)
     if scope.source == "kafka":
         return f"({tag} AND ({' OR '.join(lance_range(r) for r in scope.ranges)}))"
     assert scope.bucket is not None
-    return f"({tag} AND {lance_bucket(event_time, scope.bucket, column_type)})"
+    bucket = lance_bucket(event_time, scope.bucket, column_type)
+    if scope.key is not None:
+        return f"({tag} AND {bucket} AND {lance_key(scope.key)})"
+    return f"({tag} AND {bucket})"
 
 
 def lance_side(side: str, qualifier: str | None = None) -> str:
@@ -245,8 +273,16 @@ def arrow_scope(scope: Scope, event_time: str) -> pc.Expression:
         return tag & reduce(lambda x, y: x | y, parts)
     assert scope.bucket is not None
     ts = pa.timestamp("us", tz="UTC")
-    return (
+    expr = (
         tag
         & (pc.field(event_time) >= pa.scalar(micros(scope.bucket.start), ts))
         & (pc.field(event_time) < pa.scalar(micros(scope.bucket.end), ts))
     )
+    return expr if scope.key is None else expr & arrow_key(scope.key)
+
+
+def arrow_key(key: SliceKey) -> pc.Expression:
+    """``column IN values`` as a compute expression (a string or int64 value set)."""
+    values = _key_values(key)
+    kind = pa.string() if isinstance(values[0], str) else pa.int64()
+    return pc.field(key.column).isin(pa.array(values, kind))

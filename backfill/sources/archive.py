@@ -11,10 +11,17 @@ Bad rows are quarantined by exactly one slice per file: the one whose bucket hol
 earliest valid event time (:func:`owns_bad_rows`, the same span the planner planned from), so
 rows whose event time is missing or unreadable belong to a slice too. A row the transform
 fails on belongs to the slice that read it.
+
+A custom-key slice (``[history.archive] slice_by``) reads only the rows of its key values,
+and of the bucket's bad rows only those whose key cell names one of its values
+(:func:`_bad_row_key`); a bad row whose key cell cannot be read fails the slice (terminal,
+naming file and row) instead of being quarantined by no slice or by several.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -24,14 +31,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from backfill.sinks.scopes import micros
+from backfill.sinks.scopes import arrow_key, micros
 from backfill.sources.archive_rows import BadRow, FileRows, checked, read_file, row_json
 from backfill.sources.archive_span import file_span
 from coordinator.core.controls import apply_where
 from coordinator.core.errors import SourceError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.retry import transient
-from coordinator.core.values import Slice, TimeBucket
+from coordinator.core.values import Slice, SliceKey, TimeBucket
 from stream.decode.base import add_lineage
 from stream.decode.transform import apply_transform, load_transform
 
@@ -137,6 +144,9 @@ def read_archive(job: JobSpec, slice_: Slice, default_format: str | None = None)
                 f"file, found one Arrow cannot read ({exc})",
                 hint="check history.archive.format and the file's contents",
             ) from None
+    if slice_.scope.key is not None:  # only the slice's key values, and their bad rows
+        parts = [(name, _of_key(job, slice_, name, format_name(name, fmt), p))
+                 for name, p in parts]  # fmt: skip
     tables = [p.table for _, p in parts if p.table.num_rows]
     rows = pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
     bad = [b for _, p in parts for b in p.bad]
@@ -149,6 +159,52 @@ def read_archive(job: JobSpec, slice_: Slice, default_format: str | None = None)
     log.debug("archive slice read", extra={"slice_id": slice_.slice_id, "rows": out.num_rows,
                                            "quarantined": len(bad)})  # fmt: skip
     return ArchiveSlice(add_lineage(out, None, None, "archive", "backfill"), bad)
+
+
+def _of_key(job: JobSpec, slice_: Slice, name: str, fmt: str, rows: FileRows) -> FileRows:
+    """The good rows of the slice's key values, and the bad rows whose key cell is one."""
+    key = slice_.scope.key
+    assert key is not None
+    mask = pads.dataset(rows.table).to_table(
+        columns={"m": arrow_key(key)}).column("m").fill_null(False)  # fmt: skip
+    good = rows.filter(mask)
+    wanted = {str(v) for v in key.values}
+    bad = []
+    for row in good.bad:
+        cell = _bad_row_key(job.resolve(name), fmt, key, row)
+        if cell is None:
+            raise SourceError(
+                f"slice_id={slice_.slice_id} file={name} row={row.row}: expected a readable "
+                f"{key.column!r} value (the slice_by column) in a bad row, found none",
+                hint="fix the row's key cell so the row can be quarantined by its key slice",
+            )
+        if cell in wanted:
+            bad.append(row)
+    return FileRows(good.table, good.rows, bad)
+
+
+def _bad_row_key(path: Path, fmt: str, key: SliceKey, row: BadRow) -> str | None:
+    """The text of the bad row's ``slice_by`` cell (from its raw record), or None."""
+    try:
+        if fmt == "csv":
+            with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+                header = next(csv.reader(fh))
+            cells = next(csv.reader([row.raw]))
+            found: object = dict(zip(header, cells, strict=False)).get(key.column)
+        else:  # JSON lines: the record; Parquet: its values as JSON
+            record = json.loads(row.raw)
+            found = record.get(key.column) if isinstance(record, dict) else None
+    except (OSError, StopIteration, ValueError, csv.Error):
+        return None
+    if found is None or isinstance(found, bool) or not isinstance(found, str | int):
+        return None
+    text = str(found).strip()
+    if isinstance(key.values[0], int):
+        try:
+            text = str(int(text))
+        except ValueError:
+            return None
+    return text or None
 
 
 def read_archive_slice(job: JobSpec, slice_: Slice, default_format: str | None = None) -> pa.Table:

@@ -209,6 +209,7 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
             for p in store.get_live_progress(job_id)
         ],
         "pauses": [pause_json(p) for p in store.list_pauses(job_id)],
+        "runs": [r.to_json() for r in store.list_runs(job_id)],  # detached runs, newest first
         "reconcile": None
         if latest is None
         else {
@@ -260,6 +261,12 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
         click.echo(
             f"paused {len(pauses)} times ({total:.1f}s) for live lag, "
             f"last at {pauses[-1]['started_at']}"
+        )
+    for r in doc["runs"]:
+        click.echo(
+            f"detached run={r['run_id']} {r['state']} pid={r['pid']} started={r['started_at']}"
+            + (f" exit_code={r['exit_code']}" if r["exit_code"] is not None else "")
+            + f" log={r['log_path']}"
         )
     rec = doc["reconcile"]
     click.echo(
@@ -355,6 +362,21 @@ def _print_outcome(out: JobOutcome, job_file: str) -> None:
         click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
     if out.exit_code == ExitCode.NOT_RECONCILED:
         click.echo(f"not reconciled: see `seamline reconcile {job_file} --html report.html`")
+
+
+def _detach(job: JobSpec, job_file: str, args: list[str], output: str) -> None:
+    from coordinator.run.detach import start_detached
+
+    run = start_detached(job, job_file, args)
+    if output == "json":
+        click.echo(json.dumps(run.to_json()))
+    else:
+        click.echo(run.run_id)
+        click.echo(
+            f"detached run_id={run.run_id} pid={run.pid} log={run.log_path}; follow it with "
+            f"`seamline wait {job_file} {run.run_id}`",
+            err=True,
+        )
 
 
 def register(group: click.Group) -> None:
@@ -464,20 +486,34 @@ def register(group: click.Group) -> None:
                   help="Serve Prometheus /metrics here while the run lasts.")  # fmt: skip
     @click.option("--metrics-host", default="127.0.0.1", show_default=True,
                   help="Address /metrics binds to (0.0.0.0 exposes it to the network).")  # fmt: skip
+    @click.option("--detach", is_flag=True,
+                  help="Run in the background; print the run id at once (`seamline wait`).")  # fmt: skip
     @_output
     @_timeout
     def run(
         job_file: str, executor: str, output: str, timeout_s: float, min_age: float,
         takeover: bool, metrics_port: int | None, metrics_host: str, only: tuple[str, ...],
-        limit: int | None,
+        limit: int | None, detach: bool,
     ) -> None:
         """Cut (reused), plan (reused), run every slice not yet committed, then reconcile.
 
         Exit 0 only when every slice committed and reconciliation passed. One coordinator per
         job: another running one is refused (exit 2) unless its lease expired or --takeover.
-        --only/--limit run a subset (exit 5, partial, while slices remain).
+        --only/--limit run a subset (exit 5, partial, while slices remain). --detach starts
+        the run in the background and prints its run id (follow it with `seamline wait`).
         """
         job = _job(job_file)
+        if detach:
+            args = [
+                "--executor", executor, "--output", output, "--timeout", str(timeout_s),
+                "--min-age", str(min_age), *(["--takeover"] if takeover else []),
+                *[a for g in only for a in ("--only", g)],
+                *(["--limit", str(limit)] if limit is not None else []),
+                *(["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
+                  if metrics_port is not None else []),
+            ]  # fmt: skip
+            _detach(job, job_file, args, output)
+            return
         warn_plan_drift(job, job_file)
         progress = _progress(job, metrics_port, metrics_host)
         out = _run(job, executor, timeout_s, min_age, takeover, progress, (only, limit))

@@ -24,6 +24,7 @@ from coordinator.core.jobspec import (
     LiveSpec,
     SchemaSpec,
     SecuritySpec,
+    SliceBySpec,
     StateSpec,
     StreamSpec,
     TableSpec,
@@ -41,6 +42,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[table]", TableSpec),
     ("[history]", HistorySpec),
     ("[[history.archive]]", ArchiveSpec),
+    ("[history.archive.slice_by]", SliceBySpec),
     ("[[history.where]]", WhereSpec),
     ("[transform]", TransformSpec),
     ("[backfill]", BackfillSpec),
@@ -95,6 +97,13 @@ DESCRIPTIONS: dict[str, str] = {
     "least one file (else exit 3).",
     "history.archive.format": "`parquet`, `csv` or `jsonl`.",
     "history.archive.bucket": "Archive slice width by event time.",
+    "history.archive.slice_by": "Custom-key slices: `{column, values}` (below); one slice per "
+    "key value (or group) per bucket. Every archive declares the same.",
+    "history.archive.slice_by.column": "A string or integer column of `[schema.fields]` (not "
+    "the event time).",
+    "history.archive.slice_by.values": "Key values, one slice each (a list inside is one slice "
+    "of several values); only these values are backfilled. Left out: every non-null value "
+    "found in the archive files (Parquet statistics, else a distinct scan).",
     "history.where": "Row filter: `[[history.where]]` conditions that must all hold (below); "
     "the reconciler applies the same filter to the source.",
     "history.where.column": "A column of `[schema.fields]`.",

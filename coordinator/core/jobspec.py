@@ -16,7 +16,16 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from coordinator.core.controls import AssertSpec, WhereSpec, check_asserts, where_expression
 from coordinator.core.errors import ConfigError
@@ -222,12 +231,50 @@ class TableSpec(_Model):
         return v
 
 
+KeyItem = StrictStr | StrictInt
+
+
+class SliceBySpec(_Model):
+    """Custom-key archive slices: one slice per key value (or group of values) per bucket."""
+
+    column: str
+    # None: discovered from the archive files (every non-null value found)
+    values: list[KeyItem | list[KeyItem]] | None = None
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: list[KeyItem | list[KeyItem]] | None) -> Any:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("expected at least one value (or leave values out to discover them)")
+        seen: set[KeyItem] = set()
+        for item in v:
+            group = item if isinstance(item, list) else [item]
+            if not group:
+                raise ValueError("expected a non-empty group of values, found []")
+            twice = seen.intersection(group)
+            if twice or len(set(group)) != len(group):
+                raise ValueError(
+                    f"expected each value in one slice only, found {sorted(map(repr, twice)) or group}"
+                )
+            seen.update(group)
+        return v
+
+    def groups(self) -> list[tuple[KeyItem, ...]] | None:
+        """The declared values as one tuple per slice (None: discover them)."""
+        if self.values is None:
+            return None
+        return [tuple(i) if isinstance(i, list) else (i,) for i in self.values]
+
+
 class ArchiveSpec(_Model):
     """Archive files holding history older than Kafka's retention."""
 
     glob: str
     format: Literal["parquet", "csv", "jsonl"] = "parquet"
     bucket: Literal["day", "hour", "month"] = "day"
+    slice_by: SliceBySpec | None = None
 
 
 class HistorySpec(_Model):
@@ -334,6 +381,10 @@ class JobSpec(_Model):
         """A path from the job file, relative to the job file's folder."""
         p = Path(path)
         return p if p.is_absolute() else self.base_dir / p
+
+    def slice_by(self) -> SliceBySpec | None:
+        """The archives' custom slice key (one for all archives, checked at load), or None."""
+        return self.history.archive[0].slice_by if self.history.archive else None
 
     def history_filter(self) -> Any:
         """The ``[history] where`` filter as a pyarrow compute expression, or None."""
@@ -498,6 +549,7 @@ def _cross_checks(spec: JobSpec) -> None:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     if spec.table.format == "lance" and spec.table.uri:
         _check_lance_path(spec, spec.table.uri)
+    _check_slice_by(spec)
     try:  # columns and typed values of [[backfill.assert]] and [history] where
         check_asserts(spec.backfill.asserts, spec.schema_.arrow_schema())
         where_expression(spec.history.where, spec.schema_.arrow_schema())
@@ -535,6 +587,44 @@ def _check_kafka_columns(schema: SchemaSpec) -> None:
                 f"key=schema.kafka.{name}: expected a string, binary or integer column for "
                 f"{source!r} read as text, found {type_name!r}",
                 hint=f'use "{source}:json" to read it as a JSON value of type {type_name}',
+            )
+
+
+def _check_slice_by(spec: JobSpec) -> None:
+    """Every archive declares the same ``slice_by`` on a string or integer column (not the
+    event time) with values of that column's type."""
+    keys = [a.slice_by for a in spec.history.archive]
+    if any(k != keys[0] for k in keys):
+        raise ConfigError(
+            "key=history.archive.slice_by: expected the same slice_by on every archive, found "
+            "different ones",
+            hint="archive slices of one table must not overlap: declare one slice_by for all",
+        )
+    slice_by = keys[0] if keys else None
+    if slice_by is None:
+        return
+    fields, col = spec.schema_.fields, slice_by.column
+    kind = fields.get(col)
+    if kind is None or col == spec.schema_.event_time:
+        raise ConfigError(
+            f"key=history.archive.slice_by.column: expected a column of [schema.fields] other "
+            f"than the event time, found {col!r}",
+            hint=f"one of {[f for f in fields if f != spec.schema_.event_time]}",
+        )
+    want: type = str if kind == "string" else int
+    if kind != "string" and not kind.startswith("int"):
+        raise ConfigError(
+            f"key=history.archive.slice_by.column: expected a string or integer column, found "
+            f"{col!r} of type {kind}",
+            hint="slice by a string or integer column (tenant, region, shard id)",
+        )
+    for group in slice_by.groups() or []:
+        bad = [v for v in group if type(v) is not want]
+        if bad:
+            raise ConfigError(
+                f"key=history.archive.slice_by.values: expected {want.__name__} values for "
+                f"column {col!r} ({kind}), found {bad[0]!r}",
+                hint="write the values with the column's type",
             )
 
 

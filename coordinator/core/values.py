@@ -142,22 +142,48 @@ class TimeBucket:
         return f"{self.start:%Y%m%dT%H}-{self.end:%Y%m%dT%H}"
 
 
+KeyValue = str | int
+
+
+@dataclass(frozen=True, order=True)
+class SliceKey:
+    """A custom slice key: the rows whose ``column`` holds one of ``values`` (typed: str or
+    int, never null); values are sorted and unique so equal keys compare equal."""
+
+    column: str
+    values: tuple[KeyValue, ...]
+
+    def __post_init__(self) -> None:
+        _require(bool(self.column), "a slice key needs a column")
+        _require(bool(self.values), f"slice key column={self.column!r}: expected values")
+        kinds = {type(v) for v in self.values}
+        _require(
+            kinds <= {str} or kinds <= {int},
+            f"slice key column={self.column!r}: expected str or int values of one type, "
+            f"found {sorted(k.__name__ for k in kinds)}",
+        )
+        object.__setattr__(self, "values", tuple(sorted(set(self.values))))  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
 class Scope:
     """The rows of the table a slice owns, built from typed values (never a string).
 
     Kafka slices own ``_kafka_partition = p AND start <= _kafka_offset < end`` for each range.
-    Archive slices own rows tagged ``archive`` whose event time lies in ``bucket``.
+    Archive slices own rows tagged ``archive`` whose event time lies in ``bucket`` and, with a
+    custom ``key``, whose key column holds one of the key's values.
     """
 
     source: SourceTag
     ranges: tuple[OffsetRange, ...] = ()
     bucket: TimeBucket | None = None
+    key: SliceKey | None = None
 
     def __post_init__(self) -> None:
         if self.source == "kafka":
             _require(bool(self.ranges), "a kafka scope needs at least one offset range")
             _require(self.bucket is None, "a kafka scope is bounded by offsets, not time")
+            _require(self.key is None, "a kafka scope is bounded by offsets, not a key")
         else:
             _require(self.bucket is not None, "an archive scope needs a time bucket")
             _require(not self.ranges, "an archive scope holds no offset ranges")

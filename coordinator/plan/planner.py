@@ -22,16 +22,19 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from typing import Literal
+from urllib.parse import quote
 
 from coordinator.core.errors import ConfigError, SourceDataLossError
 from coordinator.core.values import (
     Cut,
+    KeyValue,
     Offset,
     OffsetRange,
     PartitionCut,
     PartitionId,
     Scope,
     Slice,
+    SliceKey,
     TimeBucket,
     utc,
 )
@@ -49,6 +52,7 @@ class ArchiveFile:
     max_time: datetime  # largest event time in the file (inclusive)
     rows: int
     bytes: int
+    keys: frozenset[KeyValue] | None = None  # distinct slice-key values (None: not read)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_time", utc(self.min_time))
@@ -153,35 +157,83 @@ def _overlap_share(f: ArchiveFile, bucket: TimeBucket) -> float:
     return max(0.0, (hi - lo).total_seconds() / span)
 
 
-def archive_slices(files: Sequence[ArchiveFile], unit: BucketUnit) -> list[Slice]:
-    """One slice per bucket over the files' event-time range, with the files it needs.
+def key_slice_id(key: SliceKey) -> str:
+    """``<column>=<value>[+<value>...]``, each part percent-quoted (values are user data, so
+    a glob character, a quote or a slash never reaches a slice id unquoted).
 
-    Buckets no file overlaps are left out (nothing to load, nothing to overwrite). Estimates
-    assume rows spread evenly over a file's time range.
+    >>> key_slice_id(SliceKey("tenant", ("o'brien", "acme")))
+    'tenant=acme+o%27brien'
+    """
+    values = "+".join(quote(str(v), safe="") for v in key.values)
+    return f"{quote(key.column, safe='')}={values}"
+
+
+def key_groups(
+    files: Sequence[ArchiveFile], declared: Sequence[tuple[KeyValue, ...]] | None
+) -> list[tuple[KeyValue, ...]]:
+    """The declared groups, or one group per value found in the files (sorted)."""
+    if declared is not None:
+        return [tuple(g) for g in declared]
+    found: set[KeyValue] = set()
+    for f in files:
+        found |= f.keys or frozenset()
+    return [(v,) for v in sorted(found)]  # type: ignore[type-var]
+
+
+def _key_share(f: ArchiveFile, group: tuple[KeyValue, ...] | None) -> float:
+    if group is None or f.keys is None:
+        return 1.0
+    return len(f.keys.intersection(group)) / max(1, len(f.keys))
+
+
+def archive_slices(
+    files: Sequence[ArchiveFile],
+    unit: BucketUnit,
+    key_column: str | None = None,
+    groups: Sequence[tuple[KeyValue, ...]] = (),
+) -> list[Slice]:
+    """One slice per bucket (times each key group, with ``key_column``) over the files'
+    event-time range, with the files it needs.
+
+    Buckets no file overlaps, and key groups none of a bucket's files holds, are left out
+    (nothing to load, nothing to overwrite). Estimates assume rows spread evenly over a
+    file's time range and its key values.
     """
     if not files:
         return []
     first = min(f.min_time for f in files)
     last = max(f.max_time for f in files)
+    keys: list[SliceKey | None] = (
+        [SliceKey(key_column, g) for g in groups] if key_column is not None else [None]
+    )
     out: list[Slice] = []
     for bucket in time_buckets(first, last, unit):
-        members = sorted(
-            (f for f in files if f.min_time < bucket.end and f.max_time >= bucket.start),
-            key=lambda f: f.path,
-        )
-        if not members:
-            continue
-        shares = [_overlap_share(f, bucket) for f in members]
-        out.append(
-            Slice(
-                slice_id=bucket_slice_id(bucket, unit),
-                scope=Scope("archive", bucket=bucket),
-                files=tuple(f.path for f in members),
-                est_rows=round(sum(f.rows * s for f, s in zip(members, shares, strict=True))),
-                est_bytes=round(sum(f.bytes * s for f, s in zip(members, shares, strict=True))),
-            )
-        )
+        in_bucket = [f for f in files if f.min_time < bucket.end and f.max_time >= bucket.start]
+        for key in keys:
+            members = sorted(
+                (f for f in in_bucket
+                 if key is None or f.keys is None or f.keys.intersection(key.values)),
+                key=lambda f: f.path,
+            )  # fmt: skip
+            if members:
+                out.append(_archive_slice(bucket, unit, key, members))
     return out
+
+
+def _archive_slice(
+    bucket: TimeBucket, unit: BucketUnit, key: SliceKey | None, members: Sequence[ArchiveFile]
+) -> Slice:
+    shares = [
+        _overlap_share(f, bucket) * _key_share(f, key.values if key else None) for f in members
+    ]
+    sid = bucket_slice_id(bucket, unit)
+    return Slice(
+        slice_id=sid if key is None else f"{sid}-{key_slice_id(key)}",
+        scope=Scope("archive", bucket=bucket, key=key),
+        files=tuple(f.path for f in members),
+        est_rows=round(sum(f.rows * s for f, s in zip(members, shares, strict=True))),
+        est_bytes=round(sum(f.bytes * s for f, s in zip(members, shares, strict=True))),
+    )
 
 
 def _dumps(obj: object) -> str:
@@ -234,9 +286,14 @@ def make_plan(
     unit: BucketUnit = "day",
     *,
     include_kafka: bool = True,
+    key_column: str | None = None,
+    key_values: Sequence[tuple[KeyValue, ...]] | None = None,
 ) -> Plan:
-    """The plan of ``cut``: archive buckets first (oldest history), then Kafka slices."""
-    slices = archive_slices(archive_files, unit)
+    """The plan of ``cut``: archive buckets first (oldest history; with ``key_column`` one
+    slice per bucket and key group, ``key_values`` None: the values the files hold), then
+    Kafka slices."""
+    groups = key_groups(archive_files, key_values) if key_column is not None else []
+    slices = archive_slices(archive_files, unit, key_column, groups)
     if include_kafka:
         slices += kafka_slices(cut.partitions, slice_records)
     ids = [s.slice_id for s in slices]

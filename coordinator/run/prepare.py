@@ -180,12 +180,15 @@ def ensure_cut(
 
 def compute_plan(job: JobSpec, cut: Cut, *, count: bool, timeout_s: float = 30.0) -> PlanView:
     """A fresh plan of ``cut`` (archive scan, Kafka slices), exact counts when ``count``."""
+    slice_by = job.slice_by()
     plan = make_plan(
         cut,
         job.backfill.slice_records,
         scan_archives(job),
         archive_unit(job),
         include_kafka=job.history.kafka,
+        key_column=slice_by.column if slice_by else None,
+        key_values=slice_by.groups() if slice_by else None,
     )
     if not count:
         return PlanView(plan, stored=False, exact=False)

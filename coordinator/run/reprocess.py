@@ -45,11 +45,20 @@ from coordinator.core.values import (
     OffsetRange,
     Scope,
     Slice,
+    SliceKey,
     SliceStatus,
     TimeBucket,
     utc,
 )
-from coordinator.plan.planner import ArchiveFile, BucketUnit, floor_time, next_boundary, split_range
+from coordinator.plan.planner import (
+    ArchiveFile,
+    BucketUnit,
+    floor_time,
+    key_groups,
+    key_slice_id,
+    next_boundary,
+    split_range,
+)
 
 if TYPE_CHECKING:
     from coordinator.run.progress import ProgressSink
@@ -95,21 +104,30 @@ def kafka_reprocess_slices(
 
 
 def archive_reprocess_slices(
-    run_id: str, files: Sequence[ArchiveFile], start: datetime, end: datetime, unit: BucketUnit
+    run_id: str,
+    files: Sequence[ArchiveFile],
+    start: datetime,
+    end: datetime,
+    unit: BucketUnit,
+    keys: Sequence[SliceKey | None] = (None,),
 ) -> list[Slice]:
-    """Buckets of ``unit`` clipped to ``[start, end)`` that some archive file overlaps."""
+    """Buckets of ``unit`` clipped to ``[start, end)`` that some archive file overlaps, one
+    slice per custom key of the plan (``keys``: the job's ``slice_by`` groups)."""
     start, end = utc(start), utc(end)
     out: list[Slice] = []
     lo = floor_time(start, unit)
     while lo < end:
         hi = next_boundary(lo, unit)
         bucket = TimeBucket(max(lo, start), min(hi, end))
-        members = sorted(
-            f.path for f in files if f.min_time < bucket.end and f.max_time >= bucket.start
-        )
-        if members:
-            sid = f"r-{run_id}-a-{bucket.label()}"
-            out.append(Slice(sid, Scope("archive", bucket=bucket), files=tuple(members)))
+        for key in keys:
+            members = sorted(
+                f.path for f in files if f.min_time < bucket.end and f.max_time >= bucket.start
+                and (key is None or f.keys is None or f.keys.intersection(key.values))
+            )  # fmt: skip
+            if members:
+                sid = f"r-{run_id}-a-{bucket.label()}" + (f"-{key_slice_id(key)}" if key else "")
+                scope = Scope("archive", bucket=bucket, key=key)
+                out.append(Slice(sid, scope, files=tuple(members)))
         lo = hi
     return out
 
@@ -220,7 +238,12 @@ def plan_reprocess(
 
     out: list[Slice] = []
     if job.history.archive:
-        out += archive_reprocess_slices(run_id, scan_archives(job), start, end, archive_unit(job))
+        files, slice_by = scan_archives(job), job.slice_by()
+        keys: list[SliceKey | None] = [None]
+        if slice_by is not None:
+            groups = key_groups(files, slice_by.groups())
+            keys = [SliceKey(slice_by.column, g) for g in groups]
+        out += archive_reprocess_slices(run_id, files, start, end, archive_unit(job), keys)
     if job.history.kafka:
         starts, ends = kafka_bounds(job, cut, start, end, timeout_s)
         out += kafka_reprocess_slices(run_id, cut, starts, ends, job.backfill.slice_records)

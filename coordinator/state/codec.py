@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from coordinator.core.values import CommitToken, OffsetRange, Scope, Slice, TimeBucket
+from coordinator.core.values import (
+    CommitToken,
+    OffsetRange,
+    Scope,
+    Slice,
+    SliceKey,
+    TimeBucket,
+)
 
 
 def scope_to_json(scope: Scope) -> dict[str, Any]:
@@ -16,12 +23,15 @@ def scope_to_json(scope: Scope) -> dict[str, Any]:
             "start": scope.bucket.start.isoformat(),
             "end": scope.bucket.end.isoformat(),
         }
+    if scope.key is not None:  # only keyed scopes carry it: older plan hashes stay the same
+        doc["key"] = {"column": scope.key.column, "values": list(scope.key.values)}
     return doc
 
 
 def scope_from_json(doc: dict[str, Any]) -> Scope:
     """Inverse of :func:`scope_to_json`."""
     bucket = doc.get("bucket")
+    key = doc.get("key")
     return Scope(
         source="kafka" if doc["source"] == "kafka" else "archive",
         ranges=tuple(OffsetRange.from_json(r) for r in doc.get("ranges", [])),
@@ -32,6 +42,7 @@ def scope_from_json(doc: dict[str, Any]) -> Scope:
             if bucket
             else None
         ),
+        key=SliceKey(key["column"], tuple(key["values"])) if key else None,
     )
 
 

@@ -71,7 +71,8 @@ class Lease:
         )
 
 
-def _pid_gone(pid: int) -> bool:
+def pid_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -84,7 +85,7 @@ def _pid_gone(pid: int) -> bool:
 def _holder_dead(lease: Lease, asking: LeaseOwner, now: datetime) -> bool:
     if lease.expired(now):
         return True
-    return lease.owner.host == asking.host and _pid_gone(lease.owner.pid)
+    return lease.owner.host == asking.host and pid_gone(lease.owner.pid)
 
 
 class LeaseStore(StoreBase):

@@ -4,7 +4,8 @@ Bump :data:`SCHEMA_VERSION` with every change and add the step to :data:`MIGRATI
 store upgrades older versions it knows (one transaction) and refuses newer ones instead of
 guessing.
 
-Versions: 1 the first schema; 2 adds ``leases`` (one coordinator per job holds the lease).
+Versions: 1 the first schema; 2 adds ``leases`` (one coordinator per job holds the lease); 3
+adds ``runs`` (detached runs: ``seamline run --detach``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -149,5 +150,19 @@ leases = sa.Table(
     sa.Column("expires_at", UtcDateTime, nullable=False),
 )
 
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("job_id", sa.String(128), nullable=False, index=True),
+    sa.Column("pid", sa.Integer, nullable=True),  # the detached process (None until started)
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("log_path", sa.Text, nullable=False),
+    sa.Column("args", sa.JSON, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("ended_at", UtcDateTime, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+)
+
 #: ``{from_version: tables added by the step to from_version + 1}`` (additive steps only).
-MIGRATIONS: dict[int, tuple[sa.Table, ...]] = {1: (leases,)}
+MIGRATIONS: dict[int, tuple[sa.Table, ...]] = {1: (leases,), 2: (runs,)}

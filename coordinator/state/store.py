@@ -24,6 +24,7 @@ from coordinator.core.values import Offset, PartitionId
 from coordinator.state import schema as t
 from coordinator.state.base import _now, safe_url, state_exists
 from coordinator.state.lease import Lease, LeaseOwner, LeaseStore
+from coordinator.state.runs import RunRecord, RunStore
 from coordinator.state.slices import SliceRecord, SliceStore
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class PauseRecord:
     reason: str
 
 
-class StateStore(SliceStore, LeaseStore):
+class StateStore(SliceStore, LeaseStore, RunStore):
     """Durable state of every job. ``StateStore(url)`` creates the schema if needed;
     ``StateStore(url, create=False)`` only opens an existing store (raises StateError)."""
 
@@ -162,6 +163,7 @@ __all__ = [
     "LiveProgress",
     "PauseRecord",
     "ReconcileRecord",
+    "RunRecord",
     "SliceRecord",
     "StateStore",
     "safe_url",

@@ -481,26 +481,49 @@ def test_an_expired_or_dead_lease_is_taken_and_takeover_steals_a_live_one(store_
     store.close()
 
 
-def test_a_version_1_store_is_migrated_to_version_2_with_leases(
+def test_a_version_1_store_is_migrated_to_version_3_with_leases_and_runs(
     store_url: str, tmp_path: Path
 ) -> None:
     (tmp_path / "state").mkdir(exist_ok=True)
     engine = sa.create_engine(store_url)
-    v1 = [tbl for tbl in schema.metadata.sorted_tables if tbl.name != "leases"]
+    v1 = [tbl for tbl in schema.metadata.sorted_tables if tbl.name not in ("leases", "runs")]
     with engine.begin() as conn:
         schema.metadata.create_all(conn, tables=v1)
         conn.execute(schema.schema_version.insert().values(version=1, installed_at=_NOW))
-    with pytest.raises(StateError, match=r"expected schema version 2, found \[1\].*upgrade"):
+    with pytest.raises(StateError, match=r"expected schema version 3, found \[1\].*upgrade"):
         StateStore(store_url, create=False)  # a read-only open never migrates
     store = StateStore(store_url)
     with engine.connect() as conn:
-        assert sa.inspect(conn).has_table("leases")
-        assert list(conn.scalars(sa.select(schema.schema_version.c.version))) == [2]
+        assert sa.inspect(conn).has_table("leases") and sa.inspect(conn).has_table("runs")
+        assert list(conn.scalars(sa.select(schema.schema_version.c.version))) == [3]
     store.ensure_job(JOB)
     assert store.acquire_lease(JOB, _owner(), 60).job_id == JOB
+    store.record_run(JOB, "r1", "/tmp/r1.log", [])
     store.close()
     with engine.begin() as conn:
-        conn.execute(schema.schema_version.update().values(version=3))
-    with pytest.raises(StateError, match=r"expected schema version 2, found \[3\]"):
+        conn.execute(schema.schema_version.update().values(version=4))
+    with pytest.raises(StateError, match=r"expected schema version 3, found \[4\]"):
         StateStore(store_url)
     engine.dispose()
+
+
+def test_detached_runs_are_recorded_given_a_pid_and_ended(store: StateStore) -> None:
+    store.ensure_job(JOB)
+    assert store.get_run(JOB) is None
+    store.record_run(JOB, "aaa", "/logs/aaa.log", ["--output", "json"])
+    first = store.get_run(JOB, "aaa")
+    assert first is not None and first.state == "starting" and first.args == ("--output", "json")
+    store.set_run_pid("aaa", os.getpid())
+    running = store.get_run(JOB)
+    assert running is not None and running.state == "running" and running.pid == os.getpid()
+    store.end_run("aaa", 5)
+    ended = store.get_run(JOB, "aaa")
+    assert ended is not None and ended.state == "ended" and ended.exit_code == 5
+    assert ended.ended_at is not None
+    store.record_run(JOB, "bbb", "/logs/bbb.log", [])
+    store.set_run_pid("bbb", 2**22 + 12345)  # no such process on this host
+    died = store.get_run(JOB)
+    assert died is not None and died.run_id == "bbb" and died.state == "died"
+    assert [r.run_id for r in store.list_runs(JOB)] == ["bbb", "aaa"]
+    with pytest.raises(StateError, match="expected a recorded detached run"):
+        store.end_run("nope", 0)

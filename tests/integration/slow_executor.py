@@ -1,7 +1,8 @@
 """The real slice executor, slowed down, for tests that kill processes mid-run (no tests here).
 
 ``execute`` appends ``<slice_id> <attempt> <pid>`` to ``$SEAMLINE_TEST_EXEC_DIR/started.log``,
-sleeps ``$SEAMLINE_TEST_EXEC_SLEEP`` seconds (default 1), then runs
+sleeps ``$SEAMLINE_TEST_EXEC_SLEEP`` seconds (default 1), waits until the file
+``$SEAMLINE_TEST_EXEC_GATE`` exists when that is set, then runs
 :func:`backfill.executor.execute_slice`: real Kafka reads, real table commits. The log tells a
 test which worker process is in the middle of which slice.
 """
@@ -27,4 +28,7 @@ def execute(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResult:
     finally:
         os.close(fd)
     time.sleep(float(os.environ.get("SEAMLINE_TEST_EXEC_SLEEP", "1.0")))
+    gate = os.environ.get("SEAMLINE_TEST_EXEC_GATE")
+    while gate and not Path(gate).exists():
+        time.sleep(0.05)
     return execute_slice(job, slice_, token)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from backfill.sources.archive import read_archive
 from backfill.sources.archive_rows import read_file
 from coordinator.core.jobspec import ArchiveSpec
-from coordinator.core.values import Scope, Slice, TimeBucket
+from coordinator.core.errors import SourceError
+from coordinator.core.values import Scope, Slice, SliceKey, TimeBucket
 from coordinator.plan.facts import scan_file
 from tests.contract.backfill_writers import make_job
 
@@ -113,3 +114,26 @@ def test_planning_skips_event_times_it_cannot_read(tmp_path: Path) -> None:
     pq.write_table(pa.table({"ts": stamps}), tmp_path / "c.parquet")
     found = scan_file(tmp_path / "c.parquet", ArchiveSpec(glob="*", format="parquet"), "ts")
     assert found is not None and (found.min_time, found.max_time) == (DAY, DAY)
+
+
+def test_a_key_slice_owns_the_bad_rows_of_its_key_values(tmp_path: Path) -> None:
+    job = make_job("lance-overwrite", tmp_path, "127.0.0.1:1", "t")
+    _csv(tmp_path / "a.csv", ["1,1.0,", "2,2.0,2024-03-01T05:00:00Z", "3,x,2024-03-01T06:00:00Z",
+                              "4,4.0,2024-03-01T07:00:00Z"])  # fmt: skip
+    bucket = TimeBucket(DAY, DAY + timedelta(days=1))
+    seen = []
+    for values in [(1, 2), (3, 4)]:
+        scope = Scope("archive", bucket=bucket, key=SliceKey("order_id", values))
+        got = read_archive(job, Slice(f"k{values[0]}", scope, files=("a.csv",)))
+        seen.append((got.rows["order_id"].to_pylist(), [b.row for b in got.bad]))
+    # each bad row is quarantined once, by the slice of its own key value
+    assert seen == [([2], [1]), ([4], [3])]
+
+
+def test_a_bad_row_without_a_readable_key_fails_its_key_slice(tmp_path: Path) -> None:
+    job = make_job("lance-overwrite", tmp_path, "127.0.0.1:1", "t")
+    _csv(tmp_path / "a.csv", ["x,1.0,2024-03-01T05:00:00Z", "2,2.0,2024-03-01T05:00:00Z"])
+    scope = Scope("archive", bucket=TimeBucket(DAY, DAY + timedelta(days=1)),
+                  key=SliceKey("order_id", (2,)))  # fmt: skip
+    with pytest.raises(SourceError, match=r"file=a\.csv row=1: expected a readable 'order_id'"):
+        read_archive(job, Slice("k2", scope, files=("a.csv",)))
