@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from backfill.sources.archive import read_archive
 from backfill.sources.archive_rows import read_file
-from coordinator.core.jobspec import ArchiveSpec
 from coordinator.core.errors import SourceError
+from coordinator.core.jobspec import ArchiveSpec
 from coordinator.core.values import Scope, Slice, SliceKey, TimeBucket
 from coordinator.plan.facts import scan_file
 from tests.contract.backfill_writers import make_job
