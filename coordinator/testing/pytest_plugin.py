@@ -12,6 +12,14 @@ Fixtures:
   are deleted at teardown.
 * ``iceberg_catalog`` -> a pyiceberg ``SqlCatalog`` (sqlite + local file warehouse under
   ``tmp_path``).
+* ``s3_server`` (session) -> :class:`backfill.sinks.s3_server.local.S3Server` (``.endpoint``,
+  ``.storage()`` for a job's ``[table.storage]``, ``create_bucket(server, name)``): a local
+  S3-compatible server (S3Proxy on files, ``seamline s3``), stopped at session end. It FAILS
+  (never skips) when Java or Maven are missing.
+* ``iceberg_rest_catalog`` (session) -> :class:`RestCatalogServer` (``.uri``,
+  ``.warehouse``): a local Apache Iceberg REST catalog (``seamline catalog``) whose warehouse
+  is a bucket on ``s3_server`` (``s3://seamline-rest/warehouse``), stopped at session end. It
+  FAILS (never skips) when Java, javac or Maven are missing.
 * ``lance_uri`` -> a fresh, not yet existing dataset path under ``tmp_path``.
 * ``kill_at`` -> :class:`KillAt`: ``kill_at(point, fmt="lance", mode="overwrite", seed=0)``
   runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
@@ -53,6 +61,8 @@ import pytest
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
+    from backfill.sinks.iceberg.rest_server.local import RestCatalogServer
+    from backfill.sinks.s3_server.local import S3Server
     from coordinator.core.jobspec import JobSpec
     from coordinator.testing.soak import TrialResult
     from stream.broker.provide import BrokerHandle
@@ -143,6 +153,50 @@ def iceberg_catalog(tmp_path: Path) -> Iterator[SqlCatalog]:
                          warehouse=warehouse.as_uri())
     yield catalog
     catalog.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A serving local S3-compatible server for the session (fails loudly if none can start)."""
+    from backfill.sinks.s3_server.local import start_s3, stop_s3
+    from coordinator.core.errors import ServiceError
+
+    data_dir = tmp_path_factory.mktemp("s3")
+    try:
+        server = start_s3(data_dir)
+    except ServiceError as exc:
+        pytest.fail(f"no S3 server for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_s3(data_dir)
+
+
+REST_BUCKET = "seamline-rest"
+
+
+@pytest.fixture(scope="session")
+def iceberg_rest_catalog(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
+) -> Iterator[RestCatalogServer]:
+    """A serving local Iceberg REST catalog for the session, its warehouse on ``s3_server``
+    (fails loudly if none can start)."""
+    from backfill.sinks.iceberg.rest_server.local import start_catalog, stop_catalog
+    from backfill.sinks.s3_server.local import create_bucket
+    from coordinator.core.errors import ServiceError
+
+    data_dir = tmp_path_factory.mktemp("iceberg-rest")
+    try:
+        bucket = create_bucket(s3_server, REST_BUCKET)
+        server = start_catalog(
+            data_dir, warehouse=f"{bucket}/warehouse", properties=s3_server.iceberg_properties()
+        )
+    except ServiceError as exc:
+        pytest.fail(f"no Iceberg REST catalog for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_catalog(data_dir)
 
 
 @pytest.fixture
