@@ -68,7 +68,7 @@ def s3_checksums_when_required() -> None:
 
 def lance_location(job: JobSpec) -> tuple[str, dict[str, str] | None]:
     """The Lance dataset URI of ``job`` and its object-store options (``[table.storage]``;
-    None for local paths). A path without a scheme is relative to the job file."""
+    None without one). A path without a scheme is relative to the job file."""
     if job.table.uri is None:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     uri = job.table.uri if "://" in job.table.uri else str(job.resolve(job.table.uri))
@@ -116,6 +116,7 @@ def _lance(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:
         key=job.table.key,
         maintenance=maintenance,
         storage_options=options,
+        host_lock=job.table.storage.commit_lock == "host",
     )
 
 

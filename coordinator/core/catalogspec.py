@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
@@ -132,6 +133,10 @@ class StorageSpec(_Model):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     path_style: bool = False
+    # Lance: "host" serialises the dataset's commits through a lock file on this host, for
+    # S3-compatible servers whose conditional put is not atomic (S3Proxy); every writer of the
+    # dataset must then run on this host. Amazon S3, MinIO, R2 and GCS need "none".
+    commit_lock: Literal["none", "host"] = "none"
 
     @field_validator("endpoint")
     @classmethod

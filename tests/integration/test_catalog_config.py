@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from backfill.sinks.registry import open_catalog, open_sink
+from backfill.sinks import open_catalog, open_sink
 from coordinator.core import lineage
 from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import JobSpec, parse_job

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pyiceberg.catalog import load_catalog
 
 from backfill.sinks.iceberg.rest_server.local import RestCatalogServer, catalog_status
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from coordinator.cli.main import cli
 from coordinator.core import lineage
 from coordinator.core.jobspec import JobSpec, parse_job

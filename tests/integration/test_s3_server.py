@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from pyarrow import fs
 
-from backfill.sinks.registry import open_sink
+from backfill.sinks import open_sink
 from backfill.sinks.s3_server.local import S3Server, s3_status
 from coordinator.cli.main import cli
 from coordinator.core.values import Scope

@@ -32,6 +32,7 @@ from lance.fragment import write_fragments
 
 from backfill.sinks import common
 from backfill.sinks.lance import tokens
+from backfill.sinks.lance.io import dataset_io
 from backfill.sinks.lance.live import LanceLive
 from backfill.sinks.scopes import arrow_scope, lance_scope, lance_side
 from coordinator.core import lineage
@@ -61,9 +62,11 @@ class LanceSink:
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
         storage_options: dict[str, str] | None = None,
+        host_lock: bool = False,
     ) -> None:
         self.uri = uri
         self.storage_options = storage_options  # object-store keys: secrets, never logged
+        self.io = dataset_io(uri, storage_options, host_lock)
         self.schema = lineage.with_lineage(schema)
         self.event_time = event_time
         self.mode = mode
@@ -72,6 +75,7 @@ class LanceSink:
         self.live = LanceLive(
             uri, self.schema, policy=policy, maintenance=maintenance,
             storage_options=storage_options,
+            host_lock=host_lock,
         )  # fmt: skip
         self._txns = tokens.TransactionCache()
 
@@ -86,7 +90,7 @@ class LanceSink:
                 self.schema.empty_table(),
                 self.uri,
                 mode="create",
-                storage_options=self.storage_options,
+                **self.io,
             )
         except (OSError, ValueError) as exc:
             if not self._exists():
@@ -99,13 +103,13 @@ class LanceSink:
 
     def _exists(self) -> bool:
         try:
-            lance.dataset(self.uri, storage_options=self.storage_options)
+            lance.dataset(self.uri, **self.io)
         except (OSError, ValueError):
             return False
         return True
 
     def _dataset(self) -> lance.LanceDataset:
-        return lance.dataset(self.uri, storage_options=self.storage_options)
+        return lance.dataset(self.uri, **self.io)
 
     def _rows(self, data: pa.Table) -> pa.Table:
         try:
@@ -215,7 +219,7 @@ class LanceSink:
             txn,
             read_version=ds.version,
             max_retries=0,
-            storage_options=self.storage_options,
+            **self.io,
         )
 
     def _append(self, new: list[Any], props: dict[str, str]) -> lance.LanceDataset:
@@ -229,7 +233,7 @@ class LanceSink:
             txn,
             read_version=ds.version,
             max_retries=0,
-            storage_options=self.storage_options,
+            **self.io,
         )
 
     def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> lance.LanceDataset:
@@ -255,7 +259,7 @@ class LanceSink:
             txn,
             read_version=txn.read_version,
             max_retries=0,
-            storage_options=self.storage_options,
+            **self.io,
         )
 
     def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
@@ -313,7 +317,7 @@ class LanceSink:
                 txn,
                 read_version=ds.version,
                 max_retries=0,
-                storage_options=self.storage_options,
+                **self.io,
             )
         except LanceConflict as exc:
             log.info("token index fold skipped this round: %s", exc)
