@@ -1,4 +1,5 @@
-"""``seamline demo --catalog/--storage``: the job file it writes, and the combinations it refuses."""
+"""``seamline demo --catalog/--storage``: the job file it writes, and the combination it
+refuses (Lance has no catalog)."""
 
 from __future__ import annotations
 
@@ -49,14 +50,24 @@ def test_default_job_file_is_still_the_embedded_sql_catalog(tmp_path: Path) -> N
     assert job.table.storage.iceberg_properties() == {}
 
 
-@pytest.mark.parametrize(
-    ("fmt", "catalog", "storage", "expected"),
-    [("lance", "sql", "s3", "expected --table-format iceberg, found lance"),
-     ("lance", "rest", "local", "expected --table-format iceberg, found lance"),
-     ("iceberg", "rest", "s3", "expected --storage local with --catalog rest, found s3")],
-)
-def test_unsupported_combinations_are_config_errors(
-    fmt: str, catalog: str, storage: str, expected: str
+def test_lance_on_s3_job_file_puts_the_dataset_in_the_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigError, match=expected):
-        DemoOptions(fmt, catalog, storage)  # type: ignore[arg-type]
+    paths = prepare_workdir(tmp_path / "demo")
+    services = DemoServices(s3_endpoint="http://127.0.0.1:9", s3_access_key_id="seamline-ab",
+                            s3_bucket="demo-1")
+    paths.job.write_text(render_job("lance", paths, "127.0.0.1:1", "orders", services))
+    monkeypatch.setenv(S3_SECRET_ENV, "s3cr3t-value")
+    job = load_job(paths.job)
+    assert job.table.uri == "s3://demo-1/orders.lance"
+    opts = job.table.storage.lance_options()
+    assert opts["aws_endpoint"] == "http://127.0.0.1:9" and opts["allow_http"] == "true"
+    assert opts["aws_secret_access_key"] == "s3cr3t-value"
+    assert job.table.storage.commit_lock == "host"
+
+
+def test_rest_with_s3_is_accepted_and_lance_with_a_catalog_is_refused() -> None:
+    DemoOptions("iceberg", "rest", "s3")
+    DemoOptions("lance", "sql", "s3")
+    with pytest.raises(ConfigError, match="expected --table-format iceberg with --catalog rest"):
+        DemoOptions("lance", "rest", "local")

@@ -85,7 +85,7 @@ warehouse = "wh"
     ("lines", "expected"),
     [
         ('catalog = { type = "nessie", uri = "http://x" }',
-         "key=table.catalog.type: Value error, expected one of"),
+         "key=table.catalog.type: expected one of"),
         ('catalog = { type = "rets", uri = "http://x" }', "did you mean 'rest'?"),
         ('catalog = { type = "rest", uri = "sqlite:///c.db" }',
          "key=table.catalog.uri: catalog type 'rest' expected a http:/https: URI, "
@@ -100,7 +100,7 @@ warehouse = "wh"
         ('catalog = { type = "rest", uri = "http://x" }\ncatalog_uri = "sqlite:///c.db"',
          "key=table.catalog_uri: expected either 'catalog' or the older flat catalog keys"),
         ('catalog_uri = "sqlite:///c.db"\n[table.storage]\nendpoint = "ftp://x"',
-         "key=table.storage.endpoint: Value error, expected an http:// or https:// endpoint"),
+         "key=table.storage.endpoint: expected an http:// or https:// endpoint"),
         ('catalog_uri = "sqlite:///c.db"\n[table.storage]\nacess_key_id = "A"',
          "(did you mean 'access_key_id'?)"),
     ],
@@ -119,13 +119,16 @@ def test_a_secret_in_a_bad_catalog_is_never_echoed(tmp_path: Path) -> None:
     assert "key=table.catalog.uri" in msg and "12345" not in msg
 
 
-def test_storage_is_rejected_for_lance_until_supported(tmp_path: Path) -> None:
+def test_storage_for_lance_needs_an_s3_dataset_uri(tmp_path: Path) -> None:
     text = BASE.replace('format = "iceberg"\nidentifier = "demo.orders"',
                         'format = "lance"\nuri = "o.lance"')
     path = tmp_path / "job.toml"
     path.write_text(text + '[table.storage]\nregion = "eu-west-1"\n')
-    with pytest.raises(ConfigError, match=r"key=table\.storage: expected an iceberg table"):
+    with pytest.raises(ConfigError, match=r"key=table\.storage: expected an s3:// table\.uri"):
         load_job(path)
+    path.write_text(text.replace('uri = "o.lance"', 'uri = "s3://b/o.lance"')
+                    + '[table.storage]\nregion = "eu-west-1"\n')
+    assert load_job(path).table.storage.lance_options() == {"aws_region": "eu-west-1"}
 
 
 def test_redaction_masks_pyiceberg_and_object_store_secret_properties() -> None:

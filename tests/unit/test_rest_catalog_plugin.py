@@ -1,5 +1,5 @@
-"""The REST catalog fixture fails loudly (never skips) without Java or Maven; the pom's Iceberg
-version is the one the code names."""
+"""The REST catalog fixture (and the S3 server fixture its warehouse needs) fails loudly (never
+skips) without Java or Maven; the pom's Iceberg version is the one the code names."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_without_java_the_fixture_fails_with_the_reason(tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
     out = _run_pytest_with_path(tmp_path, empty)
-    assert "no Iceberg REST catalog for the tests: the REST catalog needs Java" in out
+    assert "no S3 server for the tests: the S3 server needs Java" in out
     assert "install a JDK 17+ and Maven" in out
 
 
@@ -46,8 +46,7 @@ def test_without_maven_the_fixture_fails_with_the_reason(tmp_path: Path) -> None
     assert java is not None
     (only_java / "java").symlink_to(os.path.realpath(java))
     out = _run_pytest_with_path(tmp_path, only_java)
-    assert "Maven (mvn) is not on PATH and the Iceberg REST catalog 1.10.1 jars are not cached" \
-        in out
+    assert "Maven (mvn) is not on PATH and the S3Proxy 2.9.0 jars are not cached" in out
 
 
 def test_pom_pins_the_iceberg_version_the_code_names() -> None:

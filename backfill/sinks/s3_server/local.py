@@ -164,7 +164,7 @@ def start_s3(data_dir: Path, *, port: int | None = None,
         server = previous or S3Server(port=chosen, access_key_id=f"seamline-{secrets.token_hex(4)}",
                                       secret_access_key=secrets.token_urlsafe(24))
         server = dataclasses.replace(server, port=chosen)
-        java = java_for_catalog()
+        java = java_for_catalog("the S3 server")
         libs = ensure_maven_jars(POM_PATH, cache_root() / f"s3proxy-{S3PROXY_VERSION}" / "libs",
                                  what=f"S3Proxy {S3PROXY_VERSION}", expect="s3proxy-*.jar",
                                  hint=SETUP_HINT, error=ServiceError)

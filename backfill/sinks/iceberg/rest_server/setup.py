@@ -34,13 +34,12 @@ SETUP_HINT = (
 )
 
 
-def java_for_catalog() -> Java:
-    """The Java runtime, with a hint that speaks of the catalog (not the broker)."""
+def java_for_catalog(what: str = "the REST catalog") -> Java:
+    """The Java runtime, with a hint that speaks of ``what`` needs it (not the broker)."""
     try:
         return find_java()
     except BrokerError as exc:
-        raise ServiceError(f"the REST catalog needs Java: {exc.args[0]}",
-                           hint=SETUP_HINT) from None
+        raise ServiceError(f"{what} needs Java: {exc.args[0]}", hint=SETUP_HINT) from None
 
 
 def ensure_catalog_jars() -> Path:
