@@ -21,8 +21,8 @@ Fixtures:
   is a bucket on ``s3_server`` (``s3://seamline-rest/warehouse``), stopped at session end. It
   FAILS (never skips) when Java, javac or Maven are missing.
 * ``lance_uri`` -> a fresh, not yet existing dataset path under ``tmp_path``.
-* ``kill_at`` -> :class:`KillAt`: ``kill_at(point, fmt="lance", mode="overwrite", seed=0)``
-  runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
+* ``kill_at`` -> :class:`KillAt`: ``kill_at(point, fmt="lance", mode="overwrite", seed=0,
+  table=None)`` (``table``: Iceberg ``[table]`` lines for another catalog) runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
   point armed in every ``seamline`` process, restarts until done, then the independent oracle
   (``coordinator.testing.oracle``); returns the ``TrialResult``.
 * ``seamline_job`` -> :class:`JobFactory`: ``seamline_job(table_format="lance", topic=None,
@@ -211,8 +211,9 @@ class KillAt(Protocol):
     """The ``kill_at`` fixture: one fault trial at a crash point, ended by the oracle."""
 
     def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
-                 seed: int = 0) -> TrialResult:
-        """Run the trial and return where it died, what restarted and the oracle's report."""
+                 seed: int = 0, table: str | None = None) -> TrialResult:
+        """Run the trial and return where it died, what restarted and the oracle's report
+        (``table``: Iceberg ``[table]`` lines naming another catalog, e.g. a REST one)."""
 # -- jobs, producers and live consumers for users' own integration tests -----------------------
 
 
@@ -304,11 +305,12 @@ def kill_at(kafka_bootstrap: str, kafka_topic: TopicFactory, tmp_path: Path) -> 
     from coordinator.testing.soak import PARTITIONS, TrialSpec, run_trial
 
     def trial(point: str, fmt: str = "lance", mode: str = "overwrite",
-              seed: int = 0) -> TrialResult:
+              seed: int = 0, table: str | None = None) -> TrialResult:
         root = tmp_path / f"{point}-{fmt}-{mode}-{seed}"
         root.mkdir()
         topic = kafka_topic(PARTITIONS)
-        return run_trial(TrialSpec(point, fmt, mode, seed), root, kafka_bootstrap, topic)
+        spec = TrialSpec(point, fmt, mode, seed, table=table)
+        return run_trial(spec, root, kafka_bootstrap, topic)
 
     return trial
 
