@@ -37,13 +37,44 @@ def register(group: click.Group) -> None:
 @_data_dir_option
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port on 127.0.0.1 (default: the recorded one, else a free one).")
-def start(data_dir: Path, port: int | None) -> None:
+@click.option("--warehouse", default=None,
+              help="Warehouse URI (default: DATA_DIR/warehouse on local files); an s3:// one "
+              "needs --s3-data-dir.")
+@click.option("--s3-data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data dir of a running `seamline s3` server: the warehouse's S3 endpoint "
+              "and keys (the bucket of --warehouse is created).")
+def start(data_dir: Path, port: int | None, warehouse: str | None,
+          s3_data_dir: Path | None) -> None:
     """Start the catalog in the background (or reuse it) and print ``uri=http://HOST:PORT``."""
     from backfill.sinks.iceberg.rest_server.local import start_catalog
 
-    server = start_catalog(data_dir, port=port)
+    properties = None
+    if s3_data_dir is not None or (warehouse or "").startswith("s3://"):
+        properties = _s3_properties(s3_data_dir, warehouse)
+    server = start_catalog(data_dir, port=port, warehouse=warehouse, properties=properties)
     click.echo(f"uri={server.uri}")
-    click.echo(f"warehouse={(data_dir.expanduser().resolve() / 'warehouse').as_uri()}")
+    click.echo(f"warehouse={server.warehouse}")
+
+
+def _s3_properties(s3_data_dir: Path | None, warehouse: str | None) -> dict[str, str]:
+    from backfill.sinks.s3_server.local import create_bucket, s3_status
+    from coordinator.core.errors import ConfigError
+
+    if s3_data_dir is None or warehouse is None or not warehouse.startswith("s3://"):
+        raise ConfigError(
+            "key=--warehouse/--s3-data-dir: expected both, an s3:// warehouse and the data dir "
+            "of a running `seamline s3` server",
+            hint="seamline catalog start --warehouse s3://seamline/warehouse "
+            "--s3-data-dir .seamline/s3",
+        )
+    state, server = s3_status(s3_data_dir)
+    if state != "serving" or server is None:
+        raise ConfigError(
+            f"key=--s3-data-dir: expected a serving S3 server in {s3_data_dir}, found {state}",
+            hint=f"seamline s3 start --data-dir {s3_data_dir}",
+        )
+    create_bucket(server, warehouse.removeprefix("s3://").split("/")[0])
+    return server.iceberg_properties()
 
 
 @click.command()
