@@ -51,8 +51,31 @@ def open_catalog(job: JobSpec) -> Catalog:
     props = {**job.table.storage.iceberg_properties(), **spec.load_properties(wh)}
     if job.table.storage.endpoint is not None:
         s3_checksums_when_required()
+    if spec.type == "rest":
+        _quiet_double_metadata_delete()
     log.debug("opening catalog name=%s type=%s", spec.name, spec.type)
     return load_catalog(spec.name, **props)
+
+
+class _ServerDeletedMetadata(logging.Filter):
+    """A REST catalog server deletes old metadata files itself (the table's
+    ``write.metadata.delete-after-commit.enabled``); pyiceberg's client then tries the same
+    files and warns "Failed to delete metadata file" on every commit. Those lines say nothing
+    (the files are gone, as intended): shown at DEBUG only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(
+            "Failed to delete metadata file"
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_double_metadata_delete() -> None:
+    target = logging.getLogger("pyiceberg.catalog")
+    if not any(isinstance(f, _ServerDeletedMetadata) for f in target.filters):
+        target.addFilter(_ServerDeletedMetadata())
 
 
 def s3_checksums_when_required() -> None:

@@ -137,3 +137,22 @@ def test_redaction_masks_pyiceberg_and_object_store_secret_properties() -> None:
     out = redact(line)
     for secret in ("AKID", "SECRET1", "CSEC", "TOK", "SECRET2"):
         assert secret not in out
+
+
+def test_a_rest_servers_own_metadata_cleanup_is_not_a_warning_per_commit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from backfill.sinks import _quiet_double_metadata_delete
+
+    _quiet_double_metadata_delete()
+    _quiet_double_metadata_delete()  # idempotent: one filter
+    logger = logging.getLogger("pyiceberg.catalog")
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.INFO, logger="pyiceberg.catalog"):
+        logger.warning("Failed to delete metadata file s3://b/m/00001.metadata.json")
+        logger.warning("Failed to delete data file s3://b/d/x.parquet")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Failed to delete data file s3://b/d/x.parquet"
+    ]
