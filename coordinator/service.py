@@ -33,7 +33,7 @@ from coordinator.run.progress import ProgressSink
 from coordinator.run.runner import StopSignal
 
 if TYPE_CHECKING:
-    from pyiceberg.catalog.sql import SqlCatalog
+    from pyiceberg.catalog import Catalog
 
     from coordinator.run.reprocess import ReprocessOutcome
     from coordinator.state.slices import SliceRecord
@@ -57,10 +57,10 @@ def open_table(job: JobSpec, *, min_age_s: float = 60.0) -> TableSink:
     return open_sink(job, min_age_s=min_age_s)
 
 
-def open_catalog(job: JobSpec) -> SqlCatalog:
-    """The job's Iceberg catalog (Iceberg jobs only)."""
+def open_catalog(job: JobSpec) -> Catalog:
+    """The job's Iceberg catalog, any pyiceberg type (Iceberg jobs only)."""
     if job.table.identifier is None:
-        raise ConfigError("key=table.identifier: iceberg needs 'identifier' and 'catalog_uri'")
+        raise ConfigError("key=table.identifier: iceberg needs 'identifier' and a catalog")
     return _open_catalog(job)
 
 

@@ -78,12 +78,15 @@ def _table(job: JobSpec) -> str:
 
 
 def _catalog(job: JobSpec) -> str:
+    spec = job.table.catalog_spec()
+    assert spec is not None  # the job's cross-checks ensure it
+    if spec.type != "sql" or spec.uri is None:
+        return _any_catalog(job, spec.type)
     import sqlalchemy as sa
 
     from coordinator.state.base import safe_url
 
-    assert job.table.catalog_uri is not None  # the job's cross-checks ensure it
-    url = job.table.catalog_uri.get_secret_value()
+    url = spec.uri.get_secret_value()
     shown = safe_url(url)
     if url.startswith("sqlite"):
         db = Path(sa.engine.make_url(url).database or "")
@@ -96,6 +99,18 @@ def _catalog(job: JobSpec) -> str:
     finally:
         engine.dispose()
     return f"iceberg catalog {shown} reachable, table {job.table.identifier}"
+
+
+def _any_catalog(job: JobSpec, kind: str) -> str:
+    """Open a non-SQL catalog (REST answers its config endpoint) and list the namespaces."""
+    from coordinator.service import open_catalog
+    from coordinator.state.base import safe_url
+
+    catalog = open_catalog(job)
+    catalog.list_namespaces()
+    uri = catalog.properties.get("uri")
+    where = f" {safe_url(uri)}" if uri else ""
+    return f"iceberg {kind} catalog{where} reachable, table {job.table.identifier}"
 
 
 def _writable(folder: Path) -> str:

@@ -51,6 +51,20 @@ def register(group: click.Group) -> None:
         help="Where the orders land.",
     )
     @click.option(
+        "--catalog",
+        type=click.Choice(["sql", "rest"]),
+        default="sql",
+        show_default=True,
+        help="Iceberg catalog: embedded SQL (SQLite), or a local REST catalog server.",
+    )
+    @click.option(
+        "--storage",
+        type=click.Choice(["local", "s3"]),
+        default="local",
+        show_default=True,
+        help="Table storage: local files, or a bucket on a local S3 server (S3Proxy).",
+    )
+    @click.option(
         "--rows",
         type=click.IntRange(min=1000),
         default=200_000,
@@ -72,7 +86,8 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Afterwards, break one week with a buggy transform, detect it, repair it.",
     )
-    def demo(table_format: str, rows: int, workdir: Path, output: str, reprocess: bool) -> None:
+    def demo(table_format: str, catalog: str, storage: str, rows: int, workdir: Path,
+             output: str, reprocess: bool) -> None:
         """Onboard a live order stream end to end: archive + topic history under live traffic,
         reconciled. Starts (and stops) its own Kafka broker unless KAFKA_BOOTSTRAP is set."""
         from coordinator.demo.report import render_summary_text
@@ -81,7 +96,8 @@ def register(group: click.Group) -> None:
         # commit retries against the live writer are expected here: not worth a warning line
         logging.getLogger("pyiceberg.table").setLevel(logging.ERROR)
         err = Console(stderr=True, highlight=False)
-        options = DemoOptions(table_format, rows, workdir, reprocess)  # type: ignore[arg-type]
+        options = DemoOptions(table_format, catalog, storage, rows, workdir,  # type: ignore[arg-type]
+                              reprocess)
         stop = StopSignal()
         with _signals(stop):
             result = run_demo(

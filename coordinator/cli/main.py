@@ -24,7 +24,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 _MAX_DETAIL = 300
 
 # Modules that each define ``register(group: click.Group) -> None``.
-_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli.broker", "coordinator.cli.live", "coordinator.cli.jobs", "coordinator.cli.reconcile", "coordinator.cli.demo", "coordinator.cli.reprocess", "coordinator.cli.maintain", "coordinator.cli.check", "coordinator.cli.wait")
+_COMMAND_MODULES: tuple[str, ...] = ("coordinator.cli.broker", "coordinator.cli.catalog", "coordinator.cli.s3", "coordinator.cli.live", "coordinator.cli.jobs", "coordinator.cli.reconcile", "coordinator.cli.demo", "coordinator.cli.reprocess", "coordinator.cli.maintain", "coordinator.cli.check", "coordinator.cli.wait")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

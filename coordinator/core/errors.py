@@ -44,6 +44,10 @@ class BrokerError(SeamlineError):
     """The Kafka broker could not be provided, started, stopped or reached."""
 
 
+class ServiceError(SeamlineError):
+    """A local service (the Iceberg REST catalog server) could not be provided or started."""
+
+
 class SourceError(SeamlineError):
     """Reading a bounded source (Kafka range, archive files) failed."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from coordinator.core.catalogspec import CatalogSpec, StorageSpec
 from coordinator.core.controls import AssertSpec, WhereSpec
 from coordinator.core.jobspec import (
     FIELD_TYPES,
@@ -40,6 +41,8 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[stream.avro]", AvroSpec),
     ("[schema]", SchemaSpec),
     ("[table]", TableSpec),
+    ("[table.catalog]", CatalogSpec),
+    ("[table.storage]", StorageSpec),
     ("[history]", HistorySpec),
     ("[[history.archive]]", ArchiveSpec),
     ("[history.archive.slice_by]", SliceBySpec),
@@ -81,8 +84,34 @@ DESCRIPTIONS: dict[str, str] = {
     "reconcile read them alike; usable in `[table] key`.",
     "table.format": "`iceberg` or `lance`.",
     "table.identifier": "Iceberg: `namespace.table`.",
+    "table.catalog": "Iceberg: the catalog, any pyiceberg type (below; an inline table "
+    '`catalog = { type = "rest", uri = "http://…" }` or a `[table.catalog]` section).',
+    "table.storage": "S3-compatible object storage of the Iceberg warehouse or the Lance "
+    "dataset (`[table.storage]`, below).",
+    "table.catalog.type": "`sql` (embedded default), `rest`, `hive`, `glue`, `dynamodb`, "
+    "`bigquery` or `in-memory`, handed to `pyiceberg.catalog.load_catalog`.",
+    "table.catalog.name": "The catalog's name.",
+    "table.catalog.uri": "`sql`: an SQLAlchemy URL; `rest`: `http(s)://`; `hive`: "
+    "`thrift://`; other types take none (a secret).",
+    "table.catalog.warehouse": "Warehouse location (`file://`, `s3://`, or a path relative to "
+    "the job file); a REST catalog usually has its own.",
+    "table.catalog.credential": "REST OAuth2 `client_id:client_secret` (a secret).",
+    "table.catalog.token": "REST bearer token (a secret).",
+    "table.catalog.properties": "Any other pyiceberg catalog property, passed through "
+    "(secrets).",
+    "table.storage.endpoint": "S3 endpoint URL (`http(s)://`; omit for AWS S3).",
+    "table.storage.region": "S3 region.",
+    "table.storage.access_key_id": "S3 access key id (a secret).",
+    "table.storage.secret_access_key": "S3 secret access key (a secret); use "
+    '`"${S3_SECRET_ACCESS_KEY}"`.',
+    "table.storage.session_token": "S3 session token (a secret).",
+    "table.storage.path_style": "Path-style addressing (MinIO, S3Proxy and most "
+    "S3-compatible servers).",
+    "table.storage.commit_lock": "Lance: `host` serialises the dataset's commits through a "
+    "lock file on this host, for servers whose conditional put is not atomic (S3Proxy); every "
+    "writer must then run on this host.",
     "table.catalog_name": "Iceberg: the catalog's name (pyiceberg SQL catalog).",
-    "table.catalog_uri": "Iceberg: SQL catalog URL, e.g. `sqlite:///catalog.db` or "
+    "table.catalog_uri": "Iceberg (older form of `catalog`): SQL catalog URL, e.g. `sqlite:///catalog.db` or "
     "`postgresql+psycopg://user:${PGPASSWORD}@host/db` (a secret).",
     "table.warehouse": "Iceberg: warehouse location (`file:///…`, `s3://…`).",
     "table.catalog_properties": "Iceberg: extra catalog properties (e.g. `s3.endpoint`), "

@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from coordinator.core.catalogspec import CatalogSpec, StorageSpec
 from coordinator.core.controls import AssertSpec, WhereSpec, check_asserts, where_expression
 from coordinator.core.errors import ConfigError
 
@@ -39,6 +40,13 @@ _SECRET_KEYS = (
     "state",
     "table.catalog_uri",
     "table.catalog_properties",
+    "table.catalog.uri",
+    "table.catalog.credential",
+    "table.catalog.token",
+    "table.catalog.properties",
+    "table.storage.access_key_id",
+    "table.storage.secret_access_key",
+    "table.storage.session_token",
     "stream.security",
     "stream.avro.registry_url",
 )
@@ -204,17 +212,41 @@ class SchemaSpec(_Model):
 
 
 class TableSpec(_Model):
-    """Where rows land."""
+    """Where rows land.
+
+    ``catalog`` is the Iceberg catalog (any pyiceberg type); the older flat keys
+    ``catalog_uri``, ``catalog_name``, ``warehouse`` and ``catalog_properties`` still work and
+    mean a SQL catalog. ``storage`` is S3-compatible object storage for both formats.
+    """
 
     format: Literal["iceberg", "lance"]
     identifier: str | None = None  # iceberg: namespace.table
+    catalog: CatalogSpec | None = None
     catalog_name: str = "seamline"
     catalog_uri: SecretStr | None = None  # may hold a password: a secret
     warehouse: str | None = None
     catalog_properties: dict[str, SecretStr] = {}
+    storage: StorageSpec = StorageSpec()
     uri: str | None = None  # lance dataset path or URI
     key: list[str] = []
     partition_by: Literal["day", "hour", "none"] = "day"
+
+    def catalog_spec(self) -> CatalogSpec | None:
+        """The catalog, from ``catalog`` or the legacy flat keys (a SQL catalog)."""
+        if self.catalog is not None:
+            return self.catalog
+        if self.catalog_uri is None:
+            return None
+        return CatalogSpec(
+            type="sql", name=self.catalog_name, uri=self.catalog_uri,
+            properties=self.catalog_properties,
+        )  # fmt: skip
+
+    def catalog_warehouse(self) -> str | None:
+        """The warehouse: ``catalog.warehouse``, else ``warehouse``."""
+        if self.catalog is not None and self.catalog.warehouse is not None:
+            return self.catalog.warehouse
+        return self.warehouse
 
     @field_validator("catalog_uri")
     @classmethod
@@ -543,8 +575,7 @@ def _cross_checks(spec: JobSpec) -> None:
             )
     _check_avro(spec.stream)
     _check_kafka_columns(spec.schema_)
-    if spec.table.format == "iceberg" and not (spec.table.identifier and spec.table.catalog_uri):
-        raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")
+    _check_catalog(spec.table)
     if spec.table.format == "lance" and not spec.table.uri:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
     if spec.table.format == "lance" and spec.table.uri:
@@ -626,6 +657,42 @@ def _check_slice_by(spec: JobSpec) -> None:
                 f"column {col!r} ({kind}), found {bad[0]!r}",
                 hint="write the values with the column's type",
             )
+
+
+def _check_catalog(table: TableSpec) -> None:
+    """One way to name the catalog; Iceberg needs one (with a URI its type can take);
+    ``[table.storage]`` goes with an ``s3://`` location."""
+    legacy = [
+        k for k in ("catalog_uri", "catalog_properties", "catalog_name")
+        if k in table.model_fields_set
+    ]  # fmt: skip
+    if table.catalog is not None and legacy:
+        raise ConfigError(
+            f"key=table.{legacy[0]}: expected either 'catalog' or the older flat catalog keys, "
+            "found both",
+            hint="move it into table.catalog (uri, name, warehouse, properties)",
+        )
+    if table.format != "iceberg":
+        if table.catalog is not None:
+            raise ConfigError(
+                f"key=table.catalog: expected no catalog for format {table.format!r}",
+                hint="a Lance dataset is found by table.uri alone",
+            )
+        if table.storage.is_set() and not (table.uri or "").startswith("s3://"):
+            raise ConfigError(
+                "key=table.storage: expected an s3:// table.uri with [table.storage], found a "
+                "local path",
+                hint='e.g. uri = "s3://bucket/orders.lance"',
+            )
+        return
+    spec = table.catalog_spec()
+    if not table.identifier or spec is None:
+        raise ConfigError(
+            "key=table: iceberg needs 'identifier' and a catalog",
+            hint='catalog = { type = "sql", uri = "sqlite:///catalog.db" } or '
+            '{ type = "rest", uri = "http://127.0.0.1:8181" }',
+        )
+    spec.check_uri()
 
 
 def _check_avro(stream: StreamSpec) -> None:

@@ -24,6 +24,8 @@ from stream.kafka import client
 log = logging.getLogger(__name__)
 
 TableFormat = Literal["iceberg", "lance"]
+CatalogKind = Literal["sql", "rest"]
+StorageKind = Literal["local", "s3"]
 JOB_ID = "demo-orders"
 TOPIC_DAYS = 365
 # The demo topic keeps everything: its records carry event-time timestamps up to a year old,
@@ -34,7 +36,20 @@ SEED = 7
 _MARKER = ".seamline-demo"
 # What a previous demo run left in the workdir (the broker data dir is kept: it is reused).
 _OWNED = ("job.toml", "archive", "warehouse", "catalog.db", "orders.lance", ".seamline",
-          "report.html", "demo.json", "live.log")  # fmt: skip
+          "report.html", "demo.json", "live.log", "rest-catalog")  # fmt: skip
+#: The environment variable the demo's job file reads the S3 secret key from (never written).
+S3_SECRET_ENV = "SEAMLINE_DEMO_S3_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True)
+class DemoServices:
+    """The servers a demo's table uses: a REST catalog and/or an S3 bucket (else embedded)."""
+
+    rest_uri: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_bucket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,16 @@ class DemoPaths:
     def catalog(self) -> Path:
         """The Iceberg SQL catalog (SQLite)."""
         return self.root / "catalog.db"
+
+    @property
+    def rest_catalog(self) -> Path:
+        """The local REST catalog's data dir (``--catalog rest``; fresh every run)."""
+        return self.root / "rest-catalog"
+
+    @property
+    def s3(self) -> Path:
+        """The local S3 server's data dir (``--storage s3``; buckets are per run)."""
+        return self.root / "s3"
 
     @property
     def broker(self) -> Path:
@@ -114,16 +139,21 @@ def new_topic_name() -> str:
     return f"demo-orders-{uuid.uuid4().hex[:8]}"
 
 
-def _table_section(fmt: TableFormat, paths: DemoPaths) -> str:
+def _table_section(fmt: TableFormat, paths: DemoPaths, services: DemoServices) -> str:
     if fmt == "iceberg":
         return f"""[table]
 format = "iceberg"
 identifier = "demo.orders"                  # namespace.table in the catalog
-catalog_uri = "sqlite:///{paths.catalog}"  # pyiceberg SQL catalog (SQLite here)
-warehouse = "{paths.warehouse.as_uri()}"
+{_catalog_line(paths, services)}
 key = ["order_id"]
 partition_by = "day"                        # day(ts): archive months and live days prune well
-"""
+{_storage_section(services)}"""
+    if services.s3_bucket is not None:
+        return f"""[table]
+format = "lance"
+uri = "s3://{services.s3_bucket}/orders.lance"  # a dataset on the S3 server
+key = ["order_id"]
+{_storage_section(services)}"""
     return """[table]
 format = "lance"
 uri = "orders.lance"                        # relative to this file
@@ -131,7 +161,32 @@ key = ["order_id"]
 """
 
 
-def render_job(fmt: TableFormat, paths: DemoPaths, bootstrap: str, topic: str) -> str:
+def _catalog_line(paths: DemoPaths, services: DemoServices) -> str:
+    warehouse = (f"s3://{services.s3_bucket}/warehouse" if services.s3_bucket
+                 else paths.warehouse.as_uri())
+    if services.rest_uri is not None:  # the warehouse is the REST server's (files or S3)
+        return (f'catalog = {{ type = "rest", uri = "{services.rest_uri}" }}'
+                "  # `seamline catalog start`")
+    return (f'catalog = {{ type = "sql", uri = "sqlite:///{paths.catalog}", '
+            f'warehouse = "{warehouse}" }}  # pyiceberg SQL catalog (SQLite here)')
+
+
+def _storage_section(services: DemoServices) -> str:
+    if services.s3_endpoint is None:
+        return ""
+    return f"""
+[table.storage]                             # S3-compatible object storage (`seamline s3 start`)
+endpoint = "{services.s3_endpoint}"
+region = "{services.s3_region}"
+access_key_id = "{services.s3_access_key_id}"
+secret_access_key = "${{{S3_SECRET_ENV}}}"  # read from the environment, never written here
+path_style = true
+commit_lock = "host"                        # Lance: S3Proxy's conditional put is not atomic
+"""
+
+
+def render_job(fmt: TableFormat, paths: DemoPaths, bootstrap: str, topic: str,
+               services: DemoServices = DemoServices()) -> str:
     """The job file's text (annotated: the README shows it)."""
     fields = "\n".join(f'{name} = "{kind}"' for name, kind in ORDER_FIELDS.items())
     article = "an Iceberg" if fmt == "iceberg" else "a Lance"
@@ -154,7 +209,7 @@ required = ["order_id"]
 [schema.fields]
 {fields}
 
-{_table_section(fmt, paths)}
+{_table_section(fmt, paths, services)}
 [history]
 kafka = true                                # the topic's retained range [log_start, hwm)
 [[history.archive]]

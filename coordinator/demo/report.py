@@ -25,14 +25,16 @@ COUNTS = ("lost", "duplicated", "phantom", "overlap", "gap", "wrong_side")
 def table_json(job: JobSpec) -> dict[str, Any]:
     """Where the table is, so anyone can open it after the demo."""
     t = job.table
-    if t.format == "iceberg":
+    catalog = t.catalog_spec()
+    if t.format == "iceberg" and catalog is not None:
         return {
             "format": "iceberg",
             "identifier": t.identifier,
-            "catalog_name": t.catalog_name,
+            "catalog_type": catalog.type,
+            "catalog_name": catalog.name,
             # masked: a catalog URL may carry a password, and this JSON is printed
-            "catalog_uri": safe_url(t.catalog_uri.get_secret_value()) if t.catalog_uri else None,
-            "warehouse": t.warehouse,
+            "catalog_uri": safe_url(catalog.uri.get_secret_value()) if catalog.uri else None,
+            "warehouse": t.catalog_warehouse(),
         }
     uri = str(t.uri)
     return {"format": "lance", "uri": uri if "://" in uri else str(job.resolve(uri))}

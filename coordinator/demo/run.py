@@ -19,6 +19,7 @@ in the workdir records their pids).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,14 +33,24 @@ from typing import Any
 import pyarrow.compute as pc
 
 from coordinator.core import lineage
-from coordinator.core.errors import CancelledError, ExitCode, LiveError, ReconcileError
+from coordinator.core.errors import (
+    CancelledError,
+    ConfigError,
+    ExitCode,
+    LiveError,
+    ReconcileError,
+)
 from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import Cut
 from coordinator.demo.job import (
     PARTITIONS,
+    S3_SECRET_ENV,
     TOPIC_CONFIG,
+    CatalogKind,
     DemoPaths,
+    DemoServices,
     Seeded,
+    StorageKind,
     TableFormat,
     new_topic_name,
     prepare_workdir,
@@ -65,11 +76,19 @@ class DemoOptions:
     """What ``seamline demo`` was asked to do."""
 
     table_format: TableFormat = "iceberg"
+    catalog: CatalogKind = "sql"
+    storage: StorageKind = "local"
     rows: int = DEFAULT_ROWS
     workdir: Path = DEFAULT_WORKDIR
     reprocess: bool = False
     live_rate: float = 200.0  # live records per second
     catch_up_s: float = 180.0  # deadline for live to reach lag 0 after the producer stops
+
+    def __post_init__(self) -> None:
+        if self.table_format == "lance" and self.catalog != "sql":
+            raise ConfigError(
+                "key=--catalog: expected --table-format iceberg with --catalog rest, found lance",
+                hint="a Lance dataset needs no catalog: drop --catalog (--storage s3 works)")
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,38 @@ class _Demo:
         self.pids.record(demo_pid=os.getpid(), workdir=str(self.paths.root))
         self.t0 = time.monotonic()
         self.facts: dict[str, Any] = {}
+        self.services = DemoServices()
+
+    def start_services(self, stack: contextlib.ExitStack) -> None:
+        """Start the REST catalog and/or the S3 server the options ask for (stopped at exit)."""
+        from backfill.sinks.iceberg.rest_server.local import start_catalog, stop_catalog
+        from backfill.sinks.s3_server.local import create_bucket, start_s3, stop_s3
+
+        services = DemoServices()
+        if self.options.storage == "s3":
+            s3 = start_s3(self.paths.s3)
+            stack.callback(stop_s3, self.paths.s3)
+            self.pids.record(s3_pid=s3.pid)
+            bucket = create_bucket(s3, f"demo-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}")
+            os.environ[S3_SECRET_ENV] = s3.secret_access_key  # read by job.toml, never written
+            services = DemoServices(
+                s3_endpoint=s3.endpoint, s3_region=s3.region,
+                s3_access_key_id=s3.access_key_id, s3_bucket=bucket.removeprefix("s3://"),
+            )  # fmt: skip
+            self.say(f"S3: {s3.endpoint}, bucket {bucket} (seamline s3, pid {s3.pid})")
+        if self.options.catalog == "rest":
+            on_s3 = services.s3_bucket is not None
+            rest = start_catalog(
+                self.paths.rest_catalog,
+                warehouse=f"s3://{services.s3_bucket}/warehouse" if on_s3 else None,
+                properties=s3.iceberg_properties() if on_s3 else None,
+            )
+            stack.callback(stop_catalog, self.paths.rest_catalog)
+            self.pids.record(rest_catalog_pid=rest.pid)
+            services = dataclasses.replace(services, rest_uri=rest.uri)
+            self.say(f"REST catalog: {rest.uri}, warehouse {rest.warehouse} (seamline catalog, "
+                     f"pid {rest.pid})")  # fmt: skip
+        self.services = services
 
     def seed(self, bootstrap: str) -> tuple[JobSpec, Seeded]:
         from stream.broker.admin import create_topic
@@ -174,7 +225,7 @@ class _Demo:
         self.say(f"history: {seeded.archive_rows:,} rows in {seeded.archive_files} monthly "
                  f"Parquet files, {seeded.topic_records:,} records in the topic")  # fmt: skip
         self.paths.job.write_text(render_job(self.options.table_format, self.paths, bootstrap,
-                                             topic))  # fmt: skip
+                                             topic, self.services))  # fmt: skip
         self.say(f"job file: {self.paths.job}")
         return load_job(self.paths.job), seeded
 
@@ -310,6 +361,8 @@ def run_demo(
         demo.pids.record(bootstrap=handle.bootstrap, broker_kind=handle.kind,
                          broker_pid=_broker_pid(handle.kind, demo.paths.broker))  # fmt: skip
         say(f"broker: {handle.bootstrap} ({handle.kind})")
+        _check(stop)
+        demo.start_services(stack)
         _check(stop)
         job, seeded = demo.seed(handle.bootstrap)
         _check(stop)

@@ -114,17 +114,27 @@ def read_table(job: JobSpec) -> pa.Table:
     if t.format == "lance":
         import lance
 
-        return lance.dataset(str(job.resolve(t.uri or ""))).to_table()
-    from pyiceberg.catalog.sql import SqlCatalog
+        uri = t.uri or ""
+        options = t.storage.lance_options() if t.storage.is_set() else None
+        uri = uri if "://" in uri else str(job.resolve(uri))
+        return lance.dataset(uri, storage_options=options).to_table()
+    from pyiceberg.catalog import load_catalog
 
-    if t.catalog_uri is None or t.identifier is None:
-        raise ValueError("expected table.catalog_uri and table.identifier for iceberg")
-    props = {k: v.get_secret_value() for k, v in t.catalog_properties.items()}
-    catalog = SqlCatalog(t.catalog_name, uri=t.catalog_uri.get_secret_value(), **props)
+    spec = t.catalog_spec()
+    if spec is None or t.identifier is None:
+        raise ValueError("expected table.catalog and table.identifier for iceberg")
+    wh = t.catalog_warehouse()
+    if wh is not None and "://" not in wh:
+        wh = job.resolve(wh).as_uri()
+    catalog = load_catalog(
+        spec.name, **{**t.storage.iceberg_properties(), **spec.load_properties(wh)}
+    )
     try:
         return catalog.load_table(t.identifier).scan().to_arrow()
     finally:
-        catalog.engine.dispose()
+        engine = getattr(catalog, "engine", None)  # a SQL catalog's connection pool
+        if engine is not None:
+            engine.dispose()
 
 
 def good_records(job: JobSpec, records: Mapping[Pos, bytes | None]) -> dict[Pos, dict[str, Any]]:

@@ -12,9 +12,17 @@ Fixtures:
   are deleted at teardown.
 * ``iceberg_catalog`` -> a pyiceberg ``SqlCatalog`` (sqlite + local file warehouse under
   ``tmp_path``).
+* ``s3_server`` (session) -> :class:`backfill.sinks.s3_server.local.S3Server` (``.endpoint``,
+  ``.storage()`` for a job's ``[table.storage]``, ``create_bucket(server, name)``): a local
+  S3-compatible server (S3Proxy on files, ``seamline s3``), stopped at session end. It FAILS
+  (never skips) when Java or Maven are missing.
+* ``iceberg_rest_catalog`` (session) -> :class:`RestCatalogServer` (``.uri``,
+  ``.warehouse``): a local Apache Iceberg REST catalog (``seamline catalog``) whose warehouse
+  is a bucket on ``s3_server`` (``s3://seamline-rest/warehouse``), stopped at session end. It
+  FAILS (never skips) when Java, javac or Maven are missing.
 * ``lance_uri`` -> a fresh, not yet existing dataset path under ``tmp_path``.
-* ``kill_at`` -> :class:`KillAt`: ``kill_at(point, fmt="lance", mode="overwrite", seed=0)``
-  runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
+* ``kill_at`` -> :class:`KillAt`: ``kill_at(point, fmt="lance", mode="overwrite", seed=0,
+  table=None)`` (``table``: Iceberg ``[table]`` lines for another catalog) runs one fault trial (``coordinator.testing.soak``) on a fresh 2-partition topic: the crash
   point armed in every ``seamline`` process, restarts until done, then the independent oracle
   (``coordinator.testing.oracle``); returns the ``TrialResult``.
   ``kill_at.run(job, point, *args)`` runs ``seamline run`` on a :class:`JobFile` of your own
@@ -57,6 +65,8 @@ import pytest
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
 
+    from backfill.sinks.iceberg.rest_server.local import RestCatalogServer
+    from backfill.sinks.s3_server.local import S3Server
     from coordinator.core.jobspec import JobSpec
     from coordinator.testing.soak import KilledRun, TrialResult
     from stream.broker.provide import BrokerHandle
@@ -149,6 +159,50 @@ def iceberg_catalog(tmp_path: Path) -> Iterator[SqlCatalog]:
     catalog.engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A serving local S3-compatible server for the session (fails loudly if none can start)."""
+    from backfill.sinks.s3_server.local import start_s3, stop_s3
+    from coordinator.core.errors import ServiceError
+
+    data_dir = tmp_path_factory.mktemp("s3")
+    try:
+        server = start_s3(data_dir)
+    except ServiceError as exc:
+        pytest.fail(f"no S3 server for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_s3(data_dir)
+
+
+REST_BUCKET = "seamline-rest"
+
+
+@pytest.fixture(scope="session")
+def iceberg_rest_catalog(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server
+) -> Iterator[RestCatalogServer]:
+    """A serving local Iceberg REST catalog for the session, its warehouse on ``s3_server``
+    (fails loudly if none can start)."""
+    from backfill.sinks.iceberg.rest_server.local import start_catalog, stop_catalog
+    from backfill.sinks.s3_server.local import create_bucket
+    from coordinator.core.errors import ServiceError
+
+    data_dir = tmp_path_factory.mktemp("iceberg-rest")
+    try:
+        bucket = create_bucket(s3_server, REST_BUCKET)
+        server = start_catalog(
+            data_dir, warehouse=f"{bucket}/warehouse", properties=s3_server.iceberg_properties()
+        )
+    except ServiceError as exc:
+        pytest.fail(f"no Iceberg REST catalog for the tests: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        stop_catalog(data_dir)
+
+
 @pytest.fixture
 def lance_uri(tmp_path: Path) -> str:
     """A fresh path for a Lance dataset (its parent exists, the dataset does not)."""
@@ -161,8 +215,9 @@ class KillAt(Protocol):
     """The ``kill_at`` fixture: one fault trial at a crash point, ended by the oracle."""
 
     def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
-                 seed: int = 0) -> TrialResult:
-        """Run the trial and return where it died, what restarted and the oracle's report."""
+                 seed: int = 0, table: str | None = None) -> TrialResult:
+        """Run the trial and return where it died, what restarted and the oracle's report
+        (``table``: Iceberg ``[table]`` lines naming another catalog, e.g. a REST one)."""
         ...
 
     def run(self, job: JobFile, point: str, *args: str, attempts: int = 4) -> KilledRun:
@@ -260,13 +315,14 @@ class _KillAt:
         self._bootstrap, self._topics, self._root = bootstrap, topics, root
 
     def __call__(self, point: str, fmt: str = "lance", mode: str = "overwrite",
-                 seed: int = 0) -> TrialResult:
+                 seed: int = 0, table: str | None = None) -> TrialResult:
         from coordinator.testing.soak import PARTITIONS, TrialSpec, run_trial
 
         root = self._root / f"{point}-{fmt}-{mode}-{seed}"
         root.mkdir()
         topic = self._topics(PARTITIONS)
-        return run_trial(TrialSpec(point, fmt, mode, seed), root, self._bootstrap, topic)
+        spec = TrialSpec(point, fmt, mode, seed, table=table)
+        return run_trial(spec, root, self._bootstrap, topic)
 
     def run(self, job: JobFile, point: str, *args: str, attempts: int = 4) -> KilledRun:
         from coordinator.testing.soak import run_killed

@@ -54,6 +54,9 @@ class TrialSpec:
     mode: str
     seed: int
     live_updates: bool = False  # merge: live records update history keys (see README)
+    # Iceberg: the [table] lines naming the table and its catalog (identifier, catalog,
+    # storage as inline tables) instead of a SQL catalog under the trial's folder
+    table: str | None = None
 
     def __post_init__(self) -> None:
         if self.point not in POINTS:
@@ -137,7 +140,9 @@ class Producer(threading.Thread):
 
 
 def job_toml(root: Path, spec: TrialSpec, bootstrap: str, topic: str, rng: random.Random) -> str:
-    if spec.fmt == "iceberg":
+    if spec.fmt == "iceberg" and spec.table is not None:
+        table = f'format = "iceberg"\n{spec.table}'
+    elif spec.fmt == "iceberg":
         table = (f'format = "iceberg"\nidentifier = "soak.orders"\n'
                  f'catalog_uri = "sqlite:///{root}/catalog.db"\nwarehouse = "{root}/warehouse"')
     else:

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from coordinator.core.errors import BrokerError
+from coordinator.core.errors import BrokerError, SeamlineError
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +134,38 @@ def ensure_kafka_jars() -> Path:
     Raises:
         BrokerError: Maven is missing or the resolution failed.
     """
-    libs = cache_root() / f"kafka-{KAFKA_VERSION}" / "libs"
-    digest = _pom_digest()
+    return ensure_maven_jars(POM_PATH, cache_root() / f"kafka-{KAFKA_VERSION}" / "libs",
+                             what=f"Kafka {KAFKA_VERSION}", expect="kafka_2.13-*.jar",
+                             hint=MAVEN_HINT)
+
+
+def ensure_maven_jars(pom: Path, libs: Path, *, what: str, expect: str, hint: str,
+                      error: type[SeamlineError] = BrokerError) -> Path:
+    """Resolve ``pom``'s dependencies once into ``libs`` (locked, renamed into place).
+
+    ``expect`` is a glob one resolved jar must match; ``what`` names the jars in messages.
+
+    Raises:
+        SeamlineError: (of class ``error``) Maven is missing or the resolution failed.
+    """
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     if _is_complete(libs, digest):
         return libs
     libs.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(libs.parent / ".lock"):
         if not _is_complete(libs, digest):  # another process may have finished meanwhile
-            _resolve_into(libs, digest)
+            _resolve_into(_MavenJob(pom, libs, what, expect, hint, error), digest)
     return libs
 
 
-def _pom_digest() -> str:
-    return hashlib.sha256(POM_PATH.read_bytes()).hexdigest()
+@dataclasses.dataclass(frozen=True)
+class _MavenJob:
+    pom: Path
+    libs: Path
+    what: str
+    expect: str
+    hint: str
+    error: type[SeamlineError]
 
 
 def _is_complete(libs: Path, digest: str) -> bool:
@@ -170,41 +189,40 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-
-def _resolve_into(libs: Path, digest: str) -> None:
+def _resolve_into(job: _MavenJob, digest: str) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise BrokerError(f"Maven (mvn) is not on PATH and the Kafka {KAFKA_VERSION} jars are "
-                          f"not cached in {libs}", hint=MAVEN_HINT)
-    staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=libs.parent))
+        raise job.error(f"Maven (mvn) is not on PATH and the {job.what} jars are not cached in "
+                        f"{job.libs}", hint=job.hint)
+    staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=job.libs.parent))
     try:
-        log.info("resolving Kafka %s jars with Maven into %s", KAFKA_VERSION, libs)
-        _run_maven(mvn, staging)
+        log.info("resolving %s jars with Maven into %s", job.what, job.libs)
+        _run_maven(mvn, staging, job)
         (staging / "jars" / _COMPLETE_MARKER).write_text(digest + "\n")
-        if libs.exists():
-            shutil.rmtree(libs)
-        os.rename(staging / "jars", libs)
+        if job.libs.exists():
+            shutil.rmtree(job.libs)
+        os.rename(staging / "jars", job.libs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run_maven(mvn: str, staging: Path) -> None:
+def _run_maven(mvn: str, staging: Path, job: _MavenJob) -> None:
     work = staging / "project"
     work.mkdir()
-    shutil.copyfile(POM_PATH, work / "pom.xml")  # Maven may write target/: keep it out of the repo
+    shutil.copyfile(job.pom, work / "pom.xml")  # Maven may write target/: keep it out of the repo
     cmd = [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
            f"-DoutputDirectory={staging / 'jars'}"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=_MAVEN_TIMEOUT_S,
                               check=False, cwd=work)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BrokerError(f"Maven could not resolve the Kafka jars: {exc}",
-                          hint="check network access to Maven Central and retry") from exc
-    if done.returncode != 0 or not any((staging / "jars").glob("kafka_2.13-*.jar")):
+        raise job.error(f"Maven could not resolve the {job.what} jars: {exc}",
+                        hint="check network access to Maven Central and retry") from exc
+    if done.returncode != 0 or not any((staging / "jars").glob(job.expect)):
         tail = (done.stdout + done.stderr).strip()[-2000:]
-        raise BrokerError(f"Maven failed to resolve the Kafka jars (exit {done.returncode}): "
-                          f"{tail}", hint="check network access to Maven Central "
-                          "(or ~/.m2/settings.xml mirrors) and retry")
+        raise job.error(f"Maven failed to resolve the {job.what} jars (exit {done.returncode}): "
+                        f"{tail}", hint="check network access to Maven Central "
+                        "(or ~/.m2/settings.xml mirrors) and retry")
 
 
 # --- Ports ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import them cheaply.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,17 +26,53 @@ from stream.decode.base import add_lineage
 WRITERS = ("iceberg-overwrite", "iceberg-merge", "lance-overwrite", "lance-merge")
 #: The in-memory table fake (tests/fakes/table.py) in both modes: held to the same contract.
 FAKE_WRITERS = ("fake-overwrite", "fake-merge")
+#: Writers on the real servers of the session fixtures: ``@rest`` is Iceberg on the REST
+#: catalog (``iceberg_rest_catalog``, its warehouse a bucket on ``s3_server``), ``@s3`` is the
+#: table on S3 (``s3_server``: an Iceberg warehouse behind the SQL catalog, a Lance dataset).
+#: A few parametrisations, not the full cross product, to keep the suite's time reasonable.
+SERVER_WRITERS = ("iceberg-overwrite@rest", "iceberg-merge@s3", "lance-overwrite@s3")
 DAY0 = datetime(2024, 3, 1, tzinfo=UTC)
 SORT = [lineage.SOURCE, lineage.SIDE, lineage.PARTITION, lineage.OFFSET, "order_id"]
 
 
-def make_job(writer: str, root: Path, bootstrap: str, topic: str) -> JobSpec:
+def make_job(
+    writer: str, root: Path, bootstrap: str, topic: str, *, rest: Any = None, s3: Any = None
+) -> JobSpec:
     """A job for one of :data:`WRITERS` with its table under ``root`` (a fake writer gets a
-    Lance job: the fake takes its schema, event time, mode and key from it)."""
+    Lance job: the fake takes its schema, event time, mode and key from it).
+
+    ``<writer>@rest`` puts the table in a fresh namespace of the REST catalog ``rest`` (a
+    ``RestCatalogServer``; its warehouse is on ``s3``); ``<writer>@s3`` puts the Iceberg
+    warehouse or the Lance dataset in a fresh bucket of the S3 server ``s3`` (an ``S3Server``).
+    """
+    writer, _, where = writer.partition("@")
     fmt, mode = writer.split("-")
     fmt = "lance" if fmt == "fake" else fmt
     table: dict[str, Any] = {"format": fmt, "key": ["order_id"], "partition_by": "day"}
-    if fmt == "iceberg":
+    if where == "rest":
+        assert rest is not None and s3 is not None, "a REST writer needs both server fixtures"
+        table |= {
+            "identifier": f"contract_{uuid.uuid4().hex[:10]}.orders",
+            "catalog": {"type": "rest", "uri": rest.uri},
+            "storage": s3.storage(),
+        }
+    elif where == "s3":
+        from backfill.sinks.s3_server.local import create_bucket
+
+        assert s3 is not None, "an S3 writer needs the s3_server fixture"
+        bucket = create_bucket(s3, f"contract-{uuid.uuid4().hex[:10]}")
+        table |= {"storage": s3.storage()}
+        if fmt == "iceberg":
+            table |= {
+                "identifier": "contract.orders",
+                "catalog": {
+                    "type": "sql", "uri": f"sqlite:///{root / 'catalog.db'}",
+                    "warehouse": f"{bucket}/warehouse",
+                },
+            }  # fmt: skip
+        else:
+            table |= {"uri": f"{bucket}/orders.lance"}
+    elif fmt == "iceberg":
         (root / "warehouse").mkdir(parents=True, exist_ok=True)
         table |= {
             "identifier": "contract.orders",
@@ -56,6 +93,19 @@ def make_job(writer: str, root: Path, bootstrap: str, topic: str) -> JobSpec:
         "backfill": {"mode": mode},
     }
     return parse_job(doc, base_dir=root, default_id="contract")
+
+
+def servers_for(writer: str, request: Any) -> dict[str, Any]:
+    """``make_job`` keywords for ``writer``'s servers: the session fixtures start only when a
+    server writer runs (``request`` is the test's ``pytest.FixtureRequest``)."""
+    if writer.endswith("@rest"):
+        return {
+            "rest": request.getfixturevalue("iceberg_rest_catalog"),
+            "s3": request.getfixturevalue("s3_server"),
+        }
+    if writer.endswith("@s3"):
+        return {"s3": request.getfixturevalue("s3_server")}
+    return {}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The writer contract (issue 4): every writer runs these tests unchanged.
 
 Iceberg overwrite, Iceberg merge, Lance overwrite and Lance merge, against real pyiceberg
-SQL-catalog tables and real Lance datasets, with a real broker for the Kafka source (marked
+SQL-catalog tables and real Lance datasets on local files, plus Iceberg on the real REST
+catalog server (warehouse on the S3 server) and Iceberg and Lance on the real S3 server
+(``SERVER_WRITERS``), with a real broker for the Kafka source (marked
 ``integration``). The in-memory table fake (``tests/fakes/table.py``) in both modes runs the
 single-process cases too, in the fast tier, so the fake behaves like the real writers; the
 cases that need a second process (a concurrent live appender, kill -9 around a commit) are
@@ -27,6 +29,7 @@ from coordinator.core.values import Scope, Slice, TimeBucket
 from tests.contract.backfill_writers import (
     DAY0,
     FAKE_WRITERS,
+    SERVER_WRITERS,
     WRITERS,
     Rows,
     content,
@@ -35,6 +38,7 @@ from tests.contract.backfill_writers import (
     live_appender,
     make_job,
     produce,
+    servers_for,
     token,
 )
 from tests.fakes.table import FakeTable
@@ -43,11 +47,12 @@ SPAWN = multiprocessing.get_context("spawn")
 HWM = 100  # the cut: backfill owns offsets [0, 100) of partition 0, live owns [100, ∞)
 
 
-REAL = [pytest.param(w, marks=pytest.mark.integration) for w in WRITERS]
+REAL = [pytest.param(w, marks=pytest.mark.integration) for w in (*WRITERS, *SERVER_WRITERS)]
 
 
-def _job(writer: str, tmp_path: Path) -> JobSpec:
-    return make_job(writer, tmp_path, "127.0.0.1:1", "contract-topic")
+def _job(writer: str, tmp_path: Path, request: pytest.FixtureRequest) -> JobSpec:
+    servers = servers_for(writer, request)
+    return make_job(writer, tmp_path, "127.0.0.1:1", "contract-topic", **servers)
 
 
 @pytest.fixture(params=[*REAL, *FAKE_WRITERS])
@@ -58,9 +63,9 @@ def writer(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def job(writer: str, tmp_path: Path) -> JobSpec:
+def job(writer: str, tmp_path: Path, request: pytest.FixtureRequest) -> JobSpec:
     """The writer's job."""
-    return _job(writer, tmp_path)
+    return _job(writer, tmp_path, request)
 
 
 @pytest.fixture
@@ -73,8 +78,8 @@ def sink(writer: str, job: JobSpec) -> TableSink:
 
 @pytest.fixture(params=REAL)
 def real_job(request: pytest.FixtureRequest, tmp_path: Path) -> JobSpec:
-    """A job for each of the four real writers (topic filled in by Kafka tests)."""
-    return _job(request.param, tmp_path)
+    """A job for each real writer (topic filled in by Kafka tests)."""
+    return _job(request.param, tmp_path, request)
 
 
 def _content(job: JobSpec, sink: TableSink) -> list[dict[str, Any]]:
@@ -92,9 +97,7 @@ def _archive_slice(slice_id: str, day: int) -> Slice:
     return Slice(slice_id, Scope("archive", bucket=TimeBucket(start, start + timedelta(days=1))))
 
 
-def _offsets(
-    job: JobSpec, sink: TableSink, side: str
-) -> Counter[tuple[int | None, int | None]]:
+def _offsets(job: JobSpec, sink: TableSink, side: str) -> Counter[tuple[int | None, int | None]]:
     rows = [r for r in _content(job, sink) if r[lineage.SIDE] == side]
     return Counter((r[lineage.PARTITION], r[lineage.OFFSET]) for r in rows)
 

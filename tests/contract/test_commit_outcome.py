@@ -1,5 +1,6 @@
 """Commit outcomes (DESIGN §3) on real tables: an error after the commit landed is resolved by
-token (no second copy, no error), an error before it is "outcome unknown" (nothing visible)."""
+token (no second copy, no error), an error before it is "outcome unknown" (nothing visible).
+Local SQL-catalog Iceberg and Lance, Iceberg on the REST catalog server and Lance on S3."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import backfill.sinks.common as common
 from backfill.sinks import open_sink
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.values import Scope
-from tests.contract.backfill_writers import Rows, content, make_job, token
+from tests.contract.backfill_writers import Rows, content, make_job, servers_for, token
 
 pytestmark = pytest.mark.integration
 
-FORMATS = ("iceberg-overwrite", "lance-overwrite")
+FORMATS = ("iceberg-overwrite", "lance-overwrite", "iceberg-overwrite@rest", "lance-overwrite@s3")
 
 
 def _fail_after_commit(real: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,9 +35,9 @@ def _fail_before_commit(*_args: Any, **_kwargs: Any) -> Any:
 
 @pytest.mark.parametrize("writer", FORMATS)
 def test_error_after_commit_is_resolved_by_token(
-    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused")
+    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused", **servers_for(writer, request))
     sink = open_sink(job)
     sink.ensure_table()
     rows = Rows(base=1000, partition=0, start=0, count=50)
@@ -50,9 +51,9 @@ def test_error_after_commit_is_resolved_by_token(
 
 @pytest.mark.parametrize("writer", FORMATS)
 def test_error_before_commit_is_outcome_unknown_and_nothing_is_visible(
-    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused")
+    job = make_job(writer, tmp_path, "127.0.0.1:1", "unused", **servers_for(writer, request))
     sink = open_sink(job)
     sink.ensure_table()
     rows = Rows(base=1000, partition=0, start=0, count=50)

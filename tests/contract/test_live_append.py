@@ -3,7 +3,9 @@
 A live append is conditional on the table's current live offsets and atomic with its token, so
 a zombie consumer can never write a range twice, writers of disjoint partitions never clobber
 each other's offsets, and maintenance (Iceberg snapshot expiry, Lance version cleanup) never
-loses an offset. Real pyiceberg SQL-catalog tables and real Lance datasets.
+loses an offset. Real pyiceberg SQL-catalog tables and real Lance datasets on local files, an
+Iceberg table on the real REST catalog server (warehouse on the S3 server) and a Lance dataset
+on the real S3 server.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from coordinator.core.errors import CommitConflictError
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.ports import TableSink
 from coordinator.core.values import Scope
-from tests.contract.backfill_writers import Rows, make_job, token
+from tests.contract.backfill_writers import Rows, make_job, servers_for, token
 
 pytestmark = pytest.mark.integration
 
-FORMATS = ("iceberg-overwrite", "lance-overwrite")
+FORMATS = ("iceberg-overwrite", "lance-overwrite", "iceberg-overwrite@rest", "lance-overwrite@s3")
 
 
 @pytest.fixture(params=FORMATS)
 def job(request: pytest.FixtureRequest, tmp_path: Path) -> JobSpec:
     """A job per table format; maintenance every 5 live commits, keeping 2 versions."""
-    base = make_job(request.param, tmp_path, "127.0.0.1:1", "live-contract")
+    servers = servers_for(request.param, request)
+    base = make_job(request.param, tmp_path, "127.0.0.1:1", "live-contract", **servers)
     live = base.live.model_copy(update={"keep_snapshots": 2, "expire_snapshots_every": 5})
     return base.model_copy(update={"live": live})
 
@@ -138,11 +141,12 @@ def test_offsets_survive_maintenance_and_still_guard_appends(job: JobSpec) -> No
 def _versions(job: JobSpec, sink: TableSink) -> int:
     import lance
 
-    from backfill.sinks import open_catalog
+    from backfill.sinks import lance_location, open_catalog
 
     if job.table.format == "iceberg":
         return len(open_catalog(job).load_table(str(job.table.identifier)).snapshots())
-    return len(lance.dataset(str(job.table.uri)).versions())
+    uri, options = lance_location(job)
+    return len(lance.dataset(uri, storage_options=options).versions())
 
 
 def test_find_commit_by_token_returns_the_batch(job: JobSpec) -> None:

@@ -112,3 +112,46 @@ def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     done = subprocess.run([*_compose_command(), "-f", str(broken), "config", "-q"],
                           capture_output=True, text=True, check=False)
     assert done.returncode != 0
+
+
+def _compose_default(value: str) -> tuple[str, str]:
+    """``${NAME:-default}`` -> (NAME, default)."""
+    found = re.fullmatch(r"\$\{([A-Z0-9_]+):-([^}]*)\}", value)
+    assert found is not None, value
+    return found.group(1), found.group(2)
+
+
+def test_the_readme_job_snippet_uses_these_services(
+        services: dict[str, dict[str, Any]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from coordinator.core.jobspec import load_job
+
+    readme = (COMPOSE.parent / "README.md").read_text()
+    block = readme.split("<!-- compose-job:start -->", 1)[1].split("<!-- compose-job:end -->")[0]
+    snippet = block.split("```toml", 1)[1].split("```", 1)[0]
+    minio = services["minio"]["environment"]
+    rest = services["iceberg-rest"]
+    key_var, key_default = _compose_default(minio["MINIO_ROOT_USER"])
+    secret_var, secret_default = _compose_default(minio["MINIO_ROOT_PASSWORD"])
+    monkeypatch.setenv(key_var, key_default)
+    monkeypatch.setenv(secret_var, secret_default)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('[stream]\nbootstrap = "localhost:9092"\ntopic = "orders"\n'
+                        '[schema]\nevent_time = "ts"\n[schema.fields]\nts = "timestamp_ms"\n'
+                        + snippet)
+    table = load_job(job_file).table
+    catalog = table.catalog_spec()
+    assert catalog is not None and catalog.type == "rest" and catalog.uri is not None
+    rest_port = catalog.uri.get_secret_value().rsplit(":", 1)[1]
+    assert f"{rest_port}:{rest_port}" in rest["ports"]
+    assert f"its warehouse: {rest['environment']['CATALOG_WAREHOUSE']}" in snippet
+    bucket = rest["environment"]["CATALOG_WAREHOUSE"].removeprefix("s3://").strip("/")
+    assert f"seamline/{bucket}" in " ".join(services["minio-create-bucket"]["command"])
+    props = table.storage.iceberg_properties()
+    s3_port = props["s3.endpoint"].rsplit(":", 1)[1]
+    assert f"{s3_port}:{s3_port}" in services["minio"]["ports"]
+    assert props["s3.region"] == rest["environment"]["AWS_REGION"]
+    assert props["s3.path-style-access"] == rest["environment"]["CATALOG_S3_PATH__STYLE__ACCESS"]
+    assert props["s3.access-key-id"] == key_default
+    assert props["s3.secret-access-key"] == secret_default
+    assert table.storage.commit_lock == "none"  # MinIO's conditional put is atomic

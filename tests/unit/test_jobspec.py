@@ -127,7 +127,7 @@ def test_cross_checks(tmp_path: Path) -> None:
         tmp_path, BASE.replace('event_time = "ts"', 'event_time = "when"')
     )
     iceberg = BASE.replace('format = "lance"\nuri = "out/orders.lance"', 'format = "iceberg"')
-    assert "iceberg needs 'identifier' and 'catalog_uri'" in error_of(tmp_path, iceberg)
+    assert "iceberg needs 'identifier' and a catalog" in error_of(tmp_path, iceberg)
     merge = error_of(tmp_path, BASE + '\n[backfill]\nmode = "merge"\n')
     assert "key=table.key: merge mode needs key columns" in merge
     unknown_col = error_of(tmp_path, BASE.replace('uri = "out', 'key = ["nope"]\nuri = "out'))

@@ -43,6 +43,7 @@ from lance.fragment import write_fragments
 
 from backfill.sinks import common
 from backfill.sinks.lance import tokens
+from backfill.sinks.lance.io import dataset_io
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
@@ -99,8 +100,12 @@ class LanceLive:
         *,
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
+        storage_options: dict[str, str] | None = None,
+        host_lock: bool = False,
     ) -> None:
         self.uri = uri
+        self.storage_options = storage_options  # object-store keys: secrets, never logged
+        self.io = dataset_io(uri, storage_options, host_lock)
         self.schema = schema
         self.policy = policy
         self.maintenance = maintenance
@@ -111,12 +116,12 @@ class LanceLive:
     def _open(self) -> tuple[lance.LanceDataset, LiveState]:
         """The newest version and its live state. A concurrent maintenance may remove
         versions below its newer checkpoint while we read: then re-open once."""
-        ds = lance.dataset(self.uri)
+        ds = lance.dataset(self.uri, **self.io)
         try:
             state = live_state(ds, self._known, self._txns)
         except OSError as exc:
             log.info("versions removed while reading live offsets, re-reading: %s", exc)
-            ds = lance.dataset(self.uri)
+            ds = lance.dataset(self.uri, **self.io)
             state = live_state(ds, self._known, self._txns)
         self._known = state
         return ds, state
@@ -136,7 +141,13 @@ class LanceLive:
             )
         what = f"uri={self.uri} live slice_id={token.slice_id}"
         props = {**token.to_properties(), **common.live_offset_properties(token)}
-        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        new = (
+            write_fragments(
+                rows, self.uri, schema=self.schema, storage_options=self.storage_options
+            )
+            if rows.num_rows
+            else []
+        )
         read: list[int] = []
 
         def attempt() -> lance.LanceDataset:
@@ -173,17 +184,25 @@ class LanceLive:
         fragments = [f.metadata for f in ds.get_fragments()] + new
         op = lance.LanceOperation.Merge(fragments, ds.lance_schema)
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
-        return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+        return lance.LanceDataset.commit(
+            self.uri,
+            txn,
+            read_version=ds.version,
+            max_retries=0,
+            **self.io,
+        )
 
     def _resolve_unknown(
         self, what: str, token: CommitToken, since: int, exc: Exception
     ) -> lance.LanceDataset:
         try:
-            ds = lance.dataset(self.uri)
+            ds = lance.dataset(self.uri, **self.io)
             for version, props in tokens.transactions(ds, self._txns, since):
                 if CommitToken.from_properties(props) == token:
                     log.warning("live commit reported %s but the token landed: %s", exc, what)
-                    return lance.dataset(self.uri, version=version)
+                    return lance.dataset(
+                        self.uri, version=version, **self.io
+                    )
         except Exception as lookup:  # still unreachable: the outcome stays unknown
             log.warning("token lookup failed: %s", lookup)
         raise CommitOutcomeUnknownError(
@@ -221,7 +240,11 @@ class LanceLive:
         txn = Transaction(read_version=ds.version, operation=op)
         try:
             latest = lance.LanceDataset.commit(
-                self.uri, txn, read_version=ds.version, max_retries=0
+                self.uri,
+                txn,
+                read_version=ds.version,
+                max_retries=0,
+                **self.io,
             )
         except LanceConflict as exc:
             log.info("live checkpoint skipped this round: %s", exc)
@@ -231,7 +254,7 @@ class LanceLive:
     def compact(self) -> common.Compaction:
         """``compact_files`` over the dataset; 0 counts when nothing was small enough or a
         concurrent delete conflicted (the next round retries)."""
-        ds = lance.dataset(self.uri)
+        ds = lance.dataset(self.uri, **self.io)
         try:
             m = ds.optimize.compact_files()
         except (LanceConflict, OSError, RuntimeError, ValueError) as exc:

@@ -32,6 +32,7 @@ from lance.fragment import write_fragments
 
 from backfill.sinks import common
 from backfill.sinks.lance import tokens
+from backfill.sinks.lance.io import dataset_io
 from backfill.sinks.lance.live import LanceLive
 from backfill.sinks.scopes import arrow_scope, lance_scope, lance_side
 from coordinator.core import lineage
@@ -60,14 +61,22 @@ class LanceSink:
         key: Sequence[str] = (),
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
+        storage_options: dict[str, str] | None = None,
+        host_lock: bool = False,
     ) -> None:
         self.uri = uri
+        self.storage_options = storage_options  # object-store keys: secrets, never logged
+        self.io = dataset_io(uri, storage_options, host_lock)
         self.schema = lineage.with_lineage(schema)
         self.event_time = event_time
         self.mode = mode
         self.key = tuple(key)
         self.policy = policy
-        self.live = LanceLive(uri, self.schema, policy=policy, maintenance=maintenance)
+        self.live = LanceLive(
+            uri, self.schema, policy=policy, maintenance=maintenance,
+            storage_options=storage_options,
+            host_lock=host_lock,
+        )  # fmt: skip
         self._txns = tokens.TransactionCache()
 
     # -- dataset -------------------------------------------------------------------------
@@ -77,7 +86,12 @@ class LanceSink:
         if self._exists():
             return
         try:
-            lance.write_dataset(self.schema.empty_table(), self.uri, mode="create")
+            lance.write_dataset(
+                self.schema.empty_table(),
+                self.uri,
+                mode="create",
+                **self.io,
+            )
         except (OSError, ValueError) as exc:
             if not self._exists():
                 raise WriterError(f"uri={self.uri}: cannot create the dataset ({exc})") from exc
@@ -89,13 +103,13 @@ class LanceSink:
 
     def _exists(self) -> bool:
         try:
-            lance.dataset(self.uri)
+            lance.dataset(self.uri, **self.io)
         except (OSError, ValueError):
             return False
         return True
 
     def _dataset(self) -> lance.LanceDataset:
-        return lance.dataset(self.uri)
+        return lance.dataset(self.uri, **self.io)
 
     def _rows(self, data: pa.Table) -> pa.Table:
         try:
@@ -134,7 +148,13 @@ class LanceSink:
             common.check_unique_keys(rows, self.key)
             with common.dataset_lock(self.uri, "merge"):
                 return self._commit(what, token, lambda: self._merge(rows, predicate, props))
-        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        new = (
+            write_fragments(
+                rows, self.uri, schema=self.schema, storage_options=self.storage_options
+            )
+            if rows.num_rows
+            else []
+        )
         if self.mode == "append" and new:  # an empty slice commits its token like overwrite
             return self._commit(what, token, lambda: self._append(new, props))
         seen: dict[int, tuple[Any, Any]] = {}
@@ -194,7 +214,13 @@ class LanceSink:
         )
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
         common.crash_point("worker.before_commit")  # files written, not committed
-        return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+        return lance.LanceDataset.commit(
+            self.uri,
+            txn,
+            read_version=ds.version,
+            max_retries=0,
+            **self.io,
+        )
 
     def _append(self, new: list[Any], props: dict[str, str]) -> lance.LanceDataset:
         """Add ``new`` in one ``Append`` version carrying the token (append mode)."""
@@ -202,7 +228,13 @@ class LanceSink:
         op = lance.LanceOperation.Append(new)
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
         common.crash_point("before_commit")  # files written, not committed
-        return lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+        return lance.LanceDataset.commit(
+            self.uri,
+            txn,
+            read_version=ds.version,
+            max_retries=0,
+            **self.io,
+        )
 
     def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> lance.LanceDataset:
         with common.dataset_lock(self.uri, "commit"):
@@ -223,7 +255,11 @@ class LanceSink:
         txn.transaction_properties = props
         common.crash_point("worker.before_commit")  # files written, not committed
         return lance.LanceDataset.commit(
-            self.uri, txn, read_version=txn.read_version, max_retries=0
+            self.uri,
+            txn,
+            read_version=txn.read_version,
+            max_retries=0,
+            **self.io,
         )
 
     def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
@@ -276,7 +312,13 @@ class LanceSink:
         )
         txn = Transaction(read_version=ds.version, operation=op)
         try:
-            lance.LanceDataset.commit(self.uri, txn, read_version=ds.version, max_retries=0)
+            lance.LanceDataset.commit(
+                self.uri,
+                txn,
+                read_version=ds.version,
+                max_retries=0,
+                **self.io,
+            )
         except LanceConflict as exc:
             log.info("token index fold skipped this round: %s", exc)
         except Exception as exc:  # only an optimisation: the lookup itself already succeeded
