@@ -183,6 +183,8 @@ class TableSpec(_Model):
     catalog_properties: dict[str, SecretStr] = {}
     uri: str | None = None  # lance dataset path or URI
     key: list[str] = []
+    version: str | None = None  # merge: column deciding the newest version of a key
+    strict_keys: bool = False  # merge: duplicate keys inside one batch are an error
     partition_by: Literal["day", "hour", "none"] = "day"
 
     @field_validator("catalog_uri")
@@ -468,6 +470,12 @@ def _cross_checks(spec: JobSpec) -> None:
                 f"key=table.key/schema.required: unknown column {key!r}",
                 hint=f"declare it in [schema.fields] ({', '.join(fields)})",
             )
+    version = spec.table.version
+    if version is not None and (version not in fields or version in spec.table.key):
+        raise ConfigError(
+            f"key=table.version: expected a declared column outside table.key, found {version!r}",
+            hint=f"name one of [schema.fields] ({', '.join(fields)}), e.g. updated_at",
+        )
     _check_avro(spec.stream)
     if spec.table.format == "iceberg" and not (spec.table.identifier and spec.table.catalog_uri):
         raise ConfigError("key=table: iceberg needs 'identifier' and 'catalog_uri'")

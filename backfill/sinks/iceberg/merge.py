@@ -1,0 +1,116 @@
+"""Iceberg side of merge by key (``backfill.sinks.merge``): read, decide, stage (DESIGN §4).
+
+One attempt reads every table row of the batch's keys at the snapshot the transaction is based
+on (a key filter built structurally, so archive rows with null lineage are found too; Iceberg
+prunes data files by the key column's statistics and never opens files that cannot hold a
+key), decides the winners in Arrow, writes the winners' data files and stages "delete the
+replaced keys, add the files" in the caller's transaction.
+
+The comparison is made against the versions present at commit time: the table carries
+``commit.retry.num-retries = 0`` (``backfill.sinks.iceberg.live.NO_LIBRARY_RETRY``), so the
+``AssertRefSnapshotId`` every pyiceberg snapshot producer sends makes the catalog refuse the
+commit if anything landed since the read (``CommitFailedException``: certainly not applied),
+and the caller re-plans on the new snapshot. pyiceberg's own retry would rebase the plan onto
+the new head without re-reading, which is why it is off. On one host, merge writers of a table
+in a local warehouse take turns through a file lock (:func:`merge_lock`), so history slices
+and live batches do not starve each other with conflicts; remote warehouses rely on the
+requirement and the retry policy (bounded, with jitter) alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import AlwaysFalse, BooleanExpression
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table, Transaction
+
+from backfill.sinks import common, merge
+from backfill.sinks.iceberg.internals import stage_overwrite, write_data_files
+from backfill.sinks.scopes import ice_and, ice_eq, ice_in, ice_or
+
+log = logging.getLogger(__name__)
+
+_NO_MATCH = "Delete operation did not match any records"
+
+
+@contextlib.contextmanager
+def merge_lock(table: Table) -> Iterator[None]:
+    """Host-local turns for merge writers of a table in a local warehouse (no-op otherwise)."""
+    loc = urlparse(table.location())
+    if loc.scheme not in ("", "file"):
+        yield
+        return
+    path = Path(unquote(loc.path).rstrip("/"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with common.dataset_lock(str(path), "merge"):
+        yield
+
+
+def key_filter(keys: tuple[str, ...], key_rows: pa.Table) -> BooleanExpression:
+    """``key IN (...)`` or an OR of key-tuple equalities; always false for no keys."""
+    if key_rows.num_rows == 0:
+        out: BooleanExpression = AlwaysFalse()
+        return out
+    if len(keys) == 1:
+        return ice_in(keys[0], set(key_rows.column(keys[0]).to_pylist()))
+    return ice_or(
+        *[
+            ice_and(*[ice_eq(k, v) for k, v in zip(keys, t, strict=True)])
+            for t in merge.key_values(key_rows, keys)
+        ]
+    )
+
+
+def plan_files(
+    table: Table,
+    rows: pa.Table,
+    rule: merge.MergeRule,
+    sort_by: str | None = None,
+    scope: tuple[BooleanExpression, pc.Expression] | None = None,
+) -> tuple[list[DataFile], BooleanExpression]:
+    """Data files of the winners and the delete filter of the keys they replace; rows of the
+    slice's own ``scope`` (Iceberg and Arrow forms; a re-written history slice) are not
+    versions to compare (the caller deletes that scope too)."""
+    if rows.num_rows == 0:
+        return [], AlwaysFalse()
+    flt = key_filter(rule.key, rows)
+    existing = merge.outside(table.scan(row_filter=flt).to_arrow(), scope and scope[1])
+    decided = merge.plan(rows, existing, rule)
+    log.debug(
+        "merge plan: batch=%d existing=%d write=%d replace=%d",
+        rows.num_rows,
+        existing.num_rows,
+        decided.rows.num_rows,
+        decided.replace.num_rows,
+    )
+    out = decided.rows
+    if sort_by is not None and out.num_rows > 1:  # one contiguous run per partition value
+        out = out.sort_by([(sort_by, "ascending")]).combine_chunks()
+    files = write_data_files(table, out) if out.num_rows else []
+    return files, key_filter(rule.key, decided.replace)
+
+
+def stage_merge(
+    tx: Transaction,
+    table: Table,
+    rows: pa.Table,
+    rule: merge.MergeRule,
+    props: dict[str, str],
+    sort_by: str | None = None,
+    scope: tuple[BooleanExpression, pc.Expression] | None = None,
+) -> None:
+    """Plan against ``table`` (the snapshot ``tx`` is based on) and stage the merge."""
+    files, replace = plan_files(table, rows, rule, sort_by, scope)
+    with warnings.catch_warnings():  # a delete matching nothing is normal (new keys)
+        warnings.filterwarnings("ignore", message=_NO_MATCH, category=UserWarning)
+        if scope is not None:  # its own delete: OR-ing it with the keys loses archive rows
+            tx.delete(delete_filter=scope[0], snapshot_properties=props)
+        stage_overwrite(tx, replace, files, props)
