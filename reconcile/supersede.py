@@ -76,7 +76,8 @@ def archive_superseded(
         archive = present.filter(pc.equal(present[lineage.SOURCE], "archive"))
     cols = list(dict.fromkeys([*key, *match, *([version] if version else [])]))
     left = _like(rows, cols, index.schema)
-    missing = left.join(_like(archive, list(match), index.schema), list(match), "left anti")
+    held = _like(archive, list(match), index.schema)
+    missing = left.join(held, list(match), join_type="left anti")
     if missing.num_rows == 0:
         return rows, 0
     n = missing.num_rows
