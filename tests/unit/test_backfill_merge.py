@@ -75,3 +75,19 @@ def test_null_keys_and_a_version_inside_the_key_are_refused() -> None:
         dedupe(batch, MergeRule(("k",)))
     with pytest.raises(ValueError, match="outside the key"):
         MergeRule(("k",), version="k")
+
+
+def test_a_large_key_set_is_bounded_by_its_range_so_iceberg_can_prune_files() -> None:
+    """pyiceberg stops pruning files by statistics for an IN of more than 200 values; the
+    merge's key filter adds the key range so a merge still skips files outside it."""
+    from pyiceberg.expressions import And, In
+
+    from backfill.sinks.iceberg.merge import key_filter
+
+    few = key_filter(("k",), pa.table({"k": pa.array([3, 1, 2], pa.int64())}))
+    assert isinstance(few, In) and {lit.value for lit in few.literals} == {1, 2, 3}
+    many = key_filter(("k",), pa.table({"k": pa.array(range(500, 1000), pa.int64())}))
+    assert isinstance(many, And)
+    text = repr(many)
+    assert "GreaterThanOrEqual" in text and "LessThanOrEqual" in text and "In(" in text
+    assert "500" in text and "999" in text

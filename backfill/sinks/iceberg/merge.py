@@ -34,11 +34,12 @@ from pyiceberg.table import Table, Transaction
 
 from backfill.sinks import common, merge
 from backfill.sinks.iceberg.internals import stage_overwrite, write_data_files
-from backfill.sinks.scopes import ice_and, ice_eq, ice_in, ice_or
+from backfill.sinks.scopes import ice_and, ice_eq, ice_ge, ice_in, ice_le, ice_or
 
 log = logging.getLogger(__name__)
 
 _NO_MATCH = "Delete operation did not match any records"
+_PRUNE_LIMIT = 200  # pyiceberg's IN_PREDICATE_LIMIT for metrics pruning
 
 
 @contextlib.contextmanager
@@ -60,7 +61,14 @@ def key_filter(keys: tuple[str, ...], key_rows: pa.Table) -> BooleanExpression:
         out: BooleanExpression = AlwaysFalse()
         return out
     if len(keys) == 1:
-        return ice_in(keys[0], set(key_rows.column(keys[0]).to_pylist()))
+        values = set(key_rows.column(keys[0]).to_pylist())
+        if len(values) <= _PRUNE_LIMIT:
+            return ice_in(keys[0], values)
+        # pyiceberg's file pruning gives up on an IN of more than 200 values (every file
+        # "might match", so a delete would read every data file): the key range prunes by
+        # the files' min/max statistics first, the IN decides row by row.
+        lo, hi = min(values), max(values)
+        return ice_and(ice_ge(keys[0], lo), ice_le(keys[0], hi), ice_in(keys[0], values))
     return ice_or(
         *[
             ice_and(*[ice_eq(k, v) for k, v in zip(keys, t, strict=True)])
