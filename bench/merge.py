@@ -8,11 +8,12 @@
    corrections of history keys). Rows/s of the history side, live commits made meanwhile
    (both sides progress) and the merge/overwrite ratio. The merged table is checked: one
    row per key.
-2. Reconcile of a real Iceberg table of ``--reconcile-rows`` archive rows (month slices, a
-   tenth of them corrected by a later slice of another month so the merged table holds the
-   newest version): ``reconcile.run.reconcile_job`` with ``mode = "overwrite"`` against the
-   same table with ``mode = "merge"`` (key index, key uniqueness, superseded versions dropped
-   on the source side, one table pass). Wall time of each and the ratio.
+2. Reconcile of a real Iceberg table of ``--reconcile-rows`` archive rows (12 month slices):
+   ``reconcile.run.reconcile_job`` with ``mode = "overwrite"`` against the same table with
+   ``mode = "merge"`` (key index, key uniqueness over the table, the superseded check of every
+   unit's source side against the index, one table pass). Wall time of each (best of 2) and
+   the ratio. (Superseded rows themselves are exercised by the e2e test, not here: archive
+   rows of one key have no order among themselves without a ``version`` column.)
 """
 
 from __future__ import annotations
@@ -155,26 +156,23 @@ def reconcile_cost(n: int) -> None:
     """``reconcile_job`` of one real Iceberg table, overwrite mode against merge mode."""
     buckets = months()[:12]
     data = orders(n * 3, seed=3)  # 3 years: the first 12 months hold ~n rows
-    ids = data["order_id"].to_numpy()
-    last = in_bucket(data, buckets[-1])
-    fix = min(in_bucket(data, buckets[0]).num_rows, last.num_rows, n // 10)
-    last_ids = last["order_id"].to_numpy().copy()
-    last_ids[:fix] = ids[:fix]  # the LAST month re-states keys of the first month
-    last = last.set_column(0, "order_id", pa.array(last_ids, pa.int64()))
-    slices = {b: (in_bucket(data, b) if b != buckets[-1] else last) for b in buckets}
+    slices = {b: in_bucket(data, b) for b in buckets}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "wh").mkdir()
-        sink = IcebergSink(catalog(root), "bench.r", USER, "ts", partition_by="none",
+        cat = catalog(root)
+        fast = IcebergSink(cat, "bench.r", USER, "ts", partition_by="none")
+        sink = IcebergSink(cat, "bench.r", USER, "ts", partition_by="none",
                            mode="merge", key=["order_id"])  # type: ignore[arg-type]
         sink.ensure_table()
         plan = [Slice(f"m-{b.label()}", Scope("archive", bucket=b)) for b in buckets]
         t = time.perf_counter()
-        for s in plan:
+        for s in plan:  # distinct keys: overwrite writes them faster, the last month merges
             assert s.scope.bucket is not None
-            sink.write_slice(s.scope, slices[s.scope.bucket], token(s.slice_id))
+            writer = sink if s is plan[-1] else fast
+            writer.write_slice(s.scope, slices[s.scope.bucket], token(s.slice_id))
         rows = sink.scan(columns=["order_id"]).num_rows
-        print(f"reconcile table: {rows:,} rows ({fix:,} archive versions superseded) "
+        print(f"reconcile table: {rows:,} rows "
               f"written by merge in {time.perf_counter() - t:.1f} s", flush=True)  # fmt: skip
         cut = Cut("bench", "bench", (), datetime.now(UTC), Epoch(1))
         times = {}
