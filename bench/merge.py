@@ -40,6 +40,7 @@ from reconcile.run import reconcile_job
 from stream.decode.base import add_lineage
 
 LIVE_BATCH = 2_000
+LIVE_DAY = datetime(2025, 6, 1, tzinfo=UTC)
 
 
 def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
@@ -51,12 +52,15 @@ def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
 
 
 def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, commits: Any) -> None:
-    """Child process: live batches until ``stop``; in merge mode a quarter are corrections of
-    history keys (``0..rows``), the rest new keys."""
+    """Child process: live batches (events of one recent day) until ``stop``; in merge mode a
+    quarter are corrections of history keys (``0..rows``), the rest new keys."""
     sink = open_sink(kind, target, mode)
     off, rng = 0, np.random.default_rng(5)
     while not stop.is_set():
         batch = orders(LIVE_BATCH, seed=off, base=10**9 + off)
+        now = int(LIVE_DAY.timestamp() * 1000) + off  # live events are recent: one day
+        stamps = pa.array(np.arange(now, now + LIVE_BATCH), pa.int64())
+        batch = batch.set_column(3, USER.field("ts"), stamps.cast(USER.field("ts").type))
         if mode == "merge":
             ids = batch["order_id"].to_numpy().copy()
             ids[: LIVE_BATCH // 4] = rng.integers(0, rows, LIVE_BATCH // 4)
