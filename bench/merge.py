@@ -3,9 +3,9 @@
     uv run python -m bench.merge [--rows 300000] [--reconcile-rows 1000000]
 
 1. Throughput of history writes under a concurrent live writer, per format: the overwrite
-   writer (month slices) while a live process appends 2,000-row batches, against the merge
-   writer (month slices) while a live process MERGES 2,000-row batches (a quarter of them
-   corrections of history keys). Rows/s of the history side, live commits made meanwhile
+   writer (month slices) while a live process appends 2,000-row batches (at most one a
+   second, events of one recent day), against the merge writer (month slices) while a live
+   process MERGES such batches (a quarter of them corrections of history keys). Rows/s of the history side, live commits made meanwhile
    (both sides progress) and the merge/overwrite ratio. The merged table is checked: one
    row per key.
 2. Reconcile of a real Iceberg table of ``--reconcile-rows`` archive rows (12 month slices):
@@ -41,6 +41,7 @@ from stream.decode.base import add_lineage
 
 LIVE_BATCH = 2_000
 LIVE_DAY = datetime(2025, 6, 1, tzinfo=UTC)
+LIVE_EVERY_S = 1.0  # the default [live] min_commit_seconds
 
 
 def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
@@ -52,11 +53,12 @@ def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
 
 
 def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, commits: Any) -> None:
-    """Child process: live batches (events of one recent day) until ``stop``; in merge mode a
-    quarter are corrections of history keys (``0..rows``), the rest new keys."""
+    """Child process: live batches (events of one recent day, one commit a second at most, as
+    ``[live] min_commit_seconds = 1``) until ``stop``; in merge mode a quarter are corrections
+    of history keys (``0..rows``), the rest new keys."""
     sink = open_sink(kind, target, mode)
     off, rng = 0, np.random.default_rng(5)
-    while not stop.is_set():
+    while not stop.wait(LIVE_EVERY_S):  # paced like [live] min_commit_seconds
         batch = orders(LIVE_BATCH, seed=off, base=10**9 + off)
         now = int(LIVE_DAY.timestamp() * 1000) + off  # live events are recent: one day
         stamps = pa.array(np.arange(now, now + LIVE_BATCH), pa.int64())
