@@ -7,11 +7,13 @@ when the job declares ``table.key`` and the run needs it (archive slices or merg
 * **Uniqueness**: every business key must occur once in its *domain*. In merge mode (archive
   and topic matched by key, DESIGN §1) the domain is the whole table; otherwise the archive
   rows (a Kafka topic is an event log: one key may legitimately appear at many offsets).
-* **Superseded** (merge mode only): a merge writer does not write a backfill row whose key a
-  live row already holds ("live wins"), and replaces an earlier backfill row of the same key.
-  A source record missing from the table is *superseded*, not lost, when the table holds its
-  key from a later record: a live row, or a row of the same partition at a higher offset.
+* **Superseded** (merge mode only): the merge writers keep one row per key, the newest by
+  the declared order (``version`` column, then archive < Kafka, partition, offset). A source
+  record (archive row or Kafka record, history or live) missing from the table is
+  *superseded*, not lost, when the table holds its key from a record later in that order.
   A key held only by an EARLIER record means an older value overwrote a newer one: still lost.
+  With uniqueness and the per-slice checksums this proves every key's row is its newest
+  source version.
 """
 
 from __future__ import annotations
@@ -85,9 +87,14 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def key_index(sink: TableReader, key: Sequence[str], event_time: str) -> pa.Table:
-    """Key columns plus lineage (and event time, to name a bucket) of every table row."""
-    cols = list(dict.fromkeys([*key, event_time, *lineage.COLUMNS]))
+def key_index(
+    sink: TableReader, key: Sequence[str], event_time: str, version: str | None = None
+) -> pa.Table:
+    """Key columns plus lineage (event time, to name a bucket; the merge ``version``) of
+    every table row."""
+    cols = list(
+        dict.fromkeys([*key, event_time, *([version] if version else []), *lineage.COLUMNS])
+    )
     return sink.scan(None, columns=cols)
 
 
@@ -116,30 +123,49 @@ def check_unique(index: pa.Table, key: Sequence[str], *, merge: bool) -> KeyChec
     return KeyCheck(domain, tuple(key), rows.num_rows, extra, tuple(samples))
 
 
-def superseded_rows(missing: pa.Table, index: pa.Table, key: Sequence[str]) -> pa.Table:
-    """``(_kafka_partition, _kafka_offset)`` of the ``missing`` source rows whose key the table
-    holds from a later record (distinct rows).
+def _after(holder: list[pa.ChunkedArray], row: list[pa.ChunkedArray]) -> pa.ChunkedArray | pa.Array:
+    """Lexicographic ``holder > row`` over order columns, null lowest (the merge writer's
+    declared order, ``backfill.sinks.merge``)."""
+    greater: pa.Array | pa.ChunkedArray = pa.array([False] * len(row[0]))
+    equal: pa.Array | pa.ChunkedArray = pa.array([True] * len(row[0]))
+    for h, r in zip(holder, row, strict=True):
+        h_null, r_null = pc.is_null(h), pc.is_null(r)
+        gt = pc.fill_null(pc.greater(h, r), False)
+        gt = pc.or_(gt, pc.and_(pc.invert(h_null), r_null))
+        eq = pc.or_(pc.fill_null(pc.equal(h, r), False), pc.and_(h_null, r_null))
+        greater = pc.or_(greater, pc.and_(equal, gt))
+        equal = pc.and_(equal, eq)
+    return greater
 
-    ``missing`` holds source rows (key columns and lineage) absent from the table; ``index``
-    is :func:`key_index`.
+
+def superseded_rows(
+    missing: pa.Table, index: pa.Table, key: Sequence[str], version: str | None = None
+) -> pa.Table:
+    """``(_kafka_partition, _kafka_offset)`` of the ``missing`` source rows superseded (see
+    :func:`superseded`), distinct."""
+    cols = [lineage.PARTITION, lineage.OFFSET]
+    return superseded(missing, index, key, version).select(cols).group_by(cols).aggregate([])
+
+
+def superseded(
+    missing: pa.Table, index: pa.Table, key: Sequence[str], version: str | None = None
+) -> pa.Table:
+    """The ``missing`` source rows (key columns, lineage, ``version``) whose key the table
+    holds from a record later in the declared order: ``version`` (when declared, null
+    lowest), then archive < kafka, then partition, then offset. Distinct rows, with the key.
+
+    ``index`` is :func:`key_index`. A key held only by an earlier record is not superseded:
+    an older version overwrote a newer one, and that stays lost.
     """
-    lineage_cols = [lineage.PARTITION, lineage.OFFSET]
-    empty = missing.select(lineage_cols).schema.empty_table()
+    order = [*([version] if version else []), lineage.SOURCE, lineage.PARTITION, lineage.OFFSET]
+    cols = list(dict.fromkeys([*key, *order]))
     if missing.num_rows == 0 or index.num_rows == 0:
-        return empty
-    left = missing.select([*key, *lineage_cols])
-    right = index.select([*key, *lineage_cols, lineage.SIDE]).rename_columns(
-        [*key, f"{_HOLDER}p", f"{_HOLDER}o", f"{_HOLDER}side"]
-    )
+        return missing.select(cols).slice(0, 0)
+    left = missing.select(cols)
+    right = index.select(cols).rename_columns([c if c in key else f"{_HOLDER}{c}" for c in cols])
     joined = left.join(right, list(key), join_type="inner")
     if joined.num_rows == 0:
-        return empty
-    later = pc.or_(
-        pc.equal(joined[f"{_HOLDER}side"], "live"),
-        pc.and_(
-            pc.equal(joined[f"{_HOLDER}p"], joined[lineage.PARTITION]),
-            pc.greater(joined[f"{_HOLDER}o"], joined[lineage.OFFSET]),
-        ),
-    )
-    found = joined.filter(pc.fill_null(later, False)).select(lineage_cols)
-    return found.group_by(lineage_cols).aggregate([])
+        return left.slice(0, 0)
+    later = _after([joined[f"{_HOLDER}{c}"] for c in order], [joined[c] for c in order])
+    found = joined.filter(later).select(cols)
+    return found.group_by(cols).aggregate([]).select(cols)

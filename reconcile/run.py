@@ -5,8 +5,10 @@ range ``[hwm, end)`` of each partition in chunks of ``backfill.slice_records`` o
 is the read-committed end when the run starts. The source side is read and summed one unit at
 a time; the table side is read in one pass (:mod:`reconcile.tablepass`: the whole table once,
 batch by batch, rows grouped by unit with polars; state O(units)); a unit whose
-checksums differ is then re-read on both sides and drilled down. Merge mode, and unit scopes
-that overlap, keep one table scan per unit.
+checksums differ is then re-read on both sides and drilled down. Unit scopes that overlap keep
+one table scan per unit. Merge mode takes the one pass too: each unit's source side drops the
+versions the table's key index shows were superseded (:mod:`reconcile.supersede`) before it is
+summed.
 
 In-flight records (``--min-age``). Without it, every committed record up to ``end`` must be in
 the table: records the live consumer has not written yet are reported as ``in_flight`` (those
@@ -55,9 +57,10 @@ from coordinator.core.values import (
 from reconcile.checksum import Checksum, checksum, hashed_columns
 from reconcile.coverage import I64, PartitionCoverage, compare_offsets
 from reconcile.drilldown import KAFKA_KEY, bisect_diff
-from reconcile.keys import KeyCheck, check_unique, key_index, superseded_rows
+from reconcile.keys import KeyCheck, check_unique, key_index
 from reconcile.model import ReconcileReport, SliceReport, describe_scope
 from reconcile.source import SourceUnit, dead_letter_topic, read_dead_letters
+from reconcile.supersede import archive_superseded, drop_lineage, kafka_superseded
 from reconcile.tablepass import (
     PassPlan,
     TablePass,
@@ -98,6 +101,7 @@ class _Pending:
     source: Checksum
     columns: tuple[str, ...] | None  # hashed source columns (None: no source rows)
     quarantined: int = 0
+    superseded: int = 0
 
 
 @dataclass
@@ -189,7 +193,7 @@ class _Run:
         crash_point("reconcile.mid_scan")  # per-slice path: the source side read, the table not
         table = self.sink.scan(unit.scope)
         rows, replaced = data.rows, 0
-        if self.merge_index is not None and unit.kind != "live" and rows is not None:
+        if self.merge_index is not None and rows is not None:
             rows, replaced = self.drop_superseded(rows, table)
         report = compare_unit(unit, rows, table, key=KAFKA_KEY, quarantined=len(data.quarantined))
         return replace(report, superseded=replaced) if replaced else report
@@ -216,14 +220,22 @@ class _Run:
         return Unit(unit.unit_id, unit.kind, scope, unit.slice), drop_dead(data, self.dead)
 
     def kafka_source(self, unit: Unit) -> _Pending | None:
-        """The source side of a Kafka unit, summed."""
+        """The source side of a Kafka unit, summed (merge: superseded versions dropped)."""
         read = self.kafka_rows(unit)
-        return None if read is None else _pending(read[0], read[1].rows, len(read[1].quarantined))
+        if read is None:
+            return None
+        rows, replaced = read[1].rows, 0
+        if self.merge_index is not None and rows is not None:
+            rows, replaced = self.drop_superseded(rows, self.merge_index)
+        return _pending(read[0], rows, len(read[1].quarantined), replaced)
 
     def archive_source(self, unit: Unit) -> _Pending:
-        """The source side of an archive unit, summed."""
-        rows, quarantined = self.read_archive(unit)
-        return _pending(unit, rows, quarantined)
+        """The source side of an archive unit, summed (merge: superseded versions dropped)."""
+        (rows, quarantined), replaced = self.read_archive(unit), 0
+        if self.merge_index is not None:
+            event_time = self.job.schema_.event_time
+            rows, replaced = self.archive_drop(rows, self.merge_index, [event_time])
+        return _pending(unit, rows, quarantined, replaced)
 
     def read_archive(self, unit: Unit) -> tuple[pa.Table, int]:
         assert unit.slice is not None
@@ -273,7 +285,7 @@ class _Run:
         return SliceReport(
             unit.unit_id, unit.kind, describe_scope(unit.scope), p.source, table,
             quarantined=p.quarantined, duplicate_keys=tp.duplicate_keys.get(i, 0),
-            ranges=unit.scope.ranges,
+            ranges=unit.scope.ranges, superseded=p.superseded,
         )  # fmt: skip
 
     def drill(self, p: _Pending) -> SliceReport:
@@ -282,8 +294,11 @@ class _Run:
         if unit.kind == "archive":
             return self.archive_unit(unit)
         data = drop_dead(self.source.read(unit.scope.ranges), self.dead)
-        return compare_unit(unit, data.rows, self.sink.scan(unit.scope), key=KAFKA_KEY,
-                            quarantined=p.quarantined)  # fmt: skip
+        table, rows, replaced = self.sink.scan(unit.scope), data.rows, 0
+        if self.merge_index is not None and rows is not None:
+            rows, replaced = self.drop_superseded(rows, table, record=False)
+        report = compare_unit(unit, rows, table, key=KAFKA_KEY, quarantined=p.quarantined)
+        return replace(report, superseded=replaced) if replaced else report
 
     def one_pass(self, units: Sequence[Unit], ends: Mapping[int, int]) -> list[SliceReport]:
         """Every unit's source side, then one table pass, then the comparison."""
@@ -297,26 +312,40 @@ class _Run:
         log.info("table pass scans=%d units=%d", tp.scans, len(kept))
         return [self.finish(i, p, tp) for i, p in enumerate(kept)]
 
-    def drop_superseded(self, rows: pa.Table, table: pa.Table) -> tuple[pa.Table, int]:
-        """Source rows minus those a later record of the same key replaced (merge mode)."""
+    def drop_superseded(
+        self, rows: pa.Table, present: pa.Table, *, record: bool = True
+    ) -> tuple[pa.Table, int]:
+        """Source rows minus those a later record of the same key replaced (merge mode);
+        ``record``: their offsets count as superseded in the partition's coverage."""
         assert self.merge_index is not None
-        lineage_cols = [lineage.PARTITION, lineage.OFFSET]
-        missing = rows.join(table.select(lineage_cols), lineage_cols, join_type="left anti")
-        gone = superseded_rows(missing, self.merge_index, self.job.table.key)
+        key, version = self.job.table.key, self.job.table.version
+        gone = kafka_superseded(rows, present, self.merge_index, key, version)
         if gone.num_rows == 0:
             return rows, 0
-        for p in set(gone[lineage.PARTITION].to_pylist()):
+        for p in set(gone[lineage.PARTITION].to_pylist()) if record else ():
             offs = gone.filter(pc.equal(gone[lineage.PARTITION], p))[lineage.OFFSET]
             self.parts.setdefault(p, _Partition()).superseded.append(
                 np.asarray(offs.to_numpy(zero_copy_only=False), dtype=np.int64)
             )
-        kept = rows.join(gone, lineage_cols, join_type="left anti")
-        return kept, gone.num_rows
+        return drop_lineage(rows, gone), gone.num_rows
+
+    def archive_drop(
+        self, rows: pa.Table, present: pa.Table, match: Sequence[str] = ()
+    ) -> tuple[pa.Table, int]:
+        """Archive rows minus those a later record of the same key replaced (merge mode)."""
+        assert self.merge_index is not None
+        key = self.job.table.key
+        return archive_superseded(
+            rows, present, self.merge_index, key, [*key, *match], self.job.table.version
+        )
 
     def archive_unit(self, unit: Unit) -> SliceReport:
-        source, quarantined = self.read_archive(unit)
-        return compare_unit(unit, source, self.sink.scan(unit.scope), key=self.job.table.key,
-                            quarantined=quarantined)  # fmt: skip
+        (source, quarantined), table, replaced = self.read_archive(unit), self.sink.scan(unit.scope), 0
+        if self.merge_index is not None:
+            source, replaced = self.archive_drop(source, table)
+        report = compare_unit(unit, source, table, key=self.job.table.key,
+                              quarantined=quarantined)  # fmt: skip
+        return replace(report, superseded=replaced) if replaced else report
 
     def lineage(self, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
         """Table offsets of partition ``p`` below ``end`` and whether live wrote each."""
@@ -352,17 +381,16 @@ class _Run:
         )  # fmt: skip
 
 
-def _pending(unit: Unit, rows: pa.Table | None, quarantined: int) -> _Pending:
+def _pending(unit: Unit, rows: pa.Table | None, quarantined: int, replaced: int = 0) -> _Pending:
     if rows is None:
-        return _Pending(unit, Checksum(), None, quarantined)
+        return _Pending(unit, Checksum(), None, quarantined, replaced)
     cols = hashed_columns(rows.schema.names)
-    return _Pending(unit, checksum(rows, cols), tuple(cols), quarantined)
+    return _Pending(unit, checksum(rows, cols), tuple(cols), quarantined, replaced)
 
 
-def _one_pass_safe(units: Sequence[Unit], merge_index: pa.Table | None) -> bool:
-    """One pass needs disjoint unit scopes (true of any plan) and no merge-mode supersession
-    (which compares each unit's source against its table rows)."""
-    return merge_index is None and scopes_disjoint([u.scope for u in units])
+def _one_pass_safe(units: Sequence[Unit]) -> bool:
+    """One pass needs disjoint unit scopes (true of any plan)."""
+    return scopes_disjoint([u.scope for u in units])
 
 
 def _lineage_scan(sink: TableReader, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
@@ -381,7 +409,7 @@ def _key_check(
     merge = job.backfill.mode == "merge"
     if not job.table.key or not (merge or any(s.scope.source == "archive" for s in slices)):
         return None, None
-    index = key_index(sink, job.table.key, job.schema_.event_time)
+    index = key_index(sink, job.table.key, job.schema_.event_time, job.table.version)
     return (index if merge else None), check_unique(index, job.table.key, merge=merge)
 
 
@@ -426,7 +454,7 @@ def reconcile_job(
     ``source`` the Kafka side (``reconcile.source.KafkaUnits``) and ``archive`` reads archive
     slices (needed only when ``slices`` has some); ``coordinator.service.reconcile`` builds
     them for a job. ``one_pass=False`` scans the table once per unit (the reference path the
-    one-pass scan is tested against; merge mode always uses it). Raises ``ReconcileError`` / ``SourceError`` / ``LiveError`` (dead-letter
+    one-pass scan is tested against). Raises ``ReconcileError`` / ``SourceError`` / ``LiveError`` (dead-letter
     topic) when the comparison cannot run.
     """
     dlq_topic, given = _dead_letters(job, quarantine)
@@ -440,7 +468,7 @@ def reconcile_job(
     parts: dict[int, _Partition] = {p: _Partition() for p in partitions}
     run = _Run(job, cut, sink, source, archive, cutoff, parts, index, given)
     units = plan_units(cut, slices, ends, job.backfill.slice_records)
-    fast = one_pass and _one_pass_safe(units, index)
+    fast = one_pass and _one_pass_safe(units)
     say(UNITS, 0, len(units), 0)
     reports = run.one_pass(units, ends) if fast else run.per_unit(units)
     rows = [r.source.rows for r in reports] + [0] * (len(units) - len(reports))

@@ -123,6 +123,8 @@ def _iceberg(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:
         partition_by=job.table.partition_by,
         mode=job.backfill.mode,
         key=job.table.key,
+        version=job.table.version,
+        strict_keys=job.table.strict_keys,
         maintenance=maintenance,
     )
 
@@ -137,6 +139,8 @@ def _lance(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:
         job.schema_.event_time,
         mode=job.backfill.mode,
         key=job.table.key,
+        version=job.table.version,
+        strict_keys=job.table.strict_keys,
         maintenance=maintenance,
         storage_options=options,
         host_lock=job.table.storage.commit_lock == "host",

@@ -64,6 +64,12 @@ def ice_lt(term: str, value: object) -> BooleanExpression:
     return out
 
 
+def ice_le(term: str, value: object) -> BooleanExpression:
+    """``term <= value``."""
+    out: BooleanExpression = _ix.LessThanOrEqual(term, value)
+    return out
+
+
 def ice_in(term: str, values: set[Any]) -> BooleanExpression:
     """``term IN values``."""
     out: BooleanExpression = _ix.In(term, values)

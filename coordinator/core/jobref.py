@@ -118,6 +118,11 @@ DESCRIPTIONS: dict[str, str] = {
     "treated as secrets.",
     "table.uri": "Lance: dataset path (relative to the job file) or URI.",
     "table.key": "Business key columns (needed by `mode = \"merge\"`; checked unique).",
+    "table.version": "Merge mode: the column deciding which version of a key is newest "
+    "(e.g. `updated_at`; null is oldest); ties and an unset version fall back to source order "
+    "(archive < Kafka, then partition, then offset).",
+    "table.strict_keys": "Merge mode: refuse a batch holding one key twice (`DuplicateKeyError`) "
+    "instead of keeping its newest version.",
     "table.partition_by": "Iceberg partitioning of the event-time column.",
     "history.kafka": "Backfill the topic's retained records below the cut. `false` "
     "(archive-only) needs a topic with no retained records: seamline refuses to cut otherwise.",

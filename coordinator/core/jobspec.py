@@ -229,6 +229,8 @@ class TableSpec(_Model):
     storage: StorageSpec = StorageSpec()
     uri: str | None = None  # lance dataset path or URI
     key: list[str] = []
+    version: str | None = None  # merge: column deciding the newest version of a key
+    strict_keys: bool = False  # merge: duplicate keys inside one batch are an error
     partition_by: Literal["day", "hour", "none"] = "day"
 
     def catalog_spec(self) -> CatalogSpec | None:
@@ -573,6 +575,12 @@ def _cross_checks(spec: JobSpec) -> None:
                 f"key=table.key/schema.required: unknown column {key!r}",
                 hint=f"declare it in [schema.fields] ({', '.join(fields)})",
             )
+    version = spec.table.version
+    if version is not None and (version not in fields or version in spec.table.key):
+        raise ConfigError(
+            f"key=table.version: expected a declared column outside table.key, found {version!r}",
+            hint=f"name one of [schema.fields] ({', '.join(fields)}), e.g. updated_at",
+        )
     _check_avro(spec.stream)
     _check_kafka_columns(spec.schema_)
     _check_catalog(spec.table)

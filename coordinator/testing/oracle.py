@@ -11,8 +11,11 @@ row by row. Everything is counted separately and every count must be 0:
 * ``overlap``: offsets with rows from both sides (backfill and live);
 * ``wrong_side``: a row below the cut's ``hwm`` written by live, or at/above it by backfill;
 * ``wrong_value``: a row whose key column differs from its source record;
-* merge mode: ``key_duplicates`` (extra rows of one key) and ``stale`` (a key's row is not its
-  newest record; "newest" is the highest offset, keys are partitioned by key).
+* merge mode: ``key_duplicates`` (extra rows of one key, whatever side or source wrote them)
+  and ``stale`` (a key's row is not its newest version). "Newest" is decided here from the job
+  file alone: the ``[table] version`` column when declared (null oldest), then archive rows
+  (read with pyarrow from ``[[history.archive]]``) below Kafka records, then partition, then
+  offset.
 
 A source record is *good* when its value is a JSON object holding every field the schema
 requires; anything else is poison (it must be in the dead-letter topic, not the table).
@@ -27,6 +30,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -162,7 +166,7 @@ def check(job: JobSpec, hwm: Mapping[int, int] | None = None, *, key: str = "ord
                           rows.num_rows)
     _rows_vs_source(report, kafka, good, hwm or {}, key)
     if job.backfill.mode == "merge":
-        _merge(report, kafka, good, key)
+        _merge(report, rows.to_pylist(), good, read_archive(job), key, job.table.version)
     else:
         seen = {(r["_kafka_partition"], r["_kafka_offset"]) for r in kafka}
         for pos in sorted(good.keys() - seen):
@@ -195,21 +199,58 @@ def _rows_vs_source(report: OracleReport, kafka: list[dict[str, Any]],
             report.note("overlap", f"partition={pos[0]} offset={pos[1]}")
 
 
-def _merge(report: OracleReport, kafka: list[dict[str, Any]],
-           good: Mapping[Pos, dict[str, Any]], key: str) -> None:
-    newest: dict[Any, Pos] = {}
-    for pos, doc in good.items():
+def read_archive(job: JobSpec) -> list[dict[str, Any]]:
+    """Every archive row of the job (its ``[[history.archive]]`` files, read with pyarrow)."""
+    import glob
+
+    import pyarrow.dataset as ds
+
+    kinds = {"parquet": "parquet", "csv": "csv", "jsonl": "json"}
+    out: list[dict[str, Any]] = []
+    for spec in job.history.archive:
+        files = sorted(glob.glob(str(job.resolve(spec.glob))))
+        if files:
+            out += ds.dataset(files, format=kinds[spec.format]).to_table().to_pylist()
+    return out
+
+
+def _ms(value: Any) -> Any:
+    """Version values comparable across JSON (epoch ms) and Arrow (datetime) sources."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return value
+
+
+def _rank(version: Any, source: int, pos: Pos) -> tuple[Any, ...]:
+    missing = version is None
+    return (not missing, _ms(version) if not missing else 0, source, pos)
+
+
+def _merge(report: OracleReport, rows: list[dict[str, Any]], good: Mapping[Pos, dict[str, Any]],
+           archive: list[dict[str, Any]], key: str, version: str | None) -> None:
+    def ver(doc: Mapping[str, Any]) -> Any:
+        return doc.get(version) if version else None
+
+    newest: dict[Any, tuple[tuple[Any, ...], Pos | None, Any]] = {}
+    versions: list[tuple[dict[str, Any], int, Pos, Pos | None]]
+    versions = [(doc, 0, (-1, -1), None) for doc in archive]
+    versions += [(doc, 1, pos, pos) for pos, doc in good.items()]
+    for doc, source, order_pos, pos in versions:
+        rank = _rank(ver(doc), source, order_pos)
         k = doc[key]
-        if k not in newest or pos[1] > newest[k][1]:
-            newest[k] = pos
-    by_key: dict[Any, list[Pos]] = {}
-    for r in kafka:
-        by_key.setdefault(r[key], []).append((r["_kafka_partition"], r["_kafka_offset"]))
-    for k, want in sorted(newest.items(), key=lambda kv: kv[1]):
+        if k not in newest or rank > newest[k][0]:
+            newest[k] = (rank, pos, _ms(ver(doc)))
+    by_key: dict[Any, list[tuple[Pos | None, Any]]] = {}
+    for r in rows:
+        at = r.get("_kafka_offset")
+        pos = (r["_kafka_partition"], at) if at is not None else None
+        by_key.setdefault(r[key], []).append((pos, _ms(ver(r))))
+    for k, (_, want, want_ver) in sorted(newest.items(), key=lambda kv: str(kv[0])):
         got = by_key.get(k, [])
         if not got:
             report.note("lost", f"{key}={k}")
         for _ in range(len(got) - 1):
             report.note("key_duplicates", f"{key}={k}")
-        if got and want not in got:
-            report.note("stale", f"{key}={k} expected offset={want}, found {sorted(got)}")
+        if got and (want, want_ver) not in got:
+            report.note("stale", f"{key}={k} expected {want or 'archive'} "
+                                 f"version={want_ver}, found {got}")

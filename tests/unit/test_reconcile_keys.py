@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 
 from coordinator.core import lineage
-from reconcile.keys import check_unique, superseded_rows
+from reconcile.keys import check_unique, superseded, superseded_rows
 
 
 def _index(rows: list[tuple[int, str, int | None, int | None, str]]) -> pa.Table:
@@ -63,3 +63,16 @@ def test_superseded_only_by_a_later_record() -> None:
     got = superseded_rows(missing, INDEX, ["order_id"]).sort_by(lineage.OFFSET)
     assert got.to_pydict() == {lineage.PARTITION: [0, 0], lineage.OFFSET: [6, 7]}
     assert superseded_rows(missing.slice(0, 0), INDEX, ["order_id"]).num_rows == 0
+
+
+def test_superseded_follows_the_declared_order_archive_below_kafka_and_version_first() -> None:
+    """Archive rows are superseded by any Kafka row of the key; with a ``version`` column the
+    greater version decides even against source order (an archive row can beat a record)."""
+    index = _index([(1, "kafka", 2, 0, "live"), (6, "archive", None, None, "backfill")])
+    index = index.append_column("v", pa.array([10, 50], pa.int64()))
+    missing = _index([(1, "archive", None, None, "backfill"), (6, "kafka", 0, 4, "backfill")])
+    by_source = superseded(missing, index.drop_columns(["v"]), ["order_id"])
+    assert by_source["order_id"].to_pylist() == [1]  # kafka beats archive; not the reverse
+    with_version = missing.append_column("v", pa.array([20, 40], pa.int64()))
+    got = superseded(with_version, index, ["order_id"], "v")
+    assert got["order_id"].to_pylist() == [6]  # version 50 (archive) beats 40; 10 < 20 loses

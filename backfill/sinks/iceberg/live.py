@@ -24,6 +24,14 @@ conflict seamline reloads, re-validates the offsets and retries: a partition tha
 anything else (a backfill commit, a compaction, a snapshot expiry) is retried from the new head.
 Concurrent appenders of disjoint partitions never move each other's offsets backwards.
 
+**Merge mode** (``merge_rule`` set): each attempt, under the table's host-local merge lock
+(``backfill.sinks.iceberg.merge.merge_lock``, shared with history merge slices), reloads the
+table, re-validates the offsets, reads every row of the batch's keys at that head, decides the
+winners under the declared order and commits "delete the replaced keys, add the winners, move
+the offsets" in one snapshot. The same ``AssertRefSnapshotId`` makes a plan made on an older
+head fail as a conflict, so a late correction replaces the backfilled row and an older live
+version never overwrites a newer history row.
+
 Commit cost is kept flat by :meth:`IcebergLiveTable.maintain` (snapshot expiry) and the
 manifest-merge / metadata-cleanup table properties :data:`MAINTENANCE_PROPERTIES`.
 """
@@ -42,8 +50,9 @@ from pyiceberg.table import Table, TableProperties
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.utils.properties import property_as_bool
 
-from backfill.sinks import common
+from backfill.sinks import common, merge
 from backfill.sinks.iceberg.internals import write_data_files
+from backfill.sinks.iceberg.merge import merge_lock, stage_merge
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
@@ -153,9 +162,11 @@ class IcebergLiveTable:
         expire_every: int = 50,
         min_snapshot_age_s: float = 60.0,
         sort_by: str | None = None,
+        merge_rule: merge.MergeRule | None = None,
     ) -> None:
         self._table = table
         self._sort_by = sort_by
+        self._merge = merge_rule
         self.policy = common.MaintenancePolicy(keep_snapshots, expire_every, min_snapshot_age_s)
         self.retry = common.DEFAULT_RETRY
         self._commits = 0
@@ -197,10 +208,16 @@ class IcebergLiveTable:
         rows = self._conform(data)
         try:
             check_offsets(token, self.loaded_offsets())  # a zombie writes no files
-            files = write_data_files(self._table, rows)  # once; conflict retries re-use them
-            common.retry_conflicts(
-                what, lambda: self._commit_once(files, token), _is_retryable, self.retry
-            )
+            if self._merge is not None:
+                batch = merge.dedupe(rows, self._merge)
+                common.retry_conflicts(
+                    what, lambda: self._merge_once(batch, token), _is_retryable, self.retry
+                )
+            else:
+                files = write_data_files(self._table, rows)  # once; retries re-use them
+                common.retry_conflicts(
+                    what, lambda: self._commit_once(files, token), _is_retryable, self.retry
+                )
         except LiveOffsetsMovedError as exc:  # an offset moved: certainly not applied
             raise CommitConflictError(
                 f"{what}: live commit not applied ({exc})",
@@ -247,6 +264,23 @@ class IcebergLiveTable:
         except CommitFailedException:
             self._table.refresh()
             raise
+
+    def _merge_once(self, batch: pa.Table, token: CommitToken) -> None:
+        """One merge attempt (module docstring): planned on the head loaded under the merge
+        lock, so the comparison is made against the versions present at commit time."""
+        assert self._merge is not None
+        with merge_lock(self._table):
+            self._table.refresh()
+            ensure_no_library_retry(self._table)
+            check_offsets(token, self.loaded_offsets())
+            props = token.to_properties()
+            try:
+                with self._table.transaction() as txn:
+                    txn.set_properties(live_offset_properties(token))
+                    stage_merge(txn, self._table, batch, self._merge, props, self._sort_by)
+            except CommitFailedException:
+                self._table.refresh()
+                raise
 
     def _commit_at_head(self, files: list[DataFile], token: CommitToken) -> None:
         merge = property_as_bool(

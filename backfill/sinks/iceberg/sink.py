@@ -2,9 +2,11 @@
 
 * ``overwrite``: one ``Table.overwrite`` whose filter is exactly the slice's scope (its own
   offsets, or archive tag AND bucket), so live rows in the same day survive.
-* ``merge``: key uniqueness is checked, then backfill-side rows outside the scope whose key
-  is in the batch are found by an Arrow semi-join, and one overwrite replaces
-  ``scope OR (side = backfill AND key IN matched)``. Live rows are never touched.
+* ``merge``: upsert by key under the declared order (``backfill.sinks.merge``): every table
+  row of the batch's keys is read (whatever side or source wrote it), winners are decided in
+  Arrow, and one commit deletes the replaced keys and adds the winners; re-planned on every
+  attempt (``backfill.sinks.iceberg.merge``). Live micro-batches merge the same way
+  (:class:`IcebergLiveTable`).
 * Every commit carries the token in ``snapshot_properties``. Live appends, live offsets and
   maintenance go through :class:`backfill.sinks.iceberg.live.IcebergLiveTable` (the one live code
   path: offset-conditional commits, one table property ``seamline.live.offset.<p>`` per
@@ -24,7 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -32,12 +33,11 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     ValidationException,
 )
-from pyiceberg.expressions import BooleanExpression
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, HourTransform
 
-from backfill.sinks import common
+from backfill.sinks import common, merge
 from backfill.sinks.iceberg.internals import (
     CachedTransaction,
     stage_append,
@@ -48,18 +48,11 @@ from backfill.sinks.iceberg.live import (
     MAINTENANCE_PROPERTIES,
     IcebergLiveTable,
     committed_record,
+    ensure_no_library_retry,
     snapshot_records,
 )
-from backfill.sinks.scopes import (
-    ice_and,
-    ice_eq,
-    ice_in,
-    ice_not,
-    ice_or,
-    ice_true,
-    iceberg_scope,
-    iceberg_side,
-)
+from backfill.sinks.iceberg.merge import merge_lock, stage_merge
+from backfill.sinks.scopes import arrow_scope, ice_true, iceberg_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
@@ -82,13 +75,6 @@ def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, CommitFailedException | ValidationException)
 
 
-def _key_filter(keys: Sequence[str], matched: pa.Table) -> BooleanExpression:
-    if len(keys) == 1:
-        return ice_in(keys[0], set(matched.column(keys[0]).to_pylist()))
-    rows = matched.select(list(keys)).to_pylist()
-    return ice_or(*[ice_and(*[ice_eq(k, r[k]) for k in keys]) for r in rows])
-
-
 class IcebergSink:
     """One Iceberg table; satisfies the ``SliceWriter``, ``LiveTable`` and ``TableReader``
     ports of :mod:`coordinator.core.ports` structurally."""
@@ -103,6 +89,8 @@ class IcebergSink:
         partition_by: str = "day",
         mode: WriteMode = "overwrite",
         key: Sequence[str] = (),
+        version: str | None = None,
+        strict_keys: bool = False,
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
     ) -> None:
@@ -113,6 +101,7 @@ class IcebergSink:
         self.partition_by = partition_by
         self.mode = mode
         self.key = tuple(key)
+        self.rule = merge.MergeRule(self.key, version, strict_keys) if mode == "merge" else None
         self.policy = policy
         self.maintenance = maintenance
         self._live: IcebergLiveTable | None = None
@@ -186,30 +175,49 @@ class IcebergSink:
         only metadata.
         """
         what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
-        if self.mode == "merge":
-            common.check_unique_keys(data, self.key)
+        if self.rule is not None:
+            return self._merge_slice(what, scope, data, token)
         props = token.to_properties()
         target = iceberg_scope(scope, self.event_time)
-        files: list[DataFile] | None = None
         fresh: list[Table] = [self._table()]  # the first attempt commits on this load
-        if self.mode in ("overwrite", "append"):
-            files = self._write_files(what, fresh[0], self._rows(fresh[0], data))
+        files = self._write_files(what, fresh[0], self._rows(fresh[0], data))
 
         def action() -> Table:
             table = fresh.pop() if fresh else self._table()
-            if self.mode == "append" and files is not None:
+            if self.mode == "append":
                 with CachedTransaction(table) as tx:
                     stage_append(tx, files, props)
                     common.crash_point("before_commit")
                 return table
-            staged, expr = files, target
-            if staged is None:  # merge: the plan depends on the table's current rows
-                rows, expr = self._merge_plan(table, self._rows(table, data), target)
-                staged = self._write_files(what, table, rows)
             with _quiet_empty_delete(), CachedTransaction(table) as tx:
-                stage_overwrite(tx, expr, staged, props)
+                stage_overwrite(tx, target, files, props)
                 common.crash_point("worker.before_commit")  # files written, not committed
             return table
+
+        return self._commit(what, token, action)
+
+    def _merge_slice(
+        self, what: str, scope: Scope, data: pa.Table, token: CommitToken
+    ) -> CommitRecord:
+        """Upsert by key under the declared order, planned afresh on every attempt against
+        the snapshot it commits on (``backfill.sinks.iceberg.merge``)."""
+        assert self.rule is not None
+        rule, props = self.rule, token.to_properties()
+        own = (iceberg_scope(scope, self.event_time), arrow_scope(scope, self.event_time))
+        first = self._table()
+        ensure_no_library_retry(first)  # a refused commit is re-planned, never rebased
+        rows = merge.dedupe(self._rows(first, data), rule)
+
+        def action() -> Table:
+            with merge_lock(first):  # fair turns with the live merger on this host
+                table = self._table()
+                try:
+                    with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                        stage_merge(tx, table, rows, rule, props, self.event_time, own)
+                        common.crash_point("worker.before_commit")  # files written
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                    raise WriterError(f"{what}: merge refused ({exc})") from exc
+                return table
 
         return self._commit(what, token, action)
 
@@ -218,27 +226,6 @@ class IcebergSink:
             return write_data_files(table, rows)
         except (ValueError, TypeError, pa.ArrowInvalid) as exc:
             raise WriterError(f"{what}: data files refused ({type(exc).__name__}: {exc})") from exc
-
-    def _merge_plan(
-        self, table: Table, rows: pa.Table, scope_expr: BooleanExpression
-    ) -> tuple[pa.Table, BooleanExpression]:
-        """Rows to write and the rows to replace: the scope plus backfill-side rows elsewhere
-        whose key the batch holds. Live rows win: batch rows whose key is live are dropped."""
-        if rows.num_rows == 0:
-            return rows, scope_expr
-        cols = (*self.key, lineage.SIDE)
-        existing = table.scan(row_filter=ice_not(scope_expr), selected_fields=cols).to_arrow()
-        live = existing.filter(pc.equal(existing[lineage.SIDE], "live"))
-        kept = common.anti_join(rows, live, self.key)
-        if kept.num_rows < rows.num_rows:
-            log.info("merge keeps %d live rows over the batch", rows.num_rows - kept.num_rows)
-        backfill = existing.filter(pc.equal(existing[lineage.SIDE], "backfill"))
-        matched = common.semi_keys(backfill, kept, self.key)
-        if matched.num_rows == 0:
-            return kept, scope_expr
-        log.info("merge replaces %d keys outside the slice scope", matched.num_rows)
-        side = iceberg_side("backfill")
-        return kept, ice_or(scope_expr, ice_and(side, _key_filter(self.key, matched)))
 
     def live_table(self) -> IcebergLiveTable:
         """The shared live-append code over this table (loaded once, refreshed per call)."""
@@ -250,6 +237,7 @@ class IcebergSink:
                 expire_every=m.every_commits,
                 min_snapshot_age_s=m.min_age_s,
                 sort_by=self.event_time,
+                merge_rule=self.rule,
             )
         return self._live
 

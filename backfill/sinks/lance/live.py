@@ -41,7 +41,8 @@ from lance.commit import CommitConflictError as LanceConflict
 from lance.dataset import Transaction
 from lance.fragment import write_fragments
 
-from backfill.sinks import common
+from backfill.sinks import common, merge
+from backfill.sinks.lance import merge as merge_lance
 from backfill.sinks.lance import tokens
 from backfill.sinks.lance.io import dataset_io
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
@@ -102,10 +103,12 @@ class LanceLive:
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
         storage_options: dict[str, str] | None = None,
         host_lock: bool = False,
+        merge_rule: merge.MergeRule | None = None,
     ) -> None:
         self.uri = uri
         self.storage_options = storage_options  # object-store keys: secrets, never logged
         self.io = dataset_io(uri, storage_options, host_lock)
+        self.merge_rule = merge_rule
         self.schema = schema
         self.policy = policy
         self.maintenance = maintenance
@@ -141,19 +144,17 @@ class LanceLive:
             )
         what = f"uri={self.uri} live slice_id={token.slice_id}"
         props = {**token.to_properties(), **common.live_offset_properties(token)}
-        new = (
-            write_fragments(
-                rows, self.uri, schema=self.schema, storage_options=self.storage_options
-            )
-            if rows.num_rows
-            else []
-        )
+        rule = self.merge_rule
+        batch = merge.dedupe(rows, rule) if rule is not None else rows
+        new = [] if rule is not None or not rows.num_rows else self._write(rows)
         read: list[int] = []
 
         def attempt() -> lance.LanceDataset:
             with common.dataset_lock(self.uri, "commit"):  # fair turns with the backfill
                 ds, state = self._open()
                 read.append(ds.version)
+                if rule is not None:
+                    return self._merge_at(ds, state, batch, token, props)
                 return self._commit_at(ds, state, new, token, props)
 
         try:
@@ -165,14 +166,33 @@ class LanceLive:
         self._after_commit()
         return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC), rows.num_rows)
 
-    def _commit_at(
+    def _write(self, rows: pa.Table) -> list[Any]:
+        return list(write_fragments(
+            rows, self.uri, schema=self.schema, storage_options=self.storage_options
+        ))
+
+    def _merge_at(
         self,
         ds: lance.LanceDataset,
         state: LiveState,
-        new: list[Any],
+        batch: pa.Table,
         token: CommitToken,
         props: dict[str, str],
     ) -> lance.LanceDataset:
+        """Merge mode: the same offset check, then one ``Merge`` listing every surviving
+        fragment (deletions of the replaced keys applied) plus the winners' fragments, so
+        the live commit stays conditional on no data commit since ``ds.version``."""
+        assert self.merge_rule is not None
+        self._check_offsets(state, token)
+        ch = merge_lance.plan_changes(ds, self.uri, self.schema, batch, self.merge_rule,
+                                      storage_options=self.storage_options)  # fmt: skip
+        op = lance.LanceOperation.Merge(ch.kept + ch.new, ds.lance_schema)
+        txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
+        return lance.LanceDataset.commit(
+            self.uri, txn, read_version=ds.version, max_retries=0, **self.io
+        )
+
+    def _check_offsets(self, state: LiveState, token: CommitToken) -> None:
         moved = common.moved_partitions(token, state.offsets)
         if moved:
             shown = ", ".join(f"partition={p} expected={s} found={f}" for p, s, f in moved)
@@ -181,6 +201,16 @@ class LanceLive:
                 "another live consumer committed this range",
                 hint="re-read the table's live offsets and re-seek",
             )
+
+    def _commit_at(
+        self,
+        ds: lance.LanceDataset,
+        state: LiveState,
+        new: list[Any],
+        token: CommitToken,
+        props: dict[str, str],
+    ) -> lance.LanceDataset:
+        self._check_offsets(state, token)
         fragments = [f.metadata for f in ds.get_fragments()] + new
         op = lance.LanceOperation.Merge(fragments, ds.lance_schema)
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)

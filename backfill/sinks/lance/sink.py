@@ -3,10 +3,11 @@
 * Never a whole-table overwrite. ``overwrite`` replaces the scope with ONE ``Update``
   transaction: deletion vectors for the scope's rows (``LanceFragment.delete``) plus the new
   fragments, committed together, so a crash leaves either the old or the new scope.
-* ``merge``: ``merge_insert`` on the key, ``when_matched_update_all`` only for backfill-side
-  target rows (live rows win: a batch row whose key a live row holds is not written),
-  ``when_not_matched_by_source_delete(<scope>)``; executed uncommitted, the token attached,
-  then committed. Merges are serialised per dataset with a file lock (local datasets).
+* ``merge``: upsert by key under the declared order (``backfill.sinks.merge``): every row of
+  the batch's keys is read (archive and live rows included), winners decided in Arrow, and
+  ONE ``Update`` deletes the replaced keys (and the slice's own scope) and adds the winners
+  (``backfill.sinks.lance.merge``). Merges are serialised per dataset with a file lock (local
+  datasets); live batches merge the same way (:class:`LanceLive`).
 * Tokens live in each version's ``transaction_properties``; lookups read only versions that
   still exist plus a token index in the dataset config that the live maintenance (and a
   lookup meeting a long tail) folds forward before any version is removed
@@ -30,11 +31,12 @@ from lance.commit import CommitConflictError as LanceConflict
 from lance.dataset import Transaction
 from lance.fragment import write_fragments
 
-from backfill.sinks import common
+from backfill.sinks import common, merge
+from backfill.sinks.lance import merge as merge_lance
 from backfill.sinks.lance import tokens
 from backfill.sinks.lance.io import dataset_io
 from backfill.sinks.lance.live import LanceLive
-from backfill.sinks.scopes import arrow_scope, lance_scope, lance_side
+from backfill.sinks.scopes import arrow_scope, lance_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
@@ -59,6 +61,8 @@ class LanceSink:
         *,
         mode: WriteMode = "overwrite",
         key: Sequence[str] = (),
+        version: str | None = None,
+        strict_keys: bool = False,
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
         storage_options: dict[str, str] | None = None,
@@ -71,11 +75,11 @@ class LanceSink:
         self.event_time = event_time
         self.mode = mode
         self.key = tuple(key)
+        self.rule = merge.MergeRule(self.key, version, strict_keys) if mode == "merge" else None
         self.policy = policy
         self.live = LanceLive(
             uri, self.schema, policy=policy, maintenance=maintenance,
-            storage_options=storage_options,
-            host_lock=host_lock,
+            storage_options=storage_options, host_lock=host_lock, merge_rule=self.rule,
         )  # fmt: skip
         self._txns = tokens.TransactionCache()
 
@@ -144,10 +148,11 @@ class LanceSink:
         rows = self._rows(data)
         props = token.to_properties()
         predicate = self._predicate(scope)
-        if self.mode == "merge":
-            common.check_unique_keys(rows, self.key)
+        if self.rule is not None:
+            batch = merge.dedupe(rows, self.rule)
+            own = (predicate, arrow_scope(scope, self.event_time))
             with common.dataset_lock(self.uri, "merge"):
-                return self._commit(what, token, lambda: self._merge(rows, predicate, props))
+                return self._commit(what, token, lambda: self._merge(batch, own, props))
         new = (
             write_fragments(
                 rows, self.uri, schema=self.schema, storage_options=self.storage_options
@@ -236,28 +241,33 @@ class LanceSink:
             **self.io,
         )
 
-    def _merge(self, rows: pa.Table, predicate: str, props: dict[str, str]) -> lance.LanceDataset:
+    def _merge(
+        self, rows: pa.Table, scope: tuple[str, Any], props: dict[str, str]
+    ) -> lance.LanceDataset:
         with common.dataset_lock(self.uri, "commit"):
-            return self._merge_locked(rows, predicate, props)
+            return self._merge_locked(rows, scope, props)
 
     def _merge_locked(
-        self, rows: pa.Table, predicate: str, props: dict[str, str]
+        self, rows: pa.Table, scope: tuple[str, Any], props: dict[str, str]
     ) -> lance.LanceDataset:
+        """Upsert by key under the declared order (``backfill.sinks.lance.merge``): deletions
+        of the replaced keys and of the slice's own scope plus the winners, in one version."""
+        assert self.rule is not None
         ds = self._dataset()
-        builder = (
-            ds.merge_insert(list(self.key))
-            .when_matched_update_all(lance_side("backfill", qualifier="target"))
-            .when_not_matched_insert_all()
-            .when_not_matched_by_source_delete(predicate)
+        try:
+            ch = merge_lance.plan_changes(ds, self.uri, self.schema, rows, self.rule, scope,
+                                          storage_options=self.storage_options)  # fmt: skip
+        except (ValueError, pa.ArrowInvalid) as exc:
+            raise WriterError(f"uri={self.uri}: merge refused ({exc})") from exc
+        op = lance.LanceOperation.Update(
+            removed_fragment_ids=ch.removed, updated_fragments=ch.updated, new_fragments=ch.new
         )
-        txn, stats = builder.execute_uncommitted(rows)
-        log.debug("merge stats: %s", stats)
-        txn.transaction_properties = props
+        txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
         common.crash_point("worker.before_commit")  # files written, not committed
         return lance.LanceDataset.commit(
             self.uri,
             txn,
-            read_version=txn.read_version,
+            read_version=ds.version,
             max_retries=0,
             **self.io,
         )

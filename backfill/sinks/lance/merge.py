@@ -1,0 +1,120 @@
+"""Lance side of merge by key (``backfill.sinks.merge``): read, decide, delete + add (DESIGN §4).
+
+One attempt reads every row of the batch's keys at the newest version (whatever side or
+source wrote it, archive rows included), decides the winners in Arrow, then computes the
+deletion vectors of the replaced keys (and of a re-run slice's own scope) per fragment. The
+caller commits deletions and the winners' new fragments as ONE transaction at that version;
+merge writers take the dataset's commit lock (``common.dataset_lock``), so nothing commits
+between the read and the commit on this host and the comparison is made at commit time.
+
+Lance filters are SQL text: the key predicate is assembled from typed parts only (quoted
+identifiers, string literals with quotes doubled, validated integers).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lance
+import pyarrow as pa
+import pyarrow.compute as pc
+from lance.fragment import write_fragments
+
+from backfill.sinks import merge
+from backfill.sinks.scopes import lance_ident, lance_int, lance_str
+
+log = logging.getLogger(__name__)
+
+
+def _literal(value: object, kind: pa.DataType) -> str:
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        assert isinstance(value, str)
+        return lance_str(value)
+    if pa.types.is_integer(kind):
+        assert isinstance(value, int)
+        return lance_int(value)
+    raise ValueError(f"expected a string or integer merge key column, found {kind}")
+
+
+def key_predicate(key_rows: pa.Table, keys: tuple[str, ...]) -> str | None:
+    """SQL ``key IN (...)`` (or OR of key-tuple equalities); ``None`` for no keys."""
+    if key_rows.num_rows == 0:
+        return None
+    types = [key_rows.schema.field(k).type for k in keys]
+    if len(keys) == 1:
+        values = ", ".join(_literal(v, types[0]) for (v,) in merge.key_values(key_rows, keys))
+        return f"{lance_ident(keys[0])} IN ({values})"
+    parts = [
+        "("
+        + " AND ".join(
+            f"{lance_ident(k)} = {_literal(v, t)}" for k, v, t in zip(keys, row, types, strict=True)
+        )
+        + ")"
+        for row in merge.key_values(key_rows, keys)
+    ]
+    return "(" + " OR ".join(parts) + ")"
+
+
+_ADDR = "_rowaddr"
+
+
+def _read(
+    ds: lance.LanceDataset, flt: pc.Expression, columns: list[str] | None = None
+) -> tuple[pa.Table, set[int]]:
+    """Rows matching ``flt`` (a structural Arrow filter) and the fragments holding them."""
+    got = ds.to_table(columns=columns, filter=flt, with_row_address=True)
+    frags = pc.shift_right(got[_ADDR], pa.scalar(32, pa.uint64())) if got.num_rows else []
+    touched = {int(f) for f in pc.unique(frags).to_pylist()} if got.num_rows else set()
+    return got.drop_columns([_ADDR]), touched
+
+
+@dataclass(frozen=True)
+class LanceMergeChanges:
+    """One merge against one version: fragments removed/updated and new fragments."""
+
+    read_version: int
+    removed: list[int]
+    updated: list[Any]
+    kept: list[Any]  # metadata of every surviving fragment (updated or unchanged)
+    new: list[Any]
+    rows: int
+
+
+def plan_changes(
+    ds: lance.LanceDataset,
+    uri: str,
+    schema: pa.Schema,
+    rows: pa.Table,
+    rule: merge.MergeRule,
+    scope: tuple[str, pc.Expression] | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> LanceMergeChanges:
+    """Read the batch's keys at ``ds``, decide winners, write their fragments (uncommitted)
+    and compute deletions of the replaced keys plus ``scope`` (SQL and Arrow forms)."""
+    existing, touched = _read(ds, merge.arrow_key_filter(rows, rule.key))
+    if scope is not None:
+        touched |= _read(ds, scope[1], columns=[])[1]
+    decided = merge.plan(rows, merge.outside(existing, scope and scope[1]), rule)
+    delete = [p for p in (scope and scope[0], key_predicate(decided.replace, rule.key)) if p]
+    removed: list[int] = []
+    updated: list[Any] = []
+    kept: list[Any] = []
+    for frag in ds.get_fragments():
+        before = frag.metadata
+        hit = delete and frag.fragment_id in touched  # only fragments holding these rows
+        after = frag.delete(" OR ".join(f"({p})" for p in delete)) if hit else before
+        if after is None:
+            removed.append(frag.fragment_id)
+            continue
+        kept.append(after)
+        if after != before:
+            updated.append(after)
+    out = decided.rows
+    new = (
+        write_fragments(out, uri, schema=schema, storage_options=storage_options)
+        if out.num_rows
+        else []
+    )
+    return LanceMergeChanges(ds.version, removed, updated, kept, new, out.num_rows)

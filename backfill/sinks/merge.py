@@ -1,0 +1,166 @@
+"""Merge by key under a declared order (DESIGN §4 "Merge"), shared by both engines and sides.
+
+The table holds exactly one row per key. The winner among all versions of a key (rows already
+in the table, whatever side or source wrote them, plus the batch being committed) is the
+greatest by the *declared order*, never by commit timing:
+
+1. the optional ``version`` column (e.g. ``updated_at``; null is oldest), then
+2. the source: archive rows < Kafka records (``_seamline_source``: ``"archive" < "kafka"``),
+3. the Kafka partition, then the offset within it (null for archive rows: oldest).
+
+A full tie (the same record written twice, e.g. a retried slice) keeps the table's row. Inside
+one batch, duplicate keys resolve by the same rule (the later row wins a full tie) unless the
+rule is ``strict`` (then ``DuplicateKeyError``).
+
+:func:`plan` is pure Arrow and vectorised: one stable sort of batch plus existing rows by
+(key, order, origin) and a "last row of each key" mask. It returns the rows to write and the
+keys whose table rows must be deleted in the same atomic commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import reduce
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from backfill.sinks import common
+from coordinator.core import lineage
+from coordinator.core.errors import WriterError
+
+log = logging.getLogger(__name__)
+
+_ORIGIN = "_seamline_merge_origin_"  # 0: the batch, 1: the table (wins a full tie)
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """Key columns, an optional version column and whether in-batch duplicates are errors."""
+
+    key: tuple[str, ...]
+    version: str | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("expected at least one key column for a merge, found none")
+        if self.version is not None and self.version in self.key:
+            raise ValueError(f"expected a version column outside the key, found {self.version!r}")
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Columns deciding the winner, most significant first."""
+        head = (self.version,) if self.version is not None else ()
+        return (*head, lineage.SOURCE, lineage.PARTITION, lineage.OFFSET)
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What one merge commit does: delete every table row of ``replace`` keys, add ``rows``."""
+
+    rows: pa.Table
+    replace: pa.Table  # distinct key tuples whose table rows are all replaced
+
+
+def _check_keys(rows: pa.Table, rule: MergeRule) -> None:
+    missing = [c for c in (*rule.key, *rule.order) if c not in rows.column_names]
+    if missing:
+        raise WriterError(f"merge rows: expected columns {missing}, found none")
+    for k in rule.key:
+        nulls = rows[k].null_count
+        if nulls:
+            raise WriterError(
+                f"merge key={k}: expected a value in every row, found {nulls} null keys",
+                hint="filter or quarantine keyless records in the transform",
+            )
+
+
+def _last_per_key(rows: pa.Table, keys: tuple[str, ...], order: tuple[str, ...]) -> pa.Table:
+    """The greatest row of each key by ``order`` (stable: a later row wins a full tie)."""
+    if rows.num_rows <= 1:
+        return rows
+    sort = [(c, "ascending", "at_start") for c in (*keys, *order)]
+    ordered = rows.take(pc.sort_indices(rows, sort_keys=sort))
+    n = ordered.num_rows
+    changes = [pc.not_equal(ordered[k].slice(0, n - 1), ordered[k].slice(1)) for k in keys]
+    last = reduce(pc.or_, changes)
+    mask = pa.concat_arrays([_array(last), pa.array([True])])
+    return ordered.filter(mask)
+
+
+def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def dedupe(rows: pa.Table, rule: MergeRule) -> pa.Table:
+    """``rows`` with one row per key: the newest by the rule (strict: duplicates raise)."""
+    _check_keys(rows, rule)
+    if rule.strict:
+        common.check_unique_keys(rows, rule.key)
+        return rows
+    out = _last_per_key(rows, rule.key, rule.order)
+    if out.num_rows < rows.num_rows:
+        log.info("merge batch: %d older versions of a key dropped", rows.num_rows - out.num_rows)
+    return out.select(rows.column_names).combine_chunks()
+
+
+def plan(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> MergePlan:
+    """Winners of ``batch`` (deduplicated) against ``existing`` (every table row of its keys).
+
+    Every table row of the batch's keys is replaced: all are deleted and each key's winner
+    written (a table winner is rewritten unchanged, lineage included). Deleting by *all* the
+    batch's keys also makes the engine's conflict check cover a concurrent commit of a key
+    that is new to the table.
+    """
+    keys = list(rule.key)
+    cols = batch.column_names
+    replace = batch.select(keys).group_by(keys).aggregate([])
+    if existing.num_rows == 0:
+        return MergePlan(batch, replace)
+    old = existing.select(cols).cast(batch.schema)
+    both = pa.concat_tables(
+        [
+            batch.append_column(_ORIGIN, pa.array([0] * batch.num_rows, pa.int8())),
+            old.append_column(_ORIGIN, pa.array([1] * old.num_rows, pa.int8())),
+        ]
+    )
+    winners = _last_per_key(both, rule.key, (*rule.order, _ORIGIN))
+    kept = int(pc.sum(winners[_ORIGIN]).as_py() or 0)
+    if kept:
+        log.info("merge: table holds a newer version of %d batch keys", kept)
+    return MergePlan(winners.select(cols).combine_chunks(), replace)
+
+
+def outside(existing: pa.Table, scope: pc.Expression | None) -> pa.Table:
+    """``existing`` without the rows of ``scope`` (a slice re-run replaces its own scope, so
+    those rows are not versions to compare); a null predicate (archive lineage) is outside."""
+    if scope is None or existing.num_rows == 0:
+        return existing
+    marker = "_seamline_row_"
+    numbered = existing.append_column(marker, pa.array(range(existing.num_rows), pa.int64()))
+    hit = numbered.filter(scope)[marker]
+    keep = pc.invert(pc.is_in(numbered[marker], value_set=hit.combine_chunks()))
+    return existing.filter(keep)
+
+
+def key_values(rows: pa.Table, keys: tuple[str, ...]) -> list[tuple[object, ...]]:
+    """Distinct key tuples of ``rows`` as Python values (for structural filters)."""
+    distinct = rows.select(list(keys)).group_by(list(keys)).aggregate([])
+    columns = [distinct[k].to_pylist() for k in keys]
+    return list(zip(*columns, strict=True))
+
+
+def arrow_key_filter(rows: pa.Table, keys: tuple[str, ...]) -> pc.Expression:
+    """``key IN (...)`` (one column) or an OR of key-tuple equalities, built structurally."""
+    if len(keys) == 1:
+        values = pc.unique(rows[keys[0]].combine_chunks())
+        return pc.field(keys[0]).isin(values)
+    parts = [
+        reduce(
+            lambda a, b: a & b, [pc.field(k) == pa.scalar(v) for k, v in zip(keys, t, strict=True)]
+        )
+        for t in key_values(rows, keys)
+    ]
+    return reduce(lambda a, b: a | b, parts)

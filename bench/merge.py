@@ -1,0 +1,233 @@
+"""Benchmark merge mode (issue 13), all figures measured in one run.
+
+    uv run python -m bench.merge [--rows 300000] [--reconcile-rows 1000000]
+
+1. Throughput of history writes under a concurrent live writer, per format: the overwrite
+   writer (month slices) while a live process appends 2,000-row batches (at most one a
+   second, events of one recent day), against the merge writer (month slices) while a live
+   process MERGES such batches (a quarter of them corrections of history keys). Rows/s of the history side, live commits made meanwhile
+   (both sides progress) and the merge/overwrite ratio. The merged table is checked: one
+   row per key.
+2. Reconcile of a real Iceberg table of ``--reconcile-rows`` archive rows (12 month slices):
+   ``reconcile.run.reconcile_job`` with ``mode = "overwrite"`` against the same table with
+   ``mode = "merge"`` (key index, key uniqueness over the table, the superseded check of every
+   unit's source side against the index, one table pass). Wall time of each (best of 2) and
+   the ratio. (Superseded rows themselves are exercised by the e2e test, not here: archive
+   rows of one key have no order among themselves without a ``version`` column.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from backfill.sinks.iceberg.sink import IcebergSink
+from backfill.sinks.lance.sink import LanceSink
+from bench.backfill import USER, catalog, in_bucket, months, orders, token
+from coordinator.core.jobspec import load_job
+from coordinator.core.values import Cut, Epoch, Offset, OffsetRange, PartitionId, Scope, Slice
+from reconcile.run import reconcile_job
+from stream.decode.base import add_lineage
+
+LIVE_BATCH = 2_000
+LIVE_DAY = datetime(2025, 6, 1, tzinfo=UTC)
+LIVE_EVERY_S = 1.0  # the default [live] min_commit_seconds
+
+
+def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
+    """The bench table in ``mode`` (merge on ``order_id``)."""
+    key = ["order_id"]
+    if kind == "iceberg":
+        return IcebergSink(catalog(Path(target)), "bench.m", USER, "ts", mode=mode, key=key)  # type: ignore[arg-type]
+    return LanceSink(target, USER, "ts", mode=mode, key=key)  # type: ignore[arg-type]
+
+
+def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, commits: Any) -> None:
+    """Child process: live batches (events of one recent day, one commit a second at most, as
+    ``[live] min_commit_seconds = 1``) until ``stop``; in merge mode a quarter are corrections
+    of history keys (``0..rows``), the rest new keys."""
+    sink = open_sink(kind, target, mode)
+    off, rng = 0, np.random.default_rng(5)
+    while not stop.wait(LIVE_EVERY_S):  # paced like [live] min_commit_seconds
+        batch = orders(LIVE_BATCH, seed=off, base=10**9 + off)
+        now = int(LIVE_DAY.timestamp() * 1000) + off  # live events are recent: one day
+        stamps = pa.array(np.arange(now, now + LIVE_BATCH), pa.int64())
+        batch = batch.set_column(3, USER.field("ts"), stamps.cast(USER.field("ts").type))
+        if mode == "merge":
+            ids = batch["order_id"].to_numpy().copy()
+            ids[: LIVE_BATCH // 4] = rng.integers(0, rows, LIVE_BATCH // 4)
+            batch = batch.set_column(0, "order_id", pa.array(ids, pa.int64()))
+        part = OffsetRange(PartitionId(0), Offset(off), Offset(off + LIVE_BATCH))
+        live = add_lineage(
+            batch.select(USER.names),
+            pa.array([0] * LIVE_BATCH, pa.int32()),
+            pa.array(range(off, off + LIVE_BATCH), pa.int64()),
+            "kafka",
+            "live",
+        )
+        sink.append_live(live, token(f"live-{off}", "live", part))
+        off += LIVE_BATCH
+        with commits.get_lock():
+            commits.value += 1
+
+
+def history(kind: str, target: str, mode: str, data: pa.Table, buckets: int) -> tuple[float, int]:
+    """Month slices in ``mode`` under a concurrent live writer: (rows/s, live commits)."""
+    sink = open_sink(kind, target, mode)
+    sink.ensure_table()
+    ctx = multiprocessing.get_context("spawn")
+    stop, commits = ctx.Event(), ctx.Value("i", 0)
+    child = ctx.Process(target=live_writer, args=(kind, target, mode, data.num_rows, stop, commits))
+    child.start()
+    while commits.value < 2:  # the live writer is up and committing
+        time.sleep(0.2)
+    before = commits.value
+    t = time.perf_counter()
+    for b in months()[:buckets]:
+        sink.write_slice(Scope("archive", bucket=b), in_bucket(data, b), token(f"m-{b.label()}"))
+    dt = time.perf_counter() - t
+    live = commits.value - before
+    stop.set()
+    child.join(120)
+    rate = data.num_rows / dt
+    print(f"{kind:<8} {mode:<9} {data.num_rows:>9,} rows {dt:7.2f} s {rate:>10,.0f} rows/s "
+          f"live commits meanwhile {live}", flush=True)  # fmt: skip
+    if mode == "merge":
+        ids = sink.scan(columns=["order_id"])["order_id"]
+        distinct = len(pc.unique(ids))
+        if distinct != len(ids):
+            raise SystemExit(
+                f"{kind} merge: expected one row per key, found {len(ids) - distinct} extra"
+            )
+        print(f"{'':<4}verified: {len(ids):,} rows, one per key", flush=True)
+    return rate, live
+
+
+class _NoKafka:
+    """The reconcile's Kafka side for an archive-only job: no partitions, nothing to read."""
+
+    def ends(self, partitions: Any) -> dict[int, int]:
+        return {}
+
+    def read(self, ranges: Any) -> Any:
+        raise AssertionError("an archive-only job reads no Kafka range")
+
+
+def _job_file(root: Path, mode: str) -> Path:
+    path = root / f"{mode}.toml"
+    path.write_text(
+        f"""[job]
+id = "bench"
+[stream]
+bootstrap = "127.0.0.1:9"
+topic = "bench"
+[schema]
+event_time = "ts"
+[schema.fields]
+order_id = "int64"
+customer = "int64"
+amount = "float64"
+ts = "timestamp_ms"
+[table]
+format = "iceberg"
+identifier = "bench.r"
+catalog_uri = "sqlite:///{root / 'cat.db'}"
+warehouse = "{root / 'wh'}"
+key = ["order_id"]
+partition_by = "none"
+[history]
+kafka = false
+[[history.archive]]
+glob = "{root}/none/*.parquet"
+bucket = "month"
+[backfill]
+mode = "{mode}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def reconcile_cost(n: int) -> None:
+    """``reconcile_job`` of one real Iceberg table, overwrite mode against merge mode."""
+    buckets = months()[:12]
+    data = orders(n * 3, seed=3)  # 3 years: the first 12 months hold ~n rows
+    slices = {b: in_bucket(data, b) for b in buckets}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "wh").mkdir()
+        cat = catalog(root)
+        fast = IcebergSink(cat, "bench.r", USER, "ts", partition_by="none")
+        sink = IcebergSink(cat, "bench.r", USER, "ts", partition_by="none",
+                           mode="merge", key=["order_id"])  # type: ignore[arg-type]
+        sink.ensure_table()
+        plan = [Slice(f"m-{b.label()}", Scope("archive", bucket=b)) for b in buckets]
+        t = time.perf_counter()
+        for s in plan:  # distinct keys: overwrite writes them faster, the last month merges
+            assert s.scope.bucket is not None
+            writer = sink if s is plan[-1] else fast
+            writer.write_slice(s.scope, slices[s.scope.bucket], token(s.slice_id))
+        rows = sink.scan(columns=["order_id"]).num_rows
+        print(f"reconcile table: {rows:,} rows "
+              f"written by merge in {time.perf_counter() - t:.1f} s", flush=True)  # fmt: skip
+        cut = Cut("bench", "bench", (), datetime.now(UTC), Epoch(1))
+        times = {}
+        for mode in ("overwrite", "merge"):
+            job = load_job(_job_file(root, mode))
+            best = float("inf")
+            for _ in range(2):
+                t = time.perf_counter()
+                report = reconcile_job(job, cut, plan, quarantine={}, sink=sink, source=_NoKafka(),
+                                       archive=lambda s: slices[s.scope.bucket])  # fmt: skip
+                best = min(best, time.perf_counter() - t)
+            totals = report.to_json()["totals"]
+            print(f"reconcile {mode:<9} {best:7.2f} s reconciled={report.reconciled} "
+                  f"superseded={totals.get('superseded')}", flush=True)  # fmt: skip
+            times[mode] = best
+    print(f"reconcile {n:,} rows: merge / overwrite time = "
+          f"{times['merge'] / times['overwrite']:.2f}", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=300_000)
+    p.add_argument("--reconcile-rows", type=int, default=1_000_000)
+    p.add_argument("--formats", default="iceberg,lance")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--months", type=int, default=6, help="month slices written (of 36)")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    data = pa.concat_tables([in_bucket(orders(args.rows * 36 // args.months, seed=1), b)
+                             for b in months()[: args.months]]).combine_chunks()  # fmt: skip
+    for kind in [] if args.skip_throughput else args.formats.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            over, _ = history(
+                kind,
+                str(Path(tmp) / "o" / "t.lance" if kind == "lance" else Path(tmp) / "o"),
+                "overwrite",
+                data,
+                args.months,
+            )
+            merged, _ = history(
+                kind,
+                str(Path(tmp) / "m" / "t.lance" if kind == "lance" else Path(tmp) / "m"),
+                "merge",
+                data,
+                args.months,
+            )
+            print(f"{kind}: merge / overwrite = {merged / over:.2f} (target >= 0.5)", flush=True)
+    reconcile_cost(args.reconcile_rows)
+
+
+if __name__ == "__main__":
+    main()
