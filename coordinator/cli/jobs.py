@@ -33,6 +33,7 @@ from coordinator.run.prepare import (
     plan_drift,
 )
 from coordinator.run.progress import ProgressSink, progress_for
+from coordinator.run.publish import publish_state
 from coordinator.run.runner import StopSignal
 from coordinator.run.summary import (
     DEFAULT_ROWS,
@@ -184,7 +185,10 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
         "state_url": store.url,
         "cut": cut_json(cut) if cut is not None else None,
         "counts": counts,
-        "remaining": [r.slice_id for r in records if r.status not in ("committed", "reconciled")],
+        "remaining": [
+            r.slice_id for r in records if r.status not in ("staged", "committed", "reconciled")
+        ],
+        "publish": publish_state(records),
         "slices": [
             {
                 "slice_id": r.slice_id,
@@ -246,6 +250,11 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
         f"remaining: {len(remaining)} slices not yet committed"
         + (f" ({_id_list(remaining)})" if 0 < len(remaining) <= 5 else "")
     )
+    pub = doc.get("publish")
+    if pub is not None and pub["state"] == "staged":
+        click.echo(f"publish: staged ({pub['staged']} slices staged, not visible until published)")
+    elif pub is not None:
+        click.echo(f"publish: published in one commit (snapshot_id={pub['snapshot_id']})")
     left = remaining_estimate(doc["slices"], concurrency)
     if left:
         click.echo(f"estimated time left: {humanize_seconds(left)} at the pace so far")

@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -40,6 +41,8 @@ from pyiceberg.transforms import DayTransform, HourTransform
 from backfill.sinks import common
 from backfill.sinks.iceberg.internals import (
     CachedTransaction,
+    data_file_from_json,
+    data_file_to_json,
     stage_append,
     stage_overwrite,
     write_data_files,
@@ -209,6 +212,52 @@ class IcebergSink:
             with _quiet_empty_delete(), CachedTransaction(table) as tx:
                 stage_overwrite(tx, expr, staged, props)
                 common.crash_point("worker.before_commit")  # files written, not committed
+            return table
+
+        return self._commit(what, token, action)
+
+    # -- write-audit-publish ([backfill] publish = "atomic") ---------------------------------
+
+    def stage_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> dict[str, Any]:
+        """Write the slice's Parquet data files under the table location WITHOUT committing
+        them; returns what :meth:`publish` and :meth:`staged_rows` need (plain JSON, kept in
+        the state store with the slice's token). Nothing becomes visible to readers."""
+        what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
+        table = self._table()
+        files = self._write_files(what, table, self._rows(table, data))
+        return {"files": [data_file_to_json(f) for f in files], "rows": data.num_rows}
+
+    def staged_rows(self, staged: Sequence[dict[str, Any]]) -> pa.Table:
+        """The rows of staged (uncommitted) data files, in the table's Arrow schema."""
+        table = self._table()
+        schema = table.schema().as_arrow()
+        parts = [schema.empty_table()]
+        for doc in staged:
+            for f in doc["files"]:
+                with table.io.new_input(f["file_path"]).open() as fh:
+                    parts.append(pq.read_table(fh).select(schema.names).cast(schema))
+        return pa.concat_tables(parts)
+
+    def publish(
+        self, scopes: Sequence[Scope], staged: Sequence[dict[str, Any]], token: CommitToken
+    ) -> CommitRecord:
+        """ONE commit on ``main`` adding every staged file; in overwrite mode it also deletes
+        every slice's scope (history owned by the backfill; live rows are outside every
+        scope). Conflicts with live commits are retried on a fresh load of ``main`` (the
+        delete is re-evaluated, the files are not rewritten); an unknown outcome is resolved
+        by ``token``. Callers look ``token`` up first (:meth:`find_commit`): publish once."""
+        what = f"table={self.identifier} publish slice_id={token.slice_id}"
+        props = token.to_properties()
+        exprs = [iceberg_scope(s, self.event_time) for s in scopes]
+
+        def action() -> Table:
+            table = self._table()
+            files = [data_file_from_json(f, table.metadata) for d in staged for f in d["files"]]
+            with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                if self.mode == "append" or not exprs:
+                    stage_append(tx, files, props)
+                else:
+                    stage_overwrite(tx, ice_or(*exprs), files, props)
             return table
 
         return self._commit(what, token, action)

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -28,7 +29,8 @@ import lance
 import pyarrow as pa
 from lance.commit import CommitConflictError as LanceConflict
 from lance.dataset import Transaction
-from lance.fragment import write_fragments
+from lance.file import LanceFileReader
+from lance.fragment import FragmentMetadata, write_fragments
 
 from backfill.sinks import common
 from backfill.sinks.lance import tokens
@@ -137,6 +139,46 @@ class LanceSink:
         new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
         if self.mode == "append" and new:  # an empty slice commits its token like overwrite
             return self._commit(what, token, lambda: self._append(new, props))
+        seen: dict[int, tuple[Any, Any]] = {}
+        return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+
+    # -- write-audit-publish ([backfill] publish = "atomic") ---------------------------------
+
+    def stage_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> dict[str, Any]:
+        """Write the slice's fragments (data files under the dataset) WITHOUT committing
+        them; returns their metadata as plain JSON for the state store. No version is made,
+        so readers see nothing of them."""
+        rows = self._rows(data)
+        new = write_fragments(rows, self.uri, schema=self.schema) if rows.num_rows else []
+        return {"fragments": [f.to_json() for f in new], "rows": rows.num_rows}
+
+    def staged_rows(self, staged: Sequence[dict[str, Any]]) -> pa.Table:
+        """The rows of staged (uncommitted) fragments, in the dataset schema (a fresh fragment
+        holds one data file with every column)."""
+        parts = [self.schema.empty_table()]
+        for doc in staged:
+            for frag in doc["fragments"]:
+                for f in frag["files"]:
+                    table = LanceFileReader(f"{self.uri}/data/{f['path']}").read_all().to_table()
+                    parts.append(table.select(self.schema.names).cast(self.schema))
+        return pa.concat_tables(parts)
+
+    def publish(
+        self, scopes: Sequence[Scope], staged: Sequence[dict[str, Any]], token: CommitToken
+    ) -> CommitRecord:
+        """ONE version making every staged fragment visible. Overwrite mode: one ``Update``
+        (deletion vectors for the rows of every slice's scope plus the new fragments), the
+        same transaction kind as a slice overwrite, so a concurrent live ``Append`` survives
+        (a conflict re-evaluates the deletions on the newest version and retries). Append
+        mode: one ``Append``. Callers look ``token`` up first: publish once."""
+        what = f"uri={self.uri} publish slice_id={token.slice_id}"
+        props = token.to_properties()
+        new = [
+            FragmentMetadata.from_json(json.dumps(f)) for d in staged for f in d["fragments"]
+        ]
+        if self.mode == "append" or not scopes:
+            return self._commit(what, token, lambda: self._append(new, props))
+        predicate = " OR ".join(f"({self._predicate(s)})" for s in scopes)
         seen: dict[int, tuple[Any, Any]] = {}
         return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
 
