@@ -70,6 +70,11 @@ def dataset_lock(uri: str, name: str) -> Iterator[None]:
 DEFAULT_RETRY = RetryPolicy(attempts=8, base_s=0.05, max_s=2.0, jitter="equal")
 
 
+#: The one publish commit of a write-audit-publish run: many quick retries (it must land
+#: between two live commits, and a run makes it once, so it is worth insisting).
+PUBLISH_RETRY = RetryPolicy(attempts=60, base_s=0.02, max_s=0.5, jitter="full")
+
+
 @dataclass(frozen=True)
 class MaintenancePolicy:
     """How often and how far table maintenance (snapshot expiry / version cleanup) goes.

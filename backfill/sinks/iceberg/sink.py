@@ -164,14 +164,20 @@ class IcebergSink:
 
     # -- commits -------------------------------------------------------------------------
 
-    def _commit(self, what: str, token: CommitToken, action: Callable[[], Table]) -> CommitRecord:
+    def _commit(
+        self,
+        what: str,
+        token: CommitToken,
+        action: Callable[[], Table],
+        policy: common.RetryPolicy | None = None,
+    ) -> CommitRecord:
         """Run one commit with conflict retries; resolve unknown outcomes by token."""
         done = common.commit_with_token(
             what,
             token,
             action,
             is_conflict=_is_conflict,
-            policy=self.policy,
+            policy=policy or self.policy,
             find_exact=self._find_exact,
         )
         if isinstance(done, CommitRecord):
@@ -249,10 +255,11 @@ class IcebergSink:
         what = f"table={self.identifier} publish slice_id={token.slice_id}"
         props = token.to_properties()
         exprs = [iceberg_scope(s, self.event_time) for s in scopes]
+        fresh: list[Table] = [self._table()]  # the first attempt commits on this load
+        files = [data_file_from_json(f, fresh[0].metadata) for d in staged for f in d["files"]]
 
         def action() -> Table:
-            table = self._table()
-            files = [data_file_from_json(f, table.metadata) for d in staged for f in d["files"]]
+            table = fresh.pop() if fresh else self._table()
             with _quiet_empty_delete(), CachedTransaction(table) as tx:
                 if self.mode == "append" or not exprs:
                     stage_append(tx, files, props)
@@ -260,7 +267,7 @@ class IcebergSink:
                     stage_overwrite(tx, ice_or(*exprs), files, props)
             return table
 
-        return self._commit(what, token, action)
+        return self._commit(what, token, action, common.PUBLISH_RETRY)
 
     def _write_files(self, what: str, table: Table, rows: pa.Table) -> list[DataFile]:
         try:

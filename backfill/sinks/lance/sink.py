@@ -111,14 +111,18 @@ class LanceSink:
     # -- commits -------------------------------------------------------------------------
 
     def _commit(
-        self, what: str, token: CommitToken, action: Callable[[], lance.LanceDataset]
+        self,
+        what: str,
+        token: CommitToken,
+        action: Callable[[], lance.LanceDataset],
+        policy: common.RetryPolicy | None = None,
     ) -> CommitRecord:
         done = common.commit_with_token(
             what,
             token,
             action,
             is_conflict=_is_conflict,
-            policy=self.policy,
+            policy=policy or self.policy,
             find_exact=self._find_exact,
         )
         if isinstance(done, CommitRecord):
@@ -176,11 +180,13 @@ class LanceSink:
         new = [
             FragmentMetadata.from_json(json.dumps(f)) for d in staged for f in d["fragments"]
         ]
+        policy = common.PUBLISH_RETRY
         if self.mode == "append" or not scopes:
-            return self._commit(what, token, lambda: self._append(new, props))
+            return self._commit(what, token, lambda: self._append(new, props), policy)
         predicate = " OR ".join(f"({self._predicate(s)})" for s in scopes)
         seen: dict[int, tuple[Any, Any]] = {}
-        return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+        replace = lambda: self._replace(new, predicate, props, seen)  # noqa: E731
+        return self._commit(what, token, replace, policy)
 
     def _predicate(self, scope: Scope) -> str:
         """The scope as Lance SQL (quoted identifiers, literals of the event-time type)."""
