@@ -255,16 +255,19 @@ class IcebergSink:
         what = f"table={self.identifier} publish slice_id={token.slice_id}"
         props = token.to_properties()
         exprs = [iceberg_scope(s, self.event_time) for s in scopes]
-        fresh: list[Table] = [self._table()]  # the first attempt commits on this load
-        files = [data_file_from_json(f, fresh[0].metadata) for d in staged for f in d["files"]]
+        meta = self._table().metadata
+        files = [data_file_from_json(f, meta) for d in staged for f in d["files"]]
 
         def action() -> Table:
-            table = fresh.pop() if fresh else self._table()
-            with _quiet_empty_delete(), CachedTransaction(table) as tx:
-                if self.mode == "append" or not exprs:
-                    stage_append(tx, files, props)
-                else:
-                    stage_overwrite(tx, ice_or(*exprs), files, props)
+            # The host-local commit lock holds a local live writer off from the load to the
+            # commit, so the publish is not overtaken on every attempt (no-op when remote).
+            with common.location_lock(meta.location, "commit"):
+                table = self._table()
+                with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                    if self.mode == "append" or not exprs:
+                        stage_append(tx, files, props)
+                    else:
+                        stage_overwrite(tx, ice_or(*exprs), files, props)
             return table
 
         return self._commit(what, token, action, common.PUBLISH_RETRY)
