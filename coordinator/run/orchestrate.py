@@ -181,10 +181,12 @@ def run_job(
             job, store, cut.epoch, config, lag_gate=gate(cut), progress=progress or NullProgress(),
             stop=stop,
         )  # fmt: skip
-        report = runner.run()
-    rec, error, published = None, None, None
-    if report.exit_code == ExitCode.OK and publish is not None:
-        published = publish(cut)
+        done: list[PublishResult] = []
+        then = (lambda: done.append(publish(cut))) if publish is not None else None
+        report = runner.run(then)  # the publish runs under the runner's lease
+    rec, error = None, None
+    published = done[0] if done else None
+    if published is not None:
         rec, error = published.audit, published.error
     if report.exit_code == ExitCode.OK and (published is None or published.already_published):
         rec, error = reconcile(cut)

@@ -211,11 +211,16 @@ class Runner:
         self._clock = clock
         self._retry = config.retry
 
-    def run(self) -> RunReport:
+    def run(self, then: Callable[[], None] | None = None) -> RunReport:
         """Execute every slice not yet committed, holding the job's lease; returns what
-        happened. ``LeaseHeldError`` if another coordinator runs the job."""
+        happened. ``then`` runs under the same lease once every slice is done (the publish of
+        a write-audit-publish run: no second coordinator publishes beside it).
+        ``LeaseHeldError`` if another coordinator runs the job."""
         with self._lease():
-            return self._run()
+            report = self._run()
+            if then is not None and report.exit_code == ExitCode.OK:
+                then()
+            return report
 
     @contextmanager
     def _lease(self) -> Iterator[None]:
