@@ -361,6 +361,13 @@ def _print_outcome(out: JobOutcome, job_file: str) -> None:
         click.echo(f"reconciled={out.reconcile.reconciled} {counts}")
     elif out.reconcile_error is not None:
         click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
+    pub = out.publish
+    if pub is not None and pub.state == "published":
+        click.echo(f"published {pub.slices} staged slices in one commit "
+                   f"(snapshot_id={pub.snapshot_id})")  # fmt: skip
+    elif pub is not None:
+        click.echo(f"publish blocked: {pub.slices} slices stay staged, nothing of the backfill "
+                   f"is visible ({pub.error})")  # fmt: skip
     if out.exit_code == ExitCode.NOT_RECONCILED:
         click.echo(f"not reconciled: see `seamline reconcile {job_file} --html report.html`")
 
