@@ -14,6 +14,11 @@ side; an archive slice: no archive row of its bucket); a scope that does is refu
 terminal ``ConfigError`` (writing would duplicate those rows), e.g. after a new cut moved slice
 boundaries or live already wrote offsets the new plan gives to history.
 
+Write-audit-publish (``[backfill] publish = "atomic"``): the slice's data files are staged
+(written under the table, not committed) and described in the result's ``staged`` JSON, which
+the coordinator keeps in the state store; one publish commit makes every slice visible later
+(``coordinator.run.publish``).
+
 Crash points (``coordinator.core.faults``, armed by ``SEAMLINE_CRASH_AT``):
 ``worker.before_commit`` (data files written, commit not yet made) and ``worker.after_commit``
 (committed, the result not yet returned to the state store).
@@ -23,13 +28,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from typing import Protocol
+from typing import Protocol, cast
 
 import pyarrow as pa
 
 from backfill.archive_quarantine import write_quarantine
 from backfill.assertions import check_slice
 from backfill.sinks import open_sink
+from backfill.sinks.staged import StagingTable
 from backfill.sources.archive import read_archive
 from backfill.sources.kafka import decode_kafka_slice
 from coordinator.core import lineage
@@ -104,6 +110,12 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
         quarantined = len(bad)
         check_slice(job, slice_, data)
         _quarantine(job, bad)
+    if job.backfill.publish == "atomic":  # write-audit-publish: files written, not visible
+        staged = cast(StagingTable, sink).stage_slice(slice_.scope, data, token)
+        log.info("slice staged: job_id=%s slice_id=%s rows=%d", token.job_id,
+                 slice_.slice_id, data.num_rows)  # fmt: skip
+        return SliceResult(rows=data.num_rows, commit=None, quarantined=quarantined,
+                           staged=staged)  # fmt: skip
     record = sink.write_slice(slice_.scope, data, token)
     crash_point("worker.after_commit")
     return SliceResult(rows=data.num_rows, commit=record, quarantined=quarantined)

@@ -64,6 +64,8 @@ class BrokerChaos(threading.Thread):
 
 def one(point: str, i: int, seed: int, bootstrap: str, work: Path, updates: bool) -> TrialResult:
     fmt, mode = COMBOS[i % len(COMBOS)]
+    if point == "run.before_publish":  # write-audit-publish: overwrite mode only
+        mode = "overwrite"
     topic = f"soak-{uuid.uuid4().hex[:12]}"
     create_topic(bootstrap, topic, partitions=PARTITIONS)
     root = work / f"{point}-{i}"

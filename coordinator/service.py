@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from backfill.sinks import open_catalog as _open_catalog
 from backfill.sinks import open_sink
@@ -35,6 +35,7 @@ from coordinator.run.runner import StopSignal
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
+    from coordinator.run.publish import PublishResult
     from coordinator.run.reprocess import ReprocessOutcome
     from coordinator.state.slices import SliceRecord
     from coordinator.state.store import StateStore
@@ -170,14 +171,17 @@ def reconcile(
     source: UnitSource | None = None,
     now: datetime | None = None,
     on_progress: ReconcileProgress | None = None,
+    sink: TableReader | None = None,
 ) -> ReconcileReport:
-    """:func:`reconcile.run.reconcile_job` over the job's table, Kafka topic and archive."""
+    """:func:`reconcile.run.reconcile_job` over the job's table (or ``sink``), Kafka topic
+    and archive."""
     from backfill.sources.archive import read_archive
     from reconcile.run import reconcile_job
     from reconcile.source import KafkaUnits
 
     return reconcile_job(
-        job, cut, slices, min_age_s=min_age_s, quarantine=quarantine, sink=open_reader(job),
+        job, cut, slices, min_age_s=min_age_s, quarantine=quarantine,
+        sink=sink if sink is not None else open_reader(job),
         source=source if source is not None else KafkaUnits(job),
         archive=lambda s: read_archive(job, s).counted(), now=now, on_progress=on_progress,
     )  # fmt: skip
@@ -304,11 +308,46 @@ def run_job(
             return lag_gate
         return make_lag_gate(job, start_offsets=_hwms(cut))
 
+    atomic = job.backfill.publish == "atomic"
     return orchestrate.run_job(
         job, gate=gate_for, reconcile=lambda cut: reconcile_run(job, cut, min_age_s=min_age_s),
         executor=executor, progress=progress, stop=stop, timeout_s=timeout_s, takeover=takeover,
         only=only, limit=limit,
+        publish=(lambda cut: publish_run(job, cut, min_age_s=min_age_s)) if atomic else None,
     )  # fmt: skip
+
+
+def publish_run(job: JobSpec, cut: Cut, *, min_age_s: float = 0.0) -> PublishResult:
+    """Audit the staged slices of ``job`` (the reconciler over the table as the publish will
+    leave it) and publish them in one commit (:func:`coordinator.run.publish.publish_staged`);
+    on a pass the audit is recorded like a run's reconciliation."""
+    from backfill.sinks.staged import StagedView, StagingTable
+    from coordinator.run.publish import publish_staged
+    from coordinator.state.store import StateStore
+
+    table = cast(StagingTable, open_table(job))
+    table.ensure_table()
+
+    def audit(records: Sequence[SliceRecord]) -> tuple[ReconcileReport | None, str | None]:
+        staged = [r for r in records if r.status == "staged"]
+        view = StagedView(
+            table, [dict(r.staged or {}) for r in staged], [r.slice.scope for r in staged],
+            job.schema_.event_time,
+        )  # fmt: skip
+        try:
+            report = reconcile(
+                job, cut, [r.slice for r in records], min_age_s=min_age_s,
+                source=live_bounded_source(job, cut), sink=view,
+            )  # fmt: skip
+        except SeamlineError as exc:
+            return None, f"the staged history could not be audited: {exc}"
+        return report, None
+
+    with StateStore(job.state_url()) as store:
+        result = publish_staged(job.job_id, cut.epoch, store, table, audit)
+        if result.state == "published" and result.audit is not None:
+            _record(store, job, cut.epoch, store.list_slices(job.job_id, cut.epoch), result.audit)
+    return result
 
 
 def reprocess(

@@ -66,8 +66,23 @@ def dataset_lock(uri: str, name: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def location_lock(location: str, name: str) -> Iterator[None]:
+    """:func:`dataset_lock` beside a table location given as a path or ``file://`` URI (no-op
+    for remote locations)."""
+    path = location.removeprefix("file://")
+    with dataset_lock(path.rstrip("/") or path, name):
+        yield
+
+
 #: Commit conflicts: quick retries (a conflicting commit is ~100 ms of work), equal jitter.
 DEFAULT_RETRY = RetryPolicy(attempts=8, base_s=0.05, max_s=2.0, jitter="equal")
+
+
+#: The one publish commit of a write-audit-publish run: more retries than a slice (it must
+#: land between two live commits, and a run makes it once, so it is worth insisting).
+#: The waits leave the state store's epoch lock (held by each attempt) free for other writers.
+PUBLISH_RETRY = RetryPolicy(attempts=30, base_s=0.2, max_s=2.0, jitter="equal")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from coordinator.run.prepare import (
     plan_drift,
 )
 from coordinator.run.progress import ProgressSink, progress_for
+from coordinator.run.publish import publish_state
 from coordinator.run.runner import StopSignal
 from coordinator.run.summary import (
     DEFAULT_ROWS,
@@ -184,7 +185,10 @@ def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
         "state_url": store.url,
         "cut": cut_json(cut) if cut is not None else None,
         "counts": counts,
-        "remaining": [r.slice_id for r in records if r.status not in ("committed", "reconciled")],
+        "remaining": [
+            r.slice_id for r in records if r.status not in ("staged", "committed", "reconciled")
+        ],
+        "publish": publish_state(records),
         "slices": [
             {
                 "slice_id": r.slice_id,
@@ -247,6 +251,11 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
         f"remaining: {len(remaining)} slices not yet committed"
         + (f" ({_id_list(remaining)})" if 0 < len(remaining) <= 5 else "")
     )
+    pub = doc.get("publish")
+    if pub is not None and pub["state"] == "staged":
+        click.echo(f"publish: staged ({pub['staged']} slices staged, not visible until published)")
+    elif pub is not None:
+        click.echo(f"publish: published in one commit (snapshot_id={pub['snapshot_id']})")
     left = remaining_estimate(doc["slices"], concurrency)
     if left:
         click.echo(f"estimated time left: {humanize_seconds(left)} at the pace so far")
@@ -360,6 +369,13 @@ def _print_outcome(out: JobOutcome, job_file: str) -> None:
         click.echo(f"reconciled={out.reconcile.reconciled} {counts}")
     elif out.reconcile_error is not None:
         click.echo(f"not reconciled: reconciliation could not run: {out.reconcile_error}")
+    pub = out.publish
+    if pub is not None and pub.state == "published":
+        click.echo(f"published {pub.slices} staged slices in one commit "
+                   f"(snapshot_id={pub.snapshot_id})")  # fmt: skip
+    elif pub is not None:
+        click.echo(f"publish blocked: {pub.slices} slices stay staged, nothing of the backfill "
+                   f"is visible ({pub.error})")  # fmt: skip
     if out.exit_code == ExitCode.NOT_RECONCILED:
         click.echo(f"not reconciled: see `seamline reconcile {job_file} --html report.html`")
 

@@ -40,6 +40,8 @@ POINTS: dict[str, str] = {
     "worker.commit_retry": "a slice commit conflicted and is about to be retried",
     "live.mid_batch": "a live micro-batch is polled and decoded, not yet written",
     "live.after_commit": "a live micro-batch is committed, its bookkeeping not yet done",
+    "run.before_publish": "publish = atomic: every slice staged and audited, the one publish "
+    "commit not yet made",
     "reconcile.mid_scan": "the reconciler has read the source side, not the table side",
     "reprocess.between_slices": "a reprocess slice is committed, the next not yet started",
     "maintenance": "table maintenance (snapshot expiry / cleanup) is about to run",

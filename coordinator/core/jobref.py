@@ -149,6 +149,9 @@ DESCRIPTIONS: dict[str, str] = {
     "identically on both sides.",
     "backfill.mode": "`overwrite` the slice's scope, `merge` by `table.key`, or `append` "
     "(immutable history that cannot overlap: one history source only).",
+    "backfill.publish": "`slice` (each slice visible once committed) or `atomic` "
+    "(write-audit-publish: slices are staged invisibly, audited, then published in one "
+    "commit; overwrite or append mode).",
     "backfill.assert": "Per-slice assertions, `[[backfill.assert]]` tables (below), checked "
     "before a slice commits.",
     "backfill.assert.check": "`min_rows`, `min_rows_per_day`, `max_null_rate`, `range`, "

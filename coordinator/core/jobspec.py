@@ -336,6 +336,8 @@ class BackfillSpec(_Model):
     """How history is written."""
 
     mode: Literal["overwrite", "merge", "append"] = "overwrite"
+    # "slice": each slice is visible once committed; "atomic": write-audit-publish
+    publish: Literal["slice", "atomic"] = "slice"
     slice_records: Annotated[int, Field(gt=0)] = 250_000
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     lag_threshold: Annotated[int, Field(gt=0)] = 100_000
@@ -599,6 +601,13 @@ def _cross_checks(spec: JobSpec) -> None:
             "key=backfill.mode: append mode needs history that cannot overlap, found both "
             "[[history.archive]] and history.kafka = true (an event in both would be written twice)",
             hint='use mode = "merge" with table.key, or one history source',
+        )
+    if spec.backfill.publish == "atomic" and spec.backfill.mode == "merge":
+        raise ConfigError(
+            'key=backfill.publish: publish = "atomic" expected mode = "overwrite" or "append", '
+            'found mode = "merge" (a merge plan depends on the table at commit time, so its '
+            "staged files could not be audited before the publish)",
+            hint='use mode = "overwrite", or publish = "slice" with merge',
         )
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(

@@ -105,6 +105,9 @@ class SliceResult:
     commit: CommitRecord | None  # None: nothing written (the token was already in the table)
     quarantined: int = 0
     already_committed: bool = False
+    #: publish = "atomic": the slice's staged (written, not committed) files and its token
+    #: properties, as JSON; ``commit`` is then None
+    staged: dict[str, Any] | None = None
 
 
 class SliceExecutor(Protocol):

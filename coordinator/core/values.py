@@ -22,7 +22,7 @@ EventTimeMs = NewType("EventTimeMs", int)
 SourceTag = Literal["kafka", "archive"]
 Side = Literal["backfill", "live"]
 WriteMode = Literal["overwrite", "merge", "append"]
-SliceStatus = Literal["pending", "running", "committed", "reconciled", "failed"]
+SliceStatus = Literal["pending", "running", "staged", "committed", "reconciled", "failed"]
 
 TOKEN_PREFIX = "seamline."
 

@@ -18,7 +18,7 @@ from coordinator.run.progress import ProgressSink
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-SLICE_STATES = ("pending", "running", "committed", "failed", "reconciled")
+SLICE_STATES = ("pending", "running", "staged", "committed", "failed", "reconciled")
 
 
 class RunMetrics:

@@ -34,6 +34,7 @@ from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, OffsetRange
 from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan
 from coordinator.run.progress import NullProgress, ProgressSink
+from coordinator.run.publish import PublishResult
 from coordinator.run.runner import Runner, RunnerConfig, RunReport, StopSignal
 from coordinator.state.store import PauseRecord, StateStore
 
@@ -58,6 +59,7 @@ class JobOutcome:
     pauses: tuple[PauseRecord, ...]
     exit_code: ExitCode
     reconcile_error: str | None = None
+    publish: PublishResult | None = None  # publish = "atomic" only
 
     @property
     def reconciled(self) -> bool:
@@ -85,6 +87,7 @@ class JobOutcome:
             "reconciled": self.reconciled,
             "reconcile": None if rec is None else rec.totals(),
             "reconcile_error": self.reconcile_error,
+            "publish": None if self.publish is None else self.publish.to_json(),
             "exit_code": int(self.exit_code),
         }
 
@@ -120,7 +123,9 @@ class LiveBoundedSource:
         return self.inner.read(ranges)
 
 
-def _final_code(report: RunReport, rec: ReconcileReport | None) -> ExitCode:
+def _final_code(report: RunReport, rec: ReconcileReport | None, atomic: bool) -> ExitCode:
+    if atomic and report.failed and not report.cancelled:
+        return ExitCode.NOT_RECONCILED  # a failed (e.g. asserted) slice blocks the publish
     if report.exit_code != ExitCode.OK:
         return report.exit_code
     return ExitCode.OK if rec is not None and rec.reconciled else ExitCode.NOT_RECONCILED
@@ -128,6 +133,7 @@ def _final_code(report: RunReport, rec: ReconcileReport | None) -> ExitCode:
 
 GateFactory = Callable[[Cut], Callable[[], float | None]]
 Reconciler = Callable[[Cut], tuple["ReconcileReport | None", "str | None"]]
+Publisher = Callable[[Cut], PublishResult]
 
 
 def run_job(
@@ -142,6 +148,7 @@ def run_job(
     takeover: bool = False,
     only: Sequence[str] = (),
     limit: int | None = None,
+    publish: Publisher | None = None,
 ) -> JobOutcome:
     """Cut, plan, run every slice not yet committed, then reconcile (see the module doc).
 
@@ -151,6 +158,9 @@ def run_job(
 
     ``gate(cut)`` is the runner's lag gate (``() -> seconds to pause | None``);
     ``reconcile(cut)`` returns the report, or ``(None, reason)`` when it could not run.
+    ``publish(cut)`` (``publish = "atomic"`` jobs) audits and publishes the staged slices once
+    every slice is staged (:mod:`coordinator.run.publish`); its audit is the run's
+    reconciliation, and a blocked publish leaves the run NOT_RECONCILED with nothing visible.
     ``coordinator.service.run_job`` supplies both for a job.
     Raises ``ConfigError``/``SourceDataLossError``/``StateError`` before any slice runs.
     """
@@ -171,15 +181,20 @@ def run_job(
             job, store, cut.epoch, config, lag_gate=gate(cut), progress=progress or NullProgress(),
             stop=stop,
         )  # fmt: skip
-        report = runner.run()
-    rec, error = (None, None)
-    if report.exit_code == ExitCode.OK:
+        done: list[PublishResult] = []
+        then = (lambda: done.append(publish(cut))) if publish is not None else None
+        report = runner.run(then)  # the publish runs under the runner's lease
+    rec, error = None, None
+    published = done[0] if done else None
+    if published is not None:
+        rec, error = published.audit, published.error
+    if report.exit_code == ExitCode.OK and (published is None or published.already_published):
         rec, error = reconcile(cut)
     with StateStore(job.state_url()) as store:
         pauses = tuple(store.list_pauses(job.job_id))
-    code = _final_code(report, rec)
+    code = _final_code(report, rec, publish is not None)
     log.info("job=%s run finished exit_code=%s", job.job_id, code.name)
-    return JobOutcome(cut, view.plan.plan_hash, report, rec, pauses, code, error)
+    return JobOutcome(cut, view.plan.plan_hash, report, rec, pauses, code, error, published)
 
 
 __all__ = [
@@ -187,6 +202,7 @@ __all__ = [
     "GateFactory",
     "JobOutcome",
     "LiveBoundedSource",
+    "Publisher",
     "Reconciler",
     "run_job",
 ]

@@ -289,6 +289,22 @@ class ReprocessLedger:
         self.store.finish_slice(self.run_id, slice_id, rows=rows, token=token)
         crash_point("reprocess.between_slices")
 
+    def mark_staged(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        *,
+        rows: int,
+        token: CommitToken,
+        staged: Mapping[str, Any],
+        quarantined: int = 0,
+    ) -> None:
+        raise StateError(
+            f"job={job_id} slice={slice_id}: reprocess commits every slice, expected no staged "
+            "slice, found one (reprocess runs with publish = \"slice\")"
+        )
+
     def record_pause(self, job_id: str, seconds: float, reason: str) -> None:
         self.store.record_pause(job_id, seconds, reason)
 
@@ -342,6 +358,9 @@ def reprocess(
     if end <= start:
         raise ConfigError(f"key=--to: expected --to after --from, found {start}..{end}")
     fixed = with_transform(job, transform)
+    if fixed.backfill.publish != "slice":  # an incident fix lands slice by slice, not staged
+        backfill = fixed.backfill.model_copy(update={"publish": "slice"})
+        fixed = fixed.model_copy(update={"backfill": backfill})
     with ReprocessStore(job.state_url(), create=False) as store:
         cut = store.get_cut(job.job_id)
         if cut is None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -85,6 +85,18 @@ class SliceLedger(Protocol):
     def mark_running(self, job_id: str, slice_id: str, epoch: int) -> int: ...
 
     def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None: ...
+
+    def mark_staged(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        *,
+        rows: int,
+        token: CommitToken,
+        staged: Mapping[str, Any],
+        quarantined: int = 0,
+    ) -> None: ...
 
     def mark_committed(
         self,
@@ -154,6 +166,7 @@ class _Run:
 
     todo: list[tuple[float, str]]  # (not_before monotonic, slice_id), kept in plan order
     attempts: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, CommitToken] = field(default_factory=dict)  # of the latest attempt
     inflight: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
@@ -198,11 +211,16 @@ class Runner:
         self._clock = clock
         self._retry = config.retry
 
-    def run(self) -> RunReport:
+    def run(self, then: Callable[[], None] | None = None) -> RunReport:
         """Execute every slice not yet committed, holding the job's lease; returns what
-        happened. ``LeaseHeldError`` if another coordinator runs the job."""
+        happened. ``then`` runs under the same lease once every slice is done (the publish of
+        a write-audit-publish run: no second coordinator publishes beside it).
+        ``LeaseHeldError`` if another coordinator runs the job."""
         with self._lease():
-            return self._run()
+            report = self._run()
+            if then is not None and report.exit_code == ExitCode.OK:
+                then()
+            return report
 
     @contextmanager
     def _lease(self) -> Iterator[None]:
@@ -298,6 +316,7 @@ class Runner:
             token = CommitToken(
                 self.job_id, slice_.slice_id, attempt, self.epoch, "backfill", slice_.scope.ranges
             )
+            state.tokens[slice_.slice_id] = token
             pool.submit(SliceTask(self.config.executor, self.job, slice_, token))
             state.inflight.add(slice_.slice_id)
             log.info("slice=%s attempt=%d submitted", slice_.slice_id, attempt)
@@ -339,6 +358,18 @@ class Runner:
             log.error("slice=%s failed after %d attempts: %s", sid, tries, error)
 
     def _committed(self, sid: str, result: SliceResult, state: _Run) -> None:
+        if result.staged is not None:  # publish = "atomic": written, not yet visible
+            self.store.mark_staged(
+                self.job_id, sid, self.epoch, rows=result.rows, token=state.tokens[sid],
+                staged=result.staged, quarantined=result.quarantined,
+            )  # fmt: skip
+        else:
+            self._mark_committed(sid, result)
+        state.committed += 1
+        state.rows += result.rows
+        self.progress.slice_done(result.rows)
+
+    def _mark_committed(self, sid: str, result: SliceResult) -> None:
         commit = result.commit
         self.store.mark_committed(
             self.job_id,
@@ -349,9 +380,6 @@ class Runner:
             quarantined=result.quarantined,
             snapshot_id=int(commit.snapshot_id) if commit else None,
         )
-        state.committed += 1
-        state.rows += result.rows
-        self.progress.slice_done(result.rows)
 
 
 def _needs_run(record: SliceRecord) -> bool:

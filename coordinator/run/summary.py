@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 #: Rows shown by default before "... N more".
 DEFAULT_ROWS = 20
 #: Slice states in the order a reader needs them: problems first.
-STATUS_ORDER = ("failed", "running", "pending", "committed", "reconciled")
+STATUS_ORDER = ("failed", "running", "pending", "staged", "committed", "reconciled")
 
 Show = Literal["summary", "all", "failed"]
 
@@ -77,9 +77,9 @@ def pick_slices(
 
 def remaining_estimate(slices: Sequence[Mapping[str, Any]], concurrency: int) -> float | None:
     """Seconds left at the pace of the committed slices (rows/s), ``None`` without a pace."""
-    done = [s for s in slices if s["status"] in ("committed", "reconciled")
+    done = [s for s in slices if s["status"] in ("staged", "committed", "reconciled")
             and s.get("duration_s") and s.get("rows") is not None]  # fmt: skip
-    left = [s for s in slices if s["status"] not in ("committed", "reconciled")]
+    left = [s for s in slices if s["status"] not in ("staged", "committed", "reconciled")]
     if not left:
         return 0.0
     if not done:

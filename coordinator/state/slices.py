@@ -4,6 +4,10 @@ Transitions (every one checks the caller's epoch in the same transaction)::
 
     pending|failed|running --mark_running--> running   (running again = resume after a crash)
     running               --mark_committed--> committed
+    running               --mark_staged-----> staged      (publish = "atomic": files written,
+                                                           not visible)
+    staged                --mark_published--> committed   (every staged slice at once, after
+                                                           the one publish commit)
     running               --mark_failed-----> failed
     committed|reconciled  --mark_reconciled-> reconciled
 """
@@ -27,7 +31,14 @@ from coordinator.state.codec import scope_from_json, scope_to_json, token_from_j
 
 log = logging.getLogger(__name__)
 
-_STATUSES: tuple[SliceStatus, ...] = ("pending", "running", "committed", "reconciled", "failed")
+_STATUSES: tuple[SliceStatus, ...] = (
+    "pending",
+    "running",
+    "staged",
+    "committed",
+    "reconciled",
+    "failed",
+)
 _MAX_ERROR = 4000
 
 
@@ -44,6 +55,7 @@ class SliceRecord:
     checksum: Mapping[str, Any] | None = None
     token: CommitToken | None = None
     snapshot_id: SnapshotId | None = None
+    staged: Mapping[str, Any] | None = None  # publish = "atomic": the slice's staged files
     last_error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -91,6 +103,7 @@ def _record(row: Row[Any]) -> SliceRecord:
         checksum=row.checksum,
         token=token_from_json(token_doc.get("properties") if token_doc else None),
         snapshot_id=None if snapshot is None else SnapshotId(int(snapshot)),
+        staged=token_doc.get("staged") if token_doc else None,
         last_error=row.last_error,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -263,6 +276,56 @@ class SliceStore(StoreBase):
                 "finished_at": _now(),
             },
         )
+
+    def mark_staged(
+        self,
+        job_id: str,
+        slice_id: str,
+        epoch: int,
+        *,
+        rows: int,
+        token: CommitToken,
+        staged: Mapping[str, Any],
+        quarantined: int = 0,
+    ) -> None:
+        """Record a staged slice (``publish = "atomic"``): its token and the JSON describing
+        its written, uncommitted data files (kept with the token in ``commit_token``)."""
+        doc = {"properties": token.to_properties(), "snapshot_id": None, "staged": dict(staged)}
+        self._transition(
+            job_id,
+            slice_id,
+            epoch,
+            ("running",),
+            {
+                "status": "staged",
+                "rows": rows,
+                "quarantined": quarantined,
+                "commit_token": doc,
+                "last_error": None,
+                "finished_at": _now(),
+            },
+        )
+
+    def mark_published(
+        self, job_id: str, epoch: int, slice_ids: Sequence[str], snapshot_id: int
+    ) -> None:
+        """Every staged slice in ``slice_ids`` becomes committed at the publish commit
+        ``snapshot_id``, in one transaction (all or none)."""
+        with self._tx() as conn:
+            self._check_epoch(conn, job_id, epoch)
+            for slice_id in slice_ids:
+                row = self._row(conn, job_id, slice_id, epoch)
+                if row.status != "staged":
+                    raise StateError(
+                        f"job={job_id} slice={slice_id}: expected status 'staged', "
+                        f"found {row.status!r}"
+                    )
+                doc = {**(row.commit_token or {}), "snapshot_id": snapshot_id}
+                conn.execute(
+                    t.slices.update()
+                    .where(*_slice_key(job_id, epoch, slice_id))
+                    .values(status="committed", commit_token=doc)
+                )
 
     def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None:
         """Record a failed attempt (the message must not hold secrets: it is stored)."""

@@ -61,6 +61,9 @@ class TrialSpec:
     def __post_init__(self) -> None:
         if self.point not in POINTS:
             raise ValueError(f"expected a crash point of {sorted(POINTS)}, found {self.point!r}")
+        if self.point == "run.before_publish" and self.mode != "overwrite":
+            raise ValueError("point run.before_publish runs publish = \"atomic\", which expected "
+                             f"mode='overwrite', found mode={self.mode!r}")
         if self.fmt not in ("iceberg", "lance") or self.mode not in ("overwrite", "merge"):
             raise ValueError(f"expected iceberg|lance and overwrite|merge, found "
                              f"fmt={self.fmt!r} mode={self.mode!r}")
@@ -148,6 +151,8 @@ def job_toml(root: Path, spec: TrialSpec, bootstrap: str, topic: str, rng: rando
     else:
         table = f'format = "lance"\nuri = "{root}/orders.lance"'
     key = 'key = ["order_id"]\n' if spec.mode == "merge" else ""
+    # the publish crash point exists only in write-audit-publish runs
+    publish = 'publish = "atomic"\n' if spec.point == "run.before_publish" else ""
     return f"""[job]
 id = "soak"
 [stream]
@@ -166,7 +171,7 @@ amount = "float64"
 partition_by = "day"
 {key}[backfill]
 mode = "{spec.mode}"
-slice_records = {rng.randint(15, 60)}
+{publish}slice_records = {rng.randint(15, 60)}
 concurrency = 2
 max_attempts = 5
 [live]

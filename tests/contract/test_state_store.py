@@ -263,6 +263,26 @@ def test_slice_lifecycle_records_attempts_rows_token_and_durations(store: StateS
     assert rec.status == "reconciled" and rec.checksum == {"sum": "1", "n": 100, "scheme": "v1"}
 
 
+def test_staged_slices_keep_their_files_and_are_published_together(store: StateStore) -> None:
+    plan = _planned(store)
+    a, b = plan[0].slice_id, plan[1].slice_id
+    token = CommitToken(JOB, a, 1, Epoch(1), "backfill", plan[0].scope.ranges)
+    files = {"files": [{"file_path": "s3://w/x.parquet", "lower_bounds": [[1, {"hex": "00"}]]}]}
+    for sid in (a, b):
+        store.mark_running(JOB, sid, 1)
+    store.mark_staged(JOB, a, 1, rows=7, token=token, staged=files)
+    got = store.get_slice(JOB, a)
+    assert (got.status, got.rows, got.token, got.staged) == ("staged", 7, token, files)
+    with pytest.raises(StateError, match="expected status 'staged', found 'running'"):
+        store.mark_published(JOB, 1, [a, b], snapshot_id=9)  # all or none
+    assert store.get_slice(JOB, a).status == "staged"
+    store.mark_staged(JOB, b, 1, rows=0, token=token, staged={"files": []})
+    store.mark_published(JOB, 1, [a, b], snapshot_id=9)
+    for sid in (a, b):
+        done = store.get_slice(JOB, sid)
+        assert (done.status, done.snapshot_id) == ("committed", 9) and done.staged is not None
+
+
 def test_invalid_transitions_are_refused(store: StateStore) -> None:
     plan = _planned(store)
     sid = plan[0].slice_id

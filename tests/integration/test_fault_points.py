@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # ``worker.commit_retry`` fires only when a slice commit really conflicts, which a trial does
 # not force yet (one CI trial saw no conflict): it is exercised by ``bench/faults.py`` only.
 UNFORCED = {"worker.commit_retry"}
-CASES = [(point, ("lance", "iceberg")[i % 2], ("overwrite", "merge")[(i // 2) % 2])
+# ``run.before_publish`` runs write-audit-publish (publish = "atomic"), overwrite mode only.
+CASES = [(point, ("lance", "iceberg")[i % 2],
+          "overwrite" if point == "run.before_publish" else ("overwrite", "merge")[(i // 2) % 2])
          for i, point in enumerate(sorted(set(POINTS) - UNFORCED))]
 
 

@@ -16,6 +16,10 @@ when pyiceberg changes it):
   the copy grows with the snapshot count. The subclass caches it per staged-update state
   (reads the private ``_table`` / ``_updates``). Measured with ``bench/backfill.py``.
 
+:func:`data_file_to_json` / :func:`data_file_from_json`: a staged (written, uncommitted) data
+file as plain JSON for the state store (write-audit-publish), rebuilt with
+``DataFile.from_args`` (public) from the positional fields ``DataFile`` exposes as properties.
+
 :func:`stage_overwrite` uses public API only (``Transaction.delete``, ``update_snapshot``).
 """
 
@@ -29,11 +33,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import BooleanExpression
 from pyiceberg.io.pyarrow import _dataframe_to_data_files, bin_pack_arrow_table, write_file
-from pyiceberg.manifest import DataFile
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
 from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, HourTransform
+from pyiceberg.typedef import Record
 from pyiceberg.utils.properties import property_as_bool, property_as_int
 
 log = logging.getLogger(__name__)
@@ -150,3 +155,68 @@ def stage_overwrite(
     with update.merge_append() if merge else update.fast_append() as append:
         for data_file in files:
             append.append_data_file(data_file)
+
+
+#: The ``DataFile`` fields a staged file is rebuilt from (all of them in format v1/v2).
+_STAT_FIELDS = (
+    "column_sizes",
+    "value_counts",
+    "null_value_counts",
+    "nan_value_counts",
+    "lower_bounds",
+    "upper_bounds",
+)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy: bytes as ``{"hex": ...}``, int-keyed maps as ``[[key, value], ...]``."""
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, dict):
+        return [[k, _plain(v)] for k, v in value.items()]
+    return value
+
+
+def _unplain(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"hex"}:
+        return bytes.fromhex(value["hex"])
+    return value
+
+
+def data_file_to_json(data_file: DataFile) -> dict[str, Any]:
+    """A written, uncommitted data file as JSON (its stats and partition values included)."""
+    partition = data_file.partition
+    return {
+        "file_path": data_file.file_path,
+        "file_format": data_file.file_format.name,
+        "partition": [partition[i] for i in range(len(partition))],
+        "record_count": data_file.record_count,
+        "file_size_in_bytes": data_file.file_size_in_bytes,
+        "spec_id": getattr(data_file, "_spec_id", None),  # unset on some write paths
+        "split_offsets": data_file.split_offsets,
+        **{name: _plain(getattr(data_file, name)) for name in _STAT_FIELDS},
+    }
+
+
+def data_file_from_json(doc: dict[str, Any], meta: TableMetadata) -> DataFile:
+    """Inverse of :func:`data_file_to_json`, for the table whose metadata is ``meta`` (its
+    format version; its default spec when the file recorded none)."""
+    stats = {
+        name: None if doc[name] is None else {int(k): _unplain(v) for k, v in doc[name]}
+        for name in _STAT_FIELDS
+    }
+    return DataFile.from_args(
+        _table_format_version=meta.format_version,
+        content=DataFileContent.DATA,
+        file_path=doc["file_path"],
+        file_format=FileFormat[doc["file_format"]],
+        partition=Record(*doc["partition"]),
+        record_count=doc["record_count"],
+        file_size_in_bytes=doc["file_size_in_bytes"],
+        sort_order_id=None,
+        spec_id=meta.default_spec_id if doc["spec_id"] is None else doc["spec_id"],
+        equality_ids=None,
+        key_metadata=None,
+        split_offsets=doc["split_offsets"],
+        **stats,
+    )

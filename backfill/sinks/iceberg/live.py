@@ -190,6 +190,12 @@ class IcebergLiveTable:
         self._table.refresh()
         return live_offsets_from_properties(self._table.metadata.properties)
 
+    def _locked_commit(self, files: list[DataFile], token: CommitToken) -> None:
+        """One commit attempt holding the table's host-local commit lock: fair turns with a
+        write-audit-publish commit, which takes it too (no-op for remote locations)."""
+        with common.location_lock(self._table.metadata.location, "commit"):
+            self._commit_once(files, token)
+
     def append_live(self, data: pa.Table, token: CommitToken) -> CommitRecord:
         """Append ``data`` if the table's offsets are exactly where ``token``'s ranges start.
 
@@ -216,7 +222,7 @@ class IcebergLiveTable:
             else:
                 files = write_data_files(self._table, rows)  # once; retries re-use them
                 common.retry_conflicts(
-                    what, lambda: self._commit_once(files, token), _is_retryable, self.retry
+                    what, lambda: self._locked_commit(files, token), _is_retryable, self.retry
                 )
         except LiveOffsetsMovedError as exc:  # an offset moved: certainly not applied
             raise CommitConflictError(

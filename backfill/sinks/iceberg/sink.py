@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -40,6 +41,8 @@ from pyiceberg.transforms import DayTransform, HourTransform
 from backfill.sinks import common, merge
 from backfill.sinks.iceberg.internals import (
     CachedTransaction,
+    data_file_from_json,
+    data_file_to_json,
     stage_append,
     stage_overwrite,
     write_data_files,
@@ -52,7 +55,7 @@ from backfill.sinks.iceberg.live import (
     snapshot_records,
 )
 from backfill.sinks.iceberg.merge import merge_lock, stage_merge
-from backfill.sinks.scopes import arrow_scope, ice_true, iceberg_scope
+from backfill.sinks.scopes import arrow_scope, ice_or, ice_true, iceberg_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
@@ -150,14 +153,20 @@ class IcebergSink:
 
     # -- commits -------------------------------------------------------------------------
 
-    def _commit(self, what: str, token: CommitToken, action: Callable[[], Table]) -> CommitRecord:
+    def _commit(
+        self,
+        what: str,
+        token: CommitToken,
+        action: Callable[[], Table],
+        policy: common.RetryPolicy | None = None,
+    ) -> CommitRecord:
         """Run one commit with conflict retries; resolve unknown outcomes by token."""
         done = common.commit_with_token(
             what,
             token,
             action,
             is_conflict=_is_conflict,
-            policy=self.policy,
+            policy=policy or self.policy,
             find_exact=self._find_exact,
         )
         if isinstance(done, CommitRecord):
@@ -220,6 +229,56 @@ class IcebergSink:
                 return table
 
         return self._commit(what, token, action)
+
+    # -- write-audit-publish ([backfill] publish = "atomic") ---------------------------------
+
+    def stage_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> dict[str, Any]:
+        """Write the slice's Parquet data files under the table location WITHOUT committing
+        them; returns what :meth:`publish` and :meth:`staged_rows` need (plain JSON, kept in
+        the state store with the slice's token). Nothing becomes visible to readers."""
+        what = f"table={self.identifier} slice_id={token.slice_id} attempt={token.attempt}"
+        table = self._table()
+        files = self._write_files(what, table, self._rows(table, data))
+        return {"files": [data_file_to_json(f) for f in files], "rows": data.num_rows}
+
+    def staged_rows(self, staged: Sequence[dict[str, Any]]) -> pa.Table:
+        """The rows of staged (uncommitted) data files, in the table's Arrow schema."""
+        table = self._table()
+        schema = table.schema().as_arrow()
+        parts = [schema.empty_table()]
+        for doc in staged:
+            for f in doc["files"]:
+                with table.io.new_input(f["file_path"]).open() as fh:
+                    parts.append(pq.read_table(fh).select(schema.names).cast(schema))
+        return pa.concat_tables(parts)
+
+    def publish(
+        self, scopes: Sequence[Scope], staged: Sequence[dict[str, Any]], token: CommitToken
+    ) -> CommitRecord:
+        """ONE commit on ``main`` adding every staged file; in overwrite mode it also deletes
+        every slice's scope (history owned by the backfill; live rows are outside every
+        scope). Conflicts with live commits are retried on a fresh load of ``main`` (the
+        delete is re-evaluated, the files are not rewritten); an unknown outcome is resolved
+        by ``token``. Callers look ``token`` up first (:meth:`find_commit`): publish once."""
+        what = f"table={self.identifier} publish slice_id={token.slice_id}"
+        props = token.to_properties()
+        exprs = [iceberg_scope(s, self.event_time) for s in scopes]
+        meta = self._table().metadata
+        files = [data_file_from_json(f, meta) for d in staged for f in d["files"]]
+
+        def action() -> Table:
+            # The host-local commit lock holds a local live writer off from the load to the
+            # commit, so the publish is not overtaken on every attempt (no-op when remote).
+            with common.location_lock(meta.location, "commit"):
+                table = self._table()
+                with _quiet_empty_delete(), CachedTransaction(table) as tx:
+                    if self.mode == "append" or not exprs:
+                        stage_append(tx, files, props)
+                    else:
+                        stage_overwrite(tx, ice_or(*exprs), files, props)
+            return table
+
+        return self._commit(what, token, action, common.PUBLISH_RETRY)
 
     def _write_files(self, what: str, table: Table, rows: pa.Table) -> list[DataFile]:
         try:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -29,7 +30,8 @@ import lance
 import pyarrow as pa
 from lance.commit import CommitConflictError as LanceConflict
 from lance.dataset import Transaction
-from lance.fragment import write_fragments
+from lance.file import LanceFileReader
+from lance.fragment import FragmentMetadata, write_fragments
 
 from backfill.sinks import common, merge
 from backfill.sinks.lance import merge as merge_lance
@@ -127,14 +129,18 @@ class LanceSink:
     # -- commits -------------------------------------------------------------------------
 
     def _commit(
-        self, what: str, token: CommitToken, action: Callable[[], lance.LanceDataset]
+        self,
+        what: str,
+        token: CommitToken,
+        action: Callable[[], lance.LanceDataset],
+        policy: common.RetryPolicy | None = None,
     ) -> CommitRecord:
         done = common.commit_with_token(
             what,
             token,
             action,
             is_conflict=_is_conflict,
-            policy=self.policy,
+            policy=policy or self.policy,
             find_exact=self._find_exact,
         )
         if isinstance(done, CommitRecord):
@@ -164,6 +170,57 @@ class LanceSink:
             return self._commit(what, token, lambda: self._append(new, props))
         seen: dict[int, tuple[Any, Any]] = {}
         return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+
+    # -- write-audit-publish ([backfill] publish = "atomic") ---------------------------------
+
+    def stage_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> dict[str, Any]:
+        """Write the slice's fragments (data files under the dataset) WITHOUT committing
+        them; returns their metadata as plain JSON for the state store. No version is made,
+        so readers see nothing of them."""
+        rows = self._rows(data)
+        new = (
+            write_fragments(
+                rows, self.uri, schema=self.schema, storage_options=self.storage_options
+            )
+            if rows.num_rows
+            else []
+        )
+        return {"fragments": [f.to_json() for f in new], "rows": rows.num_rows}
+
+    def staged_rows(self, staged: Sequence[dict[str, Any]]) -> pa.Table:
+        """The rows of staged (uncommitted) fragments, in the dataset schema (a fresh fragment
+        holds one data file with every column)."""
+        parts = [self.schema.empty_table()]
+        for doc in staged:
+            for frag in doc["fragments"]:
+                for f in frag["files"]:
+                    reader = LanceFileReader(
+                        f"{self.uri}/data/{f['path']}", storage_options=self.storage_options
+                    )
+                    table = reader.read_all().to_table()
+                    parts.append(table.select(self.schema.names).cast(self.schema))
+        return pa.concat_tables(parts)
+
+    def publish(
+        self, scopes: Sequence[Scope], staged: Sequence[dict[str, Any]], token: CommitToken
+    ) -> CommitRecord:
+        """ONE version making every staged fragment visible. Overwrite mode: one ``Update``
+        (deletion vectors for the rows of every slice's scope plus the new fragments), the
+        same transaction kind as a slice overwrite, so a concurrent live ``Append`` survives
+        (a conflict re-evaluates the deletions on the newest version and retries). Append
+        mode: one ``Append``. Callers look ``token`` up first: publish once."""
+        what = f"uri={self.uri} publish slice_id={token.slice_id}"
+        props = token.to_properties()
+        new = [
+            FragmentMetadata.from_json(json.dumps(f)) for d in staged for f in d["fragments"]
+        ]
+        policy = common.PUBLISH_RETRY
+        if self.mode == "append" or not scopes:
+            return self._commit(what, token, lambda: self._append(new, props), policy)
+        predicate = " OR ".join(f"({self._predicate(s)})" for s in scopes)
+        seen: dict[int, tuple[Any, Any]] = {}
+        replace = lambda: self._replace(new, predicate, props, seen)  # noqa: E731
+        return self._commit(what, token, replace, policy)
 
     def _predicate(self, scope: Scope) -> str:
         """The scope as Lance SQL (quoted identifiers, literals of the event-time type)."""
