@@ -18,8 +18,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,6 +29,9 @@ from coordinator.core.jobspec import ArchiveSpec, JobSpec
 from coordinator.core.values import Cut, KeyValue, Slice
 from coordinator.plan.planner import ArchiveFile, BucketUnit
 from stream.kafka.reader import iter_kafka_range
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,8 @@ def _footer_keys(path: Path, column: str) -> frozenset[KeyValue] | None:
 
 
 def _scan_keys(path: Path, fmt: str, column: str) -> pl.Series:
+    import polars as pl  # only key discovery needs it; every CLI start would pay its import
+
     if fmt == "parquet":
         frame = pl.scan_parquet(path)
     elif fmt == "csv":
@@ -107,6 +112,8 @@ def file_keys(
     """The distinct non-null values of ``column`` in one archive file, as ``kind`` (str or
     int). Unless ``nulls_ok`` (values listed in the job), a null value is a ``ConfigError``:
     no discovered key slice would own that row."""
+    import polars as pl
+
     try:
         found = _footer_keys(path, column) if fmt == "parquet" else None
         if found is None:
