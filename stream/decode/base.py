@@ -10,7 +10,7 @@ import pyarrow as pa
 from coordinator.core import lineage
 from coordinator.core.jobspec import KAFKA_SOURCE_KEY
 from coordinator.core.values import Side, SourceTag
-from stream.decode.kafka_meta import with_metadata
+from stream.decode.kafka_meta import carry_all
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class ColumnsDecoder:
     ) -> tuple[pa.Table, list[Quarantined]]:
         """Decode, transform and add lineage to ``messages`` (see :meth:`decode_columns`)."""
         if any(KAFKA_SOURCE_KEY in (f.metadata or {}) for f in schema):
-            values = [with_metadata(m.value, m.key, m.headers, m.timestamp_ms) for m in messages]
+            values = carry_all((m.value, m.key, m.headers, m.timestamp_ms) for m in messages)
         else:
             values = [m.value for m in messages]
         return self.decode_columns(

@@ -33,7 +33,7 @@ from coordinator.core.ports import CommitRecord
 from coordinator.core.values import Offset, PartitionId
 from stream.decode import RecordDecoder
 from stream.decode.json import DECODER as JSON_DECODER
-from stream.decode.kafka_meta import Headers, kafka_fields, with_metadata
+from stream.decode.kafka_meta import Headers, carry_all, kafka_fields
 from stream.kafka import client
 from stream.live.core import BatchLimits, LiveBook, start_positions
 from stream.live.writer import (
@@ -253,12 +253,9 @@ class LiveConsumer:
         ``[schema.kafka]`` columns (the decoder fills those columns from them)."""
         if not self._meta:
             return list(map(Message.value, msgs))
-        out = []
-        for m in msgs:
-            ts_type, ts = m.timestamp()
-            headers = cast("Headers | None", m.headers())
-            out.append(with_metadata(m.value(), m.key(), headers, ts if ts_type else None))
-        return out
+        return carry_all(
+            (m.value(), m.key(), cast("Headers | None", m.headers()), _stamp(m)) for m in msgs
+        )
 
     def _on_error(self, err: Any) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
@@ -423,3 +420,9 @@ class LiveConsumer:
             self.progress.lag[p] = max(0, high - self.progress.committed[p])
         if self._on_progress is not None:
             self._on_progress(self.progress)
+
+
+def _stamp(m: Message) -> int | None:
+    """The record's timestamp in epoch ms (``None``: the broker has none)."""
+    ts_type, ts = m.timestamp()
+    return ts if ts_type else None

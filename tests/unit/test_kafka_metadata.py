@@ -104,3 +104,31 @@ def test_bad_declarations_are_refused(
     with pytest.raises(ConfigError, match=r"schema\.kafka") as err:
         _job(kafka, fields)
     assert expected in str(err.value)
+
+
+def test_avro_records_get_the_same_metadata_columns_as_json() -> None:
+    import io
+
+    import fastavro
+
+    from stream.decode.avro import AvroDecoder
+
+    writer = {"type": "record", "name": "o", "fields": [
+        {"name": "order_id", "type": "long"}, {"name": "ts", "type": "long"}]}  # fmt: skip
+    parsed = fastavro.parse_schema(writer)
+    schema = _job(KAFKA).schema_.arrow_schema()
+    json_msgs = [
+        _msg(0, b"c-0", (("source", b"web"), ("shard", b"2")), 17),
+        _msg(1, None, (), 18),
+        _msg(2, b"c-2", (("shard", b"x"),), None),
+    ]
+    avro_msgs = []
+    for m in json_msgs:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, json.loads(m.value or b""))
+        avro_msgs.append(RawMessage(m.partition, m.offset, buf.getvalue(), m.key, m.timestamp_ms,
+                                    m.headers))  # fmt: skip
+    a_rows, a_bad = AvroDecoder(schema=writer).decode(avro_msgs, schema, identity, "live")
+    j_rows, j_bad = FAST.decode(json_msgs, schema, identity, "live")
+    assert a_rows.equals(j_rows) and a_rows.num_rows == 1
+    assert [(q.offset, q.error) for q in a_bad] == [(q.offset, q.error) for q in j_bad]
