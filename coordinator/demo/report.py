@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -103,9 +104,12 @@ def render_summary_text(doc: dict[str, Any], width: int = 100) -> str:
     return out.getvalue()
 
 
-def next_steps(job_file: str, broker_kind: str, broker_dir: str, html: str) -> list[str]:
-    """Commands that work after the demo, in order (the demo stops a broker it started)."""
-    steps = []
+def next_steps(
+    job_file: str, broker_kind: str, broker_dir: str, html: str, services: Sequence[str] = ()
+) -> list[str]:
+    """Commands that work after the demo, in order (the demo stops a broker and the servers
+    it started; ``services`` are the commands restarting those servers)."""
+    steps = list(services)
     if broker_kind == "local":
         steps.append(f"uv run seamline broker start --data-dir {broker_dir}")
     steps += [
@@ -115,4 +119,7 @@ def next_steps(job_file: str, broker_kind: str, broker_dir: str, html: str) -> l
     ]
     if broker_kind == "local":
         steps.append(f"uv run seamline broker stop --data-dir {broker_dir}")
+    for start in services:  # the servers started above, stopped again
+        if start.startswith("uv run seamline ") and " start " in start:
+            steps.append(start.replace(" start ", " stop ", 1))
     return steps

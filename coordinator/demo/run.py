@@ -182,6 +182,7 @@ class _Demo:
         self.t0 = time.monotonic()
         self.facts: dict[str, Any] = {}
         self.services = DemoServices()
+        self.rest_warehouse: str | None = None
 
     def start_services(self, stack: contextlib.ExitStack) -> None:
         """Start the REST catalog and/or the S3 server the options ask for (stopped at exit)."""
@@ -210,9 +211,25 @@ class _Demo:
             stack.callback(stop_catalog, self.paths.rest_catalog)
             self.pids.record(rest_catalog_pid=rest.pid)
             services = dataclasses.replace(services, rest_uri=rest.uri)
+            self.rest_warehouse = rest.warehouse
             self.say(f"REST catalog: {rest.uri}, warehouse {rest.warehouse} (seamline catalog, "
                      f"pid {rest.pid})")  # fmt: skip
         self.services = services
+
+    def service_steps(self) -> list[str]:
+        """Commands restarting the servers this demo used, on their recorded ports (the job
+        file names them), and giving the job its S3 secret key from the server's record."""
+        steps = []
+        if self.options.storage == "s3":
+            record = self.paths.s3 / "s3.json"
+            read = "import json,sys; print(json.load(open(sys.argv[1]))['secret_access_key'])"
+            steps += [
+                f"uv run seamline s3 start --data-dir {self.paths.s3}",
+                f'export {S3_SECRET_ENV}="$(python3 -c "{read}" {record})"',
+            ]
+        if self.options.catalog == "rest":
+            steps.append(f"uv run seamline catalog start --data-dir {self.paths.rest_catalog}")
+        return steps
 
     def seed(self, bootstrap: str) -> tuple[JobSpec, Seeded]:
         from stream.broker.admin import create_topic
@@ -335,7 +352,10 @@ class _Demo:
         doc: dict[str, Any] = {}
         for part in parts:
             doc.update(part)
-        doc.update(table=table_json(job), topic=job.stream.topic,
+        table = table_json(job)
+        if self.services.rest_uri is not None:  # the warehouse is the REST server's
+            table["warehouse"] = self.rest_warehouse
+        doc.update(table=table, topic=job.stream.topic,
                    bootstrap=job.stream.bootstrap, job_file=str(self.paths.job),
                    html_report=str(self.paths.html), workdir=str(self.paths.root),
                    wall_seconds=round(time.monotonic() - self.t0, 1))  # fmt: skip
@@ -376,7 +396,8 @@ def run_demo(
     summary = demo.summary(job, [rec, run, live])
     summary["broker_kind"] = handle.kind
     summary["next_steps"] = next_steps(
-        str(demo.paths.job), handle.kind, str(demo.paths.broker), str(demo.paths.html)
+        str(demo.paths.job), handle.kind, str(demo.paths.broker), str(demo.paths.html),
+        demo.service_steps(),
     )
     ok = bool(summary["reconciled"]) and summary.get("reprocess", {}).get("ok", True)
     return DemoResult(summary, ExitCode.OK if ok else ExitCode.NOT_RECONCILED)

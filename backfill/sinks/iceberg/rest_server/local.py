@@ -191,12 +191,16 @@ def start_catalog(
             _check_reuse(running, data_dir, port, warehouse)
             _await_start(running, data_dir, deadline, stop_on_timeout=False)
             return running
-        chosen = _choose_port(read_state(data_dir), port)
+        previous = read_state(data_dir)
+        chosen = _choose_port(previous, port)
         java = java_for_catalog()
         libs = ensure_catalog_jars()
         classes = ensure_launcher(libs)
-        wh = warehouse or (data_dir / "warehouse").as_uri()
-        props_file = _write_properties(data_dir, properties or {})
+        # a restart keeps the recorded warehouse and its properties unless told otherwise
+        wh = warehouse or (previous.warehouse if previous else None)
+        wh = wh or (data_dir / "warehouse").as_uri()
+        props_file = (_write_properties(data_dir, properties) if properties is not None
+                      else _kept_properties(data_dir, wh))  # fmt: skip
         cmd = catalog_command(java, libs, classes, port=chosen, data_dir=data_dir, warehouse=wh,
                               properties_file=props_file)  # fmt: skip
         server = RestCatalogServer(port=chosen, started_at=_now(), warehouse=wh,
@@ -232,6 +236,15 @@ def _write_properties(data_dir: Path, properties: dict[str, str]) -> Path | None
         for key, value in sorted(properties.items()):
             out.write(f"{_escape(key)}={_escape(value)}\n")
     return path
+
+
+def _kept_properties(data_dir: Path, warehouse: str) -> Path | None:
+    """The properties file of an earlier start, kept for an ``s3://`` warehouse."""
+    path = data_dir / "catalog.properties"
+    if warehouse.startswith("s3://") and path.is_file():
+        return path
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _escape(text: str) -> str:
