@@ -58,6 +58,19 @@ def key_predicate(key_rows: pa.Table, keys: tuple[str, ...]) -> str | None:
 
 
 _ADDR = "_rowaddr"
+_REWRITE_FACTOR = 4  # a range rewrite re-adds at most this many rows per batch row
+
+
+def _range(rows: pa.Table, keys: tuple[str, ...]) -> tuple[str, pc.Expression] | None:
+    """``lo <= key <= hi`` (SQL and Arrow forms) for more than 200 keys of one column."""
+    if len(keys) != 1 or rows.num_rows <= 200:
+        return None
+    k = keys[0]
+    bounds = pc.min_max(rows[k])
+    lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+    kind = rows.schema.field(k).type
+    sql = f"({lance_ident(k)} >= {_literal(lo, kind)} AND {lance_ident(k)} <= {_literal(hi, kind)})"
+    return sql, (pc.field(k) >= pa.scalar(lo, kind)) & (pc.field(k) <= pa.scalar(hi, kind))
 
 
 def _read(
@@ -92,12 +105,27 @@ def plan_changes(
     storage_options: dict[str, str] | None = None,
 ) -> LanceMergeChanges:
     """Read the batch's keys at ``ds``, decide winners, write their fragments (uncommitted)
-    and compute deletions of the replaced keys plus ``scope`` (SQL and Arrow forms)."""
-    existing, touched = _read(ds, merge.arrow_key_filter(rows, rule.key))
+    and compute deletions of the replaced keys plus ``scope`` (SQL and Arrow forms).
+
+    A batch of more than 200 keys of one column reads its key range; when the range holds
+    few other rows (at most :data:`_REWRITE_FACTOR` times the batch) the deletion is the
+    range and those rows are re-added unchanged (lineage included), so no fragment evaluates
+    an SQL ``IN`` of every key.
+    """
+    rng = _range(rows, rule.key)
+    hit = merge.arrow_key_filter(rows, rule.key)
+    found, touched = _read(ds, rng[1] if rng is not None else hit)
     if scope is not None:
         touched |= _read(ds, scope[1], columns=[])[1]
-    decided = merge.plan(rows, merge.outside(existing, scope and scope[1]), rule)
-    delete = [p for p in (scope and scope[0], key_predicate(decided.replace, rule.key)) if p]
+    existing = merge.outside(found.filter(hit) if rng is not None else found, scope and scope[1])
+    decided = merge.plan(rows, existing, rule)
+    out, replace = decided.rows, key_predicate(decided.replace, rule.key)
+    if rng is not None and found.num_rows <= _REWRITE_FACTOR * rows.num_rows:
+        others = merge.outside(found.filter(~hit), scope and scope[1])
+        if others.num_rows:
+            out = pa.concat_tables([out, others.select(out.column_names).cast(out.schema)])
+        replace = rng[0]
+    delete = [p for p in (scope and scope[0], replace) if p]
     removed: list[int] = []
     updated: list[Any] = []
     kept: list[Any] = []
@@ -111,7 +139,6 @@ def plan_changes(
         kept.append(after)
         if after != before:
             updated.append(after)
-    out = decided.rows
     new = (
         write_fragments(out, uri, schema=schema, storage_options=storage_options)
         if out.num_rows
