@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,18 @@ def test_every_point_has_a_call_site_in_the_product() -> None:
     )
     for point in faults.POINTS:
         assert f'crash_point("{point}")' in sources, point
+
+
+def test_every_call_site_names_a_known_point() -> None:
+    # A misspelt name ("before_commit") is a point that can never fire: no trial covers it.
+    names = {
+        (p.relative_to(REPO).as_posix(), m)
+        for pkg in ("coordinator", "backfill", "stream", "reconcile")
+        for p in (REPO / pkg).rglob("*.py")
+        for m in re.findall(r'crash_point\("([^"]+)"\)', p.read_text())
+    }
+    assert names
+    assert {(f, n) for f, n in names if n not in faults.POINTS} == set()
 
 
 def test_marker_makes_the_point_fire_once_across_processes(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ class IcebergSink:
             if self.mode == "append":
                 with CachedTransaction(table) as tx:
                     stage_append(tx, files, props)
-                    common.crash_point("before_commit")
+                    common.crash_point("worker.before_commit")
                 return table
             with _quiet_empty_delete(), CachedTransaction(table) as tx:
                 stage_overwrite(tx, target, files, props)

@@ -289,7 +289,7 @@ class LanceSink:
         ds = self._dataset()
         op = lance.LanceOperation.Append(new)
         txn = Transaction(read_version=ds.version, operation=op, transaction_properties=props)
-        common.crash_point("before_commit")  # files written, not committed
+        common.crash_point("worker.before_commit")  # files written, not committed
         return lance.LanceDataset.commit(
             self.uri,
             txn,
