@@ -207,7 +207,8 @@ def test_a_failed_assertion_blocks_the_publish(
     res = seamline("run", job_path(job), "--output", "json")
     assert res.returncode == ExitCode.NOT_RECONCILED, res.stdout[-2000:] + res.stderr[-2000:]
     out = json_out(res)
-    assert out["failed"] and out["publish"] is None
+    assert out["failed"] and out["publish"]["state"] == "staged"
+    assert "slices failed; they block the publish" in out["publish"]["error"]
     ds: Any = open_sink(job)
     assert ds.scan().num_rows == 0 and publish_commits(job) == []
     doc = status(job)
