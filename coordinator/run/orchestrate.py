@@ -186,8 +186,11 @@ def run_job(
         report = runner.run(then)  # the publish runs under the runner's lease
     rec, error = None, None
     published = done[0] if done else None
-    if published is not None:
-        rec, error = published.audit, published.error
+    if publish is not None and published is None and report.failed and not report.cancelled:
+        why = f"{len(report.failed)} slices failed; they block the publish"
+        published = PublishResult("staged", None, report.committed, error=why)
+    if done:  # the audit is the run's reconciliation
+        rec, error = done[0].audit, done[0].error
     if report.exit_code == ExitCode.OK and (published is None or published.already_published):
         rec, error = reconcile(cut)
     with StateStore(job.state_url()) as store:
