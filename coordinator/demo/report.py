@@ -119,7 +119,7 @@ def next_steps(
     ]
     if broker_kind == "local":
         steps.append(f"uv run seamline broker stop --data-dir {broker_dir}")
-    for start in services:  # the servers started above, stopped again
+    for start in reversed(services):  # the servers started above, stopped in reverse
         if start.startswith("uv run seamline ") and " start " in start:
             steps.append(start.replace(" start ", " stop ", 1))
     return steps
