@@ -43,7 +43,20 @@ from tests.contract.backfill_writers import (
 )
 from tests.fakes.table import FakeTable
 
-SPAWN = multiprocessing.get_context("spawn")
+# The second process (live appender, crashing executor) is a fresh process, as in production,
+# but forked from a forkserver that imported the writers once: a ``spawn`` child re-imported
+# pyiceberg, Lance and pyarrow for every test (~4-10 s each under load) before doing anything.
+# The forkserver is single-threaded when it forks; a child opens its own sink, as before.
+SPAWN = multiprocessing.get_context("forkserver")
+SPAWN.set_forkserver_preload(
+    [
+        "tests.contract.backfill_writers",
+        "backfill.sinks.iceberg.sink",
+        "backfill.sinks.iceberg.live",
+        "backfill.sinks.lance.sink",
+        "backfill.sinks.lance.live",
+    ]
+)
 HWM = 100  # the cut: backfill owns offsets [0, 100) of partition 0, live owns [100, ∞)
 
 

@@ -36,6 +36,7 @@ from tests.integration.test_e2e_support import (
     load_history,
     seamline,
     table_rows,
+    take_cut,
     wait_until,
     write_job,
 )
@@ -110,7 +111,7 @@ def test_readers_see_no_backfill_row_until_the_one_publish_and_a_kill_before_it_
     topic = kafka_topic(3, config={"retention.ms": "-1"})
     history = load_history(tmp_path, kafka_bootstrap, topic, archive_n=30, topic_n=60)
     job = atomic_job(tmp_path, fmt, kafka_bootstrap, topic)
-    assert seamline("cut", job_path(job)).returncode == 0
+    take_cut(job)
     producer = LiveProducer(kafka_bootstrap, topic, first_id=100_000, per_second=12)
     producer.start()
     with live_consumer(job):

@@ -33,6 +33,7 @@ from tests.integration.test_e2e_support import (
     load_history,
     produce_rows,
     seamline,
+    take_cut,
     wait_until,
     write_job,
 )
@@ -98,7 +99,7 @@ def test_run_pauses_while_live_lags_and_resumes_when_live_catches_up(
         tmp_path, fmt, kafka_bootstrap, topic, slice_records=200, lag_threshold=THRESHOLD
     )
     assert job.backfill.lag_threshold == THRESHOLD
-    assert seamline("cut", job_path(job)).returncode == ExitCode.OK
+    take_cut(job)
     with StateStore(job.state_url(), create=False) as store:
         cut = store.get_cut(job.job_id)
     assert cut is not None

@@ -43,6 +43,7 @@ from tests.integration.test_e2e_support import (
     live_consumer,
     seamline,
     start,
+    take_cut,
     wait_until,
 )
 
@@ -273,7 +274,7 @@ def test_merge_keeps_the_newest_version_of_every_key_through_two_kills(
     path.write_text(job_text(tmp_path, fmt, kafka_bootstrap, topic, by_version), encoding="utf-8")
     job = load_job(path)
     versions = write_archive(tmp_path) + produce(kafka_bootstrap, topic, topic_docs(by_version))
-    assert seamline("cut", job_path(job)).returncode == 0
+    take_cut(job)
     open_sink(job).ensure_table()
     with live_consumer(job) as live:
         versions += produce(kafka_bootstrap, topic, live_docs(by_version))

@@ -31,6 +31,7 @@ from tests.integration.test_e2e_support import (
     load_history,
     seamline,
     table_rows,
+    take_cut,
     wait_until,
     write_job,
 )
@@ -75,7 +76,7 @@ def test_reprocess_one_week_under_live_traffic(
     job = write_job(
         tmp_path, fmt, kafka_bootstrap, topic, slice_records=200, transform=f"{TRANSFORMS}:buggy"
     )
-    assert seamline("cut", job_path(job)).returncode == 0
+    take_cut(job)
     producer = LiveProducer(kafka_bootstrap, topic, first_id=2_000_000)
     producer.start()
     with live_consumer(job) as live:

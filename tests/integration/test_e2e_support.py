@@ -202,6 +202,15 @@ class LiveProducer(threading.Thread):
         return self.delivered
 
 
+def take_cut(job: JobSpec) -> None:
+    """Take and store the job's cut in this process: what ``seamline cut JOB`` does, as test
+    set-up, without a CLI process start-up (~3 s of imports). The command itself is tested
+    as a process in ``test_cli_jobs.py``, ``test_seam_operator.py`` and the onboarding e2e."""
+    from coordinator.run.prepare import ensure_cut
+
+    ensure_cut(job, transform=False)
+
+
 def seamline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SEAMLINE, *args],
