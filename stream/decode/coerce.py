@@ -207,7 +207,56 @@ def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:
     for test, check in checks:
         if test(type_):
             return check
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _list
+    if pa.types.is_struct(type_):
+        return _struct
+    if pa.types.is_map(type_):
+        return _map
     raise TypeError(f"no decoder for Arrow type {type_}")
+
+
+def _nested(value: Any, field: pa.Field, where: str) -> Any:
+    """One nested value (item, struct field, map value) through its type's check."""
+    if value is None:
+        if not field.nullable:
+            raise RecordError(f"{where}: required value is missing or null")
+        return None
+    try:
+        return coercer(field.type)(value, field.type)
+    except RecordError as exc:
+        raise RecordError(f"{where}: {exc}") from None
+
+
+def _list(value: Any, type_: pa.DataType) -> list[Any]:
+    """A JSON array; every item through the item type's check."""
+    if not isinstance(value, list):
+        raise RecordError(f"expected a JSON array, found {_show(value)}")
+    item = type_.value_field
+    return [_nested(v, item, f"[{i}]") for i, v in enumerate(value)]
+
+
+def _struct(value: Any, type_: pa.DataType) -> dict[str, Any]:
+    """A JSON object; declared fields checked (missing: null), other keys ignored."""
+    if not isinstance(value, dict):
+        raise RecordError(f"expected a JSON object, found {_show(value)}")
+    out: dict[str, Any] = {}
+    for i in range(type_.num_fields):
+        f = type_.field(i)
+        out[f.name] = _nested(value.get(f.name), f, f".{f.name}")
+    return out
+
+
+def _map(value: Any, type_: pa.DataType) -> list[tuple[str, Any]]:
+    """A JSON object with any string keys; every value through the value type's check."""
+    if not isinstance(value, dict):
+        raise RecordError(f"expected a JSON object, found {_show(value)}")
+    item = type_.item_field
+    out: list[tuple[str, Any]] = []
+    for k, v in value.items():
+        key = _string(k, pa.string())
+        out.append((key, _nested(v, item, f"[{k!r}]")))
+    return out
 
 
 def physical(type_: pa.DataType) -> pa.DataType:
