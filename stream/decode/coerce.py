@@ -104,7 +104,12 @@ def _boolean(value: Any, type_: pa.DataType) -> bool:
 
 
 def _timestamp(value: Any, type_: pa.DataType) -> int:
-    """Epoch ms (an integer) or ISO-8601 with a zone, as an integer in the field's unit."""
+    """Epoch ms (an integer) or ISO-8601, as an integer in the field's unit.
+
+    ISO-8601 may carry any UTC offset or ``Z`` (converted to the UTC instant); without one
+    it is read as UTC. Digits finer than the field's unit are truncated (toward the past):
+    nanoseconds for ``timestamp_us``, below the millisecond for ``timestamp_ms``.
+    """
     if isinstance(value, BigInt):
         ms, micros = MAX_MS + 1, 0  # out of range below
     elif isinstance(value, str):
@@ -124,8 +129,8 @@ def _iso_micros(text: str) -> int:
         ts = datetime.fromisoformat(text)
     except ValueError:
         raise RecordError(f"expected an ISO-8601 timestamp, found {_show(text)}") from None
-    if ts.tzinfo is None:
-        raise RecordError(f"expected a timestamp with a zone, found {_show(text)}")
+    if ts.tzinfo is None:  # no offset: the instant is read as UTC (documented)
+        ts = ts.replace(tzinfo=UTC)
     try:
         return (ts - _EPOCH) // timedelta(microseconds=1)
     except OverflowError:
@@ -216,16 +221,26 @@ def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:
     raise TypeError(f"no decoder for Arrow type {type_}")
 
 
+class _AtPath(RecordError):
+    """A nested value's error, with the path to it (``[2].qty``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 def _nested(value: Any, field: pa.Field, where: str) -> Any:
     """One nested value (item, struct field, map value) through its type's check."""
     if value is None:
         if not field.nullable:
-            raise RecordError(f"{where}: required value is missing or null")
+            raise _AtPath(where, "required value is missing or null")
         return None
     try:
         return coercer(field.type)(value, field.type)
+    except _AtPath as exc:
+        raise _AtPath(where + exc.path, exc.reason) from None
     except RecordError as exc:
-        raise RecordError(f"{where}: {exc}") from None
+        raise _AtPath(where, str(exc)) from None
 
 
 def _list(value: Any, type_: pa.DataType) -> list[Any]:
