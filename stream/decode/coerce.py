@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import struct
 from collections.abc import Callable
@@ -197,6 +198,7 @@ def field_coercer(field: pa.Field) -> Callable[[Any, pa.DataType], Any]:
     return _float_keep if keeps_non_finite(field) else coercer(field.type)
 
 
+@functools.lru_cache(maxsize=1024)  # nested values look their item types up per value
 def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:
     """The per-value check for ``type_``; ``TypeError`` for a type no decoder handles."""
     checks: list[tuple[Callable[[pa.DataType], bool], Callable[[Any, pa.DataType], Any]]] = [
@@ -212,13 +214,20 @@ def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:
     for test, check in checks:
         if test(type_):
             return check
-    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
-        return _list
-    if pa.types.is_struct(type_):
-        return _struct
-    if pa.types.is_map(type_):
-        return _map
+    if is_nested(type_):
+        compiled = _compile(type_)
+        return lambda value, _type: compiled(value)
     raise TypeError(f"no decoder for Arrow type {type_}")
+
+
+def is_nested(type_: pa.DataType) -> bool:
+    """Whether ``type_`` is a list, struct or map (decoded by a compiled check tree)."""
+    return bool(
+        pa.types.is_list(type_)
+        or pa.types.is_large_list(type_)
+        or pa.types.is_struct(type_)
+        or pa.types.is_map(type_)
+    )
 
 
 class _AtPath(RecordError):
@@ -229,49 +238,76 @@ class _AtPath(RecordError):
         self.path, self.reason = path, reason
 
 
-def _nested(value: Any, field: pa.Field, where: str) -> Any:
-    """One nested value (item, struct field, map value) through its type's check."""
+Check = Callable[[Any], Any]
+
+
+def _leaf(field: pa.Field) -> tuple[Check, bool]:
+    """The check of a nested field's values (built once per type) and whether null is fine."""
+    if is_nested(field.type):
+        return _compile(field.type), field.nullable
+    check, type_ = coercer(field.type), field.type
+    return (lambda value: check(value, type_)), field.nullable
+
+
+def _one(value: Any, check: Check, nullable: bool, where: str | int) -> Any:
+    """One nested value through ``check``; errors carry the path to it (an int: list index)."""
     if value is None:
-        if not field.nullable:
-            raise _AtPath(where, "required value is missing or null")
+        if not nullable:
+            raise _AtPath(_path(where), "required value is missing or null")
         return None
     try:
-        return coercer(field.type)(value, field.type)
+        return check(value)
     except _AtPath as exc:
-        raise _AtPath(where + exc.path, exc.reason) from None
+        raise _AtPath(_path(where) + exc.path, exc.reason) from None
     except RecordError as exc:
-        raise _AtPath(where, str(exc)) from None
+        raise _AtPath(_path(where), str(exc)) from None
 
 
-def _list(value: Any, type_: pa.DataType) -> list[Any]:
-    """A JSON array; every item through the item type's check."""
-    if not isinstance(value, list):
-        raise RecordError(f"expected a JSON array, found {_show(value)}")
-    item = type_.value_field
-    return [_nested(v, item, f"[{i}]") for i, v in enumerate(value)]
+def _path(where: str | int) -> str:
+    return f"[{where}]" if isinstance(where, int) else where
 
 
-def _struct(value: Any, type_: pa.DataType) -> dict[str, Any]:
-    """A JSON object; declared fields checked (missing: null), other keys ignored."""
-    if not isinstance(value, dict):
-        raise RecordError(f"expected a JSON object, found {_show(value)}")
-    out: dict[str, Any] = {}
-    for i in range(type_.num_fields):
-        f = type_.field(i)
-        out[f.name] = _nested(value.get(f.name), f, f".{f.name}")
-    return out
+def _compile(type_: pa.DataType) -> Check:
+    """The check of a list, struct or map value: JSON array / object, every leaf checked."""
+    if pa.types.is_struct(type_):
+        fields = [(f.name, f".{f.name}", *_leaf(f)) for f in type_]
+
+        def struct_(value: Any) -> dict[str, Any]:
+            if not isinstance(value, dict):
+                raise RecordError(f"expected a JSON object, found {_show(value)}")
+            return {
+                name: _one(value.get(name), check, nullable, where)
+                for name, where, check, nullable in fields
+            }
+
+        return struct_
+    if pa.types.is_map(type_):
+        check, nullable = _leaf(type_.item_field)
+
+        def map_(value: Any) -> list[tuple[str, Any]]:
+            if not isinstance(value, dict):
+                raise RecordError(f"expected a JSON object, found {_show(value)}")
+            return [
+                (_one(k, _key, False, f"[{k!r}]"), _one(v, check, nullable, f"[{k!r}]"))
+                for k, v in value.items()
+            ]
+
+        return map_
+    check, nullable = _leaf(type_.value_field)
+
+    def list_(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise RecordError(f"expected a JSON array, found {_show(value)}")
+        return [_one(v, check, nullable, i) for i, v in enumerate(value)]
+
+    return list_
 
 
-def _map(value: Any, type_: pa.DataType) -> list[tuple[str, Any]]:
-    """A JSON object with any string keys; every value through the value type's check."""
-    if not isinstance(value, dict):
-        raise RecordError(f"expected a JSON object, found {_show(value)}")
-    item = type_.item_field
-    out: list[tuple[str, Any]] = []
-    for k, v in value.items():
-        key = _string(k, pa.string())
-        out.append((key, _nested(v, item, f"[{k!r}]")))
-    return out
+def _key(value: Any) -> str:
+    return _string(value, _STRING)
+
+
+_STRING = pa.string()
 
 
 def physical(type_: pa.DataType) -> pa.DataType:
