@@ -162,6 +162,16 @@ def _record(value: bytes | None, checks: list[tuple[str, Any, pa.DataType, bool]
     return row
 
 
+def record_row(value: bytes, schema: pa.Schema) -> list[Any]:
+    """One JSON record as a row of ``schema`` (the reference checks); ``RecordError`` if not."""
+    return _record(value, [(f.name, field_coercer(f), f.type, f.nullable) for f in schema])
+
+
+def rows_table(rows: list[list[Any]], schema: pa.Schema) -> pa.Table:
+    """Rows of :func:`record_row` as a table of ``schema``."""
+    return _build(rows, schema)
+
+
 def loads(value: bytes | None) -> Any:
     """Parse one message exactly (numbers as ``int``/``Decimal``, never through float)."""
     if value is None:
