@@ -705,6 +705,7 @@ def _cross_checks(spec: JobSpec) -> None:
         )
     _check_avro(spec.stream)
     _check_kafka_columns(spec.schema_)
+    _check_nested(spec)
     _check_catalog(spec.table)
     if spec.table.format == "lance" and not spec.table.uri:
         raise ConfigError("key=table.uri: lance needs a dataset path or URI")
@@ -734,6 +735,29 @@ def _cross_checks(spec: JobSpec) -> None:
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
         )
+
+
+def _check_nested(spec: JobSpec) -> None:
+    """Nested columns (list, struct, map) hold values, never keys, times or CSV cells."""
+    nested = {f.name for f in spec.schema_.arrow_schema() if pa.types.is_nested(f.type)}
+    if not nested:
+        return
+    roles = [("schema.event_time", spec.schema_.event_time), ("table.version", spec.table.version)]
+    roles += [("table.key", k) for k in spec.table.key]
+    for key, col in roles:
+        if col in nested:
+            raise ConfigError(
+                f"key={key}: expected a scalar column, found nested column {col!r} "
+                f"({spec.schema_.fields[str(col)]})",
+                hint="name a string, integer, date or timestamp column",
+            )
+    for i, archive in enumerate(spec.history.archive):
+        if archive.format == "csv":
+            raise ConfigError(
+                f"key=history.archive[{i}].format: CSV cells cannot hold nested columns, found "
+                f"{sorted(nested)}",
+                hint='use format = "jsonl" or "parquet" for archives of nested records',
+            )
 
 
 def _check_kafka_columns(schema: SchemaSpec) -> None:

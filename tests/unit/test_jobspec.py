@@ -231,3 +231,33 @@ def test_a_bad_nested_type_names_the_field_and_shows_the_grammar(
     assert "field 'amount'" in msg and says in msg, msg
     if "position" in says or "did you mean" in says:
         assert "list<T>, struct<name: T, ...> or map<string, T>" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (("", ""), None),  # a valid job with a nested column
+        (('event_time = "ts"', 'event_time = "amount"'), "key=schema.event_time: expected a "
+         "scalar column, found nested column 'amount'"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\nkey = ["amount"]'),
+         "key=table.key: expected a scalar column, found nested column 'amount'"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\n[[history.archive]]\n'
+          'glob = "a/*.csv"\nformat = "csv"'),
+         "key=history.archive[0].format: CSV cells cannot hold nested columns"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\n[[backfill.assert]]\n'
+          'check = "unique"\ncolumn = "amount"'),
+         "expected a scalar column for check 'unique', found nested column 'amount'"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\n[history]\n'
+          'where = [{ column = "amount", op = "==", value = 1 }]'),
+         "can only be tested with 'is null' / 'is not null', found op '=='"),
+    ],
+)  # fmt: skip
+def test_nested_columns_are_values_never_keys_times_or_csv_cells(
+    tmp_path: Path, edit: tuple[str, str], says: str | None
+) -> None:
+    text = BASE.replace('amount = "decimal(18,2)"', 'amount = "map<string, decimal(18,2)>"')
+    if says is None:
+        load_job(write(tmp_path, text))
+        return
+    msg = error_of(tmp_path, text.replace(*edit))
+    assert says in msg, msg
