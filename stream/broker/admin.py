@@ -18,14 +18,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def create_topic(
-    bootstrap: str,
-    name: str,
-    *,
-    partitions: int = 3,
-    config: dict[str, str] | None = None,
-    timeout: float = 30.0,
-) -> None:
+def create_topic(bootstrap: str, name: str, *, partitions: int = 3,
+                 config: dict[str, str] | None = None, timeout: float = 30.0) -> None:
     """Create ``name`` with ``partitions`` partitions (replication 1) and wait for its leaders.
 
     Raises:
@@ -41,10 +35,8 @@ def create_topic(
     try:
         admin.create_topics([topic], operation_timeout=timeout)[name].result(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerError(
-            f"creating topic={name} partitions={partitions} at {bootstrap} failed: {exc}",
-            hint="check the broker log",
-        ) from exc
+        raise BrokerError(f"creating topic={name} partitions={partitions} at {bootstrap} "
+                          f"failed: {exc}", hint="check the broker log") from exc
     _wait_for_leaders(admin, name, partitions, time.monotonic() + timeout)
 
 
@@ -57,18 +49,12 @@ def _wait_for_leaders(admin: AdminClient, name: str, partitions: int, deadline: 
         except KafkaException:
             meta = None
         topic = meta.topics.get(name) if meta is not None else None
-        if (
-            topic is not None
-            and topic.error is None
-            and len(topic.partitions) == partitions
-            and all(p.leader >= 0 for p in topic.partitions.values())
-        ):
+        if topic is not None and topic.error is None and len(topic.partitions) == partitions \
+                and all(p.leader >= 0 for p in topic.partitions.values()):
             return
         time.sleep(0.1)
-    raise BrokerError(
-        f"topic={name}: expected {partitions} partitions with leaders, they did not appear in time",
-        hint="check the broker log",
-    )
+    raise BrokerError(f"topic={name}: expected {partitions} partitions with leaders, "
+                      "they did not appear in time", hint="check the broker log")
 
 
 def delete_topics(bootstrap: str, names: list[str], *, timeout: float = 30.0) -> None:
@@ -144,16 +130,13 @@ def _produce_one(bootstrap: str, topic: str, value: bytes, timeout: float) -> tu
     producer.produce(topic, value=value, key=b"smoke", on_delivery=on_delivery)
     left = producer.flush(timeout)
     if left or not reports or isinstance(reports[0], str):
-        raise BrokerError(
-            f"producing to topic={topic} at {bootstrap} failed: "
-            f"{reports[0] if reports else 'no delivery report in time'}"
-        )
+        raise BrokerError(f"producing to topic={topic} at {bootstrap} failed: "
+                          f"{reports[0] if reports else 'no delivery report in time'}")
     return reports[0]
 
 
-def _consume_one(
-    bootstrap: str, topic: str, partition: int, offset: int, value: bytes, timeout: float
-) -> None:
+def _consume_one(bootstrap: str, topic: str, partition: int, offset: int, value: bytes,
+                 timeout: float) -> None:
     from confluent_kafka import TopicPartition
 
     from stream.kafka import client
@@ -166,12 +149,8 @@ def _consume_one(
         consumer.close()
     if msg is None or msg.error() is not None:
         found = "nothing" if msg is None else str(msg.error())
-        raise BrokerError(
-            f"reading topic={topic} partition={partition} offset={offset}: "
-            f"expected the message just produced, found {found}"
-        )
+        raise BrokerError(f"reading topic={topic} partition={partition} offset={offset}: "
+                          f"expected the message just produced, found {found}")
     if msg.value() != value or msg.offset() != offset:
-        raise BrokerError(
-            f"topic={topic} partition={partition}: expected offset={offset} "
-            f"value={value!r}, found offset={msg.offset()} value={msg.value()!r}"
-        )
+        raise BrokerError(f"topic={topic} partition={partition}: expected offset={offset} "
+                          f"value={value!r}, found offset={msg.offset()} value={msg.value()!r}")

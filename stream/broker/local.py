@@ -90,28 +90,19 @@ def read_state(data_dir: Path) -> LocalBroker | None:
         return None
     try:
         doc = json.loads(path.read_text())
-        return LocalBroker(
-            port=int(doc["port"]),
-            controller_port=int(doc["controller_port"]),
-            cluster_id=str(doc["cluster_id"]),
-            pid=doc.get("pid"),
-            host=str(doc.get("host", LOOPBACK)),
-            started_at=doc.get("started_at"),
-            cds_dump=doc.get("cds_dump"),
-        )
+        return LocalBroker(port=int(doc["port"]), controller_port=int(doc["controller_port"]),
+                           cluster_id=str(doc["cluster_id"]), pid=doc.get("pid"),
+                           host=str(doc.get("host", LOOPBACK)), started_at=doc.get("started_at"),
+                           cds_dump=doc.get("cds_dump"))
     except (ValueError, KeyError, TypeError) as exc:
-        raise BrokerError(
-            f"unreadable broker record {path}: {exc}",
-            hint="stop any broker using this data dir and delete the file",
-        ) from exc
+        raise BrokerError(f"unreadable broker record {path}: {exc}",
+                          hint="stop any broker using this data dir and delete the file") from exc
 
 
 def write_state(data_dir: Path, broker: LocalBroker) -> None:
     """Write ``broker.json`` atomically."""
-    doc = dataclasses.asdict(broker) | {
-        "bootstrap": broker.bootstrap,
-        "kafka_version": KAFKA_VERSION,
-    }
+    doc = dataclasses.asdict(broker) | {"bootstrap": broker.bootstrap,
+                                        "kafka_version": KAFKA_VERSION}
     tmp = data_dir / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, data_dir / STATE_FILE)
@@ -181,10 +172,8 @@ def _terminate(pid: int, timeout: float) -> None:
             break
         log.warning("broker pid=%d ignored %s for %.0fs", pid, sig.name, wait_s)
     if _alive(pid):
-        raise BrokerError(
-            f"broker pid={pid} is still running after SIGKILL",
-            hint=f"check it with: ps -o pid,stat,cmd -p {pid}",
-        )
+        raise BrokerError(f"broker pid={pid} is still running after SIGKILL",
+                          hint=f"check it with: ps -o pid,stat,cmd -p {pid}")
     _CHILDREN.pop(pid, None)
 
 
@@ -207,9 +196,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 # --- start / stop / status --------------------------------------------------------------
 
 
-def start_local(
-    data_dir: Path, *, port: int | None = None, timeout: float = DEFAULT_START_TIMEOUT_S
-) -> LocalBroker:
+def start_local(data_dir: Path, *, port: int | None = None,
+                timeout: float = DEFAULT_START_TIMEOUT_S) -> LocalBroker:
     """Start (or reuse) the local broker of ``data_dir`` and wait until it serves metadata.
 
     Reuses a broker already running on this data dir; restarts a stopped one keeping its data
@@ -231,16 +219,11 @@ def start_local(
         java = find_java()
         libs = ensure_kafka_jars()
         cds, dump = cds_options(libs, java)
-        cluster_id = _prepare(
-            data_dir, java, libs, client_port, controller_port, cds if dump is None else []
-        )
-        broker = LocalBroker(
-            port=client_port,
-            controller_port=controller_port,
-            cluster_id=cluster_id,
-            started_at=_now(),
-            cds_dump=str(dump) if dump else None,
-        )
+        cluster_id = _prepare(data_dir, java, libs, client_port, controller_port,
+                              cds if dump is None else [])
+        broker = LocalBroker(port=client_port, controller_port=controller_port,
+                             cluster_id=cluster_id, started_at=_now(),
+                             cds_dump=str(dump) if dump else None)
         broker = dataclasses.replace(broker, pid=_launch(java, libs, data_dir, cds))
         write_state(data_dir, broker)
         _await_start(broker, data_dir, deadline, timeout)
@@ -254,23 +237,19 @@ def _running(data_dir: Path) -> LocalBroker | None:
         return state
     strays = broker_pids(data_dir)
     if strays:
-        raise BrokerError(
-            f"unrecorded broker process pid={strays[0]} uses data_dir={data_dir}",
-            hint=f"stop it with: seamline broker stop --data-dir {data_dir}",
-        )
+        raise BrokerError(f"unrecorded broker process pid={strays[0]} uses data_dir={data_dir}",
+                          hint=f"stop it with: seamline broker stop --data-dir {data_dir}")
     return None
 
 
-def _reuse(running: LocalBroker, data_dir: Path, port: int | None, deadline: float) -> LocalBroker:
+def _reuse(running: LocalBroker, data_dir: Path, port: int | None,
+           deadline: float) -> LocalBroker:
     if port is not None and port != running.port:
-        raise BrokerError(
-            f"a broker already runs on data_dir={data_dir}: expected port={port}, "
-            f"found port={running.port}",
-            hint="stop it first (seamline broker stop) or omit --port",
-        )
-    _await_start(
-        running, data_dir, deadline, max(0.0, deadline - time.monotonic()), stop_on_timeout=False
-    )
+        raise BrokerError(f"a broker already runs on data_dir={data_dir}: expected port={port}, "
+                          f"found port={running.port}",
+                          hint="stop it first (seamline broker stop) or omit --port")
+    _await_start(running, data_dir, deadline, max(0.0, deadline - time.monotonic()),
+                 stop_on_timeout=False)
     log.info("reusing local Kafka broker pid=%s at %s", running.pid, running.bootstrap)
     return running
 
@@ -284,21 +263,16 @@ def _choose_ports(previous: LocalBroker | None, requested: int | None) -> tuple[
     else:
         port = free_port()
         if previous is not None:
-            log.warning(
-                "recorded port %d is taken; the broker moves to port %d", previous.port, port
-            )
-    if (
-        previous is not None
-        and previous.controller_port != port
-        and port_is_free(previous.controller_port)
-    ):
+            log.warning("recorded port %d is taken; the broker moves to port %d",
+                        previous.port, port)
+    if previous is not None and previous.controller_port != port \
+            and port_is_free(previous.controller_port):
         return port, previous.controller_port
     return port, free_port(exclude=frozenset({port}))
 
 
-def _prepare(
-    data_dir: Path, java: Java, libs: Path, port: int, controller_port: int, cds: list[str]
-) -> str:
+def _prepare(data_dir: Path, java: Java, libs: Path, port: int, controller_port: int,
+             cds: list[str]) -> str:
     """Write config files and format storage once; return the cluster id."""
     (data_dir / "logs").mkdir(exist_ok=True)
     props = server_properties(port=port, controller_port=controller_port, data_dir=data_dir)
@@ -308,22 +282,14 @@ def _prepare(
     if meta.is_file():
         return _cluster_id_of(meta)
     cluster_id = new_cluster_id()
-    cmd = java_command(
-        java=java,
-        libs=libs,
-        data_dir=data_dir,
-        main="kafka.tools.StorageTool",
-        args=["format", "-t", cluster_id, "-c", str(_props_path(data_dir))],
-        heap="256m",
-        extra=cds,
-    )
+    cmd = java_command(java=java, libs=libs, data_dir=data_dir, main="kafka.tools.StorageTool",
+                       args=["format", "-t", cluster_id, "-c", str(_props_path(data_dir))],
+                       heap="256m", extra=cds)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
-        raise BrokerError(
-            f"formatting Kafka storage in {data_dir / 'data'} failed "
-            f"(exit {done.returncode}): {(done.stdout + done.stderr)[-1500:]}",
-            hint="delete the data dir and retry, or check the Java install",
-        )
+        raise BrokerError(f"formatting Kafka storage in {data_dir / 'data'} failed "
+                          f"(exit {done.returncode}): {(done.stdout + done.stderr)[-1500:]}",
+                          hint="delete the data dir and retry, or check the Java install")
     return cluster_id
 
 
@@ -335,51 +301,31 @@ def _cluster_id_of(meta: Path) -> str:
 
 
 def _launch(java: Java, libs: Path, data_dir: Path, cds: list[str]) -> int:
-    cmd = java_command(
-        java=java,
-        libs=libs,
-        data_dir=data_dir,
-        main="kafka.Kafka",
-        args=[str(_props_path(data_dir))],
-        extra=cds,
-    )
+    cmd = java_command(java=java, libs=libs, data_dir=data_dir, main="kafka.Kafka",
+                       args=[str(_props_path(data_dir))], extra=cds)
     with (data_dir / "logs" / "stdout.log").open("ab") as out:
-        child = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=data_dir,
-            start_new_session=True,
-        )
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, cwd=data_dir,
+                                 start_new_session=True)
     _CHILDREN[child.pid] = child
     return child.pid
 
 
-def _await_start(
-    broker: LocalBroker,
-    data_dir: Path,
-    deadline: float,
-    timeout: float,
-    *,
-    stop_on_timeout: bool = True,
-) -> None:
+def _await_start(broker: LocalBroker, data_dir: Path, deadline: float, timeout: float, *,
+                 stop_on_timeout: bool = True) -> None:
     """Poll until the broker serves metadata; on failure name the log file (and stop it)."""
     assert broker.pid is not None
     while not is_serving(broker.bootstrap, timeout=min(5.0, max(1.0, timeout))):
         if not _alive(broker.pid):
-            raise BrokerError(
-                f"the Kafka broker pid={broker.pid} exited during start-up",
-                hint=f"see {data_dir / 'logs'}:\n{_log_tail(data_dir)}",
-            )
+            raise BrokerError(f"the Kafka broker pid={broker.pid} exited during start-up",
+                              hint=f"see {data_dir / 'logs'}:\n{_log_tail(data_dir)}")
         if time.monotonic() > deadline:
             if stop_on_timeout:
                 _terminate(broker.pid, DEFAULT_STOP_TIMEOUT_S)
-            raise BrokerError(
-                f"the Kafka broker pid={broker.pid} at {broker.bootstrap} did not "
-                f"serve metadata within {timeout:.0f}s",
-                hint=f"see {data_dir / 'logs' / 'server.log'}:\n{_log_tail(data_dir)}",
-            )
+            raise BrokerError(f"the Kafka broker pid={broker.pid} at {broker.bootstrap} did not "
+                              f"serve metadata within {timeout:.0f}s",
+                              hint=f"see {data_dir / 'logs' / 'server.log'}:\n"
+                              f"{_log_tail(data_dir)}")
         time.sleep(0.2)
 
 

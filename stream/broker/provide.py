@@ -96,10 +96,8 @@ def _provide(stack: contextlib.ExitStack, data_dir: Path) -> BrokerHandle:
         return _from_env(env)
     mode = os.environ.get("SEAMLINE_KAFKA", "auto").strip().lower() or "auto"
     if mode not in ("auto", "container", "local"):
-        raise BrokerError(
-            f"SEAMLINE_KAFKA: expected auto, container or local, found {mode!r}",
-            hint="unset it or set one of those values",
-        )
+        raise BrokerError(f"SEAMLINE_KAFKA: expected auto, container or local, found {mode!r}",
+                          hint="unset it or set one of those values")
     if mode == "container" or (mode == "auto" and docker_available()):
         return _from_container(stack)
     broker = start_local(data_dir)
@@ -109,11 +107,10 @@ def _provide(stack: contextlib.ExitStack, data_dir: Path) -> BrokerHandle:
 
 def _from_env(bootstrap: str) -> BrokerHandle:
     if not is_serving(bootstrap, timeout=_ENV_CHECK_TIMEOUT_S):
-        raise BrokerError(
-            f"KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request "
-            f"within {_ENV_CHECK_TIMEOUT_S:.0f}s",
-            hint="start that broker, or unset KAFKA_BOOTSTRAP so seamline starts one itself",
-        )
+        raise BrokerError(f"KAFKA_BOOTSTRAP={bootstrap} does not answer a metadata request "
+                          f"within {_ENV_CHECK_TIMEOUT_S:.0f}s",
+                          hint="start that broker, or unset KAFKA_BOOTSTRAP so seamline "
+                          "starts one itself")
     log.info("using the Kafka broker from KAFKA_BOOTSTRAP=%s", bootstrap)
     return BrokerHandle(bootstrap, "env", None)
 
@@ -126,10 +123,8 @@ def _from_container(stack: contextlib.ExitStack) -> BrokerHandle:
     try:
         container.start()
     except Exception as exc:
-        raise BrokerError(
-            f"could not start a Kafka container ({CONTAINER_IMAGE}): {exc}",
-            hint="check `docker info`, or set SEAMLINE_KAFKA=local",
-        ) from exc
+        raise BrokerError(f"could not start a Kafka container ({CONTAINER_IMAGE}): {exc}",
+                          hint="check `docker info`, or set SEAMLINE_KAFKA=local") from exc
     bootstrap = str(container.get_bootstrap_server())
     log.info("using a Kafka container at %s", bootstrap)
     return BrokerHandle(bootstrap, "container", None)

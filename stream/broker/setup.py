@@ -70,14 +70,13 @@ def find_java() -> Java:
     """
     java = _java_candidate()
     if java is None:
-        raise BrokerError("no java executable found on PATH (and JAVA_HOME unset)", hint=JAVA_HINT)
+        raise BrokerError("no java executable found on PATH (and JAVA_HOME unset)",
+                          hint=JAVA_HINT)
     text = _java_version_text(java)
     major = java_major_version(text)
     if major < MIN_JAVA:
-        raise BrokerError(
-            f"Java is too old: expected {MIN_JAVA} or newer, found {major} at {java}",
-            hint=JAVA_HINT,
-        )
+        raise BrokerError(f"Java is too old: expected {MIN_JAVA} or newer, found {major} "
+                          f"at {java}", hint=JAVA_HINT)
     build = hashlib.sha256(f"{java}\n{text}".encode()).hexdigest()[:12]
     return Java(path=java, major=major, build=build)
 
@@ -91,9 +90,8 @@ def _java_candidate() -> str | None:
 
 def _java_version_text(java: str) -> str:
     try:
-        done = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
+        done = subprocess.run([java, "-version"], capture_output=True, text=True,
+                              timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BrokerError(f"could not run {java} -version: {exc}", hint=JAVA_HINT) from exc
     return done.stderr + done.stdout
@@ -109,9 +107,8 @@ def java_major_version(version_text: str) -> int:
     """
     match = re.search(r'version "(\d+)(?:\.(\d+))?', version_text)
     if match is None:
-        raise BrokerError(
-            f"cannot read the Java version from: {version_text.strip()[:200]!r}", hint=JAVA_HINT
-        )
+        raise BrokerError(f"cannot read the Java version from: {version_text.strip()[:200]!r}",
+                          hint=JAVA_HINT)
     major = int(match.group(1))
     if major == 1 and match.group(2):
         major = int(match.group(2))
@@ -137,24 +134,13 @@ def ensure_kafka_jars() -> Path:
     Raises:
         BrokerError: Maven is missing or the resolution failed.
     """
-    return ensure_maven_jars(
-        POM_PATH,
-        cache_root() / f"kafka-{KAFKA_VERSION}" / "libs",
-        what=f"Kafka {KAFKA_VERSION}",
-        expect="kafka_2.13-*.jar",
-        hint=MAVEN_HINT,
-    )
+    return ensure_maven_jars(POM_PATH, cache_root() / f"kafka-{KAFKA_VERSION}" / "libs",
+                             what=f"Kafka {KAFKA_VERSION}", expect="kafka_2.13-*.jar",
+                             hint=MAVEN_HINT)
 
 
-def ensure_maven_jars(
-    pom: Path,
-    libs: Path,
-    *,
-    what: str,
-    expect: str,
-    hint: str,
-    error: type[SeamlineError] = BrokerError,
-) -> Path:
+def ensure_maven_jars(pom: Path, libs: Path, *, what: str, expect: str, hint: str,
+                      error: type[SeamlineError] = BrokerError) -> Path:
     """Resolve ``pom``'s dependencies once into ``libs`` (locked, renamed into place).
 
     ``expect`` is a glob one resolved jar must match; ``what`` names the jars in messages.
@@ -206,10 +192,8 @@ def file_lock(path: Path) -> Iterator[None]:
 def _resolve_into(job: _MavenJob, digest: str) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise job.error(
-            f"Maven (mvn) is not on PATH and the {job.what} jars are not cached in {job.libs}",
-            hint=job.hint,
-        )
+        raise job.error(f"Maven (mvn) is not on PATH and the {job.what} jars are not cached in "
+                        f"{job.libs}", hint=job.hint)
     staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=job.libs.parent))
     try:
         log.info("resolving %s jars with Maven into %s", job.what, job.libs)
@@ -226,30 +210,19 @@ def _run_maven(mvn: str, staging: Path, job: _MavenJob) -> None:
     work = staging / "project"
     work.mkdir()
     shutil.copyfile(job.pom, work / "pom.xml")  # Maven may write target/: keep it out of the repo
-    cmd = [
-        mvn,
-        "-q",
-        "-B",
-        "-f",
-        str(work / "pom.xml"),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging / 'jars'}",
-    ]
+    cmd = [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
+           f"-DoutputDirectory={staging / 'jars'}"]
     try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=_MAVEN_TIMEOUT_S, check=False, cwd=work
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=_MAVEN_TIMEOUT_S,
+                              check=False, cwd=work)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise job.error(
-            f"Maven could not resolve the {job.what} jars: {exc}",
-            hint="check network access to Maven Central and retry",
-        ) from exc
+        raise job.error(f"Maven could not resolve the {job.what} jars: {exc}",
+                        hint="check network access to Maven Central and retry") from exc
     if done.returncode != 0 or not any((staging / "jars").glob(job.expect)):
         tail = (done.stdout + done.stderr).strip()[-2000:]
-        raise job.error(
-            f"Maven failed to resolve the {job.what} jars (exit {done.returncode}): {tail}",
-            hint="check network access to Maven Central (or ~/.m2/settings.xml mirrors) and retry",
-        )
+        raise job.error(f"Maven failed to resolve the {job.what} jars (exit {done.returncode}): "
+                        f"{tail}", hint="check network access to Maven Central "
+                        "(or ~/.m2/settings.xml mirrors) and retry")
 
 
 # --- Ports ------------------------------------------------------------------------------
@@ -284,11 +257,9 @@ def require_free_port(port: int) -> None:
         BrokerError: ``127.0.0.1:port`` is already bound by another process.
     """
     if not port_is_free(port):
-        raise BrokerError(
-            f"port {LOOPBACK}:{port} is already in use",
-            hint="stop the process listening there, or pass another --port "
-            "(omit --port to pick a free one)",
-        )
+        raise BrokerError(f"port {LOOPBACK}:{port} is already in use",
+                          hint="stop the process listening there, or pass another --port "
+                          "(omit --port to pick a free one)")
 
 
 # --- Config files -----------------------------------------------------------------------
@@ -339,36 +310,20 @@ def log4j2_properties() -> str:
     return LOG4J2_TEMPLATE.read_text()
 
 
-def java_command(
-    *,
-    java: Java,
-    libs: Path,
-    data_dir: Path,
-    main: str,
-    args: list[str],
-    heap: str = "512m",
-    extra: list[str] | None = None,
-) -> list[str]:
+def java_command(*, java: Java, libs: Path, data_dir: Path, main: str, args: list[str],
+                 heap: str = "512m", extra: list[str] | None = None) -> list[str]:
     """The JVM command line running ``main`` with the Kafka jars and our log set-up.
 
     The JIT stops at C1 (a dev broker starts ~30% faster); ``SEAMLINE_KAFKA_JVM_OPTS`` is
     appended last, so it can override any option (e.g. ``-XX:TieredStopAtLevel=4``).
     """
     return [
-        java.path,
-        f"-Xmx{heap}",
-        "-XX:+UseG1GC",
-        "-XX:MaxGCPauseMillis=20",
-        "-XX:TieredStopAtLevel=1",
-        "-Djava.awt.headless=true",
+        java.path, f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={data_dir / 'logs'}",
         f"-Dlog4j2.configurationFile={data_dir / 'log4j2.properties'}",
-        *(extra or []),
-        *shlex.split(os.environ.get("SEAMLINE_KAFKA_JVM_OPTS", "")),
-        "-cp",
-        f"{libs}{os.sep}*",
-        main,
-        *args,
+        *(extra or []), *shlex.split(os.environ.get("SEAMLINE_KAFKA_JVM_OPTS", "")),
+        "-cp", f"{libs}{os.sep}*", main, *args,
     ]
 
 

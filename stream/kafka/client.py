@@ -94,9 +94,7 @@ def _error_callback(scrubber: Scrubber) -> Any:
     return on_error
 
 
-def quiet_config(
-    conn: Mapping[str, Any], extras: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def quiet_config(conn: Mapping[str, Any], extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``conn`` plus ``extras`` with the quiet logger and error callback (no secrets logged)."""
     conf = {**QUIET, **conn, **(extras or {})}
     scrubber = Scrubber(conf)

@@ -274,9 +274,7 @@ def run_worker(
     positions = start_positions(start_offsets, sink.live_offsets(), start_offsets)
     behind = below_cut(positions, start_offsets)
     if behind:
-        where = ", ".join(
-            f"partition={p} start={a} hwm={b}" for p, (a, b) in sorted(behind.items())
-        )
+        where = ", ".join(f"partition={p} start={a} hwm={b}" for p, (a, b) in sorted(behind.items()))
         raise LiveError(
             f"topic={settings.topic}: expected live to start at or after the cut, found {where}",
             hint="run `seamline live JOB` (the confluent engine) once to move past the new cut, "

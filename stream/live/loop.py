@@ -300,9 +300,7 @@ class LiveConsumer:
         self._floor.update(floor)
         above = {p: int(floor[p]) for p, o in positions.items() if floor.get(p, o) > o}
         if above:
-            log.info(
-                "the current cut starts above the table's live offsets: reading from %s", above
-            )
+            log.info("the current cut starts above the table's live offsets: reading from %s", above)
 
     def _start_at(self, partition: PartitionId, position: Offset) -> Offset:
         return max(position, self._floor.get(partition, position))
