@@ -195,7 +195,7 @@ def _reason(message: str, header: bytes) -> str:
     names = next(csv.reader([header.decode("utf-8", "replace")]), [])
     i = int(m.group(1))
     column = repr(names[i]) if i < len(names) else f"#{i}"
-    return f"field {column}: {message[m.end() :]}"
+    return f"field {column}: {message[m.end():]}"
 
 
 def _csv_records(data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:

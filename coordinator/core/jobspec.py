@@ -299,8 +299,8 @@ class SchemaSpec(_Model):
         for name, source in v.items():
             if not _KAFKA_SOURCE.fullmatch(source):
                 raise ValueError(
-                    f'column {name!r}: expected "key", "header:NAME" (either may end in '
-                    f'":json") or "timestamp", found {source!r}'
+                    f"column {name!r}: expected \"key\", \"header:NAME\" (either may end in "
+                    f"\":json\") or \"timestamp\", found {source!r}"
                 )
         return v
 
@@ -623,8 +623,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
 
 
 def _secret_key(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in _SECRET_KEYS) or any(
-        w in key.lower() for w in ("password", "secret", "token", "url", "uri")
+    return (
+        any(key == k or key.startswith(k + ".") for k in _SECRET_KEYS)
+        or any(w in key.lower() for w in ("password", "secret", "token", "url", "uri"))
     )
 
 
