@@ -31,7 +31,16 @@ processes, machines and library versions by construction.
 * **Row**: ``row = mix(Σ_columns token)``. Any single changed value changes exactly one token
   and ``mix`` is a bijection, so it changes the row hash, hence the sum (only that row moved).
 
-Nested types (lists, structs, maps) are refused with :class:`ReconcileError`.
+* **Nested values** (an extension of v1: flat columns hash exactly as before, and v1 refused
+  nested columns, so no earlier checksum changes). Inside a nested value every item, field,
+  key and value gets a token like a column does (``mix(payload ^ seed)``, or the null token
+  of its seed), with seed ``fnv1a64`` of the struct field's name, or of ``item`` (list items),
+  ``key`` / ``value`` (map entries). A **struct** is ``mix(Σ field tokens ^ STRUCT_SALT)``
+  (fields by name, so their order does not matter). A **list** is position-sensitive:
+  ``mix(Σ token_i * P^i ^ LIST_SALT) ^ mix(len ^ LEN_SALT)``. A **map** is order-free (a JSON
+  object has no order): each entry is ``mix(key token ^ mix(value token ^ K))`` and the map is
+  ``mix(Σ entries ^ MAP_SALT) ^ mix(len ^ LEN_SALT)``. Large and fixed-size lists hash like
+  lists, so a table that reads a list back as ``large_list`` matches its source.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ _LEN_SALT: Final = 0x6C656E5F73616C74
 _DEC_K: Final = 0x9E3779B97F4A7C15
 _P: Final = 0x100000001B3 * 8 + 3  # odd, P + 1 ≡ 4 (mod 8)
 _CANON_NAN: Final = np.uint64(0x7FF8000000000000)
+_STRUCT_SALT: Final = 0x7374727563745F73
+_LIST_SALT: Final = 0x6C6973745F73616C
+_MAP_SALT: Final = 0x6D61705F73616C74
 
 
 def mix_int(z: int) -> int:
@@ -257,16 +269,78 @@ def _payload(arr: pa.Array, name: str) -> U64:
         return _repeated_bytes_payload(arr)
     if pa.types.is_null(t):
         return np.zeros(len(arr), dtype=np.uint64)
+    if pa.types.is_struct(t):
+        return _struct_payload(arr)
+    if pa.types.is_map(t):
+        return _map_payload(arr)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _list_payload(arr)
     raise ReconcileError(
         f"column={name}: expected a scalar type, found {t}",
         hint="checksum a flattened projection of nested columns",
     )
 
 
-def column_tokens(arr: pa.Array | pa.ChunkedArray, name: str) -> U64:
-    """Per-row 64-bit token of one column (value or null), seeded by the column name."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+def _struct_payload(arr: pa.StructArray) -> U64:
+    """Sum of the fields' tokens, each seeded by its field name (order of fields is free)."""
+    acc = np.zeros(len(arr), dtype=np.uint64)
+    for f, child in zip(arr.type, arr.flatten(), strict=True):
+        acc += _tokens(child, f.name)
+    return mix(acc ^ np.uint64(_STRUCT_SALT))
+
+
+def _segments(arr: pa.Array) -> tuple[pa.Array, npt.NDArray[np.int64]]:
+    """The items of a list or map array (null lists: none) and each row's item count."""
+    lengths = pc.fill_null(pc.list_value_length(arr), 0)
+    lens = np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return arr.flatten(), lens
+
+
+def _ordered(tokens: U64, lens: npt.NDArray[np.int64]) -> U64:
+    """Per row, ``Σ token_i * P^i`` over its items (position-sensitive), length-salted."""
+    n = len(lens)
+    h = np.zeros(n, dtype=np.uint64)
+    if len(tokens):
+        starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(lens)[:-1]])
+        pos = np.arange(len(tokens), dtype=np.int64) - np.repeat(starts, lens)
+        terms = tokens * _pow_table(int(lens.max()))[pos]
+        prefix = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+        h = prefix[starts + lens] - prefix[starts]
+    return mix(h ^ np.uint64(_LIST_SALT)) ^ mix(lens.astype(np.uint64) ^ np.uint64(_LEN_SALT))
+
+
+def _unordered(tokens: U64, lens: npt.NDArray[np.int64]) -> U64:
+    """Per row, ``Σ token_i`` over its items (order-free), length-salted."""
+    n = len(lens)
+    h = np.zeros(n, dtype=np.uint64)
+    if len(tokens):
+        starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(lens)[:-1]])
+        prefix = np.concatenate([np.zeros(1, np.uint64), np.cumsum(tokens, dtype=np.uint64)])
+        h = prefix[starts + lens] - prefix[starts]
+    return mix(h ^ np.uint64(_MAP_SALT)) ^ mix(lens.astype(np.uint64) ^ np.uint64(_LEN_SALT))
+
+
+def _list_payload(arr: pa.Array) -> U64:
+    items, lens = _segments(arr)
+    return _ordered(_tokens(items, "item"), lens)
+
+
+def _map_payload(arr: pa.MapArray) -> U64:
+    if arr.offset:
+        arr = pa.concat_arrays([arr])  # unsliced: its offsets start the child arrays
+    as_list = pa.ListArray.from_arrays(  # list<struct<key, value>>: same entries, same nulls
+        arr.offsets,
+        pa.StructArray.from_arrays([arr.keys, arr.items], ["key", "value"]),
+        mask=arr.is_null() if arr.null_count else None,
+    )
+    entries, lens = _segments(as_list)
+    keys, values = entries.flatten()
+    entry = mix(_tokens(keys, "key") ^ mix(_tokens(values, "value") ^ np.uint64(_DEC_K)))
+    return _unordered(entry, lens)
+
+
+def _tokens(arr: pa.Array, name: str) -> U64:
+    """Per-value 64-bit token (value or null) seeded by ``name`` (a column or nested field)."""
     seed = fnv1a64(name.encode("utf-8"))
     tokens = mix(_payload(arr, name) ^ np.uint64(seed))
     valid = _validity(arr)
@@ -274,6 +348,13 @@ def column_tokens(arr: pa.Array | pa.ChunkedArray, name: str) -> U64:
         null_token = np.uint64(mix_int(mix_int(seed) ^ _NULL_TAG))
         tokens = np.where(valid if valid is not None else False, tokens, null_token)
     return tokens
+
+
+def column_tokens(arr: pa.Array | pa.ChunkedArray, name: str) -> U64:
+    """Per-row 64-bit token of one column (value or null), seeded by the column name."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return _tokens(arr, name)
 
 
 def hashed_columns(names: Iterable[str]) -> list[str]:

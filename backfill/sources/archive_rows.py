@@ -29,7 +29,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from stream.decode.coerce import MAX_MS, MIN_MS, keeps_non_finite
+from stream.decode.coerce import MAX_MS, MIN_MS, RecordError, is_nested, keeps_non_finite
+from stream.decode.json import record_row, rows_table
 
 _PARSE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 _CSV_COLUMN = re.compile(r"^In CSV column #(\d+): ")
@@ -85,8 +86,26 @@ def _parse_csv(schema: pa.Schema) -> Parse:
 
 
 def _parse_jsonl(schema: pa.Schema) -> Parse:
+    if any(is_nested(f.type) for f in schema):  # Arrow's reader has no maps: the stream's checks
+        return _parse_json_records(schema)
     opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     return lambda data: pajson.read_json(io.BytesIO(data), parse_options=opts)
+
+
+def _parse_json_records(schema: pa.Schema) -> Parse:
+    """JSON lines decoded record by record with the stream decoder's checks (nested types)."""
+
+    def parse(data: bytes) -> pa.Table:
+        rows = []
+        for line in data.splitlines():
+            if line.strip():
+                try:
+                    rows.append(record_row(line, schema))
+                except RecordError as exc:
+                    raise pa.ArrowInvalid(str(exc)) from None
+        return rows_table(rows, schema)
+
+    return parse
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -242,7 +261,8 @@ def _bisect_rows(
     if lo == hi:
         return
     try:
-        good.append((lo, conform(raw.slice(lo, hi - lo), schema)))
+        # take, not slice: a sliced list still casts the items outside the slice
+        good.append((lo, conform(raw.take(pa.array(range(lo, hi), pa.int64())), schema)))
         return
     except _PARSE_ERRORS as exc:
         if hi - lo == 1:

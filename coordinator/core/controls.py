@@ -119,6 +119,11 @@ def check_asserts(asserts: Sequence[AssertSpec], schema: pa.Schema) -> None:
                 f"{key}: unknown column {a.column!r}; declare it in [schema.fields] "
                 f"({', '.join(schema.names)})"
             )
+        if a.check == "unique" and a.column is not None and _nested(schema.field(a.column).type):
+            raise ValueError(
+                f"{key}: expected a scalar column for check 'unique', found nested column "
+                f"{a.column!r} ({schema.field(a.column).type})"
+            )
         if a.check == "range" and a.column is not None:
             t = schema.field(a.column).type
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
@@ -126,6 +131,10 @@ def check_asserts(asserts: Sequence[AssertSpec], schema: pa.Schema) -> None:
                     f"{key}: expected a numeric column for check 'range', "
                     f"found {a.column!r} of type {t}"
                 )
+
+
+def _nested(type_: pa.DataType) -> bool:
+    return bool(pa.types.is_nested(type_))
 
 
 WhereOp = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "is not null"]
@@ -191,6 +200,11 @@ def where_condition(
         return field.is_null()
     if cond.op == "is not null":
         return field.is_valid()
+    if _nested(type_):
+        raise ValueError(
+            f"{where}: nested column {cond.column!r} ({type_}) can only be tested with "
+            f"'is null' / 'is not null', found op {cond.op!r}"
+        )
     if cond.op in ("in", "not in"):
         values = pa.array([_typed(v, type_, where).as_py() for v in cond.value], type_)
         found = field.isin(values)

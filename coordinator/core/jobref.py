@@ -73,7 +73,7 @@ DESCRIPTIONS: dict[str, str] = {
     "stream.security.ssl_ca_location": "CA certificate file for SSL.",
     "schema.fields": "Table of `column = \"type\"`, in order; types: "
     + ", ".join(f"`{name}`" for name in [*FIELD_TYPES, "decimal(P,S)"])
-    + ".",
+    + ", and nested `list<T>`, `struct<name: T, ...>`, `map<string, T>` (any nesting).",
     "schema.required": "Columns that must not be null (a record without them is quarantined).",
     "schema.event_time": "The event-time column (buckets archive slices; never the seam).",
     "schema.non_finite": "NaN/Infinity in float columns: quarantine the record, or keep it.",

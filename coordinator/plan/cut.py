@@ -173,5 +173,9 @@ def _max_event_time(job: JobSpec, msgs: list[RawMessage]) -> EventTimeMs | None:
         return None
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("ms"))
+    if pa.types.is_timestamp(column.type) and column.type.unit == "us":
+        # sub-millisecond instants: the max in microseconds, floored to its millisecond
+        top = pc.max(column.cast(pa.int64())).as_py()
+        return None if top is None else EventTimeMs(int(top) // 1000)
     value = pc.max(column.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())).as_py()
     return None if value is None else EventTimeMs(int(value))

@@ -183,7 +183,21 @@ def _row(record: dict[str, Any], checks: _Checks) -> list[Any]:
 
 
 def _natural(value: Any, type_: pa.DataType) -> Any:
-    """An Avro value in the form the JSON coercion takes for ``type_``."""
+    """An Avro value in the form the JSON coercion takes for ``type_``.
+
+    Avro records, arrays and maps are already the JSON shapes (dict, list, dict); their
+    leaves are converted the same way, recursively.
+    """
+    if pa.types.is_list(type_) and isinstance(value, list):
+        return [None if v is None else _natural(v, type_.value_type) for v in value]
+    if pa.types.is_map(type_) and isinstance(value, dict):
+        return {k: None if v is None else _natural(v, type_.item_type) for k, v in value.items()}
+    if pa.types.is_struct(type_) and isinstance(value, dict):
+        fields = {type_.field(i).name: type_.field(i).type for i in range(type_.num_fields)}
+        return {
+            k: v if v is None or k not in fields else _natural(v, fields[k])
+            for k, v in value.items()
+        }
     if isinstance(value, datetime):
         if value.tzinfo is not None and pa.types.is_timestamp(type_) and type_.unit == "ms":
             return (value - _EPOCH) // _ONE_MS  # epoch ms, as from ISO-8601: rounded down

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import struct
 from collections.abc import Callable
@@ -104,7 +105,12 @@ def _boolean(value: Any, type_: pa.DataType) -> bool:
 
 
 def _timestamp(value: Any, type_: pa.DataType) -> int:
-    """Epoch ms (an integer) or ISO-8601 with a zone, as an integer in the field's unit."""
+    """Epoch ms (an integer) or ISO-8601, as an integer in the field's unit.
+
+    ISO-8601 may carry any UTC offset or ``Z`` (converted to the UTC instant); without one
+    it is read as UTC. Digits finer than the field's unit are truncated (toward the past):
+    nanoseconds for ``timestamp_us``, below the millisecond for ``timestamp_ms``.
+    """
     if isinstance(value, BigInt):
         ms, micros = MAX_MS + 1, 0  # out of range below
     elif isinstance(value, str):
@@ -124,8 +130,8 @@ def _iso_micros(text: str) -> int:
         ts = datetime.fromisoformat(text)
     except ValueError:
         raise RecordError(f"expected an ISO-8601 timestamp, found {_show(text)}") from None
-    if ts.tzinfo is None:
-        raise RecordError(f"expected a timestamp with a zone, found {_show(text)}")
+    if ts.tzinfo is None:  # no offset: the instant is read as UTC (documented)
+        ts = ts.replace(tzinfo=UTC)
     try:
         return (ts - _EPOCH) // timedelta(microseconds=1)
     except OverflowError:
@@ -192,6 +198,7 @@ def field_coercer(field: pa.Field) -> Callable[[Any, pa.DataType], Any]:
     return _float_keep if keeps_non_finite(field) else coercer(field.type)
 
 
+@functools.lru_cache(maxsize=1024)  # nested values look their item types up per value
 def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:
     """The per-value check for ``type_``; ``TypeError`` for a type no decoder handles."""
     checks: list[tuple[Callable[[pa.DataType], bool], Callable[[Any, pa.DataType], Any]]] = [
@@ -207,7 +214,100 @@ def coercer(type_: pa.DataType) -> Callable[[Any, pa.DataType], Any]:
     for test, check in checks:
         if test(type_):
             return check
+    if is_nested(type_):
+        compiled = _compile(type_)
+        return lambda value, _type: compiled(value)
     raise TypeError(f"no decoder for Arrow type {type_}")
+
+
+def is_nested(type_: pa.DataType) -> bool:
+    """Whether ``type_`` is a list, struct or map (decoded by a compiled check tree)."""
+    return bool(
+        pa.types.is_list(type_)
+        or pa.types.is_large_list(type_)
+        or pa.types.is_struct(type_)
+        or pa.types.is_map(type_)
+    )
+
+
+class _AtPath(RecordError):
+    """A nested value's error, with the path to it (``[2].qty``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+Check = Callable[[Any], Any]
+
+
+def _leaf(field: pa.Field) -> tuple[Check, bool]:
+    """The check of a nested field's values (built once per type) and whether null is fine."""
+    if is_nested(field.type):
+        return _compile(field.type), field.nullable
+    check, type_ = coercer(field.type), field.type
+    return (lambda value: check(value, type_)), field.nullable
+
+
+def _one(value: Any, check: Check, nullable: bool, where: str | int) -> Any:
+    """One nested value through ``check``; errors carry the path to it (an int: list index)."""
+    if value is None:
+        if not nullable:
+            raise _AtPath(_path(where), "required value is missing or null")
+        return None
+    try:
+        return check(value)
+    except _AtPath as exc:
+        raise _AtPath(_path(where) + exc.path, exc.reason) from None
+    except RecordError as exc:
+        raise _AtPath(_path(where), str(exc)) from None
+
+
+def _path(where: str | int) -> str:
+    return f"[{where}]" if isinstance(where, int) else where
+
+
+def _compile(type_: pa.DataType) -> Check:
+    """The check of a list, struct or map value: JSON array / object, every leaf checked."""
+    if pa.types.is_struct(type_):
+        fields = [(f.name, f".{f.name}", *_leaf(f)) for f in type_]
+
+        def struct_(value: Any) -> dict[str, Any]:
+            if not isinstance(value, dict):
+                raise RecordError(f"expected a JSON object, found {_show(value)}")
+            return {
+                name: _one(value.get(name), check, nullable, where)
+                for name, where, check, nullable in fields
+            }
+
+        return struct_
+    if pa.types.is_map(type_):
+        check, nullable = _leaf(type_.item_field)
+
+        def map_(value: Any) -> list[tuple[str, Any]]:
+            if not isinstance(value, dict):
+                raise RecordError(f"expected a JSON object, found {_show(value)}")
+            return [
+                (_one(k, _key, False, f"[{k!r}]"), _one(v, check, nullable, f"[{k!r}]"))
+                for k, v in value.items()
+            ]
+
+        return map_
+    check, nullable = _leaf(type_.value_field)
+
+    def list_(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise RecordError(f"expected a JSON array, found {_show(value)}")
+        return [_one(v, check, nullable, i) for i, v in enumerate(value)]
+
+    return list_
+
+
+def _key(value: Any) -> str:
+    return _string(value, _STRING)
+
+
+_STRING = pa.string()
 
 
 def physical(type_: pa.DataType) -> pa.DataType:

@@ -162,6 +162,16 @@ def _record(value: bytes | None, checks: list[tuple[str, Any, pa.DataType, bool]
     return row
 
 
+def record_row(value: bytes, schema: pa.Schema) -> list[Any]:
+    """One JSON record as a row of ``schema`` (the reference checks); ``RecordError`` if not."""
+    return _record(value, [(f.name, field_coercer(f), f.type, f.nullable) for f in schema])
+
+
+def rows_table(rows: list[list[Any]], schema: pa.Schema) -> pa.Table:
+    """Rows of :func:`record_row` as a table of ``schema``."""
+    return _build(rows, schema)
+
+
 def loads(value: bytes | None) -> Any:
     """Parse one message exactly (numbers as ``int``/``Decimal``, never through float)."""
     if value is None:
@@ -235,14 +245,23 @@ def fast_supported(schema: pa.Schema) -> bool:
     A float field keeping NaN / Infinity goes record by record: Arrow's reader accepts more
     spellings of them than JSON does.
     """
-    return not any(keeps_non_finite(f) for f in schema) and all(
-        pa.types.is_integer(f.type)
-        or pa.types.is_floating(f.type)
-        or pa.types.is_string(f.type)
-        or pa.types.is_boolean(f.type)
-        or pa.types.is_timestamp(f.type)
-        or pa.types.is_decimal(f.type)
-        for f in schema
+    return not any(keeps_non_finite(f) for f in schema) and all(_fast_type(f.type) for f in schema)
+
+
+def _fast_type(t: pa.DataType) -> bool:
+    """Scalars Arrow's reader parses like the reference, and lists / structs of them (maps: no,
+    the reader has none)."""
+    if pa.types.is_list(t):
+        return _fast_type(t.value_type)
+    if pa.types.is_struct(t):
+        return all(_fast_type(f.type) for f in t)
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_decimal(t)
     )
 
 
@@ -365,6 +384,10 @@ def _parse_schema(schema: pa.Schema) -> pa.Schema:
     """What Arrow parses into: wide types, narrowed after the range checks."""
 
     def wide(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t):
+            return pa.list_(wide(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, wide(f.type)) for f in t])
         if pa.types.is_integer(t) or pa.types.is_timestamp(t):
             return pa.int64()
         return pa.float64() if pa.types.is_floating(t) else t
@@ -396,6 +419,10 @@ def _finish(raw: pa.Table, schema: pa.Schema) -> tuple[pa.Table, pa.Array | None
 
 def _narrow(col: pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array | None]:
     """``col`` in ``type_`` and the rows that do not fit (``None``: checked, all fit)."""
+    if pa.types.is_struct(type_):
+        return _narrow_struct(col, type_)
+    if pa.types.is_list(type_):
+        return _narrow_list(col, type_)
     if pa.types.is_integer(type_):
         if type_ == pa.int64():
             return col, None
@@ -416,3 +443,37 @@ def _narrow(col: pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array | Non
         largest = Decimal(10) ** (type_.precision - type_.scale) - Decimal(1).scaleb(-type_.scale)
         return col, pc.greater(pc.abs(col), pa.scalar(largest, type_))
     return col, None
+
+
+def _narrow_struct(col: pa.StructArray, type_: pa.StructType) -> tuple[pa.Array, pa.Array | None]:
+    """Each field narrowed; a row is flagged when any of its fields is."""
+    children: list[pa.Array] = []
+    flag: pa.Array | None = None
+    for f, child in zip(type_, col.flatten(), strict=True):  # flatten: parent nulls applied
+        narrowed, child_flag = _narrow(child, f.type)
+        children.append(narrowed)
+        if child_flag is not None:
+            child_flag = child_flag.fill_null(False)
+            flag = child_flag if flag is None else pc.or_(flag, child_flag)
+    mask = col.is_null() if col.null_count else None
+    return pa.StructArray.from_arrays(children, fields=list(type_), mask=mask), flag
+
+
+def _narrow_list(col: pa.ListArray, type_: pa.ListType) -> tuple[pa.Array, pa.Array | None]:
+    """The items narrowed; a row is flagged when any of its items is."""
+    items, item_flag = _narrow(col.flatten(), type_.value_type)
+    lengths = np.asarray(
+        pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), np.int32
+    )
+    offsets = pa.array(np.concatenate([np.zeros(1, np.int32), np.cumsum(lengths, dtype=np.int32)]))
+    mask = col.is_null() if col.null_count else None
+    out = pa.ListArray.from_arrays(offsets, items, type=type_, mask=mask)
+    if item_flag is None:
+        return out, None
+    hit = np.asarray(item_flag.fill_null(False).to_numpy(zero_copy_only=False), np.bool_)
+    if not hit.any():
+        return out, None
+    parents = np.asarray(pc.list_parent_indices(col).to_numpy(zero_copy_only=False), np.int64)
+    rows = np.zeros(len(col), np.bool_)
+    rows[parents[hit]] = True
+    return out, pa.array(rows)

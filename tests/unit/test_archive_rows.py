@@ -137,3 +137,47 @@ def test_a_bad_row_without_a_readable_key_fails_its_key_slice(tmp_path: Path) ->
                   key=SliceKey("order_id", (2,)))  # fmt: skip
     with pytest.raises(SourceError, match=r"file=a\.csv row=1: expected a readable 'order_id'"):
         read_archive(job, Slice("k2", scope, files=("a.csv",)))
+
+
+def test_nested_columns_from_jsonl_and_parquet_archives(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    import pyarrow.parquet as pq
+
+    from backfill.sources.archive_rows import read_file
+    from coordinator.core.jobspec import field_type
+
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("items", field_type("list<struct<sku: string, qty: int32>>")),
+            pa.field("prices", field_type("map<string, decimal(18,2)>")),
+        ]
+    )
+    (tmp_path / "a.jsonl").write_text(
+        '{"id":1,"items":[{"sku":"a","qty":1,"x":0}],"prices":{"eur":1.2}}\n'
+        '{"id":2,"items":[{"qty":3000000000}]}\n'
+        '{"id":3,"prices":{"eur":"0.10"}}\n'
+    )
+    got = read_file(tmp_path / "a.jsonl", "jsonl", schema, "a.jsonl")
+    assert got.table.to_pylist() == [
+        {"id": 1, "items": [{"sku": "a", "qty": 1}], "prices": [("eur", Decimal("1.20"))]},
+        {"id": 3, "items": None, "prices": [("eur", Decimal("0.10"))]},
+    ]
+    assert [(b.row, b.error) for b in got.bad] == [
+        (2, "field 'items': [0].qty: expected an integer in [-2147483648, 2147483647] "
+            "(int32), found 3000000000")
+    ]  # fmt: skip
+    written = pa.table(
+        {
+            "id": pa.array([1, 2], pa.int64()),
+            "items": pa.array(
+                [[{"sku": "a", "qty": 1}], [{"sku": "b", "qty": 2**40}]],
+                field_type("list<struct<sku: string, qty: int64>>"),
+            ),
+        }
+    )
+    pq.write_table(written, tmp_path / "a.parquet")
+    got = read_file(tmp_path / "a.parquet", "parquet", schema, "a.parquet")
+    assert got.table.to_pylist() == [{"id": 1, "items": [{"sku": "a", "qty": 1}], "prices": None}]
+    assert [b.row for b in got.bad] == [2]

@@ -273,3 +273,76 @@ def test_avro_settings_are_checked_up_front(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         decoder_for("avro", avro_job(tmp_path, {"schema_file": "bad.avsc"}))
     assert "expected an Avro schema" in str(info.value)
+
+
+def test_avro_records_arrays_and_maps_decode_like_json_nested_values() -> None:
+    from coordinator.core.jobspec import field_type
+
+    writer = {
+        "type": "record",
+        "name": "Basket",
+        "fields": [
+            {"name": "id", "type": "long"},
+            {
+                "name": "items",
+                "type": {
+                    "type": "array",
+                    "items": {
+                        "type": "record",
+                        "name": "Item",
+                        "fields": [
+                            {"name": "sku", "type": "string"},
+                            {"name": "qty", "type": "long"},
+                            {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+                        ],
+                    },
+                },
+            },
+            {
+                "name": "prices",
+                "type": {
+                    "type": "map",
+                    "values": {
+                        "type": "bytes",
+                        "logicalType": "decimal",
+                        "precision": 18,
+                        "scale": 2,
+                    },
+                },
+            },
+        ],
+    }
+    arrow = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("items", field_type("list<struct<sku: string, qty: int32, day: date>>")),
+            pa.field("prices", field_type("map<string, decimal(18,2)>")),
+        ]
+    )
+    parsed = fastavro.parse_schema(writer)
+
+    def enc(qty: int) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(
+            buf,
+            parsed,
+            {
+                "id": qty,
+                "items": [{"sku": "a", "qty": qty, "day": date(2024, 1, 2)}],
+                "prices": {"eur": Decimal("12.34")},
+            },
+        )
+        return buf.getvalue()
+
+    msgs = [RawMessage(0, 0, enc(2)), RawMessage(0, 1, enc(2**40))]
+    table, bad = AvroDecoder(schema=writer).decode(msgs, arrow, identity, "live")
+    row = table.to_pylist()[0]
+    assert row["items"] == [{"sku": "a", "qty": 2, "day": date(2024, 1, 2)}]
+    assert row["prices"] == [("eur", Decimal("12.34"))]
+    assert [(q.offset, q.error) for q in bad] == [
+        (
+            1,
+            "decode: field 'items': [0].qty: expected an integer in "
+            "[-2147483648, 2147483647] (int32), found 1099511627776",
+        )
+    ]

@@ -28,6 +28,53 @@ SCHEMA = pa.schema(
     ]
 )
 
+NESTED = pa.schema(
+    [
+        *SCHEMA,
+        pa.field(
+            "items",
+            pa.list_(
+                pa.struct([("sku", pa.string()), ("qty", pa.int32()), ("amt", pa.decimal128(6, 2))])
+            ),
+        ),
+        pa.field("tags", pa.list_(pa.list_(pa.int8()))),
+        pa.field("at", pa.struct([("ts", pa.timestamp("ms", tz="UTC")), ("r", pa.float32())])),
+    ]
+)
+_LEAF = st.one_of(st.none(), st.integers(-(2**33), 2**33))
+_NESTED_GOOD = {
+    "items": st.one_of(
+        st.none(),
+        st.lists(
+            st.one_of(
+                st.none(),
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "sku": st.one_of(st.none(), st.text(max_size=3)),
+                        "qty": _LEAF,
+                        "amt": st.one_of(
+                            st.none(), st.decimals(-(10**5), 10**5, places=3).map(str)
+                        ),
+                        "x": st.integers(),
+                    },
+                ),
+            ),
+            max_size=3,
+        ),
+    ),
+    "tags": st.one_of(st.none(), st.lists(st.one_of(st.none(), st.lists(_LEAF, max_size=3)))),
+    "at": st.one_of(
+        st.none(),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "ts": st.one_of(st.none(), st.integers(-(2**48), 2**48)),
+                "r": st.one_of(st.none(), st.floats(allow_nan=False, width=64)),
+            },
+        ),
+    ),
+}
 _ANY = st.one_of(
     st.none(),
     st.booleans(),
@@ -78,16 +125,18 @@ def _value(draw: st.DrawFn) -> bytes | None:
     return json.dumps(doc).encode()
 
 
-def _same(messages: list[RawMessage], transform: Any = identity) -> None:
-    slow = REFERENCE.decode(messages, SCHEMA, transform, "live")  # never raises for a record
+def _same(
+    messages: list[RawMessage], transform: Any = identity, schema: pa.Schema = SCHEMA
+) -> None:
+    slow = REFERENCE.decode(messages, schema, transform, "live")  # never raises for a record
     columns = (
         [m.partition for m in messages],
         [m.offset for m in messages],
         [m.value for m in messages],
     )
     for fast in (
-        decode_batch(messages, SCHEMA, transform, "live"),
-        decode_columns(*columns, SCHEMA, transform, "live"),
+        decode_batch(messages, schema, transform, "live"),
+        decode_columns(*columns, schema, transform, "live"),
     ):
         assert fast[0].schema == slow[0].schema
         assert fast[0].equals(slow[0])
@@ -114,3 +163,34 @@ def test_fast_path_equals_reference_with_a_failing_transform() -> None:
 
     docs = [{"id": i, "ts": i, "name": "x"} for i in range(12)]
     _same([RawMessage(0, i, json.dumps(d).encode()) for i, d in enumerate(docs)], fails_on_7)
+
+
+@st.composite
+def _nested_value(draw: st.DrawFn) -> bytes:
+    doc: dict[str, Any] = {k: draw(v) for k, v in {**_GOOD, **_NESTED_GOOD}.items()}
+    if draw(st.booleans()):
+        doc[draw(st.sampled_from(sorted(_NESTED_GOOD)))] = draw(
+            st.one_of(_ANY, st.just([{"qty": "1"}]), st.just([[1.5]]), st.just({"r": 1e300}))
+        )
+    return json.dumps(doc).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_nested_value(), max_size=30))
+def test_fast_path_equals_reference_on_nested_lists_and_structs(values: list[bytes]) -> None:
+    _same([RawMessage(0, i, v) for i, v in enumerate(values)], schema=NESTED)
+
+
+def test_clean_nested_batches_take_the_vectorised_path() -> None:
+    from stream.decode.json import _fast, fast_supported
+
+    docs = [
+        {"id": i, "ts": i, "items": [{"sku": "a", "qty": i, "amt": "1.50"}, None],
+         "tags": [[1], []], "at": {"ts": i, "r": 0.5}}
+        for i in range(50)
+    ]  # fmt: skip
+    values = [json.dumps(d).encode() for d in docs]
+    assert fast_supported(NESTED)
+    table, _, suspects = _fast(values, NESTED)
+    assert suspects == [] and table.num_rows == 50
+    assert not fast_supported(pa.schema([pa.field("m", pa.map_(pa.string(), pa.int64()))]))

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator.core.jobspec import field_type
 from stream.decode.base import RawMessage
 from stream.decode.json import MAX_DEPTH, JsonDecoder, decode_batch
 from stream.decode.transform import Transform, identity
@@ -41,7 +42,24 @@ SCHEMA = pa.schema(
 )
 # The same fields plus the types only the per-record path decodes.
 WIDE = pa.schema([*SCHEMA, pa.field("day", pa.date32()), pa.field("blob", pa.binary())])
+# ... plus nested types (list, struct, map, nesting) with range-checked leaves.
+NESTED = pa.schema(
+    [
+        *WIDE,
+        pa.field("items", field_type("list<struct<sku: string, qty: int32, at: timestamp_us>>")),
+        pa.field("prices", field_type("map<string, decimal(18,2)>")),
+        pa.field("tags", field_type("list<list<int8>>")),
+    ]
+)
 
+# ... and nested types the vectorised path decodes too (lists and structs of its scalars).
+NESTED_FAST = pa.schema(
+    [
+        *SCHEMA,
+        pa.field("items", field_type("list<struct<sku: string, qty: int32, at: timestamp_us>>")),
+        pa.field("tags", field_type("list<list<int8>>")),
+    ]
+)
 BAD_RECORDS: list[bytes | None] = [
     b'{"id":7,"name":"\\ud800","ts":1700000002000}',
     b'{"id":99999999999999999999,"ts":1700000002000}',
@@ -80,6 +98,18 @@ BAD_RECORDS: list[bytes | None] = [
     b'{"id":null,"ts":1}',
     b'{"id":1,"ts":1,"extra":{"deep":[1,2,{"a":NaN}]}}',
     b'{"id":1,"ts":1,"x":' + b"1" * 5000 + b"}",
+    b'{"id":1,"ts":1,"items":[{"sku":"a","qty":2147483648}]}',
+    b'{"id":1,"ts":1,"items":[{"sku":"a","qty":1,"at":"2024-01-01T10:00:00+02:00","x":1},null]}',
+    b'{"id":1,"ts":1,"items":[{"sku":"\\ud800"}]}',
+    b'{"id":1,"ts":1,"items":{"sku":"a"}}',
+    b'{"id":1,"ts":1,"items":[1]}',
+    b'{"id":1,"ts":1,"prices":{"eur":12.34,"usd":"0.10","gbp":null}}',
+    b'{"id":1,"ts":1,"prices":{"eur":12.345}}',
+    b'{"id":1,"ts":1,"prices":{"eur":NaN}}',
+    b'{"id":1,"ts":1,"prices":[1]}',
+    b'{"id":1,"ts":1,"tags":[[1,2],[],null,[127]]}',
+    b'{"id":1,"ts":1,"tags":[[128]]}',
+    b'{"id":1,"ts":1,"tags":[1]}',
     b"[]",
     b"3",
     b"",
@@ -103,7 +133,12 @@ _ANY = st.one_of(
     st.binary(max_size=6).map(lambda b: base64.b64encode(b).decode()),
     st.just([1]),
     st.just({"a": 1}),
+    st.just([{"sku": 1}]),
+    st.just([[300]]),
+    st.just({"eur": "1.234"}),
+    st.just([{"qty": 1.5}]),
 )
+_LEAF_INT = st.one_of(st.none(), st.integers(-(2**32), 2**32))
 _GOOD: dict[str, st.SearchStrategy[Any]] = {
     "id": st.integers(-(2**63), 2**63 - 1),
     "ts": st.integers(-(2**45), 2**45),
@@ -123,6 +158,39 @@ _GOOD: dict[str, st.SearchStrategy[Any]] = {
     "flag": st.one_of(st.none(), st.booleans()),
     "day": st.one_of(st.none(), st.dates().map(str)),
     "blob": st.one_of(st.none(), st.binary(max_size=8).map(lambda b: base64.b64encode(b).decode())),
+    "items": st.one_of(
+        st.none(),
+        st.lists(
+            st.one_of(
+                st.none(),
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "sku": st.one_of(st.none(), st.text(max_size=4)),
+                        "qty": _LEAF_INT,
+                        "at": st.one_of(
+                            st.none(),
+                            st.integers(-(2**45), 2**45),
+                            st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+                        ),
+                        "extra": st.integers(),
+                    },
+                ),
+            ),
+            max_size=3,
+        ),
+    ),
+    "prices": st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.text(max_size=3),
+            st.one_of(st.none(), st.decimals(-(10**6), 10**6, places=3).map(str)),
+            max_size=3,
+        ),
+    ),
+    "tags": st.one_of(
+        st.none(), st.lists(st.one_of(st.none(), st.lists(_LEAF_INT, max_size=3)), max_size=3)
+    ),
 }
 
 
@@ -170,7 +238,7 @@ def _alone_and_batch_agree(
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_value(), max_size=40), st.sampled_from([SCHEMA, WIDE]))
+@given(st.lists(_value(), max_size=40), st.sampled_from([SCHEMA, WIDE, NESTED, NESTED_FAST]))
 def test_batch_equals_each_record_alone(values: list[bytes | None], schema: pa.Schema) -> None:
     _alone_and_batch_agree(values, schema, identity)
 
@@ -185,6 +253,8 @@ def test_batch_equals_each_record_alone_with_a_failing_transform(
 
 def test_every_adversarial_record_in_one_batch_is_a_row_or_quarantined() -> None:
     _alone_and_batch_agree(BAD_RECORDS, WIDE, identity)
+    _alone_and_batch_agree(BAD_RECORDS, NESTED, identity)
+    _alone_and_batch_agree(BAD_RECORDS, NESTED_FAST, identity)
     _alone_and_batch_agree(BAD_RECORDS, SCHEMA, identity)
 
 
@@ -221,7 +291,7 @@ def test_dates_binary_and_timestamps_decode_from_natural_json_forms() -> None:
     assert row["ts"].isoformat() == "2024-03-01T09:00:00.123000+00:00"
     assert row["us"].isoformat() == "2024-03-01T09:00:00.123456+00:00"
     for bad_doc, field in [
-        (b'{"id":1,"ts":"2024-03-01T10:00:00"}', "ts"),  # no zone
+        (b'{"id":1,"ts":"2024-03-01T25:00:00"}', "ts"),  # no such hour
         (b'{"id":1,"ts":1,"day":"2024-02-30"}', "day"),
         (b'{"id":1,"ts":1,"day":17000}', "day"),
         (b'{"id":1,"ts":1,"blob":"@@@"}', "blob"),
@@ -276,3 +346,34 @@ def test_a_transform_failing_on_the_batch_quarantines_only_its_culprits() -> Non
     assert all(q.error.startswith("transform: ValueError") for q in bad)
     assert rows["id"].to_pylist() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]
     assert rows["_kafka_offset"].to_pylist() == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_nested_values_decode_exactly_and_bad_leaves_quarantine_with_their_path() -> None:
+    row, error = _one(
+        b'{"id":1,"ts":"2024-01-01T10:00:00+02:00","us":"2024-01-01T10:00:00.123456789",'
+        b'"items":[{"sku":"a","qty":2,"at":"2024-01-01T00:00:00Z","x":9},{"sku":"b"},null],'
+        b'"prices":{"eur":12.34,"usd":"0.10","gbp":null},"tags":[[1,-2],[],null]}',
+        NESTED,
+    )
+    assert error is None and row is not None
+    assert row["ts"].isoformat() == "2024-01-01T08:00:00+00:00"  # offset applied
+    assert row["us"].isoformat() == "2024-01-01T10:00:00.123456+00:00"  # naive: UTC; ns cut
+    at = row["items"][0].pop("at")
+    assert at.isoformat() == "2024-01-01T00:00:00+00:00"
+    assert row["items"] == [
+        {"sku": "a", "qty": 2},  # unknown "x" ignored
+        {"sku": "b", "qty": None, "at": None},  # missing struct fields: null
+        None,
+    ]
+    assert row["prices"] == [("eur", Decimal("12.34")), ("usd", Decimal("0.10")), ("gbp", None)]
+    assert row["tags"] == [[1, -2], [], None]
+    for doc, where in [
+        (b'"items":[{"qty":1},{"qty":2147483648}]', "field 'items': [1].qty: expected an integer"),
+        (b'"prices":{"eur":12.345}', "field 'prices': ['eur']: expected at most 2 decimal"),
+        (b'"tags":[[1],[128]]', "field 'tags': [1][0]: expected an integer in [-128, 127]"),
+        (b'"items":[{"at":"2024-13-01T00:00:00Z"}]', "field 'items': [0].at: expected an ISO"),
+        (b'"items":{"sku":"a"}', "field 'items': expected a JSON array"),
+        (b'"prices":[1]', "field 'prices': expected a JSON object"),
+    ]:
+        row, error = _one(b'{"id":1,"ts":1,' + doc + b"}", NESTED)
+        assert row is None and error is not None and where in error, error

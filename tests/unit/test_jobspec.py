@@ -184,3 +184,80 @@ def test_relative_sqlite_state_url_resolves_against_the_job_folder(
 def test_absolute_memory_and_server_state_urls_are_unchanged(tmp_path: Path, url: str) -> None:
     job = load_job(write(tmp_path, BASE + f'\n[state]\nurl = "{url}"\n'))
     assert job.state_url() == url
+
+
+def test_nested_field_types_parse_structurally() -> None:
+    import pyarrow as pa
+
+    from coordinator.core.jobspec import field_type
+
+    assert field_type("list<int64>") == pa.list_(pa.int64())
+    assert field_type("struct<sku: string, qty: int32>") == pa.struct(
+        [("sku", pa.string()), ("qty", pa.int32())]
+    )
+    assert field_type("map<string, decimal(18,2)>") == pa.map_(pa.string(), pa.decimal128(18, 2))
+    assert field_type(" list< struct<a:list<timestamp_us>,b:map<string,date>> > ") == pa.list_(
+        pa.struct(
+            [
+                ("a", pa.list_(pa.timestamp("us", tz="UTC"))),
+                ("b", pa.map_(pa.string(), pa.date32())),
+            ]
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("lst<int64>", "found 'lst<int64>' (did you mean 'list'?)"),
+        (
+            "list<strng>",
+            "expected a type at position 5 of 'list<strng>', found 'strng>' "
+            "(did you mean 'string'?)",
+        ),
+        ("list<int64", "expected '>' at position 10"),
+        ("struct<a int32>", "expected ':' at position 9"),
+        ("struct<a: int32, a: int64>", "distinct struct field names, found 'a' twice"),
+        ("map<int32, string>", "expected map keys of type string"),
+        ("list<decimal(40,2)>", "1 <= P <= 38"),
+        ("list<int64>>", "expected end of the type"),
+        ("list<" * 20 + "int8" + ">" * 20, "nested at most 16 deep"),
+    ],
+)
+def test_a_bad_nested_type_names_the_field_and_shows_the_grammar(
+    tmp_path: Path, bad: str, says: str
+) -> None:
+    msg = error_of(tmp_path, BASE.replace('amount = "decimal(18,2)"', f'amount = "{bad}"'))
+    assert "field 'amount'" in msg and says in msg, msg
+    if "position" in says or "did you mean" in says:
+        assert "list<T>, struct<name: T, ...> or map<string, T>" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (("", ""), None),  # a valid job with a nested column
+        (('event_time = "ts"', 'event_time = "amount"'), "key=schema.event_time: expected a "
+         "scalar column, found nested column 'amount'"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\nkey = ["amount"]'),
+         "key=table.key: expected a scalar column, found nested column 'amount'"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\n[[history.archive]]\n'
+          'glob = "a/*.csv"\nformat = "csv"'),
+         "key=history.archive[0].format: CSV cells cannot hold nested columns"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\n[[backfill.assert]]\n'
+          'check = "unique"\ncolumn = "amount"'),
+         "expected a scalar column for check 'unique', found nested column 'amount'"),
+        (('uri = "out/orders.lance"', 'uri = "out/orders.lance"\n[history]\n'
+          'where = [{ column = "amount", op = "==", value = 1 }]'),
+         "can only be tested with 'is null' / 'is not null', found op '=='"),
+    ],
+)  # fmt: skip
+def test_nested_columns_are_values_never_keys_times_or_csv_cells(
+    tmp_path: Path, edit: tuple[str, str], says: str | None
+) -> None:
+    text = BASE.replace('amount = "decimal(18,2)"', 'amount = "map<string, decimal(18,2)>"')
+    if says is None:
+        load_job(write(tmp_path, text))
+        return
+    msg = error_of(tmp_path, text.replace(*edit))
+    assert says in msg, msg
