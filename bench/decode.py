@@ -168,7 +168,7 @@ def main() -> None:
 
 def nested_schema() -> pa.Schema:
     """An order with nested line items, a price map and a shipping struct."""
-    from coordinator.core.jobspec import field_type
+    from coordinator.core.fieldtypes import field_type
 
     return pa.schema(
         [

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from coordinator.core.catalogspec import CatalogSpec, StorageSpec
 from coordinator.core.controls import AssertSpec, WhereSpec
+from coordinator.core.fieldtypes import FIELD_TYPES
 from coordinator.core.jobspec import (
-    FIELD_TYPES,
     ArchiveSpec,
     AvroSpec,
     BackfillSpec,

@@ -145,7 +145,7 @@ def test_nested_columns_from_jsonl_and_parquet_archives(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from backfill.sources.archive_rows import read_file
-    from coordinator.core.jobspec import field_type
+    from coordinator.core.fieldtypes import field_type
 
     schema = pa.schema(
         [

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.core.jobspec import field_type
+from coordinator.core.fieldtypes import field_type
 from reconcile.checksum import checksum
 
 SCHEMA = pa.schema(

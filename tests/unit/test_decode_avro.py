@@ -276,7 +276,7 @@ def test_avro_settings_are_checked_up_front(tmp_path: Path) -> None:
 
 
 def test_avro_records_arrays_and_maps_decode_like_json_nested_values() -> None:
-    from coordinator.core.jobspec import field_type
+    from coordinator.core.fieldtypes import field_type
 
     writer = {
         "type": "record",

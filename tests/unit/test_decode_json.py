@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.core.jobspec import field_type
+from coordinator.core.fieldtypes import field_type
 from stream.decode.base import RawMessage
 from stream.decode.json import MAX_DEPTH, JsonDecoder, decode_batch
 from stream.decode.transform import Transform, identity

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from coordinator.core.errors import ConfigError
-from coordinator.core.jobspec import field_type, parse_job
+from coordinator.core.fieldtypes import field_type
+from coordinator.core.jobspec import parse_job
 from stream.decode import DECODERS, decoder_for
 from stream.decode.json import JsonDecoder
 

@@ -189,7 +189,7 @@ def test_absolute_memory_and_server_state_urls_are_unchanged(tmp_path: Path, url
 def test_nested_field_types_parse_structurally() -> None:
     import pyarrow as pa
 
-    from coordinator.core.jobspec import field_type
+    from coordinator.core.fieldtypes import field_type
 
     assert field_type("list<int64>") == pa.list_(pa.int64())
     assert field_type("struct<sku: string, qty: int32>") == pa.struct(
