@@ -101,6 +101,29 @@ def test_compaction_keeps_every_row_and_its_lineage(tmp_path: Path) -> None:
     assert _offsets(fresh) == Counter({(0, o): 1 for o in range(65)})
 
 
+def _manifests(sink: IcebergSink) -> list[tuple[int, int, int]]:
+    table = sink.live_table().table.refresh()
+    return [
+        (m.added_files_count or 0, m.existing_files_count or 0, m.deleted_files_count or 0)
+        for m in table.current_snapshot().manifests(table.io)
+    ]
+
+
+def test_compaction_leaves_no_manifest_of_deleted_files_to_plan(tmp_path: Path) -> None:
+    # Every later scan would read the rewrite's manifest of DELETED entries (12 here, 3,000
+    # after 1,000 live commits) until some commit leaves it out: compaction does at once.
+    job = _iceberg(tmp_path, "manifests")
+    sink = _sink(job)
+    for i in range(12):
+        _append(sink, _batch(i))
+    before = content_of(sink)
+    assert sink.compact().files_removed == 12
+    manifests = _manifests(sink)
+    assert manifests and all(added or existing for added, existing, _ in manifests), manifests
+    assert sum(added + existing for added, existing, _ in manifests) == 3
+    assert content_of(_sink(job)) == before
+
+
 def test_a_live_commit_landing_mid_compaction_makes_it_replan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
