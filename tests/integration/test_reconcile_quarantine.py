@@ -93,7 +93,7 @@ def test_live_and_backfill_quarantine_reconciles_with_zero_lost(
     assert totals["source_rows"] == totals["table_rows"] == 1500 - 15
     for part in doc["partitions"]:
         assert part["quarantined"] == len({o for p, o in bad if p == part["partition"]})
-    assert "quarantined 15" in html.read_text()
+    assert "1,500 Kafka, 15 quarantined" in html.read_text()  # the report's source total
     store.close()
 
 
