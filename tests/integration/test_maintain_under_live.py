@@ -103,9 +103,11 @@ def test_compaction_keeps_every_row_and_its_lineage(tmp_path: Path) -> None:
 
 def _manifests(sink: IcebergSink) -> list[tuple[int, int, int]]:
     table = sink.live_table().table.refresh()
+    snapshot = table.current_snapshot()
+    assert snapshot is not None
     return [
         (m.added_files_count or 0, m.existing_files_count or 0, m.deleted_files_count or 0)
-        for m in table.current_snapshot().manifests(table.io)
+        for m in snapshot.manifests(table.io)
     ]
 
 
