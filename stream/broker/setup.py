@@ -197,7 +197,8 @@ def _resolve_into(job: _MavenJob, digest: str) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=job.libs.parent))
     try:
         log.info("resolving %s jars with Maven into %s", job.what, job.libs)
-        _run_maven(mvn, staging, job)
+        with file_lock(cache_root() / ".maven.lock"):  # one Maven run at a time shares ~/.m2
+            _run_maven(mvn, staging, job)
         (staging / "jars" / _COMPLETE_MARKER).write_text(digest + "\n")
         if job.libs.exists():
             shutil.rmtree(job.libs)

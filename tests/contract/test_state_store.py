@@ -41,6 +41,7 @@ from coordinator.core.values import (
 )
 from coordinator.state import schema
 from coordinator.state.store import LeaseOwner, StateStore, state_exists
+from tests.apt import apt_install
 
 _NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -66,13 +67,10 @@ def _pg_bindir() -> Path:
         return Path(os.path.realpath(found)).parent
     dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not dirs:
-        subprocess.run(["apt-get", "update"], check=True, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
+        done = apt_install("postgresql")
+        if done.returncode != 0:
+            pytest.fail(f"PostgreSQL could not be installed (apt-get install postgresql): "
+                        f"{done.stderr[-2000:]}")  # fmt: skip
         dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     if not dirs:
         pytest.fail("PostgreSQL could not be provided: no initdb after apt-get install postgresql")

@@ -46,6 +46,7 @@ from reconcile.source import KafkaUnits, SourceUnit
 from stream.decode.base import RawMessage
 from stream.decode.json import decode_batch
 from stream.decode.transform import identity
+from tests.apt import apt_install
 
 pytestmark = pytest.mark.integration
 
@@ -346,9 +347,7 @@ def _chromium(html: Path, tmp_path: Path, name: str) -> tuple[Path, str]:
 
     exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if exe is None and shutil.which("apt-get"):  # Debian's chromium, like the PostgreSQL fixture
-        subprocess.run(["apt-get", "update"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-                       check=False, capture_output=True)  # fmt: skip
+        apt_install("chromium")
         exe = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if exe is None:
         pytest.fail("chromium is not installed: apt-get install -y chromium", pytrace=False)

@@ -20,7 +20,8 @@ def _readme_command(marker: str) -> str:
 
 def test_readme_test_and_main_commands_work_on_a_fresh_machine() -> None:
     install = "python3 -m pip install --quiet uv && "
-    assert _readme_command("ci:test-command") == f"{install}python3 -m uv run --frozen pytest"
+    assert _readme_command("ci:test-command") == (
+        f"{install}python3 -m uv run --frozen pytest -n 2 --dist worksteal")
     assert _readme_command("ci:main-command").startswith(f"{install}python3 -m uv run --frozen "
                                                          "seamline ")
 

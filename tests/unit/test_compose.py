@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from stream.broker.setup import KAFKA_VERSION
+from tests.apt import apt_install
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
@@ -90,13 +90,9 @@ def _compose_command() -> list[str]:
         if done.returncode == 0:
             return ["docker", "compose"]
     if shutil.which("docker-compose") is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for argv in (["apt-get", "update", "-qq"],
-                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                      "docker-compose"]):
-            done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
-            if done.returncode != 0:
-                pytest.fail(f"cannot install docker-compose to validate the file: {done.stderr}")
+        done = apt_install("docker-compose")
+        if done.returncode != 0:
+            pytest.fail(f"cannot install docker-compose to validate the file: {done.stderr}")
     return ["docker-compose"]
 
 
