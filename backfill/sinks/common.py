@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from coordinator.core import lineage
+from coordinator.core import faults, lineage
 from coordinator.core.errors import (
     CommitConflictError,
     CommitOutcomeUnknownError,
@@ -238,13 +238,17 @@ def commit_with_token(
     guard = _COMMIT_GUARD.get()
 
     def guarded() -> T:
+        faults.force_conflict(what)  # only when worker.commit_retry is armed
         if guard is None:
             return action()
         with guard(token):
             return action()
 
+    def conflict(exc: BaseException) -> bool:
+        return isinstance(exc, faults.ForcedConflict) or is_conflict(exc)
+
     try:
-        return retry_conflicts(what, guarded, is_conflict, policy)
+        return retry_conflicts(what, guarded, conflict, policy)
     except SeamlineError:  # raised on purpose (a guard, a refusal): certainly not applied
         raise
     except (ValueError, TypeError) as exc:  # refused before anything was committed

@@ -71,9 +71,10 @@ def parse(value: str) -> tuple[str, int]:
 
 def arm(value: str | None) -> None:
     """Arm ``<point>[:<nth>]`` in this process (``None`` disarms); resets the reach count."""
-    global _target, _reached
+    global _target, _reached, _conflict_forced
     _target = parse(value) if value else None
     _reached = 0
+    _conflict_forced = False
 
 
 def crash_point(name: str) -> None:
@@ -81,6 +82,35 @@ def crash_point(name: str) -> None:
     if _target is None:
         return
     _reach(name)
+
+
+class ForcedConflict(Exception):
+    """A slice commit attempt refused before it was made, to reach ``worker.commit_retry``."""
+
+
+_conflict_forced = False
+
+#: The point on the retry path of a slice commit (see :func:`force_conflict`).
+RETRY_POINT = "worker.commit_retry"
+
+
+def force_conflict(what: str) -> None:
+    """Raise :class:`ForcedConflict` on this process's first slice commit attempt when
+    ``worker.commit_retry`` is armed and has not fired yet.
+
+    A retry happens only when another writer commits in between, which a trial cannot time;
+    so arming the point also refuses one attempt, before anything is written or committed
+    (exactly what a real conflict leaves: nothing applied). The commit path then takes its
+    retry, where the point fires. Zero cost when no point is armed.
+    """
+    global _conflict_forced
+    if _target is None or _target[0] != RETRY_POINT or _conflict_forced:
+        return
+    marker = os.environ.get(MARKER_ENV)
+    if marker and os.path.exists(marker):
+        return  # the point fired already (a retried worker or a restarted coordinator)
+    _conflict_forced = True
+    raise ForcedConflict(f"{what}: commit attempt refused ({CRASH_ENV}={RETRY_POINT})")
 
 
 def _reach(name: str) -> None:

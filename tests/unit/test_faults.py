@@ -106,3 +106,29 @@ def test_marker_makes_the_point_fire_once_across_processes(tmp_path: Path) -> No
     again, _ = run_child(tmp_path, "worker.after_commit")  # same marker: a restarted process
     assert again.returncode == 0 and again.stdout.split()[-1] == "done"
     assert marker.read_text().split()[0] == "worker.after_commit"
+
+
+def test_armed_commit_retry_refuses_one_slice_commit_attempt_then_commits() -> None:
+    from backfill.sinks.common import commit_with_token
+    from coordinator.core.retry import RetryPolicy
+    from coordinator.core.values import CommitToken, Epoch
+
+    calls: list[int] = []
+
+    def action() -> str:
+        calls.append(1)
+        return "landed"
+
+    faults.arm("worker.commit_retry:2")  # reached once on the retry: not yet the 2nd reach
+    try:
+        out = commit_with_token(
+            "slice s1", CommitToken("job", "s1", 1, Epoch(1), "backfill"), action,
+            is_conflict=lambda exc: False, policy=RetryPolicy(attempts=3, base_s=0.0, max_s=0.0),
+            find_exact=lambda token: None,
+        )  # fmt: skip
+        assert out == "landed" and calls == [1]  # refused once before the action, then made
+        assert faults._reached == 1  # the retry path reached the point
+        faults.force_conflict("again")  # once per process: no second refusal
+    finally:
+        faults.arm(None)
+    faults.force_conflict("disarmed")  # nothing armed: never refuses
