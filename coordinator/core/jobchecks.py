@@ -108,8 +108,7 @@ def _check_delete_when(spec: JobSpec) -> None:
     fits = (
         (pa.types.is_boolean(column) and isinstance(value, bool))
         or (pa.types.is_integer(column) and isinstance(value, int) and not isinstance(value, bool))
-        or (pa.types.is_string(column) or pa.types.is_large_string(column))
-        and isinstance(value, str)
+        or (pa.types.is_string(column) and isinstance(value, str))
     )
     if not fits:
         raise ConfigError(
