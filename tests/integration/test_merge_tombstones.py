@@ -50,36 +50,58 @@ pytestmark = pytest.mark.integration
 DAY = datetime(2024, 1, 1, tzinfo=UTC)
 TS = int(datetime(2024, 3, 1, tzinfo=UTC).timestamp() * 1000)
 # (order_id, op) in offset order on partition 0; "d" is the declared tombstone
-HISTORY = [(21, "u"), (22, "u"), (1, "d"), (2, "d"), (6, "u"),
-           (22, "d"), (23, "u"), (23, "d"), (23, "u"), (24, "u")]  # fmt: skip
+HISTORY = [
+    (21, "u"),
+    (22, "u"),
+    (1, "d"),
+    (2, "d"),
+    (6, "u"),
+    (22, "d"),
+    (23, "u"),
+    (23, "d"),
+    (23, "u"),
+    (24, "u"),
+]
 LIVE = [(6, "d"), (9, "d"), (24, "d"), (3, "u")]
 HWM = len(HISTORY)
 
 
 def _job(fmt: str, root: Path, bootstrap: str, topic: str) -> JobSpec:
     table: dict[str, Any] = {
-        "format": fmt, "key": ["order_id"], "partition_by": "day",
+        "format": fmt,
+        "key": ["order_id"],
+        "partition_by": "day",
         "delete_when": {"field": "op", "equals": "d"},
-    }  # fmt: skip
+    }
     if fmt == "iceberg":
         (root / "warehouse").mkdir()
-        table |= {"identifier": "tomb.orders", "catalog_uri": f"sqlite:///{root / 'cat.db'}",
-                  "warehouse": (root / "warehouse").as_uri()}  # fmt: skip
+        table |= {
+            "identifier": "tomb.orders",
+            "catalog_uri": f"sqlite:///{root / 'cat.db'}",
+            "warehouse": (root / "warehouse").as_uri(),
+        }
     else:
         table |= {"uri": str(root / "orders.lance")}
     doc = {
         "job": {"id": "tomb"},
         "stream": {"bootstrap": bootstrap, "topic": topic},
         "schema": {
-            "fields": {"order_id": "int64", "amount": "float64", "ts": "timestamp_ms",
-                       "op": "string"},
+            "fields": {
+                "order_id": "int64",
+                "amount": "float64",
+                "ts": "timestamp_ms",
+                "op": "string",
+            },
             "required": ["order_id", "ts"],
             "event_time": "ts",
-        },  # fmt: skip
+        },
         "table": table,
-        "history": {"kafka": True, "archive": [
-            {"glob": str(root / "archive" / "*.parquet"), "format": "parquet", "bucket": "day"}
-        ]},  # fmt: skip
+        "history": {
+            "kafka": True,
+            "archive": [
+                {"glob": str(root / "archive" / "*.parquet"), "format": "parquet", "bucket": "day"}
+            ],
+        },
         "backfill": {"mode": "merge"},
     }
     return parse_job(doc, base_dir=root, default_id="tomb")
@@ -89,12 +111,14 @@ def _archive(root: Path) -> None:
     ids = list(range(1, 11))
     (root / "archive").mkdir()
     pq.write_table(
-        pa.table({
-            "order_id": pa.array(ids, pa.int64()),
-            "amount": pa.array([float(i) for i in ids]),
-            "ts": pa.array([DAY + timedelta(hours=i) for i in ids], pa.timestamp("ms", "UTC")),
-            "op": pa.array(["u"] * len(ids)),
-        }),  # fmt: skip
+        pa.table(
+            {
+                "order_id": pa.array(ids, pa.int64()),
+                "amount": pa.array([float(i) for i in ids]),
+                "ts": pa.array([DAY + timedelta(hours=i) for i in ids], pa.timestamp("ms", "UTC")),
+                "op": pa.array(["u"] * len(ids)),
+            }
+        ),
         root / "archive" / "a.parquet",
     )
 
@@ -110,9 +134,7 @@ def _produce(bootstrap: str, topic: str, docs: list[tuple[int, str]], first: int
 def _live(job: JobSpec, rng: OffsetRange) -> None:
     msgs = [m for b in iter_kafka_range(job.kafka_config(), job.stream.topic, rng) for m in b]
     rows, _ = decode_batch(msgs, job.schema_.arrow_schema(), identity, "live")
-    open_sink(job).append_live(
-        rows, CommitToken(job.job_id, "live-0", 1, Epoch(1), "live", (rng,))
-    )
+    open_sink(job).append_live(rows, CommitToken(job.job_id, "live-0", 1, Epoch(1), "live", (rng,)))
 
 
 def _rng(a: int, b: int) -> OffsetRange:
@@ -128,13 +150,21 @@ def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
     _archive(tmp_path)
     _produce(kafka_bootstrap, topic, HISTORY, 0)
     _produce(kafka_bootstrap, topic, LIVE, HWM)
-    cut = Cut(job.job_id, topic, (PartitionCut(PartitionId(0), Offset(0), Offset(HWM)),),
-              datetime.now(UTC), Epoch(1))  # fmt: skip
+    cut = Cut(
+        job.job_id,
+        topic,
+        (PartitionCut(PartitionId(0), Offset(0), Offset(HWM)),),
+        datetime.now(UTC),
+        Epoch(1),
+    )
     open_sink(job).ensure_table()
     _live(job, _rng(HWM, HWM + len(LIVE)))  # live tombstones land before any history
     slices = [
-        Slice("a-day", Scope("archive", bucket=TimeBucket(DAY, DAY + timedelta(days=1))),
-              files=(str(tmp_path / "archive" / "a.parquet"),)),  # fmt: skip
+        Slice(
+            "a-day",
+            Scope("archive", bucket=TimeBucket(DAY, DAY + timedelta(days=1))),
+            files=(str(tmp_path / "archive" / "a.parquet"),),
+        ),
         Slice("h-0", Scope("kafka", (_rng(0, 5),))),
         Slice("h-5", Scope("kafka", (_rng(5, HWM),))),
     ]
@@ -151,8 +181,14 @@ def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
     visible = {r["order_id"]: r["amount"] for r in rows if not r[lineage.DELETED]}
     assert visible == {3: 1300.0, 4: 4.0, 5: 5.0, 7: 7.0, 8: 8.0, 10: 10.0, 21: 0.0, 23: 800.0}
     marker = {r["order_id"]: (r["_kafka_offset"], r["op"]) for r in rows if r[lineage.DELETED]}
-    assert marker == {1: (2, "d"), 2: (3, "d"), 6: (10, "d"), 9: (11, "d"), 22: (5, "d"),
-                      24: (12, "d")}  # fmt: skip  # each key's newest version: its tombstone
+    assert marker == {
+        1: (2, "d"),
+        2: (3, "d"),
+        6: (10, "d"),
+        9: (11, "d"),
+        22: (5, "d"),
+        24: (12, "d"),
+    }  # each key's newest version: its tombstone
 
     report = reconcile(job, cut, slices, quarantine={})
     assert report.reconciled, report.to_json()
