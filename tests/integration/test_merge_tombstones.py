@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +24,8 @@ from confluent_kafka import Producer
 from backfill.executor import execute_slice
 from backfill.sinks import open_sink
 from coordinator.core import lineage
-from coordinator.core.jobspec import JobSpec, parse_job
+from coordinator.core.errors import ExitCode
+from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import (
     CommitToken,
     Cut,
@@ -44,6 +44,16 @@ from coordinator.testing.pytest_plugin import TopicFactory
 from stream.decode.json import decode_batch
 from stream.decode.transform import identity
 from stream.kafka.reader import iter_kafka_range
+from tests.integration.test_e2e_support import (
+    ZERO,
+    counts,
+    job_path,
+    json_out,
+    live_consumer,
+    seamline,
+    take_cut,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,44 +77,55 @@ HWM = len(HISTORY)
 
 
 def _job(fmt: str, root: Path, bootstrap: str, topic: str) -> JobSpec:
-    table: dict[str, Any] = {
-        "format": fmt,
-        "key": ["order_id"],
-        "partition_by": "day",
-        "delete_when": {"field": "op", "equals": "d"},
-    }
+    """The job file (``job.toml`` under ``root``, so ``seamline`` processes can run it)."""
     if fmt == "iceberg":
         (root / "warehouse").mkdir()
-        table |= {
-            "identifier": "tomb.orders",
-            "catalog_uri": f"sqlite:///{root / 'cat.db'}",
-            "warehouse": (root / "warehouse").as_uri(),
-        }
+        table = (
+            f'format = "iceberg"\nidentifier = "tomb.orders"\n'
+            f'catalog_uri = "sqlite:///{root / "cat.db"}"\nwarehouse = "{root / "warehouse"}"'
+        )
     else:
-        table |= {"uri": str(root / "orders.lance")}
-    doc = {
-        "job": {"id": "tomb"},
-        "stream": {"bootstrap": bootstrap, "topic": topic},
-        "schema": {
-            "fields": {
-                "order_id": "int64",
-                "amount": "float64",
-                "ts": "timestamp_ms",
-                "op": "string",
-            },
-            "required": ["order_id", "ts"],
-            "event_time": "ts",
-        },
-        "table": table,
-        "history": {
-            "kafka": True,
-            "archive": [
-                {"glob": str(root / "archive" / "*.parquet"), "format": "parquet", "bucket": "day"}
-            ],
-        },
-        "backfill": {"mode": "merge"},
-    }
-    return parse_job(doc, base_dir=root, default_id="tomb")
+        table = f'format = "lance"\nuri = "{root / "orders.lance"}"'
+    path = root / "job.toml"
+    path.write_text(
+        f"""[job]
+id = "tomb"
+[stream]
+bootstrap = "{bootstrap}"
+topic = "{topic}"
+group = "{topic}-live"
+[schema]
+event_time = "ts"
+required = ["order_id", "ts"]
+[schema.fields]
+order_id = "int64"
+amount = "float64"
+ts = "timestamp_ms"
+op = "string"
+[table]
+{table}
+key = ["order_id"]
+partition_by = "day"
+delete_when = {{ field = "op", equals = "d" }}
+[history]
+kafka = true
+[[history.archive]]
+glob = "{root / "archive" / "*.parquet"}"
+format = "parquet"
+bucket = "day"
+[backfill]
+mode = "merge"
+slice_records = 5
+[live]
+batch_records = 100
+batch_seconds = 0.2
+min_commit_seconds = 0.2
+[state]
+url = "sqlite:///{root / "state.db"}"
+""",
+        encoding="utf-8",
+    )
+    return load_job(path)
 
 
 def _archive(root: Path) -> None:
@@ -141,6 +162,27 @@ def _rng(a: int, b: int) -> OffsetRange:
     return OffsetRange(PartitionId(0), Offset(a), Offset(b))
 
 
+def _assert_table(job: JobSpec) -> None:
+    """Read the table itself: one row per key, deleted keys only as marker rows holding their
+    tombstone, visible rows holding the newest version."""
+    rows = open_sink(job).scan().to_pylist()  # the table itself, every row
+    ids = [r["order_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "one row per key, marker rows included"
+    deleted = {r["order_id"] for r in rows if r[lineage.DELETED]}
+    assert deleted == {1, 2, 6, 9, 22, 24}
+    visible = {r["order_id"]: r["amount"] for r in rows if not r[lineage.DELETED]}
+    assert visible == {3: 1300.0, 4: 4.0, 5: 5.0, 7: 7.0, 8: 8.0, 10: 10.0, 21: 0.0, 23: 800.0}
+    marker = {r["order_id"]: (r["_kafka_offset"], r["op"]) for r in rows if r[lineage.DELETED]}
+    assert marker == {
+        1: (2, "d"),
+        2: (3, "d"),
+        6: (10, "d"),
+        9: (11, "d"),
+        22: (5, "d"),
+        24: (12, "d"),
+    }  # each key's newest version: its tombstone
+
+
 @pytest.mark.parametrize("fmt", ["iceberg", "lance"])
 def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
     fmt: str, tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
@@ -173,22 +215,7 @@ def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
     replay = slices[1]  # the slice holding key 6's older version, replayed as a new attempt
     execute_slice(job, replay, CommitToken(job.job_id, replay.slice_id, 2, Epoch(1), "backfill"))
 
-    rows = open_sink(job).scan().to_pylist()  # the table itself, every row
-    ids = [r["order_id"] for r in rows]
-    assert len(ids) == len(set(ids)), "one row per key, marker rows included"
-    deleted = {r["order_id"] for r in rows if r[lineage.DELETED]}
-    assert deleted == {1, 2, 6, 9, 22, 24}
-    visible = {r["order_id"]: r["amount"] for r in rows if not r[lineage.DELETED]}
-    assert visible == {3: 1300.0, 4: 4.0, 5: 5.0, 7: 7.0, 8: 8.0, 10: 10.0, 21: 0.0, 23: 800.0}
-    marker = {r["order_id"]: (r["_kafka_offset"], r["op"]) for r in rows if r[lineage.DELETED]}
-    assert marker == {
-        1: (2, "d"),
-        2: (3, "d"),
-        6: (10, "d"),
-        9: (11, "d"),
-        22: (5, "d"),
-        24: (12, "d"),
-    }  # each key's newest version: its tombstone
+    _assert_table(job)
 
     report = reconcile(job, cut, slices, quarantine={})
     assert report.reconciled, report.to_json()
@@ -199,3 +226,31 @@ def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
     oracle = check(job, {0: HWM}, key="order_id")
     assert oracle.anomalies == 0, oracle.to_json()
     assert (oracle.deleted_keys, oracle.tombstones) == (6, 7)
+
+
+def test_seamline_run_and_the_live_loop_keep_deleted_keys_deleted(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
+) -> None:
+    """The same through ``seamline live`` (the real live loop writes the live tombstones
+    first) and ``seamline run`` (planned slices, then its own reconcile). Lance only: the
+    process start-ups make it the longest test here, and the Iceberg writers run the same
+    tombstone code in the test above."""
+    topic = kafka_topic(1)
+    job = _job("lance", tmp_path, kafka_bootstrap, topic)
+    _archive(tmp_path)
+    _produce(kafka_bootstrap, topic, HISTORY, 0)
+    take_cut(job)
+    open_sink(job).ensure_table()
+    with live_consumer(job) as live:
+        _produce(kafka_bootstrap, topic, LIVE, HWM)
+        end = HWM + len(LIVE)
+        wait_until(lambda: open_sink(job).live_offsets().get(PartitionId(0)) == end, 60, "live")
+        final = seamline("run", job_path(job), "--output", "json")
+        assert final.returncode == ExitCode.OK, final.stdout[-3000:] + final.stderr[-3000:]
+        doc = json_out(final)
+        assert live.poll() is None, "the live consumer ran throughout"
+    assert doc["reconciled"] is True, doc
+    _assert_table(job)
+    totals = doc["reconcile"]
+    assert counts(totals) == ZERO, totals
+    assert (totals["tombstones"], totals["deleted_keys"]) == (7, 6), totals
