@@ -16,6 +16,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -226,6 +227,11 @@ def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
     oracle = check(job, {0: HWM}, key="order_id")
     assert oracle.anomalies == 0, oracle.to_json()
     assert (oracle.deleted_keys, oracle.tombstones) == (6, 7)
+    if fmt == "lance":  # a deleted key made visible again is caught by both checkers
+        lance.dataset(str(job.table.uri)).update({lineage.DELETED: "false"}, where="order_id = 6")
+        bad = reconcile(job, cut, slices, quarantine={})
+        assert not bad.reconciled and [s.slice_id for s in bad.mismatched] == ["live-p0-10"]
+        assert check(job, {0: HWM}, key="order_id").resurrected == 1
 
 
 def test_seamline_run_and_the_live_loop_keep_deleted_keys_deleted(
