@@ -24,8 +24,9 @@ from confluent_kafka import Producer
 
 from backfill.executor import execute_slice
 from backfill.sinks import open_sink
+from backfill.sources.archive import read_archive_slice
 from coordinator.core import lineage
-from coordinator.core.errors import ExitCode
+from coordinator.core.errors import ExitCode, WriterError
 from coordinator.core.jobspec import JobSpec, load_job
 from coordinator.core.values import (
     CommitToken,
@@ -260,3 +261,22 @@ def test_seamline_run_and_the_live_loop_keep_deleted_keys_deleted(
     totals = doc["reconcile"]
     assert counts(totals) == ZERO, totals
     assert (totals["tombstones"], totals["deleted_keys"]) == (7, 6), totals
+
+
+@pytest.mark.parametrize("fmt", ["iceberg", "lance"])
+def test_a_table_created_without_the_marker_column_is_refused_not_silently_kept(
+    fmt: str, tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
+) -> None:
+    job = _job(fmt, tmp_path, kafka_bootstrap, kafka_topic(1))
+    before = job.model_copy(update={"table": job.table.model_copy(update={"delete_when": None})})
+    open_sink(before).ensure_table()  # a merge table from before tombstones were declared
+    _archive(tmp_path)
+    bucket = Scope("archive", bucket=TimeBucket(DAY, DAY + timedelta(days=1)))
+    slice_ = Slice("a-day", bucket, files=(str(tmp_path / "archive" / "a.parquet"),))
+    with pytest.raises(WriterError, match="expected a _seamline_deleted column") as info:
+        sink = open_sink(job)
+        sink.ensure_table()
+        rows = read_archive_slice(job, slice_)
+        sink.write_slice(bucket, rows, CommitToken(job.job_id, "a-day", 1, Epoch(1), "backfill"))
+    assert "delete_when" in str(info.value) and info.value.hint
+    assert open_sink(before).scan().num_rows == 0  # nothing was written
