@@ -235,6 +235,7 @@ def test_a_tombstone_deletes_its_key_and_no_older_version_brings_it_back(
         assert check(job, {0: HWM}, key="order_id").resurrected == 1
 
 
+@pytest.mark.slow  # ~35 s on the shared 2-core machine: two process start-ups and a pool
 def test_seamline_run_and_the_live_loop_keep_deleted_keys_deleted(
     tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
 ) -> None:
