@@ -62,6 +62,7 @@ class KeyCheck:
     rows: int = 0
     duplicated: int = 0
     samples: tuple[DuplicateKey, ...] = field(default=())
+    deleted: int = 0  # merge with tombstones: keys whose one row is a tombstone (marker row)
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,7 @@ class KeyCheck:
             "key": list(self.key),
             "rows": self.rows,
             "duplicated": self.duplicated,
+            "deleted": self.deleted,
             "ok": self.ok,
             "samples": [d.to_json() for d in self.samples],
         }
@@ -88,12 +90,18 @@ def _plain(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def key_index(
-    sink: TableReader, key: Sequence[str], event_time: str, version: str | None = None
+    sink: TableReader,
+    key: Sequence[str],
+    event_time: str,
+    version: str | None = None,
+    extra: Sequence[str] = (),
 ) -> pa.Table:
-    """Key columns plus lineage (event time, to name a bucket; the merge ``version``) of
-    every table row."""
+    """Key columns plus lineage (event time, to name a bucket; the merge ``version``; the
+    tombstone marker when declared, in ``extra``) of every table row."""
     cols = list(
-        dict.fromkeys([*key, event_time, *([version] if version else []), *lineage.COLUMNS])
+        dict.fromkeys(
+            [*key, event_time, *([version] if version else []), *lineage.COLUMNS, *extra]
+        )
     )
     return sink.scan(None, columns=cols)
 
@@ -120,7 +128,10 @@ def check_unique(index: pa.Table, key: Sequence[str], *, merge: bool) -> KeyChec
         samples.append(DuplicateKey(k, int(entry["count_all"]), where))
     if extra:
         log.warning("duplicate business keys domain=%s extra_rows=%d", domain, extra)
-    return KeyCheck(domain, tuple(key), rows.num_rows, extra, tuple(samples))
+    deleted = 0
+    if merge and lineage.DELETED in rows.column_names:  # a marker row is its key's one row
+        deleted = int(pc.sum(rows[lineage.DELETED]).as_py() or 0)
+    return KeyCheck(domain, tuple(key), rows.num_rows, extra, tuple(samples), deleted)
 
 
 def _after(holder: list[pa.ChunkedArray], row: list[pa.ChunkedArray]) -> pa.ChunkedArray | pa.Array:

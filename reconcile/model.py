@@ -40,6 +40,7 @@ class SliceReport:
     drilldown: DrillDown | None = None
     ranges: tuple[OffsetRange, ...] = ()
     superseded: int = 0  # merge mode: source rows a later record of the same key replaced
+    tombstones: int = 0  # merge mode with delete_when: source records that delete their key
 
     @property
     def matches(self) -> bool:
@@ -63,6 +64,7 @@ class SliceReport:
             "quarantined": self.quarantined,
             "duplicate_keys": self.duplicate_keys,
             "superseded": self.superseded,
+            "tombstones": self.tombstones,
             "drilldown": self.drilldown.to_json() if self.drilldown else None,
         }
 
@@ -106,6 +108,9 @@ class ReconcileReport:
           (archive rows) plus ``kafka_records`` (Kafka offsets holding a committed record,
           below and above the cut). A quarantined record is a source record: ``quarantined``
           says how many of them the table does not hold because the decoder refused them.
+        * ``tombstones`` (merge mode with ``[table] delete_when``): source records that are
+          delete markers (counted in the records above, and kept apart here); ``deleted_keys``:
+          keys whose one table row is a tombstone's marker row (neither lost nor duplicated).
         * ``source_rows`` / ``table_rows``: the rows the compared units hold on each side
           (quarantined records yield no source row).
         * ``slices``: the planned slices (archive buckets and Kafka ranges below the cut);
@@ -123,6 +128,8 @@ class ReconcileReport:
         out["live_units"] = len(self.slices) - out["slices"]
         out["mismatched_slices"] = len(self.mismatched)
         out["archive_quarantined"] = sum(s.quarantined for s in self.slices if s.kind == "archive")
+        out["tombstones"] = sum(s.tombstones for s in self.slices)
+        out["deleted_keys"] = self.keys.deleted if self.keys else 0
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -208,6 +208,9 @@ def _facts(report: ReconcileReport) -> list[tuple[str, str, bool]]:
         out.append((k.replace("_", " "), fmt(t.get(k, 0)), t.get(k, 0) > 0))
     for k in ("quarantined", "archive_quarantined", "superseded"):
         out.append((k.replace("_", " "), fmt(t.get(k, 0)), False))
+    if t["tombstones"] or t["deleted_keys"]:
+        out.append(("tombstones / deleted keys", f"{fmt(t['tombstones'])} / "
+                    f"{fmt(t['deleted_keys'])}", False))  # fmt: skip
     return out
 
 
@@ -223,6 +226,10 @@ def totals_line(report: ReconcileReport) -> str:
         f"{fmt(t['in_flight'])} · overlap {fmt(t['overlap'])} · gap {fmt(t['gap'])} · "
         f"duplicated {fmt(t['duplicated'])} · phantom {fmt(t['phantom'])} · superseded "
         f"{fmt(t['superseded'])} · duplicate keys {fmt(t['duplicate_keys'])}"
+    ) + (
+        f" · tombstones {fmt(t['tombstones'])} (deleted keys {fmt(t['deleted_keys'])})"
+        if t["tombstones"] or t["deleted_keys"]
+        else ""
     )
 
 

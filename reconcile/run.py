@@ -102,6 +102,7 @@ class _Pending:
     columns: tuple[str, ...] | None  # hashed source columns (None: no source rows)
     quarantined: int = 0
     superseded: int = 0
+    tombstones: int = 0  # merge with delete_when: source records that are tombstones
 
 
 @dataclass
@@ -195,8 +196,9 @@ class _Run:
         rows, replaced = data.rows, 0
         if self.merge_index is not None and rows is not None:
             rows, replaced = self.drop_superseded(rows, table)
+        tombs = _tombstones(rows)
         report = compare_unit(unit, rows, table, key=KAFKA_KEY, quarantined=len(data.quarantined))
-        return replace(report, superseded=replaced) if replaced else report
+        return replace(report, superseded=replaced, tombstones=tombs)
 
     def kafka_rows(self, unit: Unit) -> tuple[Unit, SourceUnit] | None:
         """The source rows of a Kafka unit (scope limited by min-age, dead letters moved to
@@ -217,7 +219,16 @@ class _Run:
                 data.offsets[(data.offsets >= rng.start) & (data.offsets < rng.end)]
             )
             part.quarantined.append(data.quarantined)
-        return Unit(unit.unit_id, unit.kind, scope, unit.slice), drop_dead(data, self.dead)
+        kept = self.mark(drop_dead(data, self.dead))
+        return Unit(unit.unit_id, unit.kind, scope, unit.slice), kept
+
+    def mark(self, data: SourceUnit) -> SourceUnit:
+        """Source rows with ``_seamline_deleted`` from the declared marker, computed as the
+        writers compute it (merge mode with ``[table] delete_when``), so both sides hash it."""
+        marker = self.job.table.delete_when
+        if marker is None or data.rows is None:
+            return data
+        return replace(data, rows=lineage.mark_deleted(data.rows, marker.field, marker.equals))
 
     def kafka_source(self, unit: Unit) -> _Pending | None:
         """The source side of a Kafka unit, summed (merge: superseded versions dropped)."""
@@ -225,17 +236,19 @@ class _Run:
         if read is None:
             return None
         rows, replaced = read[1].rows, 0
+        tombs = _tombstones(rows)
         if self.merge_index is not None and rows is not None:
             rows, replaced = self.drop_superseded(rows, self.merge_index)
-        return _pending(read[0], rows, len(read[1].quarantined), replaced)
+        return replace(_pending(read[0], rows, len(read[1].quarantined), replaced), tombstones=tombs)
 
     def archive_source(self, unit: Unit) -> _Pending:
         """The source side of an archive unit, summed (merge: superseded versions dropped)."""
         (rows, quarantined), replaced = self.read_archive(unit), 0
+        tombs = _tombstones(rows)
         if self.merge_index is not None:
             event_time = self.job.schema_.event_time
             rows, replaced = self.archive_drop(rows, self.merge_index, [event_time])
-        return _pending(unit, rows, quarantined, replaced)
+        return replace(_pending(unit, rows, quarantined, replaced), tombstones=tombs)
 
     def read_archive(self, unit: Unit) -> tuple[pa.Table, int]:
         assert unit.slice is not None
@@ -244,7 +257,11 @@ class _Run:
                 f"slice_id={unit.unit_id}: expected an archive reader, found none",
                 hint="pass archive= to reconcile_job (coordinator.service.reconcile does)",
             )
-        return self.archive(unit.slice)
+        rows, quarantined = self.archive(unit.slice)
+        marker = self.job.table.delete_when
+        if marker is not None:
+            rows = lineage.mark_deleted(rows, marker.field, marker.equals)
+        return rows, quarantined
 
     def table_pass(self, pending: Sequence[_Pending], ends: Mapping[int, int]) -> TablePass:
         """One scan of the whole table, rows grouped by unit (see reconcile.tablepass)."""
@@ -285,7 +302,7 @@ class _Run:
         return SliceReport(
             unit.unit_id, unit.kind, describe_scope(unit.scope), p.source, table,
             quarantined=p.quarantined, duplicate_keys=tp.duplicate_keys.get(i, 0),
-            ranges=unit.scope.ranges, superseded=p.superseded,
+            ranges=unit.scope.ranges, superseded=p.superseded, tombstones=p.tombstones,
         )  # fmt: skip
 
     def drill(self, p: _Pending) -> SliceReport:
@@ -293,12 +310,12 @@ class _Run:
         unit = p.unit
         if unit.kind == "archive":
             return self.archive_unit(unit)
-        data = drop_dead(self.source.read(unit.scope.ranges), self.dead)
+        data = self.mark(drop_dead(self.source.read(unit.scope.ranges), self.dead))
         table, rows, replaced = self.sink.scan(unit.scope), data.rows, 0
         if self.merge_index is not None and rows is not None:
             rows, replaced = self.drop_superseded(rows, table, record=False)
         report = compare_unit(unit, rows, table, key=KAFKA_KEY, quarantined=p.quarantined)
-        return replace(report, superseded=replaced) if replaced else report
+        return replace(report, superseded=replaced, tombstones=p.tombstones)
 
     def one_pass(self, units: Sequence[Unit], ends: Mapping[int, int]) -> list[SliceReport]:
         """Every unit's source side, then one table pass, then the comparison."""
@@ -341,11 +358,12 @@ class _Run:
 
     def archive_unit(self, unit: Unit) -> SliceReport:
         (source, quarantined), table, replaced = self.read_archive(unit), self.sink.scan(unit.scope), 0
+        tombs = _tombstones(source)
         if self.merge_index is not None:
             source, replaced = self.archive_drop(source, table)
         report = compare_unit(unit, source, table, key=self.job.table.key,
                               quarantined=quarantined)  # fmt: skip
-        return replace(report, superseded=replaced) if replaced else report
+        return replace(report, superseded=replaced, tombstones=tombs)
 
     def lineage(self, p: int, end: int) -> tuple[I64, npt.NDArray[np.bool_]]:
         """Table offsets of partition ``p`` below ``end`` and whether live wrote each."""
@@ -388,6 +406,13 @@ def _pending(unit: Unit, rows: pa.Table | None, quarantined: int, replaced: int 
     return _Pending(unit, checksum(rows, cols), tuple(cols), quarantined, replaced)
 
 
+def _tombstones(rows: pa.Table | None) -> int:
+    """Source rows marked as tombstones (0 without a declared marker)."""
+    if rows is None or lineage.DELETED not in rows.column_names:
+        return 0
+    return int(pc.sum(rows[lineage.DELETED]).as_py() or 0)
+
+
 def _one_pass_safe(units: Sequence[Unit]) -> bool:
     """One pass needs disjoint unit scopes (true of any plan)."""
     return scopes_disjoint([u.scope for u in units])
@@ -409,7 +434,8 @@ def _key_check(
     merge = job.backfill.mode == "merge"
     if not job.table.key or not (merge or any(s.scope.source == "archive" for s in slices)):
         return None, None
-    index = key_index(sink, job.table.key, job.schema_.event_time, job.table.version)
+    extra = (lineage.DELETED,) if merge and job.table.delete_when is not None else ()
+    index = key_index(sink, job.table.key, job.schema_.event_time, job.table.version, extra)
     return (index if merge else None), check_unique(index, job.table.key, merge=merge)
 
 

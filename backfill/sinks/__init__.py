@@ -110,6 +110,11 @@ def maintenance_policy(job: JobSpec, min_age_s: float = 60.0) -> MaintenancePoli
     )
 
 
+def _delete_when(job: JobSpec) -> tuple[str, object] | None:
+    marker = job.table.delete_when
+    return None if marker is None else (marker.field, marker.equals)
+
+
 def _iceberg(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:
     from backfill.sinks.iceberg.sink import IcebergSink
 
@@ -125,6 +130,7 @@ def _iceberg(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:
         key=job.table.key,
         version=job.table.version,
         strict_keys=job.table.strict_keys,
+        delete_when=_delete_when(job),
         maintenance=maintenance,
     )
 
@@ -141,6 +147,7 @@ def _lance(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:
         key=job.table.key,
         version=job.table.version,
         strict_keys=job.table.strict_keys,
+        delete_when=_delete_when(job),
         maintenance=maintenance,
         storage_options=options,
         host_lock=job.table.storage.commit_lock == "host",

@@ -8,6 +8,13 @@ greatest by the *declared order*, never by commit timing:
 2. the source: archive rows < Kafka records (``_seamline_source``: ``"archive" < "kafka"``),
 3. the Kafka partition, then the offset within it (null for archive rows: oldest).
 
+**Tombstones** (``delete_when``: a record whose marker column equals a declared value) are
+versions of their key like any other: :meth:`MergeRule.mark` sets the ``_seamline_deleted``
+lineage column from the marker, and a tombstone that wins is kept as the key's one row (the
+*marker row*). So an older version arriving later (a history slice committing after a newer
+live tombstone, a replayed slice) loses to it and cannot bring the key back; readers filter
+``NOT _seamline_deleted``. A newer version after a tombstone wins and revives the key.
+
 A full tie (the same record written twice, e.g. a retried slice) keeps the table's row. Inside
 one batch, duplicate keys resolve by the same rule (the later row wins a full tie) unless the
 rule is ``strict`` (then ``DuplicateKeyError``).
@@ -42,12 +49,41 @@ class MergeRule:
     key: tuple[str, ...]
     version: str | None = None
     strict: bool = False
+    delete_when: tuple[str, object] | None = None  # (column, value) marking a tombstone
 
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("expected at least one key column for a merge, found none")
         if self.version is not None and self.version in self.key:
             raise ValueError(f"expected a version column outside the key, found {self.version!r}")
+        if self.delete_when is not None and self.delete_when[0] in (*self.key, self.version):
+            raise ValueError(
+                f"expected a delete marker column outside key and version, found "
+                f"{self.delete_when[0]!r}"
+            )
+
+    def mark(self, rows: pa.Table) -> pa.Table:
+        """``rows`` with ``_seamline_deleted`` from the declared marker (unchanged without
+        one); called on both sides before the rows are conformed to the table schema."""
+        if self.delete_when is None:
+            return rows
+        try:
+            return lineage.mark_deleted(rows, *self.delete_when)
+        except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise WriterError(
+                f"merge rows: cannot read the delete marker ({exc})",
+                hint="the transform must keep the [table] delete_when column",
+            ) from None
+
+    def check_table(self, schema: pa.Schema, where: str) -> None:
+        """Refuse a table without the marker column when tombstones are declared (it was
+        created before ``delete_when`` was set: the marker would be silently dropped)."""
+        if self.delete_when is not None and lineage.DELETED not in schema.names:
+            raise WriterError(
+                f"{where}: expected a {lineage.DELETED} column for [table] delete_when, found "
+                f"a table without it (created before tombstones were declared)",
+                hint="load into a new table, or add the boolean column to this one first",
+            )
 
     @property
     def order(self) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ def cross_checks(spec: JobSpec) -> None:
             f"key=table.version: expected a declared column outside table.key, found {version!r}",
             hint=f"name one of [schema.fields] ({', '.join(fields)}), e.g. updated_at",
         )
+    _check_delete_when(spec)
     _check_avro(spec.stream)
     _check_kafka_columns(spec.schema_)
     _check_nested(spec)
@@ -79,6 +80,41 @@ def cross_checks(spec: JobSpec) -> None:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",
             hint='set table.key = ["order_id"] or use mode = "overwrite"',
+        )
+
+
+def _check_delete_when(spec: JobSpec) -> None:
+    """``[table] delete_when``: merge mode only, a declared scalar column outside the key and
+    the version, and a value of the column's type."""
+    marker = spec.table.delete_when
+    if marker is None:
+        return
+    if spec.backfill.mode != "merge":
+        raise ConfigError(
+            f"key=table.delete_when: tombstones need mode = \"merge\", found "
+            f"mode = {spec.backfill.mode!r} (only a merge by key can delete a key)",
+            hint='set [backfill] mode = "merge" with table.key, or remove table.delete_when',
+        )
+    fields = spec.schema_.fields
+    roles = [*spec.table.key, spec.table.version]
+    if marker.field not in fields or marker.field in roles:
+        raise ConfigError(
+            f"key=table.delete_when.field: expected a declared column outside table.key and "
+            f"table.version, found {marker.field!r}",
+            hint=f"name one of [schema.fields] ({', '.join(fields)}), e.g. op",
+        )
+    column = spec.schema_.arrow_schema().field(marker.field).type
+    value = marker.equals
+    fits = (
+        (pa.types.is_boolean(column) and isinstance(value, bool))
+        or (pa.types.is_integer(column) and isinstance(value, int) and not isinstance(value, bool))
+        or (pa.types.is_string(column) and isinstance(value, str))
+    )
+    if not fits:
+        raise ConfigError(
+            f"key=table.delete_when.equals: expected a value of column {marker.field!r} "
+            f"({fields[marker.field]}), found {value!r}",
+            hint="the marker column must be a string, integer or boolean column",
         )
 
 

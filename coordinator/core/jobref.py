@@ -123,6 +123,12 @@ DESCRIPTIONS: dict[str, str] = {
     "(archive < Kafka, then partition, then offset).",
     "table.strict_keys": "Merge mode: refuse a batch holding one key twice (`DuplicateKeyError`) "
     "instead of keeping its newest version.",
+    "table.delete_when": "Merge mode: the declared tombstone, an inline table "
+    "`{ field = \"op\", equals = \"d\" }`: a record whose `field` equals `equals` (a string, "
+    "integer or boolean of that column's type) deletes its key. It is a version of the key "
+    "under the same order; the table keeps it as the key's marker row with "
+    "`_seamline_deleted = true`, so an older version arriving later cannot revive the key; "
+    "readers filter `NOT _seamline_deleted`.",
     "table.partition_by": "Iceberg partitioning of the event-time column.",
     "history.kafka": "Backfill the topic's retained records below the cut. `false` "
     "(archive-only) needs a topic with no retained records: seamline refuses to cut otherwise.",

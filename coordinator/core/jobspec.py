@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -179,6 +180,13 @@ class SchemaSpec(_Model):
         )
 
 
+class DeleteWhenSpec(_Model):
+    """Merge mode: a record whose ``field`` equals ``equals`` is its key's tombstone."""
+
+    field: str
+    equals: StrictBool | StrictInt | StrictStr
+
+
 class TableSpec(_Model):
     """Where rows land.
 
@@ -199,6 +207,7 @@ class TableSpec(_Model):
     key: list[str] = []
     version: str | None = None  # merge: column deciding the newest version of a key
     strict_keys: bool = False  # merge: duplicate keys inside one batch are an error
+    delete_when: DeleteWhenSpec | None = None  # merge: the declared tombstone marker
     partition_by: Literal["day", "hour", "none"] = "day"
 
     def catalog_spec(self) -> CatalogSpec | None:

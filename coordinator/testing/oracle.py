@@ -16,6 +16,11 @@ row by row. Everything is counted separately and every count must be 0:
   file alone: the ``[table] version`` column when declared (null oldest), then archive rows
   (read with pyarrow from ``[[history.archive]]``) below Kafka records, then partition, then
   offset.
+* merge mode with ``[table] delete_when``: a record whose marker field equals the declared value
+  is a tombstone, a version like any other. When a key's newest version is a tombstone its one
+  row must carry ``_seamline_deleted = true`` (else ``resurrected``: readers would see a deleted
+  key); when it is not, the row must not (else ``wrongly_deleted``). ``tombstones`` and
+  ``deleted_keys`` are counted for the report, not as anomalies.
 
 A source record is *good* when its value is a JSON object holding every field the schema
 requires; anything else is poison (it must be in the dead-letter topic, not the table).
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Pos = tuple[int, int]  # (partition, offset)
 COUNTS = ("lost", "duplicated", "phantom", "overlap", "wrong_side", "wrong_value",
-          "key_duplicates", "stale")
+          "key_duplicates", "stale", "resurrected", "wrongly_deleted")
 
 
 @dataclass
@@ -60,6 +65,10 @@ class OracleReport:
     wrong_value: int = 0
     key_duplicates: int = 0
     stale: int = 0
+    resurrected: int = 0
+    wrongly_deleted: int = 0
+    tombstones: int = 0  # source versions (archive rows and records) that are tombstones
+    deleted_keys: int = 0  # keys whose newest version is a tombstone
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -166,7 +175,9 @@ def check(job: JobSpec, hwm: Mapping[int, int] | None = None, *, key: str = "ord
                           rows.num_rows)
     _rows_vs_source(report, kafka, good, hwm or {}, key)
     if job.backfill.mode == "merge":
-        _merge(report, rows.to_pylist(), good, read_archive(job), key, job.table.version)
+        marker = job.table.delete_when
+        tomb = (marker.field, marker.equals) if marker is not None else None
+        _merge(report, rows.to_pylist(), good, read_archive(job), key, job.table.version, tomb)
     else:
         seen = {(r["_kafka_partition"], r["_kafka_offset"]) for r in kafka}
         for pos in sorted(good.keys() - seen):
@@ -227,24 +238,32 @@ def _rank(version: Any, source: int, pos: Pos) -> tuple[Any, ...]:
 
 
 def _merge(report: OracleReport, rows: list[dict[str, Any]], good: Mapping[Pos, dict[str, Any]],
-           archive: list[dict[str, Any]], key: str, version: str | None) -> None:
+           archive: list[dict[str, Any]], key: str, version: str | None,
+           tomb: tuple[str, Any] | None = None) -> None:
     def ver(doc: Mapping[str, Any]) -> Any:
         return doc.get(version) if version else None
 
+    def dead(doc: Mapping[str, Any]) -> bool:
+        return tomb is not None and doc.get(tomb[0]) == tomb[1]
+
     newest: dict[Any, tuple[tuple[Any, ...], Pos | None, Any]] = {}
+    deleted: dict[Any, bool] = {}
     versions: list[tuple[dict[str, Any], int, Pos, Pos | None]]
     versions = [(doc, 0, (-1, -1), None) for doc in archive]
     versions += [(doc, 1, pos, pos) for pos, doc in good.items()]
     for doc, source, order_pos, pos in versions:
         rank = _rank(ver(doc), source, order_pos)
         k = doc[key]
+        report.tombstones += dead(doc)
         if k not in newest or rank > newest[k][0]:
             newest[k] = (rank, pos, _ms(ver(doc)))
+            deleted[k] = dead(doc)
     by_key: dict[Any, list[tuple[Pos | None, Any]]] = {}
     for r in rows:
         at = r.get("_kafka_offset")
         pos = (r["_kafka_partition"], at) if at is not None else None
         by_key.setdefault(r[key], []).append((pos, _ms(ver(r))))
+    marked = {r[key] for r in rows if r.get("_seamline_deleted")}
     for k, (_, want, want_ver) in sorted(newest.items(), key=lambda kv: str(kv[0])):
         got = by_key.get(k, [])
         if not got:
@@ -254,3 +273,10 @@ def _merge(report: OracleReport, rows: list[dict[str, Any]], good: Mapping[Pos, 
         if got and (want, want_ver) not in got:
             report.note("stale", f"{key}={k} expected {want or 'archive'} "
                                  f"version={want_ver}, found {got}")
+        report.deleted_keys += deleted[k]
+        if got and deleted[k] and k not in marked:
+            report.note("resurrected", f"{key}={k}: newest version is a tombstone, found a "
+                                       f"visible row {got}")
+        if got and not deleted[k] and k in marked:
+            report.note("wrongly_deleted", f"{key}={k}: newest version is no tombstone, found "
+                                           f"a marker row {got}")

@@ -91,3 +91,43 @@ def test_a_large_key_set_is_bounded_by_its_range_so_iceberg_can_prune_files() ->
     text = repr(many)
     assert "GreaterThanOrEqual" in text and "LessThanOrEqual" in text and "In(" in text
     assert "500" in text and "999" in text
+
+
+TOMB = MergeRule(("k",), delete_when=("v", "DEL"))
+
+
+def deleted(table: pa.Table) -> dict[int, bool]:
+    return dict(zip(table["k"].to_pylist(), table[lineage.DELETED].to_pylist(), strict=True))
+
+
+def test_a_tombstone_is_a_version_its_marker_row_wins_and_an_older_version_cannot_revive() -> None:
+    table = TOMB.mark(rows([(1, "k1@3", "kafka", 0, 3, 0), (2, "arch", "archive", None, None, 0)]))
+    tomb = TOMB.mark(rows([(1, "DEL", "kafka", 0, 7, 0), (2, "DEL", "kafka", 0, 8, 0)]))
+    after = plan(tomb, table, TOMB).rows
+    assert deleted(after) == {1: True, 2: True} and by_key(after) == {1: "DEL", 2: "DEL"}
+    # a history slice with older versions commits after the live tombstones: the keys stay deleted
+    late = TOMB.mark(rows([(1, "k1@5", "kafka", 0, 5, 0), (2, "arch2", "archive", None, None, 0)]))
+    assert deleted(plan(late, after, TOMB).rows) == {1: True, 2: True}
+    # a newer version after the tombstone revives the key
+    newer = TOMB.mark(rows([(1, "k1@9", "kafka", 0, 9, 0)]))
+    assert deleted(plan(newer, after.slice(0, 1), TOMB).rows) == {1: False}
+
+
+def test_tombstones_in_one_batch_and_under_a_version_column_follow_the_same_order() -> None:
+    batch = TOMB.mark(rows([(1, "DEL", "kafka", 0, 4, 0), (1, "v@6", "kafka", 0, 6, 0)]))
+    assert deleted(dedupe(batch, TOMB)) == {1: False}  # the later record wins
+    rule = MergeRule(("k",), version="ver", delete_when=("v", "DEL"))
+    batch = rule.mark(rows([(1, "DEL", "kafka", 0, 4, 30), (1, "v@6", "kafka", 0, 6, 20)]))
+    assert deleted(dedupe(batch, rule)) == {1: True}  # the greater version is the tombstone
+
+
+def test_the_marker_is_structural_null_is_no_tombstone_and_roles_cannot_overlap() -> None:
+    batch = rows([(1, "DEL", "kafka", 0, 1, 0), (2, "x", "kafka", 0, 2, 0)])
+    batch = batch.set_column(1, "v", pa.array(["DEL", None], pa.string()))
+    assert deleted(TOMB.mark(batch)) == {1: True, 2: False}
+    assert TOMB.mark(batch).schema.field(lineage.DELETED).nullable is False
+    assert MergeRule(("k",)).mark(batch) is batch  # no marker declared: unchanged
+    with pytest.raises(WriterError, match="delete marker"):
+        TOMB.mark(batch.drop_columns(["v"]))
+    with pytest.raises(ValueError, match="outside key and version"):
+        MergeRule(("k",), version="ver", delete_when=("ver", 1))

@@ -261,3 +261,29 @@ def test_nested_columns_are_values_never_keys_times_or_csv_cells(
         return
     msg = error_of(tmp_path, text.replace(*edit))
     assert says in msg, msg
+
+
+def test_delete_when_needs_merge_mode_a_known_column_and_a_value_of_its_type(
+    tmp_path: Path,
+) -> None:
+    fields = BASE.replace('amount = "decimal(18,2)"', 'amount = "decimal(18,2)"\nop = "string"')
+    merge = fields.replace("[table]\n", '[table]\nkey = ["order_id"]\n') + (
+        '\n[backfill]\nmode = "merge"\n'
+    )
+    marker = '[table]\ndelete_when = { field = "op", equals = "d" }\n'
+    job = load_job(write(tmp_path, merge.replace("[table]\n", marker)))
+    assert job.table.delete_when is not None and job.table.delete_when.equals == "d"
+    msg = error_of(tmp_path, fields.replace("[table]\n", marker))
+    assert "key=table.delete_when: tombstones need mode = \"merge\"" in msg
+    assert "found mode = 'overwrite'" in msg
+    unknown = merge.replace("[table]\n", marker.replace('"op"', '"opp"'))
+    assert "key=table.delete_when.field" in error_of(tmp_path, unknown)
+    assert "'opp'" in error_of(tmp_path, unknown)
+    keyed = merge.replace("[table]\n", marker.replace('"op"', '"order_id"'))
+    assert "outside table.key" in error_of(tmp_path, keyed)
+    typed = merge.replace("[table]\n", marker.replace('"d"', "1"))
+    assert "key=table.delete_when.equals: expected a value of column 'op' (string), found 1" in (
+        error_of(tmp_path, typed)
+    )
+    extra = merge.replace("[table]\n", marker.replace("}", ", value = 1 }"))
+    assert "delete_when" in error_of(tmp_path, extra)

@@ -87,3 +87,22 @@ def test_reconcile_names_job_file_and_refuses_all_with_mismatched() -> None:
     assert "JOB_FILE" in runner.invoke(cli, ["reconcile", "--help"]).output
     res = runner.invoke(cli, ["reconcile", "x.toml", "--all", "--mismatched"])
     assert res.exit_code == 2 and "choose one of --all and --mismatched" in res.output
+
+
+def test_tombstones_and_deleted_keys_are_counted_apart_in_every_rendering() -> None:
+    from dataclasses import replace
+
+    from reconcile.keys import KeyCheck
+
+    plain = _report()
+    assert "tombstones" not in render_text(plain)  # no marker declared: nothing shown
+    units = list(plain.slices)
+    units[0] = replace(units[0], tombstones=4)
+    units[61] = replace(units[61], tombstones=3)
+    keys = KeyCheck("table", ("order_id",), rows=500, deleted=6)
+    report = replace(plain, slices=tuple(units), keys=keys)
+    totals = json.loads(render_json(report))["totals"]
+    assert (totals["tombstones"], totals["deleted_keys"], totals["duplicate_keys"]) == (7, 6, 0)
+    assert json.loads(render_json(report))["keys"]["deleted"] == 6
+    phrase = "tombstones 7 (deleted keys 6)"
+    assert phrase in render_text(report) and phrase in render_html(report)

@@ -317,8 +317,12 @@ class IcebergLiveTable:
         ) from exc
 
     def _conform(self, data: pa.Table) -> pa.Table:
+        schema = self._table.schema().as_arrow()
+        if self._merge is not None:  # tombstones: the marker column, on a table that has it
+            self._merge.check_table(schema, f"table={self._table.name()}")
+            data = self._merge.mark(data)
         try:
-            return common.conform(data, self._table.schema().as_arrow(), sort_by=self._sort_by)
+            return common.conform(data, schema, sort_by=self._sort_by)
         except (ValueError, TypeError, pa.ArrowInvalid) as exc:
             raise WriterError(
                 f"table={self._table.name()}: live rows do not fit the table schema ({exc})",

@@ -94,17 +94,20 @@ class IcebergSink:
         key: Sequence[str] = (),
         version: str | None = None,
         strict_keys: bool = False,
+        delete_when: tuple[str, object] | None = None,
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
     ) -> None:
         self.catalog = catalog
         self.identifier = identifier
-        self.schema = lineage.with_lineage(schema)
+        self.schema = lineage.with_lineage(schema, tombstones=delete_when is not None)
         self.event_time = event_time
         self.partition_by = partition_by
         self.mode = mode
         self.key = tuple(key)
-        self.rule = merge.MergeRule(self.key, version, strict_keys) if mode == "merge" else None
+        self.rule = (
+            merge.MergeRule(self.key, version, strict_keys, delete_when) if mode == "merge" else None
+        )
         self.policy = policy
         self.maintenance = maintenance
         self._live: IcebergLiveTable | None = None
@@ -143,8 +146,12 @@ class IcebergSink:
         return self.catalog.load_table(self.identifier)
 
     def _rows(self, table: Table, data: pa.Table) -> pa.Table:
+        schema = table.schema().as_arrow()
+        if self.rule is not None:  # tombstones: the marker column, on a table that has it
+            self.rule.check_table(schema, f"table={self.identifier}")
+            data = self.rule.mark(data)
         try:
-            return common.conform(data, table.schema().as_arrow(), sort_by=self.event_time)
+            return common.conform(data, schema, sort_by=self.event_time)
         except (ValueError, TypeError, pa.ArrowInvalid) as exc:
             raise WriterError(
                 f"table={self.identifier}: rows do not fit the table schema ({exc})",

@@ -65,6 +65,7 @@ class LanceSink:
         key: Sequence[str] = (),
         version: str | None = None,
         strict_keys: bool = False,
+        delete_when: tuple[str, object] | None = None,
         policy: common.RetryPolicy = common.DEFAULT_RETRY,
         maintenance: common.MaintenancePolicy = common.DEFAULT_MAINTENANCE,
         storage_options: dict[str, str] | None = None,
@@ -73,11 +74,13 @@ class LanceSink:
         self.uri = uri
         self.storage_options = storage_options  # object-store keys: secrets, never logged
         self.io = dataset_io(uri, storage_options, host_lock)
-        self.schema = lineage.with_lineage(schema)
+        self.schema = lineage.with_lineage(schema, tombstones=delete_when is not None)
         self.event_time = event_time
         self.mode = mode
         self.key = tuple(key)
-        self.rule = merge.MergeRule(self.key, version, strict_keys) if mode == "merge" else None
+        self.rule = (
+            merge.MergeRule(self.key, version, strict_keys, delete_when) if mode == "merge" else None
+        )
         self.policy = policy
         self.live = LanceLive(
             uri, self.schema, policy=policy, maintenance=maintenance,
@@ -90,6 +93,8 @@ class LanceSink:
     def ensure_table(self) -> None:
         """Create an empty dataset with the job's schema plus lineage if none exists."""
         if self._exists():
+            if self.rule is not None:  # declared tombstones need the marker column
+                self.rule.check_table(self._dataset().schema, f"uri={self.uri}")
             return
         try:
             lance.write_dataset(
@@ -118,6 +123,8 @@ class LanceSink:
         return lance.dataset(self.uri, **self.io)
 
     def _rows(self, data: pa.Table) -> pa.Table:
+        if self.rule is not None:  # tombstones: the marker column (conform checks the table's)
+            data = self.rule.mark(data)
         try:
             return common.conform(data, self.schema, sort_by=self.event_time)
         except (ValueError, TypeError, pa.ArrowInvalid) as exc:
