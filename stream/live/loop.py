@@ -28,7 +28,7 @@ from typing import Any, cast
 import pyarrow as pa
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from coordinator.core.errors import LiveError
+from coordinator.core.errors import LiveError, SeamlineError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import Offset, PartitionId
 from stream.decode import RecordDecoder
@@ -173,6 +173,8 @@ class LiveConsumer:
         self._committer: ThreadPoolExecutor | None = None
         self._inflight: Future[BatchOutcome] | None = None
         self._last_report = 0.0
+        #: An exception raised inside a rebalance callback, re-raised after ``consume()``.
+        self._deferred: BaseException | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to flush, commit and return (safe from a signal handler)."""
@@ -203,15 +205,16 @@ class LiveConsumer:
         else:
             self._consumer.subscribe(
                 [topic],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
+                on_assign=self._guarded(self._on_assign),
+                on_revoke=self._guarded(self._on_revoke),
+                on_lost=self._guarded(self._on_lost),
             )
 
     def _poll_once(self) -> None:
         if self._inflight is not None and self._inflight.done():
             self._settle()
         msgs = self._consumer.consume(_CONSUME_MAX, _POLL_S)
+        self._raise_deferred()
         now = self._clock()
         self._buffer(msgs, now)
         limits = self.settings.limits
@@ -305,13 +308,39 @@ class LiveConsumer:
     def _start_at(self, partition: PartitionId, position: Offset) -> Offset:
         return max(position, self._floor.get(partition, position))
 
+    def _guarded(self, callback: Callable[[Any, list[Any]], None]) -> Callable[..., None]:
+        """``callback`` as librdkafka may call it: it never raises into the client.
+
+        An exception escaping a rebalance callback is left pending inside ``consume()``, and
+        the client's next C call (``KafkaError.code`` on the next error message) then failed
+        with a ``SystemError`` that hid the real error, under load, when partitions were
+        lost. The exception is kept and re-raised by the poll loop once ``consume()`` has
+        returned, so it is handled like any other error of the loop.
+        """
+
+        def call(consumer: Any, tps: list[Any]) -> None:
+            try:
+                callback(consumer, tps)
+            except BaseException as exc:  # re-raised by _raise_deferred
+                log.debug("rebalance callback %s raised; re-raised after consume()",
+                          callback.__name__, exc_info=True)  # fmt: skip
+                if self._deferred is None:
+                    self._deferred = exc
+
+        return call
+
+    def _raise_deferred(self) -> None:
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
+
     def _on_assign(self, consumer: Any, tps: list[Any]) -> None:
         self._assign(tps)
 
     def _on_revoke(self, consumer: Any, tps: list[Any]) -> None:
         try:
             self.flush(force=True)
-        except LiveError as exc:
+        except SeamlineError as exc:  # not committed: the partitions are re-read from the table
             log.warning("flush on revoke failed, batch discarded (it will be re-read): %s", exc)
         dropped = self._book.revoke([tp.partition for tp in tps])
         log.info("revoked %s (discarded %d buffered)", [tp.partition for tp in tps], dropped)
@@ -319,7 +348,7 @@ class LiveConsumer:
     def _on_lost(self, consumer: Any, tps: list[Any]) -> None:
         try:
             self._settle()  # a commit in flight either lands or is refused by the table
-        except LiveError as exc:
+        except SeamlineError as exc:
             log.warning("commit in flight failed while partitions were lost: %s", exc)
         dropped = self._book.revoke([tp.partition for tp in tps])
         log.warning("lost %s (discarded %d buffered)", [tp.partition for tp in tps], dropped)

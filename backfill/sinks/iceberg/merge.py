@@ -21,26 +21,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import AlwaysFalse, BooleanExpression
+from pyiceberg.conversions import from_bytes
+from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, BooleanExpression
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import FileScanTask, Table, Transaction
 
 from backfill.sinks import common, merge
-from backfill.sinks.iceberg.internals import stage_overwrite, write_data_files
+from backfill.sinks.iceberg.internals import stage_append, write_data_files
 from backfill.sinks.scopes import ice_and, ice_eq, ice_ge, ice_in, ice_le, ice_or, ice_true
 
 log = logging.getLogger(__name__)
 
-_NO_MATCH = "Delete operation did not match any records"
 _PRUNE_LIMIT = 200  # pyiceberg's IN_PREDICATE_LIMIT for metrics pruning
-_REWRITE_FACTOR = 4  # a range rewrite re-adds at most this many rows per batch row
+_READERS = 4  # data files read at once by a merge plan
 
 
 @contextlib.contextmanager
@@ -87,44 +91,107 @@ def key_range(keys: tuple[str, ...], key_rows: pa.Table) -> BooleanExpression | 
     return ice_and(ice_ge(keys[0], lo), ice_le(keys[0], hi))
 
 
+@dataclass(frozen=True)
+class MergeFiles:
+    """What one merge attempt commits: data files added and data files it replaces."""
+
+    add: list[DataFile]
+    remove: list[DataFile]
+
+
+def _bounds_may_hold(task: FileScanTask, field_id: int, ftype: Any, keys: np.ndarray) -> bool:
+    """Whether a data file's key statistics (min/max) can hold one of the sorted ``keys``;
+    ``True`` when the file has no statistics for the key."""
+    lower = (task.file.lower_bounds or {}).get(field_id)
+    upper = (task.file.upper_bounds or {}).get(field_id)
+    if lower is None or upper is None:
+        return True
+    lo, hi = from_bytes(ftype, lower), from_bytes(ftype, upper)
+    i = int(np.searchsorted(keys, lo, side="left"))
+    return i < len(keys) and keys[i] <= hi
+
+
+def candidate_files(
+    table: Table, rows: pa.Table, keys: tuple[str, ...], scope: BooleanExpression | None
+) -> list[FileScanTask]:
+    """Scan tasks of every data file that may hold a row of ``rows``' keys, or of ``scope``.
+
+    One integer key column: the files are planned by the keys' RANGE (binding a range costs
+    nothing; pyiceberg binds an IN once per manifest entry, ~40 us per value each time, which
+    at thousands of keys and hundreds of files took minutes per commit), then each file's
+    min/max statistics are checked against the sorted keys here (a binary search per file).
+    Other keys: the structural key filter.
+    """
+    bounds = key_range(keys, rows) if len(keys) == 1 else None
+    by_keys = bounds or key_filter(keys, rows)
+    tasks = table.scan(row_filter=by_keys).plan_files()
+    column = rows[keys[0]] if len(keys) == 1 else None
+    if column is not None and pa.types.is_integer(column.type) and column.null_count == 0:
+        field = table.schema().find_field(keys[0])
+        wanted = np.unique(column.to_numpy())
+        tasks = [t for t in tasks if _bounds_may_hold(t, field.field_id, field.field_type, wanted)]
+    if scope is None:
+        return list(tasks)
+    seen = {t.file.file_path for t in tasks}
+    own = [t for t in table.scan(row_filter=scope).plan_files() if t.file.file_path not in seen]
+    return [*tasks, *own]
+
+
+def _read_files(table: Table, tasks: list[FileScanTask]) -> list[pa.Table]:
+    """Every row of each task's data file (in task order), read in parallel."""
+    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+    if len(tasks) <= 1:
+        return [scan.to_table([t]) for t in tasks]
+    # a pool of our own: ``to_table`` runs on pyiceberg's shared pool, and waiting on that
+    # pool from its own threads deadlocks once every thread waits
+    with ThreadPoolExecutor(min(_READERS, len(tasks)), "seamline-merge-read") as pool:
+        return list(pool.map(lambda t: scan.to_table([t]), tasks))
+
+
 def plan_files(
     table: Table,
     rows: pa.Table,
     rule: merge.MergeRule,
     sort_by: str | None = None,
     scope: tuple[BooleanExpression, pc.Expression] | None = None,
-) -> tuple[list[DataFile], BooleanExpression]:
-    """Data files of the winners and the delete filter of the keys they replace; rows of the
-    slice's own ``scope`` (Iceberg and Arrow forms; a re-written history slice) are not
-    versions to compare (the caller deletes that scope too).
+) -> MergeFiles:
+    """The data files one merge attempt adds and replaces, planned on ``table``'s snapshot.
 
-    A large batch reads its key RANGE (pruned by file statistics) and picks its keys in
-    Arrow. When the range holds few other rows (at most :data:`_REWRITE_FACTOR` times the
-    batch), the commit replaces the whole range and re-adds those rows unchanged (lineage
-    included): a range delete costs nothing to bind, an IN of every key does.
+    Copy-on-write at file level: the files that may hold the batch's keys (and those of the
+    slice's own ``scope``: a re-written history slice replaces it, so its rows are not
+    versions to compare) are read whole; every row of the batch's keys is a version to
+    compare; the winners are written, and each file that held a replaced row (a row of the
+    batch's keys, or of ``scope``) is replaced by a file of its other rows, unchanged (lineage
+    included). Files without such a row are left alone.
     """
     if rows.num_rows == 0:
-        return [], AlwaysFalse()
-    bounds = key_range(rule.key, rows)
-    found = table.scan(row_filter=bounds or key_filter(rule.key, rows)).to_arrow()
+        return MergeFiles([], [])
+    tasks = candidate_files(table, rows, rule.key, scope and scope[0])
+    files = _read_files(table, tasks)
     hit = merge.arrow_key_filter(rows, rule.key)
-    existing = merge.outside(found.filter(hit), scope and scope[1])
+    drop = hit if scope is None else hit | scope[1]
+    found = [f.filter(hit) for f in files]
+    existing = merge.outside(
+        pa.concat_tables(found) if found else rows.schema.empty_table(), scope and scope[1]
+    )
     decided = merge.plan(rows, existing, rule)
+    out, remove = [decided.rows], []
+    for task, data in zip(tasks, files, strict=True):
+        kept = merge.outside(data, drop)  # a null predicate (archive lineage) keeps the row
+        if kept.num_rows == data.num_rows:
+            continue  # nothing of this file is replaced
+        remove.append(task.file)
+        if kept.num_rows:
+            out.append(kept.select(decided.rows.column_names).cast(decided.rows.schema))
     log.debug(
-        "merge plan: batch=%d read=%d existing=%d write=%d replace=%d",
-        rows.num_rows, found.num_rows, existing.num_rows, decided.rows.num_rows,
-        decided.replace.num_rows,
+        "merge plan: batch=%d files_read=%d existing=%d write=%d files_replaced=%d",
+        rows.num_rows, len(tasks), existing.num_rows, decided.rows.num_rows, len(remove),
     )  # fmt: skip
-    out, delete = decided.rows, None
-    if bounds is not None and found.num_rows <= _REWRITE_FACTOR * rows.num_rows:
-        others = merge.outside(found.filter(~hit), scope and scope[1])
-        if others.num_rows:
-            out = pa.concat_tables([out, others.select(out.column_names).cast(out.schema)])
-        delete = bounds
-    if sort_by is not None and out.num_rows > 1:  # one contiguous run per partition value
-        out = out.sort_by([(sort_by, "ascending")]).combine_chunks()
-    files = write_data_files(table, out) if out.num_rows else []
-    return files, delete if delete is not None else key_filter(rule.key, decided.replace)
+    table_out = pa.concat_tables(out)
+    if sort_by is not None and table_out.num_rows > 1:  # one contiguous run per partition
+        table_out = table_out.sort_by([(sort_by, "ascending")]).combine_chunks()
+    added = write_data_files(table, table_out) if table_out.num_rows else []
+    return MergeFiles(added, remove)
 
 
 def stage_merge(
@@ -136,10 +203,15 @@ def stage_merge(
     sort_by: str | None = None,
     scope: tuple[BooleanExpression, pc.Expression] | None = None,
 ) -> None:
-    """Plan against ``table`` (the snapshot ``tx`` is based on) and stage the merge."""
-    files, replace = plan_files(table, rows, rule, sort_by, scope)
-    with warnings.catch_warnings():  # a delete matching nothing is normal (new keys)
-        warnings.filterwarnings("ignore", message=_NO_MATCH, category=UserWarning)
-        if scope is not None:  # its own delete: OR-ing it with the keys loses archive rows
-            tx.delete(delete_filter=scope[0], snapshot_properties=props)
-        stage_overwrite(tx, replace, files, props)
+    """Plan against ``table`` (the snapshot ``tx`` is based on) and stage the merge: one
+    snapshot that replaces exactly the planned files (pyiceberg refuses it if one of them is
+    no longer in that snapshot) and adds the new ones."""
+    planned = plan_files(table, rows, rule, sort_by, scope)
+    if not planned.remove:
+        stage_append(tx, planned.add, props)
+        return
+    with tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite:
+        for data_file in planned.remove:
+            rewrite.delete_data_file(data_file)
+        for data_file in planned.add:
+            rewrite.append_data_file(data_file)
