@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import warnings
 from typing import Any
 
@@ -46,12 +48,17 @@ _DEATHS = (
     "ActorDiedError",
     "TaskCancelledError",
 )
+_UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
 #: Object store of a local Ray: slices pass a job and return a small result, never data.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 
 
 def import_ray() -> Any:
     """The ``ray`` module, or a ``ConfigError`` saying how to install it."""
+    # Ray's `uv run` integration would copy the working directory into the Ray session and
+    # build a new virtualenv for the workers: a local Ray's workers use this interpreter, a
+    # cluster's workers the image's seamline, and no file of ours leaves this machine.
+    os.environ[_UV_HOOK_ENV] = "0"
     try:
         import ray
     except ImportError as exc:
@@ -61,6 +68,9 @@ def import_ray() -> Any:
             hint='install seamline[ray] (pip install "seamline[ray]"), or set executor = '
             '"process"',
         ) from None
+    constants = sys.modules.get("ray._private.ray_constants")  # read when ray was imported
+    if constants is not None and hasattr(constants, _UV_HOOK_ENV):
+        setattr(constants, _UV_HOOK_ENV, False)
     return ray
 
 

@@ -9,15 +9,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray.exceptions as rex
+import ray.exceptions
 
 from coordinator.core.errors import ConfigError
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.ports import SliceOutcome, SliceTask
-from coordinator.core.values import CommitToken, Epoch, Offset, OffsetRange, PartitionId, Scope, Slice
+from coordinator.core.values import (
+    CommitToken,
+    Epoch,
+    Offset,
+    OffsetRange,
+    PartitionId,
+    Scope,
+    Slice,
+)
 from coordinator.run import ray_pool
 from coordinator.run.ray_pool import RayWorkerPool
 from coordinator.run.runner import RunnerConfig, default_pool
+
+rex: Any = ray.exceptions  # Ray's real exception classes (untyped)
 
 
 def job(backfill: dict[str, Any]) -> JobSpec:
