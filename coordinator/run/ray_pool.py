@@ -30,7 +30,7 @@ import sys
 import warnings
 from typing import Any
 
-from coordinator.core.errors import ConfigError
+from coordinator.core.errors import ConfigError, ServiceError
 from coordinator.core.logs import configure_worker_logging, current_log_settings, redact
 from coordinator.core.ports import SliceOutcome, SliceTask
 from coordinator.run.pool import outcome_of_error, run_one
@@ -49,6 +49,9 @@ _DEATHS = (
     "TaskCancelledError",
 )
 _UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+#: Tries to start or reach Ray before the run gives up (a loaded host can miss Ray's own
+#: start-up deadline once).
+INIT_ATTEMPTS = 3
 #: Object store of a local Ray: slices pass a job and return a small result, never data.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 
@@ -117,9 +120,24 @@ class RayWorkerPool:
                 "log_to_driver": True,  # the workers' log lines, on our stderr (see below)
             }
             _keep_stdout_clean()
-            with warnings.catch_warnings():  # Ray forks its servers: lance warns in each
-                warnings.filterwarnings("ignore", message=".*not fork-safe")
-                self._init(common)
+            for attempt in range(1, INIT_ATTEMPTS + 1):
+                try:
+                    with warnings.catch_warnings():  # Ray forks its servers: lance warns
+                        warnings.filterwarnings("ignore", message=".*not fork-safe")
+                        self._init(common)
+                    break
+                except Exception as exc:  # e.g. a local raylet slower than Ray's 30 s start
+                    with contextlib.suppress(Exception):
+                        ray.shutdown()
+                    text = redact(f"{type(exc).__name__}: {_first_line(exc)}")
+                    if attempt == INIT_ATTEMPTS:
+                        raise ServiceError(
+                            f"ray: expected a Ray session on {where}, found none after "
+                            f"{attempt} attempts ({text})",
+                            hint="check [backfill.ray] address and that the cluster is up "
+                            "(a local Ray: the machine's load), or use executor = \"process\"",
+                        ) from None
+                    log.warning("ray: starting on %s failed (%s); trying again", where, text)
             self._owns_session = True
         self._remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(_worker_run)
         return self._remote
@@ -173,7 +191,7 @@ class RayWorkerPool:
         self.deaths += 1
         log.warning("slice=%s: its Ray worker died (%s); it will be retried",
                     sid, type(exc).__name__)  # fmt: skip
-        text = redact(f"Ray worker died: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        text = redact(f"Ray worker died: {type(exc).__name__}: {_first_line(exc)}")
         return SliceOutcome(sid, error=text, retriable=True, worker_died=True)
 
     def in_flight(self) -> int:
@@ -216,6 +234,10 @@ def _keep_stdout_clean() -> None:
 
     to_stderr.seamline_stderr = True  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = to_stderr
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
 
 
 def _is(exc: BaseException, exceptions: Any, name: str) -> bool:

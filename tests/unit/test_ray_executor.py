@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import ray.exceptions
 
-from coordinator.core.errors import ConfigError
+from coordinator.core.errors import ConfigError, ServiceError
 from coordinator.core.jobspec import JobSpec, parse_job
 from coordinator.core.ports import SliceOutcome, SliceTask
 from coordinator.core.values import (
@@ -114,6 +114,37 @@ class ScriptedRay:
 
     def shutdown(self) -> None:
         raise AssertionError("the pool must not shut down a session it did not start")
+
+
+class UnstartableRay(ScriptedRay):
+    """A Ray whose start-up always fails (a raylet that misses Ray's start-up deadline)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.inits = self.shutdowns = 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs: Any) -> None:
+        self.inits += 1
+        raise Exception("The current node timed out during startup.")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_ray_that_does_not_start_is_retried_then_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = UnstartableRay()
+    monkeypatch.setattr(ray_pool, "import_ray", lambda: fake)
+    pool = RayWorkerPool(2)
+    with pytest.raises(ServiceError) as info:
+        pool.submit(slice_task("a"))
+    assert fake.inits == ray_pool.INIT_ATTEMPTS == fake.shutdowns
+    assert "expected a Ray session on a local Ray, found none after 3 attempts" in str(info.value)
+    assert "timed out during startup" in str(info.value) and pool.in_flight() == 0
 
 
 def slice_task(sid: str) -> SliceTask:
