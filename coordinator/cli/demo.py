@@ -86,8 +86,16 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Afterwards, break one week with a buggy transform, detect it, repair it.",
     )
+    @click.option(
+        "--executor",
+        type=click.Choice(["process", "ray"]),
+        default="process",
+        show_default=True,
+        help="Where the backfill's slices run: local worker processes, or Ray tasks on a local "
+        "Ray (needs seamline[ray]); the job file's [backfill] executor.",
+    )
     def demo(table_format: str, catalog: str, storage: str, rows: int, workdir: Path,
-             output: str, reprocess: bool) -> None:
+             output: str, reprocess: bool, executor: str) -> None:
         """Onboard a live order stream end to end: archive + topic history under live traffic,
         reconciled. Starts (and stops) its own Kafka broker unless KAFKA_BOOTSTRAP is set."""
         from coordinator.demo.report import render_summary_text
@@ -97,7 +105,7 @@ def register(group: click.Group) -> None:
         logging.getLogger("pyiceberg.table").setLevel(logging.ERROR)
         err = Console(stderr=True, highlight=False)
         options = DemoOptions(table_format, catalog, storage, rows, workdir,  # type: ignore[arg-type]
-                              reprocess)
+                              reprocess, executor=executor)  # type: ignore[arg-type]
         stop = StopSignal()
         with _signals(stop):
             result = run_demo(

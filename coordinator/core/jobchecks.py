@@ -28,8 +28,19 @@ def _check_quarantine_topic(spec: JobSpec) -> None:
         )
 
 
+def _check_executor(spec: JobSpec) -> None:
+    backfill = spec.backfill
+    if backfill.ray.address is not None and backfill.executor != "ray":
+        raise ConfigError(
+            f"key=backfill.ray.address: expected backfill.executor = \"ray\" with a Ray address, "
+            f"found executor = {backfill.executor!r}",
+            hint='add executor = "ray" to [backfill], or drop [backfill.ray]',
+        )
+
+
 def cross_checks(spec: JobSpec) -> None:
     _check_quarantine_topic(spec)
+    _check_executor(spec)
     fields = spec.schema_.fields
     if spec.schema_.event_time not in fields:
         raise ConfigError(

@@ -23,6 +23,7 @@ from coordinator.core.jobspec import (
     HistorySpec,
     JobSpec,
     LiveSpec,
+    RaySpec,
     SchemaSpec,
     SecuritySpec,
     SliceBySpec,
@@ -50,6 +51,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[transform]", TransformSpec),
     ("[backfill]", BackfillSpec),
     ("[[backfill.assert]]", AssertSpec),
+    ("[backfill.ray]", RaySpec),
     ("[live]", LiveSpec),
     ("[state]", StateSpec),
 )
@@ -172,6 +174,13 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.concurrency": "Slices written in parallel (worker processes).",
     "backfill.lag_threshold": "Pause the backfill while live lag exceeds this many records.",
     "backfill.max_attempts": "Attempts per slice before the run is partial (exit 5).",
+    "backfill.executor": "Where slices run: `process` (local worker processes) or `ray` "
+    "(Ray tasks, `pip install seamline[ray]`; `[backfill.ray]` below). Not `seamline run "
+    "--executor module:function`, which picks the slice function run there.",
+    "backfill.ray": "For `executor = \"ray\"`: the `[backfill.ray]` table below.",
+    "backfill.ray.address": "Ray cluster to run slices on: `ray://head:10001` (Ray Client, e.g. "
+    "KubeRay's head service), `head:6379` or `auto`; left out: a local Ray started for the run "
+    "(`concurrency` CPUs). No credentials (it is logged).",
     "live.batch_records": "Records per live micro-batch at most.",
     "live.batch_seconds": "Seconds per live micro-batch at most.",
     "live.quarantine_topic": "Dead-letter topic (default `<topic>.seamline-dlq`).",

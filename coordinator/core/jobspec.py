@@ -309,6 +309,28 @@ class TransformSpec(_Model):
         return v
 
 
+class RaySpec(_Model):
+    """``[backfill.ray]``: the Ray cluster slices run on (``backfill.executor = "ray"``)."""
+
+    # "ray://head:10001" (Ray Client), "head:6379", "auto"; left out: a local Ray on this host.
+    # Never a secret: it is logged and refused when it carries credentials.
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip() or any(c.isspace() for c in v):
+            raise ValueError(f"expected a Ray address like ray://head:10001, found {v!r}")
+        if "@" in v:  # never echo it: the part before "@" may be a password
+            raise ValueError(
+                "expected a Ray address without credentials (no user:password@), found one; "
+                "the address is logged and must stay secret-free"
+            )
+        return v
+
+
 class BackfillSpec(_Model):
     """How history is written."""
 
@@ -319,6 +341,10 @@ class BackfillSpec(_Model):
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     lag_threshold: Annotated[int, Field(gt=0)] = 100_000
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    # Where slices run: local worker processes, or Ray tasks ([backfill.ray]; seamline[ray]).
+    # Not the `seamline run --executor module:function` option (the slice function itself).
+    executor: Literal["process", "ray"] = "process"
+    ray: RaySpec = RaySpec()
     # [[backfill.assert]]: checks on every slice before it commits (coordinator/core/controls)
     asserts: list[AssertSpec] = Field(default=[], alias="assert")
 

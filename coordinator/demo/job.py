@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 TableFormat = Literal["iceberg", "lance"]
 CatalogKind = Literal["sql", "rest"]
 StorageKind = Literal["local", "s3"]
+Executor = Literal["process", "ray"]  # [backfill] executor: where the slices run
 JOB_ID = "demo-orders"
 TOPIC_DAYS = 365
 # The demo topic keeps everything: its records carry event-time timestamps up to a year old,
@@ -186,8 +187,10 @@ commit_lock = "host"                        # Lance: S3Proxy's conditional put i
 
 
 def render_job(fmt: TableFormat, paths: DemoPaths, bootstrap: str, topic: str,
-               services: DemoServices = DemoServices()) -> str:
+               services: DemoServices = DemoServices(), executor: Executor = "process") -> str:
     """The job file's text (annotated: the README shows it)."""
+    ray = ('executor = "ray"                            # slices as Ray tasks on a local Ray\n'
+           if executor == "ray" else "")
     fields = "\n".join(f'{name} = "{kind}"' for name, kind in ORDER_FIELDS.items())
     article = "an Iceberg" if fmt == "iceberg" else "a Lance"
     return f"""# A seamline job: onboard the `{topic}` topic into {article} table.
@@ -225,7 +228,7 @@ mode = "overwrite"                          # replace exactly each slice's scope
 slice_records = 10000                       # Kafka slices: ~10k offsets per partition range
 concurrency = 2                             # worker processes
 lag_threshold = 5000                        # pause history slices while live lags more
-
+{ray}
 [live]
 batch_records = 5000
 batch_seconds = 1.0

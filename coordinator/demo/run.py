@@ -49,6 +49,7 @@ from coordinator.demo.job import (
     CatalogKind,
     DemoPaths,
     DemoServices,
+    Executor,
     Seeded,
     StorageKind,
     TableFormat,
@@ -81,6 +82,7 @@ class DemoOptions:
     rows: int = DEFAULT_ROWS
     workdir: Path = DEFAULT_WORKDIR
     reprocess: bool = False
+    executor: Executor = "process"  # where the backfill's slices run: processes or Ray
     live_rate: float = 200.0  # live records per second
     catch_up_s: float = 180.0  # deadline for live to reach lag 0 after the producer stops
 
@@ -89,6 +91,10 @@ class DemoOptions:
             raise ConfigError(
                 "key=--catalog: expected --table-format iceberg with --catalog rest, found lance",
                 hint="a Lance dataset needs no catalog: drop --catalog (--storage s3 works)")
+        if self.executor == "ray":  # missing seamline[ray]: say so before anything starts
+            from coordinator.run.ray_pool import import_ray
+
+            import_ray()
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,7 @@ class _Demo:
         self.say(f"history: {seeded.archive_rows:,} rows in {seeded.archive_files} monthly "
                  f"Parquet files, {seeded.topic_records:,} records in the topic")  # fmt: skip
         self.paths.job.write_text(render_job(self.options.table_format, self.paths, bootstrap,
-                                             topic, self.services))  # fmt: skip
+                                             topic, self.services, self.options.executor))  # fmt: skip
         self.say(f"job file: {self.paths.job}")
         return load_job(self.paths.job), seeded
 
@@ -275,7 +281,8 @@ class _Demo:
     def backfill(self, job: JobSpec) -> dict[str, Any]:
         from coordinator.service import run_job
 
-        self.say("backfill: history slices in parallel under the live stream")
+        where = "Ray tasks on a local Ray" if self.options.executor == "ray" else "processes"
+        self.say(f"backfill: history slices in parallel under the live stream ({where})")
         timed = _TimedProgress(self.progress)
         t0 = time.monotonic()
         outcome = run_job(job, executor=QUIET_EXECUTOR, progress=timed, stop=self.stop)
@@ -292,6 +299,7 @@ class _Demo:
         self.say(f"backfill: {outcome.run.rows:,} rows in {seconds:.1f}s; reconciled under "
                  f"live traffic: {outcome.reconciled} ({total_s - seconds:.1f}s)")  # fmt: skip
         return {
+            "executor": self.options.executor,
             "slices": outcome.run.total,
             "archive_slices": kinds.count("archive"),
             "kafka_slices": kinds.count("history"),

@@ -81,6 +81,7 @@ class JobOutcome:
             "not_selected": list(self.run.not_selected),
             "rows": self.run.rows,
             "retries": self.run.retries,
+            "worker_deaths": self.run.worker_deaths,
             "cancelled": self.run.cancelled,
             "pauses": [pause_json(p) for p in self.pauses],
             "paused_s": sum(p.seconds for p in self.pauses),
@@ -174,6 +175,8 @@ def run_job(
         takeover=takeover,
         only=tuple(only),
         limit=limit,
+        pool=job.backfill.executor,
+        ray_address=job.backfill.ray.address,
     )
     with StateStore(job.state_url()) as store:
         check_source_retained(job, store, cut, timeout_s)

@@ -63,10 +63,14 @@ class RunnerConfig:
     lease_ttl_s: float = 30.0  # the lease expires this long after the last heartbeat
     only: tuple[str, ...] = ()  # slice-id globs of a partial run (empty: every slice)
     limit: int | None = None  # run at most this many slices (plan order)
+    pool: str = "process"  # where slices run: "process" (local workers) or "ray"
+    ray_address: str | None = None  # the Ray cluster (None: a local Ray for the run)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"expected concurrency >= 1, found concurrency={self.concurrency}")
+        if self.pool not in ("process", "ray"):
+            raise ConfigError(f"expected backfill.executor process or ray, found {self.pool!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"expected --limit >= 1, found limit={self.limit}")
         _ = self.retry  # building the policy validates the retry settings up front
@@ -177,7 +181,11 @@ class _Run:
 
 
 def default_pool(config: RunnerConfig) -> WorkerPool:
-    """The local process pool for ``config`` (the runner's default :class:`WorkerPool`)."""
+    """The :class:`WorkerPool` ``config`` asks for: local processes, or Ray tasks."""
+    if config.pool == "ray":
+        from coordinator.run.ray_pool import RayWorkerPool
+
+        return RayWorkerPool(config.concurrency, address=config.ray_address)
     from coordinator.run.pool import ProcessWorkerPool
 
     return ProcessWorkerPool(config.concurrency, mp_context=config.mp_context)

@@ -123,6 +123,18 @@ def test_demo_on_iceberg_reconciles_and_stops_everything(
     assert pids["broker_kind"] == "env" and pids["live_pid"] > 0
 
 
+def test_demo_with_slices_on_ray_reconciles(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """``seamline demo --executor ray``: the same demo, its backfill as tasks on a local Ray."""
+    workdir = tmp_path / "demo-ray"
+    proc = subprocess.run([*_demo_args(workdir, "iceberg"), "--executor", "ray"],
+                          capture_output=True, text=True, timeout=600,
+                          env=_env(kafka_bootstrap))  # fmt: skip
+    doc = _assert_reconciled(proc, workdir)
+    assert doc["executor"] == "ray"
+    assert 'executor = "ray"' in (workdir / "job.toml").read_text()
+    _assert_nothing_left(workdir)
+
+
 def test_demo_on_lance_with_its_own_broker_detects_and_repairs_a_broken_week(
     tmp_path: Path,
 ) -> None:
