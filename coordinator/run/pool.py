@@ -6,7 +6,8 @@
   ready in milliseconds instead of seconds of imports. The fork server is single-threaded
   (it has run no Kafka client, no Arrow thread pool), so forking it is safe where forking the
   coordinator is not. It is started as soon as the pool is built (:func:`warm_up`), so its
-  imports overlap the coordinator's own work. ``spawn`` stays available
+  imports overlap the coordinator's own work; it is killed when the coordinator exits
+  (:func:`stop_fork_server`). ``spawn`` stays available
   (``mp_context="spawn"``): no GIL between Arrow workloads, no forked state at all.
 * **Workers die with their coordinator.** The worker initializer asks Linux to SIGKILL the
   worker when its OS parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and starts a daemon
@@ -33,6 +34,7 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import ctypes
@@ -237,7 +239,36 @@ def warm_up(preload: tuple[str, ...] = WARM_PRELOAD) -> bool:
 
     forkserver.set_forkserver_preload(list(preload))
     forkserver.ensure_running()
+    global _STOP_REGISTERED
+    if not _STOP_REGISTERED:
+        atexit.register(stop_fork_server)
+        _STOP_REGISTERED = True
     return True
+
+
+_STOP_REGISTERED = False
+
+
+def stop_fork_server() -> None:
+    """Kill this process's fork server and reap it (run at exit: the server would otherwise
+    exit on its own a moment after this process, or only once its preload finished). Any
+    worker still running dies with it (its parent-death signal)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # the stdlib's per-process singleton
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    stop = getattr(server, "_stop", None)  # closes the alive pipe, reaps, removes the socket
+    try:
+        if stop is not None:
+            stop()
+        else:
+            os.waitpid(pid, 0)
+    except (ChildProcessError, OSError):
+        pass
 
 
 # -- the pool ------------------------------------------------------------------------------------
@@ -369,6 +400,7 @@ __all__ = [
     "process_start",
     "run_one",
     "set_parent_death_signal",
+    "stop_fork_server",
     "warm_up",
     "watch_parent",
     "worker_init",

@@ -169,3 +169,31 @@ def test_workers_die_when_their_owner_is_killed(job: StubJob) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(owner.pid, signal.SIGKILL)
         owner.wait()
+
+
+EXITS = """
+import os
+from pathlib import Path
+from coordinator.run.pool import ProcessWorkerPool
+ProcessWorkerPool(1)  # starts the fork server, whose preload takes seconds
+mine = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+        and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid()]
+print(" ".join(p.name for p in mine if b"forkserver" in (p / "cmdline").read_bytes()))
+"""
+
+
+def test_a_coordinator_that_exits_takes_its_fork_server_along(
+    job: StubJob, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.txt"
+    with out.open("w") as fh:  # not a pipe: the fork server holds the coordinator's stdout too
+        code = subprocess.call(
+            [sys.executable, "-c", EXITS],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=fh,
+            timeout=60,
+        )
+    assert code == 0
+    (server,) = [int(p) for p in out.read_text().split()]
+    assert not alive(server), "the fork server outlived its coordinator's exit"
