@@ -3,9 +3,9 @@
 * **Warm workers** (``forkserver``, the default where the platform has it): one fork server
   per coordinator imports the heavy modules once (:data:`WARM_PRELOAD`: pyarrow, pyiceberg,
   sqlalchemy, lance, confluent_kafka and the executor), and every worker is a ``fork`` of it,
-  ready in milliseconds instead of seconds of imports. The fork server is single-threaded
-  (it has run no Kafka client, no Arrow thread pool), so forking it is safe where forking the
-  coordinator is not. It is started as soon as the pool is built (:func:`warm_up`), so its
+  ready in milliseconds instead of seconds of imports. The fork server has only imported
+  modules (no Kafka client, no catalog connection, no Lance runtime, no Arrow work), so
+  forking it is safe where forking the coordinator is not (see ``coordinator.run.warm``). It is started as soon as the pool is built (:func:`warm_up`), so its
   imports overlap the coordinator's own work; it is killed when the coordinator exits
   (:func:`stop_fork_server`). ``spawn`` stays available
   (``mp_context="spawn"``): no GIL between Arrow workloads, no forked state at all.
@@ -65,6 +65,7 @@ PARENT_WATCH_S = 0.5
 
 #: What the fork server imports once for every warm worker (a missing module is skipped).
 WARM_PRELOAD = (
+    "coordinator.run.warm",  # first: the fork server's own settings
     "pyarrow",
     "pyarrow.compute",
     "pyarrow.dataset",
