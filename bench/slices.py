@@ -9,6 +9,12 @@ Kafka topic of ``--partitions`` x ``--records`` small records cut into slices of
   a fresh sink per slice;
 * ``warm``: forkserver workers that also keep their sink between slices (the default).
 
+Before that, the pool alone (no broker, no table): how long a fresh pool takes to bring one
+worker to a finished first task that has the slice's modules at hand (:func:`ready`): spawn,
+warm with the fork server still to start (a cold ``seamline run``), warm with the fork server
+up (every later worker: a replacement after a death, a run whose cut and plan outlast the
+preload, the next run in a long-lived process).
+
 The executor is wrapped (:func:`timed`) to log each slice's start and end in the worker.
 Prints per mode: pool start -> first slice start (the worker's start-up), ``seamline run``
 launch -> first slice committed, the median duration of each worker's first slice and of
@@ -33,8 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.ports import SliceResult
-from coordinator.core.values import CommitToken, Slice
+from coordinator.core.ports import SliceResult, SliceTask
+from coordinator.core.values import (
+    CommitToken,
+    Epoch,
+    Offset,
+    OffsetRange,
+    PartitionId,
+    Scope,
+    Slice,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_ENV = "SEAMLINE_BENCH_SLICES_LOG"
@@ -61,6 +75,65 @@ def timed(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResult:
     result = executor.execute_slice(job, slice_, token)
     _log(f"slice {slice_.slice_id} {os.getpid()} {start} {time.time()}")
     return result
+
+
+@dataclass(frozen=True)
+class PoolJob:
+    """What a worker needs of a job when its executor writes nothing: id and state store."""
+
+    job_id: str
+    url: str
+
+    def state_url(self) -> str:
+        return self.url
+
+
+def ready(job: PoolJob, slice_: Slice, token: CommitToken) -> SliceResult:
+    """A task that has what a slice needs before its first row: executor, Iceberg, Lance."""
+    import lance  # noqa: F401
+    import pyiceberg.catalog.sql  # noqa: F401
+
+    import backfill.executor  # noqa: F401
+
+    return SliceResult(rows=0, commit=None)
+
+
+def pool_start(mode: str, job: PoolJob, n: int) -> float:
+    """Seconds from building a pool of ``mode`` to its first task's outcome (median of ``n``)."""
+    from coordinator.run.pool import ProcessWorkerPool
+
+    took = []
+    for i in range(n):
+        rng = (OffsetRange(PartitionId(0), Offset(0), Offset(1)),)
+        tok = CommitToken(job.job_id, f"s{i}", 1, Epoch(1), "backfill", rng)
+        task = SliceTask("bench.slices:ready", job, Slice(f"s{i}", Scope("kafka", rng)), tok)
+        t0 = time.perf_counter()
+        pool = ProcessWorkerPool(1, mp_context=mode)
+        try:
+            pool.submit(task)
+            while not (done := pool.completed(0.05)):
+                pass
+            took.append(time.perf_counter() - t0)
+        finally:
+            pool.shutdown()
+        if done[0].error:
+            raise SystemExit(f"error: mode={mode}: the task failed: {done[0].error}")
+    return statistics.median(took)
+
+
+def pool_figures(root: Path, repeat: int) -> None:
+    from coordinator.state.store import StateStore
+
+    url = f"sqlite:///{root / 'pool-state.db'}"
+    with StateStore(url) as store:
+        store.ensure_job("bench-pool")
+    job = PoolJob("bench-pool", url)
+    spawn = pool_start("spawn", job, repeat)
+    cold = pool_start("forkserver", job, 1)  # this process has no fork server yet
+    up = pool_start("forkserver", job, repeat)
+    print(f"pool -> first task done: spawn {spawn:.2f}s, warm (fork server starting) "
+          f"{cold:.2f}s, warm (fork server up) {up:.3f}s; spawn / warm-up {spawn / up:.0f} x, "
+          f"spawn / warm-cold {spawn / cold:.2f} x", flush=True)  # fmt: skip
 
 
 def _child(mode: str, job: str) -> None:
@@ -191,6 +264,7 @@ def main() -> None:
     ap.add_argument("--slice-records", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--repeat", type=int, default=3, help="pool starts per mode (median)")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
     args = ap.parse_args()
     if not args.bootstrap:
@@ -198,6 +272,8 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",")]
     if unknown := [m for m in modes if m not in MODES]:
         raise SystemExit(f"error: --modes: expected some of {sorted(MODES)}, found {unknown}")
+    with tempfile.TemporaryDirectory(prefix="seamline-bench-pool-") as tmp:
+        pool_figures(Path(tmp), args.repeat)
     print(f"{args.format}: {args.partitions} partitions x {args.records} records, slices of "
           f"{args.slice_records} records, {args.workers} workers")  # fmt: skip
     print(f"{'mode':<13}{'worker start':>13}{'1st commit':>12}{'1st slice':>11}"
