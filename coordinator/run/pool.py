@@ -5,9 +5,10 @@
   sqlalchemy, lance, confluent_kafka and the executor), and every worker is a ``fork`` of it,
   ready in milliseconds instead of seconds of imports. The fork server has only imported
   modules (no Kafka client, no catalog connection, no Lance runtime, no Arrow work), so
-  forking it is safe where forking the coordinator is not (see ``coordinator.run.warm``). It is started as soon as the pool is built (:func:`warm_up`), so its
-  imports overlap the coordinator's own work; it is killed when the coordinator exits
-  (:func:`stop_fork_server`). ``spawn`` stays available
+  forking it is safe where forking the coordinator is not (see ``coordinator.run.warm``).
+  It is started as soon as the pool is built, or earlier (:func:`warm_up`, called by
+  ``seamline run`` before its cut), so its imports overlap the coordinator's own work; it is
+  killed when the coordinator exits (:func:`stop_fork_server`). ``spawn`` stays available
   (``mp_context="spawn"``): no GIL between Arrow workloads, no forked state at all.
 * **Workers die with their coordinator.** The worker initializer asks Linux to SIGKILL the
   worker when its OS parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and starts a daemon
