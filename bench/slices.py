@@ -190,7 +190,7 @@ def produce(bootstrap: str, topic: str, partitions: int, records: int) -> None:
     from stream.broker.admin import create_topic
     from stream.kafka.client import plain, producer
 
-    create_topic(bootstrap, topic, partitions=partitions)
+    create_topic(bootstrap, topic, partitions=partitions, timeout=120)
     prod = producer(plain(bootstrap))
     n = 0
     for p in range(partitions):
