@@ -19,6 +19,16 @@ Write-audit-publish (``[backfill] publish = "atomic"``): the slice's data files 
 the coordinator keeps in the state store; one publish commit makes every slice visible later
 (``coordinator.run.publish``).
 
+Warm workers keep their sink: a worker process (one of the coordinator's pool) serving many
+slices of one job opens the job's catalog/dataset sink once, creates the table once, and reuses
+it (:func:`worker_sink`). That is safe because the backfill sinks hold no table state between
+calls: every lookup and every commit loads the table's current head (an Iceberg table is
+reloaded, a Lance dataset opened at its latest version), so a commit stays conditional on the
+head it was planned on; what they keep is the catalog (its connections) and, for Lance, the
+transaction properties of committed versions (immutable once written). A slice that fails drops
+its sink (the next one starts from a fresh catalog). Outside a worker (``reprocess``, tests
+calling :func:`execute_slice` directly) every call opens a fresh sink, as before.
+
 Crash points (``coordinator.core.faults``, armed by ``SEAMLINE_CRASH_AT``):
 ``worker.before_commit`` (data files written, commit not yet made) and ``worker.after_commit``
 (committed, the result not yet returned to the state store).
@@ -26,8 +36,11 @@ Crash points (``coordinator.core.faults``, armed by ``SEAMLINE_CRASH_AT``):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
+import pickle
+from collections import OrderedDict
 from typing import Protocol, cast
 
 import pyarrow as pa
@@ -77,6 +90,38 @@ class ScopeWriter(SliceWriter, TableReader, Protocol):
     """What the executor needs of a table: write slices, and read a scope (append mode)."""
 
 
+#: Sinks this worker opened, by job (see the module docstring); the newest few are kept.
+_SINKS: OrderedDict[bytes, ScopeWriter] = OrderedDict()
+SINK_CACHE_SIZE = 4
+
+
+def _job_key(job: JobSpec) -> bytes:
+    """Two jobs share a sink only if they are equal, secrets and base directory included."""
+    return hashlib.sha256(pickle.dumps(job)).digest()
+
+
+def worker_sink(job: JobSpec) -> tuple[ScopeWriter, bytes | None]:
+    """The job's sink, its table ensured, and its cache key (``None``: not cached).
+
+    In a worker process the sink is opened once and reused for every later slice of the job;
+    anywhere else a fresh one is opened each time.
+    """
+    if multiprocessing.parent_process() is None:
+        fresh: ScopeWriter = open_sink(job)
+        fresh.ensure_table()
+        return fresh, None
+    key = _job_key(job)
+    sink = _SINKS.get(key)
+    if sink is None:
+        sink = open_sink(job)
+        sink.ensure_table()
+        _SINKS[key] = sink
+        while len(_SINKS) > SINK_CACHE_SIZE:
+            _SINKS.popitem(last=False)
+    _SINKS.move_to_end(key)
+    return sink, key
+
+
 def _check_append_scope(sink: TableReader, slice_: Slice) -> None:
     held = sink.scan(slice_.scope, columns=[lineage.SIDE]).num_rows
     if held:
@@ -92,8 +137,16 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
     if multiprocessing.parent_process() is not None:  # a worker: log like the coordinator
         configure_worker_logging()
     log.debug("slice start: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
-    sink: ScopeWriter = open_sink(job)
-    sink.ensure_table()
+    sink, key = worker_sink(job)
+    try:
+        return _execute(job, slice_, token, sink)
+    except BaseException:
+        if key is not None:
+            _SINKS.pop(key, None)  # the next slice starts from a fresh catalog
+        raise
+
+
+def _execute(job: JobSpec, slice_: Slice, token: CommitToken, sink: ScopeWriter) -> SliceResult:
     found = sink.find_commit(token.job_id, slice_.slice_id)
     if found is not None:
         log.info("slice already committed: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, OffsetRange
+from coordinator.run.pool import warm_up
 from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.run.publish import PublishResult
@@ -165,6 +166,8 @@ def run_job(
     ``coordinator.service.run_job`` supplies both for a job.
     Raises ``ConfigError``/``SourceDataLossError``/``StateError`` before any slice runs.
     """
+    if job.backfill.executor == "process":
+        warm_up()  # the worker pool's fork server imports while the cut and plan are made
     cut = ensure_cut(job, timeout_s=timeout_s)
     view = ensure_plan(job, cut, count=False)
     cut = view.plan.cut

@@ -1,16 +1,33 @@
 """Worker processes for the runner: :class:`ProcessWorkerPool` implements ``WorkerPool``.
 
-* ``spawn`` context by default: no GIL between Arrow workloads, no forked locks.
+* **Warm workers** (``forkserver``, the default where the platform has it): one fork server
+  per coordinator imports the heavy modules once (:data:`WARM_PRELOAD`: pyarrow, pyiceberg,
+  sqlalchemy, lance, confluent_kafka and the executor), and every worker is a ``fork`` of it,
+  ready in milliseconds instead of seconds of imports. The fork server has only imported
+  modules (no Kafka client, no catalog connection, no Lance runtime, no Arrow work), so
+  forking it is safe where forking the coordinator is not (see ``coordinator.run.warm``).
+  It is started as soon as the pool is built, or earlier (:func:`warm_up`, called by
+  ``seamline run`` before its cut), so its imports overlap the coordinator's own work; it is
+  killed when the coordinator exits (:func:`stop_fork_server`). ``spawn`` stays available
+  (``mp_context="spawn"``): no GIL between Arrow workloads, no forked state at all.
 * **Workers die with their coordinator.** The worker initializer asks Linux to SIGKILL the
-  worker when its parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and, as a fallback for
-  other systems or a parent that died before that call, starts a daemon thread that exits
-  the worker (``os._exit``) as soon as its parent pid changes.
+  worker when its OS parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and starts a daemon
+  thread that exits the worker (``os._exit``) as soon as its OS parent changes or its
+  coordinator (the *owner*, identified by pid and start time) is gone. Under ``forkserver``
+  the OS parent is the fork server, not the coordinator: the fork server exits when the
+  coordinator does (it reads EOF on a pipe only the coordinator holds), which SIGKILLs its
+  workers, and the owner watch covers the rest (e.g. a fork server that died before the
+  signal was armed).
+* **The coordinator's environment at pool start is the worker's** (as under ``spawn``): the
+  fork server was started earlier, so the initializer brings the worker's ``os.environ`` up
+  to date (log settings, test switches). It travels through the pool's pipe, never in argv.
 * **A killed worker is a retried slice, never a failed run.** When a worker dies,
   ``concurrent.futures`` breaks the whole executor (``BrokenProcessPool``) and fails every
   task in flight. Each of them comes back as a retriable outcome with ``worker_died=True``;
   the broken executor is dropped and a new one started on the next :meth:`submit`.
-* Workers tell the pool their pid at start (a queue), so ``shutdown(terminate=True)`` kills
-  exactly them, without reaching into the executor's private state.
+* Workers tell the pool their pid and start time at start (a queue), so
+  ``shutdown(terminate=True)`` kills exactly them (never a recycled pid), without reaching
+  into the executor's private state.
 
 :func:`run_one` is the worker entry point: it runs one :class:`SliceTask` and never raises
 (errors come back as values, classified by :func:`coordinator.core.retry.is_retriable`).
@@ -18,6 +35,7 @@
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import ctypes
@@ -45,6 +63,29 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 #: How often the fallback watch thread checks the parent pid.
 PARENT_WATCH_S = 0.5
+
+#: What the fork server imports once for every warm worker (a missing module is skipped).
+WARM_PRELOAD = (
+    "coordinator.run.warm",  # first: the fork server's own settings
+    "pyarrow",
+    "pyarrow.compute",
+    "pyarrow.dataset",
+    "pyarrow.parquet",
+    "sqlalchemy",
+    "confluent_kafka",
+    "lance",
+    "pyiceberg.catalog.sql",
+    "pyiceberg.table",
+    "coordinator.state.store",
+    "backfill.executor",
+    "backfill.sinks.iceberg",
+    "backfill.sinks.lance",
+)
+
+#: The start method of :class:`ProcessWorkerPool` when none is given.
+DEFAULT_MP_CONTEXT = (
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+)
 
 _EXECUTORS: dict[str, Callable[..., SliceResult]] = {}
 
@@ -112,12 +153,43 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return False
 
 
-def watch_parent(parent_pid: int, interval_s: float = PARENT_WATCH_S) -> threading.Thread:
-    """Start a daemon thread that ends this process once its parent is no longer
-    ``parent_pid`` (the parent died and the process was re-parented)."""
+def process_start(pid: int) -> int | None:
+    """Start time of ``pid`` (clock ticks since boot, from /proc); ``None`` if it is gone,
+    a zombie, or there is no procfs."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def owner_alive(pid: int, start: int | None) -> bool:
+    """Whether process ``pid`` started at ``start`` (see :func:`process_start`) still runs
+    (a recycled pid has another start time); without procfs, whether ``pid`` exists."""
+    if start is None or not os.path.isdir("/proc"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return process_start(pid) == start
+
+
+def watch_parent(
+    parent_pid: int,
+    interval_s: float = PARENT_WATCH_S,
+    *,
+    owner: tuple[int, int | None] | None = None,
+) -> threading.Thread:
+    """Start a daemon thread that ends this process once its OS parent is no longer
+    ``parent_pid`` (the parent died and the process was re-parented) or, when given, its
+    ``owner`` ``(pid, start time)`` is gone."""
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while os.getppid() == parent_pid and (owner is None or owner_alive(*owner)):
             time.sleep(interval_s)
         os._exit(70)  # no clean-up: the coordinator that owned this work is gone
 
@@ -126,15 +198,79 @@ def watch_parent(parent_pid: int, interval_s: float = PARENT_WATCH_S) -> threadi
     return thread
 
 
-def worker_init(parent_pid: int, pids: Any) -> None:
-    """Initializer of every worker process (see the module docstring)."""
+def _sync_environ(env: dict[str, str]) -> None:
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def worker_init(
+    owner_pid: int,
+    pids: Any,
+    owner_start: int | None = None,
+    env: dict[str, str] | None = None,
+    via_server: bool = False,
+) -> None:
+    """Initializer of every worker process (see the module docstring).
+
+    ``owner_pid``/``owner_start``: the coordinator; ``env``: its environment at pool start;
+    ``via_server``: forked by a fork server (whose pid the coordinator does not know), not
+    by the coordinator itself.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides about cancelling
     set_parent_death_signal()
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(70)
-    watch_parent(parent_pid)
+    parent = os.getppid()  # the coordinator, or under forkserver the fork server
+    if not owner_alive(owner_pid, owner_start) or (not via_server and parent != owner_pid):
+        os._exit(70)  # the coordinator died before the signal was armed
+    watch_parent(parent, owner=(owner_pid, owner_start))
+    if env is not None:
+        _sync_environ(env)
     configure_worker_logging()  # the coordinator's level, JSON choice and redaction
-    pids.put(os.getpid())
+    pids.put((os.getpid(), process_start(os.getpid())))
+
+
+def warm_up(preload: tuple[str, ...] = WARM_PRELOAD) -> bool:
+    """Start this process's fork server now, importing ``preload`` (no-op when it runs
+    already); ``False`` where the platform has no ``forkserver``. Returns at once: the
+    imports run in the fork server while the caller goes on."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(list(preload))
+    forkserver.ensure_running()
+    global _STOP_REGISTERED
+    if not _STOP_REGISTERED:
+        atexit.register(stop_fork_server)
+        _STOP_REGISTERED = True
+    return True
+
+
+_STOP_REGISTERED = False
+
+
+def stop_fork_server() -> None:
+    """Kill this process's fork server and reap it (run at exit: the server would otherwise
+    exit on its own a moment after this process, or only once its preload finished). Any
+    worker still running dies with it (its parent-death signal)."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # the stdlib's per-process singleton
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    stop = getattr(server, "_stop", None)  # closes the alive pipe, reaps, removes the socket
+    try:
+        if stop is not None:
+            stop()
+        else:
+            os.waitpid(pid, 0)
+    except (ChildProcessError, OSError):
+        pass
 
 
 # -- the pool ------------------------------------------------------------------------------------
@@ -143,13 +279,16 @@ def worker_init(parent_pid: int, pids: Any) -> None:
 class ProcessWorkerPool:
     """A :class:`~coordinator.core.ports.WorkerPool` of local worker processes."""
 
-    def __init__(self, concurrency: int, *, mp_context: str = "spawn") -> None:
+    def __init__(self, concurrency: int, *, mp_context: str | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"expected concurrency >= 1, found concurrency={concurrency}")
         self._capacity = concurrency
-        self._ctx = multiprocessing.get_context(mp_context)
+        self.mp_context = mp_context or DEFAULT_MP_CONTEXT
+        self._ctx = multiprocessing.get_context(self.mp_context)
+        if self.mp_context == "forkserver":
+            warm_up()  # the fork server imports while the coordinator goes on
         self._pids_queue = self._ctx.SimpleQueue()
-        self._pids: set[int] = set()
+        self._pids: dict[int, int | None] = {}  # worker pid -> its start time
         self._executor: cf.ProcessPoolExecutor | None = None
         self._inflight: dict[cf.Future[SliceOutcome], str] = {}
         self.deaths = 0  # how many times a worker died (the executor broke)
@@ -165,7 +304,13 @@ class ProcessWorkerPool:
                 self._capacity,
                 mp_context=self._ctx,
                 initializer=worker_init,
-                initargs=(os.getpid(), self._pids_queue),
+                initargs=(
+                    os.getpid(),
+                    self._pids_queue,
+                    process_start(os.getpid()),
+                    dict(os.environ),
+                    self.mp_context == "forkserver",
+                ),
             )
         return self._executor
 
@@ -219,8 +364,9 @@ class ProcessWorkerPool:
     def worker_pids(self) -> set[int]:
         """Pids of the workers started so far that are still alive."""
         while not self._pids_queue.empty():
-            self._pids.add(int(self._pids_queue.get()))
-        self._pids = {pid for pid in self._pids if _alive_child(pid)}
+            pid, start = self._pids_queue.get()
+            self._pids[int(pid)] = start
+        self._pids = {p: s for p, s in self._pids.items() if _alive_worker(p, s)}
         return set(self._pids)
 
     def _kill_workers(self) -> None:
@@ -238,24 +384,26 @@ class ProcessWorkerPool:
         self._inflight.clear()
 
 
-def _alive_child(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) child of this process."""
-    if not os.path.isdir("/proc"):  # no procfs: assume so (killing a gone pid is harmless)
+def _alive_worker(pid: int, start: int | None) -> bool:
+    """Whether worker ``pid`` (started at ``start``) still runs: not a zombie, not a recycled
+    pid. Under ``forkserver`` a worker is the fork server's child, not ours."""
+    if not os.path.isdir("/proc") or start is None:  # killing a gone pid is harmless
         return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[1]) == os.getpid()
+    return process_start(pid) == start
 
 
 __all__ = [
+    "DEFAULT_MP_CONTEXT",
+    "WARM_PRELOAD",
     "ProcessWorkerPool",
     "load_executor",
     "outcome_of_error",
+    "owner_alive",
+    "process_start",
     "run_one",
     "set_parent_death_signal",
+    "stop_fork_server",
+    "warm_up",
     "watch_parent",
     "worker_init",
 ]

@@ -1,7 +1,7 @@
 """The runner: executes a stored plan's slices through a worker pool, resumably.
 
 * Bounded concurrency through a :class:`~coordinator.core.ports.WorkerPool` (by default a
-  :class:`~coordinator.run.pool.ProcessWorkerPool`: ``spawn``ed processes that die with
+  :class:`~coordinator.run.pool.ProcessWorkerPool`: warm (``forkserver``) processes that die with
   this coordinator). The executor is a ``module:function`` import path (a
   :class:`coordinator.core.ports.SliceExecutor`), imported inside each worker.
 * Every transition goes through the state store with the run's epoch: a stale coordinator
@@ -57,7 +57,7 @@ class RunnerConfig:
     max_attempts: int = 5
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    mp_context: str = "spawn"
+    mp_context: str | None = None  # the pool's default: forkserver (warm) where available
     jitter: Jitter = "equal"
     takeover: bool = False  # steal the job's lease even if its holder looks alive
     lease_ttl_s: float = 30.0  # the lease expires this long after the last heartbeat

@@ -44,3 +44,16 @@ def sleep(job: StubJob, slice_: Slice, token: CommitToken) -> SliceResult:
 def terminal(job: StubJob, slice_: Slice, token: CommitToken) -> SliceResult:
     """Fails with a configuration error (never retried)."""
     raise ConfigError(f"slice_id={slice_.slice_id}: terminal test failure")
+
+
+def env_number(job: StubJob, slice_: Slice, token: CommitToken) -> SliceResult:
+    """Returns ``$SEAMLINE_TEST_NUMBER`` (the worker's environment) as ``rows``."""
+    return SliceResult(rows=int(os.environ.get("SEAMLINE_TEST_NUMBER", "-1")), commit=None)
+
+
+def preloaded(job: StubJob, slice_: Slice, token: CommitToken) -> SliceResult:
+    """``rows=1`` if the worker found the heavy modules imported before its first slice."""
+    import sys
+
+    warm = all(m in sys.modules for m in ("pyarrow", "pyiceberg.table", "lance"))
+    return SliceResult(rows=int(warm), commit=None)

@@ -124,10 +124,14 @@ def test_kill_9_of_the_coordinator_takes_its_workers_with_it_then_resume_is_exac
     wait_until(lambda: len({pid for *_, pid in started(exec_dir)}) >= 2, 120, "two busy workers")
     workers = {pid for *_, pid in started(exec_dir)}
     children = children_of(run.pid)
-    assert workers <= children  # the workers are the coordinator's own children
+    # warm workers: forks of the coordinator's fork server, not the coordinator's children
+    servers = {st[1] for pid in workers if (st := stat_of(pid))}
+    assert len(servers) == 1 and servers <= children, (servers, children)
+    assert workers <= children_of(servers.pop())
     os.kill(run.pid, signal.SIGKILL)  # the coordinator only, not its process group
     assert run.wait(30) == -signal.SIGKILL
-    wait_until(lambda: not any(alive(pid) for pid in children), 10, "its children to die")
+    gone = children | workers  # the fork server, the workers, anything else it started
+    wait_until(lambda: not any(alive(pid) for pid in gone), 10, "its processes to die")
     assert len(started(exec_dir)) < 12  # killed mid-run
 
     resumed = seamline("run", str(job), "--output", "json")
