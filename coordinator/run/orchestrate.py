@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, OffsetRange
-from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan
+from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan_stored
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.run.publish import PublishResult
 from coordinator.run.runner import Runner, RunnerConfig, RunReport, StopSignal
@@ -164,9 +164,8 @@ def run_job(
     ``coordinator.service.run_job`` supplies both for a job.
     Raises ``ConfigError``/``SourceDataLossError``/``StateError`` before any slice runs.
     """
-    cut = ensure_cut(job, timeout_s=timeout_s)
-    view = ensure_plan(job, cut, count=False)
-    cut = view.plan.cut
+    cut = ensure_plan_stored(job, ensure_cut(job, timeout_s=timeout_s))
+    plan_hash = cut.plan_hash or ""  # stored by ensure_plan_stored
     config = RunnerConfig(
         executor=executor,
         concurrency=job.backfill.concurrency,
@@ -197,7 +196,7 @@ def run_job(
         pauses = tuple(store.list_pauses(job.job_id))
     code = _final_code(report, rec, publish is not None)
     log.info("job=%s run finished exit_code=%s", job.job_id, code.name)
-    return JobOutcome(cut, view.plan.plan_hash, report, rec, pauses, code, error, published)
+    return JobOutcome(cut, plan_hash, report, rec, pauses, code, error, published)
 
 
 __all__ = [

@@ -13,11 +13,12 @@ import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 from coordinator.core.errors import ConfigError, StateError
 from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.values import Cut, Epoch, Offset, PartitionId
+from coordinator.core.values import Cut, Epoch, Offset, PartitionId, SliceStatus
 from coordinator.plan.cut import CutReading, floor_at_live, read_cut, read_log_starts
 from coordinator.plan.facts import archive_unit, count_kafka_slices, scan_archives
 from coordinator.plan.planner import Plan, check_retention, make_plan, with_estimates
@@ -258,10 +259,24 @@ def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanV
     return compute_plan(job, cut, count=count)
 
 
+def ensure_plan_stored(job: JobSpec, cut: Cut) -> Cut:
+    """``cut`` with its plan stored: computed and stored when missing; a stored plan is not
+    read back (a run of a million-slice plan pages its to-do slices instead)."""
+    if cut.plan_hash is not None:
+        return cut
+    return ensure_plan(job, cut, count=False).plan.cut
+
+
 def check_source_retained(job: JobSpec, store: StateStore, cut: Cut, timeout_s: float) -> None:
-    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed."""
-    records = store.list_slices(cut.job_id, cut.epoch)
-    pending = [r.slice for r in records if r.status in ("pending", "running", "failed")]
-    if not any(s.scope.source == "kafka" for s in pending):
+    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed (the
+    to-do Kafka slices are paged from the store, never held at once)."""
+    todo: tuple[SliceStatus, ...] = ("pending", "running", "failed")
+    pending = (
+        r.slice
+        for r in store.iter_slices(cut.job_id, cut.epoch, statuses=todo)
+        if r.slice.scope.source == "kafka"
+    )
+    first = next(pending, None)
+    if first is None:
         return
-    check_retention(cut, pending, read_log_starts(job, timeout_s))
+    check_retention(cut, chain((first,), pending), read_log_starts(job, timeout_s))

@@ -15,7 +15,7 @@ Transitions (every one checks the caller's epoch in the same transaction)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,35 @@ _STATUSES: tuple[SliceStatus, ...] = (
     "failed",
 )
 _MAX_ERROR = 4000
+#: Rows per page of :meth:`SliceStore.iter_slices` (memory stays bounded by one page).
+PAGE_SIZE = 5_000
+
+
+@dataclass(frozen=True)
+class StatusTotals:
+    """Aggregates of the slices in one status (one GROUP BY row; no slice is loaded).
+
+    ``timed`` counts the slices with a duration > 0 and a row count, ``timed_rows`` and
+    ``timed_s`` are their rows and seconds (the pace ``seamline status`` estimates from).
+    """
+
+    slices: int
+    rows: int
+    est_rows: int
+    timed: int
+    timed_rows: int
+    timed_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (``status --output json``'s ``summary``)."""
+        return {
+            "slices": self.slices,
+            "rows": self.rows,
+            "est_rows": self.est_rows,
+            "timed": self.timed,
+            "timed_rows": self.timed_rows,
+            "timed_s": self.timed_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -174,7 +203,9 @@ class SliceStore(StoreBase):
         )
 
     def list_slices(self, job_id: str, epoch: int | None = None) -> list[SliceRecord]:
-        """Every slice of the plan of ``epoch`` (default: current), in plan order."""
+        """Every slice of the plan of ``epoch`` (default: current), in plan order, in memory
+        at once: for small plans and tests; at scale use :meth:`iter_slices` (paged, filtered
+        by status) or :meth:`slice_totals`."""
         with self._tx() as conn:
             if epoch is None:
                 epoch = self._require_job(conn, job_id)
@@ -184,6 +215,74 @@ class SliceStore(StoreBase):
                 .order_by(t.slices.c.position)
             ).all()
         return [_record(r) for r in rows]
+
+    def iter_slices(
+        self,
+        job_id: str,
+        epoch: int | None = None,
+        *,
+        statuses: Sequence[SliceStatus] | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[SliceRecord]:
+        """The slices of ``epoch`` (default: current) in plan order, optionally only those in
+        ``statuses``, read ``page_size`` at a time (keyset pages over the status/position
+        indexes, each page its own short transaction: memory is one page, and a writer is never
+        held off by a long read). Slices that change status while the pages are read are seen
+        in the state of the page that reads them."""
+        if page_size < 1:
+            raise ValueError(f"expected page_size >= 1, found {page_size}")
+        if epoch is None:
+            epoch = self.current_epoch(job_id)
+        where = [t.slices.c.job_id == job_id, t.slices.c.epoch == epoch]
+        if statuses is not None:
+            if not statuses:
+                return
+            where.append(t.slices.c.status.in_(list(statuses)))
+        after = -1
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    sa.select(t.slices)
+                    .where(*where, t.slices.c.position > after)
+                    .order_by(t.slices.c.position)
+                    .limit(page_size)
+                ).all()
+            yield from (_record(r) for r in rows)
+            if len(rows) < page_size:
+                return
+            after = rows[-1].position
+
+    def slice_totals(self, job_id: str, epoch: int | None = None) -> dict[str, StatusTotals]:
+        """Per status, the number of slices and their row/duration sums: one aggregate query
+        (``seamline status`` at a million slices reads these, not the slices)."""
+        c = t.slices.c
+        timed = (c.duration_s > 0) & c.rows.is_not(None)
+        with self._tx() as conn:
+            if epoch is None:
+                epoch = self._require_job(conn, job_id)
+            rows = conn.execute(
+                sa.select(
+                    c.status,
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(c.rows), 0),
+                    sa.func.coalesce(sa.func.sum(c.est_rows), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((timed, 1), else_=0)), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((timed, c.rows), else_=0)), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((timed, c.duration_s), else_=0.0)), 0),
+                )
+                .where(c.job_id == job_id, c.epoch == epoch)
+                .group_by(c.status)
+            ).all()
+        return {
+            str(r[0]): StatusTotals(
+                int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6])
+            )
+            for r in rows
+        }
+
+    def slice_counts(self, job_id: str, epoch: int | None = None) -> dict[str, int]:
+        """The number of slices per status (one aggregate query)."""
+        return {k: v.slices for k, v in self.slice_totals(job_id, epoch).items()}
 
     def get_slice(self, job_id: str, slice_id: str, epoch: int | None = None) -> SliceRecord:
         """One slice; :class:`StateError` if it is not in the plan."""
