@@ -268,8 +268,12 @@ def ensure_plan_stored(job: JobSpec, cut: Cut) -> Cut:
 
 
 def check_source_retained(job: JobSpec, store: StateStore, cut: Cut, timeout_s: float) -> None:
-    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed (the
-    to-do Kafka slices are paged from the store, never held at once)."""
+    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed.
+
+    Every planned range starts at or above its partition's ``log_start`` in the cut, so only
+    partitions whose log start moved past the cut's can have lost anything: when none did
+    (the common case) no slice is read beyond the first Kafka one; otherwise the to-do Kafka
+    slices are paged from the store (never held at once) and checked on those partitions."""
     todo: tuple[SliceStatus, ...] = ("pending", "running", "failed")
     pending = (
         r.slice
@@ -279,4 +283,11 @@ def check_source_retained(job: JobSpec, store: StateStore, cut: Cut, timeout_s: 
     first = next(pending, None)
     if first is None:
         return
-    check_retention(cut, chain((first,), pending), read_log_starts(job, timeout_s))
+    now = read_log_starts(job, timeout_s)
+    moved = {
+        pc.partition: now[pc.partition]
+        for pc in cut.partitions
+        if pc.partition in now and now[pc.partition] > pc.log_start
+    }
+    if moved:
+        check_retention(cut, chain((first,), pending), moved)
