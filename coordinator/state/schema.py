@@ -7,7 +7,8 @@ guessing.
 Versions: 1 the first schema; 2 adds ``leases`` (one coordinator per job holds the lease); 3
 adds ``runs`` (detached runs: ``seamline run --detach``); 4 indexes ``slices`` by status and
 by plan position (``status`` and resume page through a plan of millions of slices by index,
-never loading it whole).
+never loading it whole) and adds ``plan_inputs`` (a fingerprint of what the plan was made from:
+the drift check compares it instead of planning again).
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ slices_by_position = sa.Index(
     "ix_slices_position", slices.c.job_id, slices.c.epoch, slices.c.position
 )
 
+plan_inputs = sa.Table(
+    "plan_inputs",
+    metadata,
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("plan_hash", sa.String(64), nullable=False),
+)
+
 live_progress = sa.Table(
     "live_progress",
     metadata,
@@ -180,5 +190,5 @@ runs = sa.Table(
 MIGRATIONS: dict[int, tuple[sa.Table | sa.Index, ...]] = {
     1: (leases,),
     2: (runs,),
-    3: (slices_by_status, slices_by_position),
+    3: (slices_by_status, slices_by_position, plan_inputs),
 }

@@ -176,6 +176,25 @@ class SliceStore(StoreBase):
             )
         log.info("job=%s epoch=%d plan stored: %d slices", job_id, epoch, len(slices))
 
+    def save_plan_inputs(self, job_id: str, epoch: int, fingerprint: str, plan_hash: str) -> None:
+        """Record the fingerprint of the inputs the stored plan ``plan_hash`` was made from
+        (the first one stays: the plan is immutable)."""
+        key = (t.plan_inputs.c.job_id == job_id) & (t.plan_inputs.c.epoch == epoch)
+        with self._tx() as conn:
+            if conn.execute(sa.select(t.plan_inputs.c.epoch).where(key)).first() is None:
+                conn.execute(t.plan_inputs.insert().values(
+                    job_id=job_id, epoch=epoch, fingerprint=fingerprint, plan_hash=plan_hash))  # fmt: skip
+
+    def plan_inputs(self, job_id: str, epoch: int) -> tuple[str, str] | None:
+        """(fingerprint, plan hash) recorded for the plan of ``epoch``, or ``None``."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(t.plan_inputs.c.fingerprint, t.plan_inputs.c.plan_hash).where(
+                    t.plan_inputs.c.job_id == job_id, t.plan_inputs.c.epoch == epoch
+                )
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
     def _insert_slices(
         self, conn: Connection, job_id: str, epoch: int, slices: Sequence[Slice]
     ) -> None:

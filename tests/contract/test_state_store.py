@@ -620,6 +620,15 @@ def test_slice_totals_are_one_aggregate_query(store: StateStore) -> None:
     assert store.slice_counts(JOB) == {"committed": 3, "failed": 1, "pending": 2}
 
 
+def test_plan_inputs_are_recorded_once_per_epoch(store: StateStore) -> None:
+    _planned(store)
+    assert store.plan_inputs(JOB, 1) is None
+    store.save_plan_inputs(JOB, 1, "f" * 64, "h" * 64)
+    store.save_plan_inputs(JOB, 1, "g" * 64, "h" * 64)  # the plan is immutable: first wins
+    assert store.plan_inputs(JOB, 1) == ("f" * 64, "h" * 64)
+    assert store.plan_inputs(JOB, 2) is None
+
+
 def test_status_reads_use_the_slice_indexes(store: StateStore) -> None:
     _big_plan(store, 3)
     with store._tx() as conn:

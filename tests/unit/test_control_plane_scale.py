@@ -195,3 +195,51 @@ def test_no_cut_means_no_slices(tmp_path: Path) -> None:
     with StateStore(f"sqlite:///{tmp_path / 's.db'}") as store:
         doc = slice_status(store, JOB, None)
     assert (doc["counts"], doc["slices"], doc["remaining_count"]) == ({}, [], 0)
+
+
+def _job(root: Path, slice_records: int) -> Any:
+    from coordinator.core.jobspec import parse_job
+
+    doc = {
+        "job": {"id": "orders"},
+        "stream": {"bootstrap": "127.0.0.1:1", "topic": "orders"},
+        "schema": {"fields": {"order_id": "int64", "ts": "timestamp_ms"}, "event_time": "ts"},
+        "table": {"format": "lance", "uri": str(root / "orders.lance")},
+        "backfill": {"slice_records": slice_records},
+    }
+    return parse_job(doc, base_dir=root, default_id="orders")
+
+
+def test_the_drift_check_compares_the_recorded_inputs_instead_of_planning_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coordinator.run import prepare
+
+    job = _job(tmp_path, 100)
+    part = PartitionCut(PartitionId(0), Offset(0), Offset(10_000))
+    with StateStore(job.state_url()) as store:
+        store.ensure_job(JOB)
+        cut = store.save_cut(Cut(JOB, "orders", (part,), datetime.now(UTC), Epoch(1)))
+    view = prepare.ensure_plan(job, cut, count=False)
+    assert len(view.plan.slices) == 100
+    with StateStore(job.state_url()) as store:
+        recorded = store.plan_inputs(JOB, 1)
+    assert recorded is not None and recorded[1] == view.plan.plan_hash
+
+    planned: list[int] = []
+    from coordinator.plan.planner import make_plan as real
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        planned.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare, "make_plan", counting)
+    assert prepare.plan_drift(job, "job.toml") is None
+    assert planned == [], "unchanged inputs must not be planned again"
+    changed = _job(tmp_path, 50)  # a different slice size: a different plan
+    message = prepare.plan_drift(changed, "job.toml")
+    assert planned == [1] and message is not None and "--new-cut" in message
+    stored = prepare.stored_cut(changed)
+    assert stored is not None  # the stored plan stays (immutable), read without planning:
+    assert prepare.ensure_plan_stored(changed, stored).plan_hash == view.plan.plan_hash
+    assert planned == [1]
