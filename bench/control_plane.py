@@ -7,8 +7,10 @@ Cases (``--case``, default ``status,resume``):
   (``status_json``: default summary, and ``--failed``) timed in this process, with the peak
   RSS growth. The store is kept in ``--dir`` and reused by later runs of the same size.
 * ``resume``: on the same store, the coordinator's work before its first slice is submitted:
-  the stored plan read back (``stored_plan``), the retention check's to-do list and the runner
-  up to its first ``submit`` (a pool that records submissions; nothing is executed).
+  the stored plan found (``ensure_plan_stored``) and the runner up to its first ``submit`` (a
+  pool that records submissions; nothing is executed).
+* ``scan``: the whole-plan reads left off that path: every to-do slice paged (the retention
+  check once a log start moved past the cut) and ``seamline plan``'s stored plan.
 * ``cut``: a topic of ``--partitions`` partitions (default 10 k) is created on the broker of
   ``KAFKA_BOOTSTRAP``, one record is produced to every partition, then ``read_cut`` (offsets
   of every partition + the event-time watermark) is timed; the topic is deleted afterwards.
@@ -18,7 +20,7 @@ Cases (``--case``, default ``status,resume``):
 
 Usage::
 
-    uv run python bench/control_plane.py [--case status,resume,cut,slice] [--slices 1000000]
+    uv run python bench/control_plane.py [--case status,resume,scan,cut,slice] [--slices 1000000]
         [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10]
 """
 
@@ -84,43 +86,64 @@ def plan_slices(n: int, partitions: int = 100) -> Iterator[Slice]:
 
 
 def build_store(url: str, n: int) -> None:
-    """A store with job ``bench`` whose plan has ``n`` slices, ~10 % committed, 3 failed."""
+    """A store with job ``bench`` whose plan has ``n`` slices: ~10 % committed, 3 failed.
+
+    The store, its cut and the first slices go through :class:`StateStore`; the bulk of the
+    rows is written with one raw ``executemany`` (the same columns ``save_plan`` writes), or
+    building a million-slice store would take longer than the figures it serves.
+    """
+    import json
+    import sqlite3
+
+    from coordinator.state.codec import scope_to_json
     from coordinator.state.store import StateStore
 
-    slices = list(plan_slices(n))
     per = -(-n // 100)
     cut = Cut("bench", "orders", tuple(
         PartitionCut(PartitionId(p), Offset(0), Offset(per * 1_000)) for p in range(100)
     ), T0, Epoch(1))  # fmt: skip
+    head = 200
+    slices = plan_slices(n)
     with StateStore(url) as store:
         epoch = store.ensure_job("bench")
         store.save_cut(cut)
-        store.save_plan("bench", epoch, slices, f"bench-{n}")
-        done = slices[: n // 10]
-        for s in done[:2_000]:  # real transitions for the first few, bulk for the rest
+        first = [next(slices) for _ in range(min(head, n))]
+        store.save_plan("bench", epoch, first, f"bench-{n}")
+        for s in first[: min(head, n // 10)]:
             store.mark_running("bench", s.slice_id, epoch)
             store.mark_committed("bench", s.slice_id, epoch, rows=1_000, token=None)
-        _bulk_commit(store, [s.slice_id for s in done[2_000:]])
-        for s in slices[-3:]:
-            store.mark_running("bench", s.slice_id, epoch)
-            store.mark_failed("bench", s.slice_id, epoch, "bench: injected failure")
+    db = sqlite3.connect(url.removeprefix("sqlite:///"))
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    done = n // 10
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for i, s in enumerate(slices, start=head):
+            ok = i < done
+            yield ("bench", 1, s.slice_id, i, "kafka", json.dumps(scope_to_json(s.scope)), "[]",
+                   s.est_rows, 0, "committed" if ok else "pending", int(ok),
+                   1_000 if ok else None, now if ok else None, now if ok else None,
+                   0.5 if ok else None, 0.5 if ok else 0.0)  # fmt: skip
+
+    with db:
+        db.executemany(
+            "INSERT INTO slices (job_id, epoch, slice_id, position, kind, scope, files, est_rows,"
+            " est_bytes, status, attempts, rows, started_at, finished_at, duration_s,"
+            " total_duration_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows(),
+        )
+    db.close()
+    with StateStore(url) as store:
+        for s in list(plan_slices(n))[-3:] if n <= 10 else _last(n, 3):
+            store.mark_running("bench", s.slice_id, 1)
+            store.mark_failed("bench", s.slice_id, 1, "bench: injected failure")
 
 
-def _bulk_commit(store: Any, ids: list[str]) -> None:
-    import sqlalchemy as sa
-
-    from coordinator.state import schema as t
-
-    now = datetime.now(UTC)
-    stmt = (
-        t.slices.update()
-        .where(t.slices.c.job_id == "bench", t.slices.c.slice_id == sa.bindparam("sid"))
-        .values(status="committed", attempts=1, rows=1_000, started_at=now, finished_at=now,
-                duration_s=0.5, total_duration_s=0.5)
-    )  # fmt: skip
-    with store._tx() as conn:
-        for i in range(0, len(ids), 10_000):
-            conn.execute(stmt, [{"sid": s} for s in ids[i : i + 10_000]])
+def _last(n: int, k: int) -> list[Slice]:
+    out: list[Slice] = []
+    for i, s in enumerate(plan_slices(n)):
+        if i >= n - k:
+            out.append(s)
+    return out
 
 
 def state_url(root: Path, n: int) -> str:
@@ -176,7 +199,7 @@ def case_resume(url: str, n: int) -> None:
     """Resume of a 1 M-slice job up to the first submitted slice."""
     from types import SimpleNamespace
 
-    from coordinator.run.prepare import ensure_plan_stored, stored_plan
+    from coordinator.run.prepare import ensure_plan_stored
     from coordinator.run.runner import Runner, RunnerConfig, StopSignal
     from coordinator.state.store import StateStore
 
@@ -186,10 +209,6 @@ def case_resume(url: str, n: int) -> None:
         assert cut is not None
         timed("stored plan (run_job's ensure_plan_stored)", lambda: ensure_plan_stored(
             SimpleNamespace(), cut))  # type: ignore[arg-type]  # fmt: skip
-        timed("stored plan read back whole (plan --dry-run)", lambda: stored_plan(store, cut))
-        timed("every to-do slice paged (a retention check after log_start moved)",
-              lambda: sum(1 for _ in store.iter_slices(
-                  "bench", cut.epoch, statuses=("pending", "running", "failed"))))  # fmt: skip
         stop = StopSignal()
         pool = _RecordingPool(time.perf_counter(), stop)
         job = SimpleNamespace(job_id="bench")
@@ -202,6 +221,23 @@ def case_resume(url: str, n: int) -> None:
         # the abandoned slice stays `running`, as after a crash: resume runs it again
 
 
+def case_scan(url: str, n: int) -> None:
+    """Whole-plan reads that remain (not on the status/resume path): ``plan`` showing the
+    stored plan, and paging every to-do slice (the retention check after a log start moved
+    past the cut)."""
+    from coordinator.run.prepare import stored_plan
+    from coordinator.state.store import StateStore
+
+    print(f"case=scan slices={n:,}")
+    with StateStore(url, create=False) as store:
+        cut = store.get_cut("bench")
+        assert cut is not None
+        timed("every to-do slice paged (retention check after log_start moved)",
+              lambda: sum(1 for _ in store.iter_slices(
+                  "bench", cut.epoch, statuses=("pending", "running", "failed"))))  # fmt: skip
+        timed("stored plan read back whole (`seamline plan`)", lambda: stored_plan(store, cut))
+
+
 # -- the cut at N partitions -------------------------------------------------------------------
 
 
@@ -209,7 +245,7 @@ def case_cut(partitions: int) -> None:
     """``read_cut`` on a fresh topic of ``partitions`` partitions (one record in each)."""
     from coordinator.core.jobspec import parse_job
     from coordinator.plan.cut import read_cut
-    from stream.broker.admin import create_topic, delete_topics
+    from stream.broker.admin import delete_topics
     from stream.kafka import client
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
@@ -217,15 +253,21 @@ def case_cut(partitions: int) -> None:
         raise SystemExit("case cut: set KAFKA_BOOTSTRAP to a broker (host:port)")
     topic = f"bench-cut-{uuid.uuid4().hex[:8]}"
     print(f"case=cut partitions={partitions:,} topic={topic}")
-    timed("create topic", lambda: create_topic(bootstrap, topic, partitions=partitions,
-                                               timeout=300.0))  # fmt: skip
+    timed("create topic", lambda: _create(bootstrap, topic, partitions))
+    time.sleep(10)  # leaders listed in metadata may not serve list_offsets yet
     try:
         producer = client.producer(client.plain(bootstrap))
         now_ms = int(time.time() * 1000)
 
         def produce() -> None:
             for p in range(partitions):
-                producer.produce(topic, b'{"order_id": %d, "ts": %d}' % (p, now_ms), partition=p)
+                for _ in range(100):  # the producer learns new partitions from metadata
+                    try:
+                        producer.produce(topic, b'{"order_id": %d, "ts": %d}' % (p, now_ms),
+                                         partition=p)  # fmt: skip
+                        break
+                    except Exception:  # Local: Unknown partition, until metadata refreshes
+                        producer.poll(0.5)
                 producer.poll(0)
             producer.flush(120)
 
@@ -238,13 +280,37 @@ def case_cut(partitions: int) -> None:
             "table": {"format": "lance", "uri": "/tmp/unused.lance"},
         }  # fmt: skip
         job = parse_job(doc, base_dir=Path(tempfile.gettempdir()), default_id="bench-cut")
-        for watermark in (False, True):
-            label = "read_cut (offsets" + (" + watermark)" if watermark else " only)")
-            reading = timed(label, lambda w=watermark: read_cut(job, 60.0, watermark=w))
+        timed("read_cut (offsets only)", lambda: read_cut(job, 60.0, watermark=False))
+        reading = timed("read_cut (offsets + watermark)", lambda: read_cut(job, 60.0))
         print(f"  partitions read={len(reading.partitions):,} watermark_ms={reading.watermark_ms}")
     finally:
         delete_topics(bootstrap, [topic])
         print(f"  deleted topic={topic}")
+
+
+def _create(bootstrap: str, topic: str, partitions: int, step: int = 5_000) -> None:
+    """The topic in steps of ``step`` partitions (KRaft refuses one request creating more
+    than ~10 k records: POLICY_VIOLATION "excessively large batch operation")."""
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    from stream.broker.admin import create_topic
+    from stream.kafka import client
+
+    create_topic(bootstrap, topic, partitions=min(step, partitions), timeout=300.0)
+    admin = client.admin(client.plain(bootstrap))
+    have = min(step, partitions)
+    while have < partitions:
+        have = min(have + step, partitions)
+        admin.create_partitions([NewPartitions(topic, have)])[topic].result(timeout=300)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(topic, timeout=30).topics[topic]
+        if len(meta.partitions) == partitions and all(
+            p.leader >= 0 for p in meta.partitions.values()
+        ):
+            return
+        time.sleep(1)
+    raise SystemExit(f"topic={topic}: {partitions} partitions did not get leaders in 300 s")
 
 
 # -- per-slice fixed cost at 10 and 1,000 snapshots ----------------------------------------------
@@ -309,17 +375,19 @@ def main() -> None:
     ap.add_argument("--formats", default="iceberg,lance")
     args = ap.parse_args()
     cases = set(args.case.split(","))
-    unknown = cases - {"status", "resume", "cut", "slice"}
+    unknown = cases - {"status", "resume", "scan", "cut", "slice"}
     if unknown:
-        ap.error(f"expected --case among status,resume,cut,slice, found {sorted(unknown)}")
+        ap.error(f"expected --case among status,resume,scan,cut,slice, found {sorted(unknown)}")
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
-    if cases & {"status", "resume"}:
+    if cases & {"status", "resume", "scan"}:
         url = state_url(root, args.slices)
         if "status" in cases:
             case_status(url, args.slices)
         if "resume" in cases:
             case_resume(url, args.slices)
+        if "scan" in cases:
+            case_scan(url, args.slices)
     if "cut" in cases:
         case_cut(args.partitions)
     if "slice" in cases:

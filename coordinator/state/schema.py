@@ -109,9 +109,17 @@ slices = sa.Table(
     sa.ForeignKeyConstraint(["job_id", "epoch"], ["cuts.job_id", "cuts.epoch"]),
 )
 
-#: Slices of one plan by status, in plan order: the to-do list, the failed ones, the counts.
+#: Slices of one plan by status, in plan order: the to-do list, the failed ones; and, as it
+#: also holds the columns ``status`` sums, the per-status totals read from the index alone.
 slices_by_status = sa.Index(
-    "ix_slices_status", slices.c.job_id, slices.c.epoch, slices.c.status, slices.c.position
+    "ix_slices_status",
+    slices.c.job_id,
+    slices.c.epoch,
+    slices.c.status,
+    slices.c.position,
+    slices.c.est_rows,
+    slices.c.rows,
+    slices.c.duration_s,
 )
 #: Slices of one plan in plan order (the keyset of every paged read).
 slices_by_position = sa.Index(

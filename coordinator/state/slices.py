@@ -14,6 +14,7 @@ Transitions (every one checks the caller's epoch in the same transaction)::
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -244,19 +245,34 @@ class SliceStore(StoreBase):
         page_size: int = PAGE_SIZE,
     ) -> Iterator[SliceRecord]:
         """The slices of ``epoch`` (default: current) in plan order, optionally only those in
-        ``statuses``, read ``page_size`` at a time (keyset pages over the status/position
-        indexes, each page its own short transaction: memory is one page, and a writer is never
-        held off by a long read). Slices that change status while the pages are read are seen
-        in the state of the page that reads them."""
+        ``statuses``, read ``page_size`` at a time: keyset pages (each its own short
+        transaction: memory is one page per status, and a writer is never held off by a long
+        read) over the position index, or per status over the status index, merged in plan
+        order (one ``IN`` query would have to sort every matching slice for each page).
+        Slices that change status while the pages are read are seen in the state of the page
+        that reads them."""
         if page_size < 1:
             raise ValueError(f"expected page_size >= 1, found {page_size}")
         if epoch is None:
             epoch = self.current_epoch(job_id)
-        where = [t.slices.c.job_id == job_id, t.slices.c.epoch == epoch]
-        if statuses is not None:
-            if not statuses:
+        if statuses is None:
+            rows = self._pages(job_id, epoch, None, page_size)
+        else:
+            streams = [self._pages(job_id, epoch, st, page_size)
+                       for st in dict.fromkeys(statuses)]  # fmt: skip
+            if not streams:
                 return
-            where.append(t.slices.c.status.in_(list(statuses)))
+            rows = streams[0] if len(streams) == 1 else heapq.merge(
+                *streams, key=lambda r: int(r.position))  # fmt: skip
+        yield from (_record(r) for r in rows)
+
+    def _pages(
+        self, job_id: str, epoch: int, status: str | None, page_size: int
+    ) -> Iterator[Row[Any]]:
+        """Rows of one plan (of one status) in plan order, one keyset page at a time."""
+        where = [t.slices.c.job_id == job_id, t.slices.c.epoch == epoch]
+        if status is not None:
+            where.append(t.slices.c.status == status)
         after = -1
         while True:
             with self._tx() as conn:
@@ -266,7 +282,7 @@ class SliceStore(StoreBase):
                     .order_by(t.slices.c.position)
                     .limit(page_size)
                 ).all()
-            yield from (_record(r) for r in rows)
+            yield from rows
             if len(rows) < page_size:
                 return
             after = rows[-1].position

@@ -595,9 +595,14 @@ def test_iter_slices_pages_in_plan_order_by_status_never_reading_the_whole_plan(
     assert [r.slice_id for r in failed] == [plan[2].slice_id, plan[9].slice_id]
     assert all(r.status == "failed" and r.last_error == "boom" for r in failed)
     (query,) = sql.on_slices()
-    assert "slices.status IN" in query and "LIMIT" in query  # filtered in SQL, not in Python
+    assert "slices.status =" in query and "LIMIT" in query  # filtered in SQL, not in Python
+    sql.seen.clear()
     todo = store.iter_slices(JOB, statuses=("pending", "running", "failed"), page_size=100)
     assert [r.slice_id for r in todo] == [s.slice_id for i, s in enumerate(plan) if i != 5]
+    # one indexed keyset stream per status, merged in plan order: never an IN that must sort
+    # every matching slice before the first page
+    queries = sql.on_slices()
+    assert len(queries) == 3 and all("slices.status =" in q and " IN " not in q for q in queries)
     assert list(store.iter_slices(JOB, statuses=())) == []
 
 
