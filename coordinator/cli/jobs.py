@@ -33,8 +33,8 @@ from coordinator.run.prepare import (
     plan_drift,
 )
 from coordinator.run.progress import ProgressSink, progress_for
-from coordinator.run.publish import publish_state
 from coordinator.run.runner import StopSignal
+from coordinator.run.status import estimate_seconds, slice_status
 from coordinator.run.summary import (
     DEFAULT_ROWS,
     Show,
@@ -43,7 +43,6 @@ from coordinator.run.summary import (
     humanize_seconds,
     pick_slices,
     plan_totals,
-    remaining_estimate,
 )
 from coordinator.state.codec import scope_to_json
 from coordinator.state.store import StateStore
@@ -172,35 +171,16 @@ def warn_plan_drift(job: JobSpec, job_file: str) -> bool:
     return message is not None
 
 
-def status_json(job_id: str, store: StateStore) -> dict[str, Any]:
-    """Per-slice state, live progress and the latest reconcile result."""
+def status_json(job_id: str, store: StateStore, show: Show = "summary") -> dict[str, Any]:
+    """Slice counts and totals, a bounded list of slices (every one with ``show="all"``),
+    live progress and the latest reconcile result; never the whole plan in memory."""
     cut = store.get_cut(job_id)
-    records = store.list_slices(job_id) if cut is not None else []
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r.status] = counts.get(r.status, 0) + 1
     latest = store.latest_reconcile(job_id)
     return {
         "job_id": job_id,
         "state_url": store.url,
         "cut": cut_json(cut) if cut is not None else None,
-        "counts": counts,
-        "remaining": [
-            r.slice_id for r in records if r.status not in ("staged", "committed", "reconciled")
-        ],
-        "publish": publish_state(records),
-        "slices": [
-            {
-                "slice_id": r.slice_id,
-                "status": r.status,
-                "attempts": r.attempts,
-                "rows": r.rows,
-                "est_rows": r.slice.est_rows,
-                "duration_s": r.duration_s,
-                "last_error": r.last_error,
-            }
-            for r in records
-        ],
+        **slice_status(store, job_id, cut.epoch if cut is not None else None, show),
         "live": [
             {
                 "partition": p.partition,
@@ -229,7 +209,8 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
     table = Table(title=f"job={doc['job_id']} slices: {counts_text(doc['counts'])}")
     for col in ("slice", "status", "attempts", "rows", "duration s", "last error"):
         table.add_column(col)
-    shown, more = pick_slices(doc["slices"], show)
+    shown, _ = pick_slices(doc["slices"], "all")
+    more = doc["slices_more"]
     for s in shown:
         duration = "" if s["duration_s"] is None else f"{s['duration_s']:.2f}"
         table.add_row(
@@ -246,17 +227,17 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
     for s in doc["slices"]:
         if s["status"] == "failed" and s["last_error"]:
             click.echo(f"failed slice={s['slice_id']}: {s['last_error']}")
-    remaining = doc["remaining"]
+    remaining, count = doc["remaining"], doc["remaining_count"]
     click.echo(
-        f"remaining: {len(remaining)} slices not yet committed"
-        + (f" ({_id_list(remaining)})" if 0 < len(remaining) <= 5 else "")
+        f"remaining: {count} slices not yet committed"
+        + (f" ({_id_list(remaining)})" if 0 < count <= 5 else "")
     )
     pub = doc.get("publish")
     if pub is not None and pub["state"] == "staged":
         click.echo(f"publish: staged ({pub['staged']} slices staged, not visible until published)")
     elif pub is not None:
         click.echo(f"publish: published in one commit (snapshot_id={pub['snapshot_id']})")
-    left = remaining_estimate(doc["slices"], concurrency)
+    left = estimate_seconds(doc["summary"], concurrency)
     if left:
         click.echo(f"estimated time left: {humanize_seconds(left)} at the pace so far")
     for p in doc["live"]:
@@ -458,11 +439,11 @@ def register(group: click.Group) -> None:
             )
         warn_plan_drift(job, job_file)
         with store:
-            doc = status_json(job.job_id, store)
+            show: Show = "failed" if only_failed else "all" if show_all else "summary"
+            doc = status_json(job.job_id, store, show)
         if output == "json":
             click.echo(json.dumps(doc))
         else:
-            show: Show = "failed" if only_failed else "all" if show_all else "summary"
             _print_status(doc, show, job.backfill.concurrency)
 
     @group.command()

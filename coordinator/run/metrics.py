@@ -106,8 +106,7 @@ def store_readers(state_url: str, job_id: str) -> tuple[
         out: dict[str, int] = {}
         try:
             with StateStore(state_url, create=False) as store:
-                for r in store.list_slices(job_id):
-                    out[r.status] = out.get(r.status, 0) + 1
+                out = store.slice_counts(job_id)  # one aggregate query, not the plan
         except Exception as exc:  # a scrape must not fail the run (no cut yet, locked file)
             log.debug("job=%s: slice counts unavailable: %s", job_id, exc)
         return out

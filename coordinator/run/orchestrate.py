@@ -33,7 +33,7 @@ from coordinator.core.errors import ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, OffsetRange
 from coordinator.run.pool import warm_up
-from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan
+from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan_stored
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.run.publish import PublishResult
 from coordinator.run.runner import Runner, RunnerConfig, RunReport, StopSignal
@@ -168,9 +168,8 @@ def run_job(
     """
     if job.backfill.executor == "process":
         warm_up()  # the worker pool's fork server imports while the cut and plan are made
-    cut = ensure_cut(job, timeout_s=timeout_s)
-    view = ensure_plan(job, cut, count=False)
-    cut = view.plan.cut
+    cut = ensure_plan_stored(job, ensure_cut(job, timeout_s=timeout_s))
+    plan_hash = cut.plan_hash or ""  # stored by ensure_plan_stored
     config = RunnerConfig(
         executor=executor,
         concurrency=job.backfill.concurrency,
@@ -203,7 +202,7 @@ def run_job(
         pauses = tuple(store.list_pauses(job.job_id))
     code = _final_code(report, rec, publish is not None)
     log.info("job=%s run finished exit_code=%s", job.job_id, code.name)
-    return JobOutcome(cut, view.plan.plan_hash, report, rec, pauses, code, error, published)
+    return JobOutcome(cut, plan_hash, report, rec, pauses, code, error, published)
 
 
 __all__ = [

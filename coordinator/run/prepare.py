@@ -8,19 +8,30 @@ cut and plan are always reused (DESIGN §6: retries and resumes never re-plan ag
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 from coordinator.core.errors import ConfigError, StateError
 from coordinator.core.faults import crash_point
 from coordinator.core.jobspec import JobSpec
-from coordinator.core.values import Cut, Epoch, Offset, PartitionId
+from coordinator.core.values import Cut, Epoch, KeyValue, Offset, PartitionId, SliceStatus
 from coordinator.plan.cut import CutReading, floor_at_live, read_cut, read_log_starts
 from coordinator.plan.facts import archive_unit, count_kafka_slices, scan_archives
-from coordinator.plan.planner import Plan, check_retention, make_plan, with_estimates
+from coordinator.plan.planner import (
+    ArchiveFile,
+    BucketUnit,
+    Plan,
+    check_retention,
+    make_plan,
+    with_estimates,
+)
 from coordinator.state.store import StateStore, state_exists
 from stream.decode.transform import load_transform
 
@@ -178,18 +189,63 @@ def ensure_cut(
     return cut
 
 
-def compute_plan(job: JobSpec, cut: Cut, *, count: bool, timeout_s: float = 30.0) -> PlanView:
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything ``make_plan`` reads besides the cut (read from the job and its archive)."""
+
+    slice_records: int
+    files: tuple[ArchiveFile, ...]
+    unit: BucketUnit
+    include_kafka: bool
+    key_column: str | None
+    key_values: tuple[tuple[KeyValue, ...], ...] | None
+
+    @classmethod
+    def of(cls, job: JobSpec) -> PlanInputs:
+        """The job's plan inputs (scans the archive's file facts)."""
+        slice_by = job.slice_by()
+        groups = slice_by.groups() if slice_by else None
+        return cls(
+            job.backfill.slice_records, tuple(scan_archives(job)), archive_unit(job),
+            job.history.kafka, slice_by.column if slice_by else None,
+            None if groups is None else tuple(tuple(g) for g in groups),
+        )  # fmt: skip
+
+    def fingerprint(self, cut: Cut) -> str:
+        """sha256 of these inputs, ``cut``'s offsets and seamline's version: equal
+        fingerprints give equal plans (the planner is pure), so a drift check that finds the
+        recorded fingerprint needs no new plan."""
+        files = [
+            (f.path, f.min_time.isoformat(), f.max_time.isoformat(), f.rows, f.bytes,
+             None if f.keys is None else sorted(repr(k) for k in f.keys))
+            for f in self.files
+        ]  # fmt: skip
+        doc = [
+            _version(), cut.job_id, cut.topic, cut.epoch,
+            [(int(p.partition), int(p.log_start), int(p.hwm)) for p in cut.partitions],
+            self.slice_records, files, self.unit, self.include_kafka, self.key_column,
+            None if self.key_values is None else [repr(k) for k in self.key_values],
+        ]  # fmt: skip
+        return hashlib.sha256(json.dumps(doc, default=repr).encode()).hexdigest()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("seamline")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def compute_plan(
+    job: JobSpec, cut: Cut, *, count: bool, timeout_s: float = 30.0,
+    inputs: PlanInputs | None = None,
+) -> PlanView:
     """A fresh plan of ``cut`` (archive scan, Kafka slices), exact counts when ``count``."""
-    slice_by = job.slice_by()
+    i = inputs if inputs is not None else PlanInputs.of(job)
     plan = make_plan(
-        cut,
-        job.backfill.slice_records,
-        scan_archives(job),
-        archive_unit(job),
-        include_kafka=job.history.kafka,
-        key_column=slice_by.column if slice_by else None,
-        key_values=slice_by.groups() if slice_by else None,
-    )
+        cut, i.slice_records, i.files, i.unit, include_kafka=i.include_kafka,
+        key_column=i.key_column, key_values=None if i.key_values is None else list(i.key_values),
+    )  # fmt: skip
     if not count:
         return PlanView(plan, stored=False, exact=False)
     kafka = [s for s in plan.slices if s.scope.source == "kafka"]
@@ -211,10 +267,15 @@ def ensure_plan(job: JobSpec, cut: Cut, *, count: bool) -> PlanView:
         existing = stored_plan(store, cut)
         if existing is not None:
             return PlanView(existing, stored=True, exact=False)
-        view = compute_plan(job, cut, count=count)
+        inputs = PlanInputs.of(job)
+        view = compute_plan(job, cut, count=count, inputs=inputs)
         crash_point("coordinator.mid_plan")
         store.save_plan(cut.job_id, cut.epoch, view.plan.slices, view.plan.plan_hash)
         fresh = store.get_cut(cut.job_id, cut.epoch)
+        if fresh is not None and fresh.plan_hash == view.plan.plan_hash:
+            store.save_plan_inputs(
+                cut.job_id, cut.epoch, inputs.fingerprint(cut), view.plan.plan_hash
+            )
     if fresh is None or fresh.plan_hash != view.plan.plan_hash:
         raise StateError(f"job={cut.job_id} epoch={cut.epoch}: plan was not stored")
     return PlanView(Plan(fresh, view.plan.slices, view.plan.plan_hash), True, view.exact)
@@ -225,10 +286,18 @@ def plan_drift(job: JobSpec, job_file: str) -> str | None:
 
     The stored plan is immutable (resumes reuse it); the next step is a new cut.
     """
-    cut = stored_cut(job)
+    store = open_existing(job)
+    if store is None:
+        return None
+    with store:
+        cut = store.get_cut(job.job_id)
+        recorded = store.plan_inputs(job.job_id, cut.epoch) if cut is not None else None
     if cut is None or cut.plan_hash is None:
         return None
-    fresh = compute_plan(job, cut, count=False).plan.plan_hash
+    inputs = PlanInputs.of(job)
+    if recorded == (inputs.fingerprint(cut), cut.plan_hash):
+        return None  # the same inputs: the same plan, without planning again
+    fresh = compute_plan(job, cut, count=False, inputs=inputs).plan.plan_hash
     if fresh == cut.plan_hash:
         return None
     return (
@@ -258,10 +327,35 @@ def dry_run_plan(job: JobSpec, *, count: bool, timeout_s: float = 10.0) -> PlanV
     return compute_plan(job, cut, count=count)
 
 
+def ensure_plan_stored(job: JobSpec, cut: Cut) -> Cut:
+    """``cut`` with its plan stored: computed and stored when missing; a stored plan is not
+    read back (a run of a million-slice plan pages its to-do slices instead)."""
+    if cut.plan_hash is not None:
+        return cut
+    return ensure_plan(job, cut, count=False).plan.cut
+
+
 def check_source_retained(job: JobSpec, store: StateStore, cut: Cut, timeout_s: float) -> None:
-    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed."""
-    records = store.list_slices(cut.job_id, cut.epoch)
-    pending = [r.slice for r in records if r.status in ("pending", "running", "failed")]
-    if not any(s.scope.source == "kafka" for s in pending):
+    """``SourceDataLossError`` if retention deleted offsets of slices not yet committed.
+
+    Every planned range starts at or above its partition's ``log_start`` in the cut, so only
+    partitions whose log start moved past the cut's can have lost anything: when none did
+    (the common case) no slice is read beyond the first Kafka one; otherwise the to-do Kafka
+    slices are paged from the store (never held at once) and checked on those partitions."""
+    todo: tuple[SliceStatus, ...] = ("pending", "running", "failed")
+    pending = (
+        r.slice
+        for r in store.iter_slices(cut.job_id, cut.epoch, statuses=todo)
+        if r.slice.scope.source == "kafka"
+    )
+    first = next(pending, None)
+    if first is None:
         return
-    check_retention(cut, pending, read_log_starts(job, timeout_s))
+    now = read_log_starts(job, timeout_s)
+    moved = {
+        pc.partition: now[pc.partition]
+        for pc in cut.partitions
+        if pc.partition in now and now[pc.partition] > pc.log_start
+    }
+    if moved:
+        check_retention(cut, chain((first,), pending), moved)

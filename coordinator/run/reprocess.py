@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -267,6 +267,25 @@ class ReprocessLedger:
             SliceRecord(r.slice, e, status.get(r.status, "pending"), r.attempts, r.rows)
             for r in self.store.run_slices(self.run_id)
         ]
+
+    def iter_slices(
+        self,
+        job_id: str,
+        epoch: int | None = None,
+        *,
+        statuses: Sequence[SliceStatus] | None = None,
+        page_size: int = 0,
+    ) -> Iterator[SliceRecord]:
+        """The run's slices (a reprocess run is one time range: read at once, not paged)."""
+        return iter([r for r in self.list_slices(job_id, epoch)
+                     if statuses is None or r.status in statuses])  # fmt: skip
+
+    def slice_counts(self, job_id: str, epoch: int | None = None) -> dict[str, int]:
+        """The run's slices per status."""
+        out: dict[str, int] = {}
+        for r in self.list_slices(job_id, epoch):
+            out[r.status] = out.get(r.status, 0) + 1
+        return out
 
     def mark_running(self, job_id: str, slice_id: str, epoch: int) -> int:
         self.store.check_epoch(job_id, epoch)  # a newer cut makes this run stale

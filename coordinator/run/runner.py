@@ -26,10 +26,12 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -38,7 +40,7 @@ from typing import Any, Protocol
 from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerPool
 from coordinator.core.retry import Jitter, RetryPolicy
-from coordinator.core.values import CommitToken, Epoch, Slice
+from coordinator.core.values import CommitToken, Epoch, Slice, SliceStatus
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.state.store import LeaseOwner, SliceRecord
 
@@ -84,7 +86,16 @@ class RunnerConfig:
 class SliceLedger(Protocol):
     """The part of the state store the runner writes slice transitions to."""
 
-    def list_slices(self, job_id: str, epoch: int | None = None) -> list[SliceRecord]: ...
+    def iter_slices(
+        self,
+        job_id: str,
+        epoch: int | None = None,
+        *,
+        statuses: Sequence[SliceStatus] | None = None,
+        page_size: int = ...,
+    ) -> Iterator[SliceRecord]: ...
+
+    def slice_counts(self, job_id: str, epoch: int | None = None) -> dict[str, int]: ...
 
     def mark_running(self, job_id: str, slice_id: str, epoch: int) -> int: ...
 
@@ -164,11 +175,62 @@ class StopSignal:
         self.stop.set()
 
 
+#: The states a run executes (a ``running`` slice was left by a dead coordinator).
+TODO: tuple[SliceStatus, ...] = ("pending", "running", "failed")
+#: Slices read ahead from the store at a time (the queue's memory bound).
+READ_AHEAD = 1_000
+
+
+class SliceQueue:
+    """The slices still to run: first-time slices in plan order, read lazily from an iterator
+    (a page of the store at a time), and retries by the time they may run again (a heap).
+
+    Every operation is O(1) or O(log retries): a million-slice plan is never held in memory
+    or scanned per submission.
+    """
+
+    def __init__(self, source: Iterable[Slice], read_ahead: int = READ_AHEAD) -> None:
+        self._source: Iterator[Slice] | None = iter(source)
+        self._ready: deque[Slice] = deque()
+        self._later: list[tuple[float, int, Slice]] = []  # (not_before, seq, slice)
+        self._seq = 0
+        self._read_ahead = read_ahead
+
+    def _fill(self) -> None:
+        if self._ready or self._source is None:
+            return
+        for s in self._source:
+            self._ready.append(s)
+            if len(self._ready) >= self._read_ahead:
+                return
+        self._source = None
+
+    def pop(self, now: float) -> Slice | None:
+        """The next slice that may run at ``now`` (a due retry first), or ``None``."""
+        if self._later and self._later[0][0] <= now:
+            return heapq.heappop(self._later)[2]
+        self._fill()
+        return self._ready.popleft() if self._ready else None
+
+    def retry(self, not_before: float, slice_: Slice) -> None:
+        """Run ``slice_`` again once the clock reaches ``not_before``."""
+        self._seq += 1
+        heapq.heappush(self._later, (not_before, self._seq, slice_))
+
+    def soonest(self) -> float | None:
+        """When the next slice may run (``-inf``: now), ``None`` when nothing is left."""
+        self._fill()
+        if self._ready:
+            return float("-inf")
+        return self._later[0][0] if self._later else None
+
+
 @dataclass
 class _Run:
     """Mutable bookkeeping of one runner pass (private)."""
 
-    todo: list[tuple[float, str]]  # (not_before monotonic, slice_id), kept in plan order
+    todo: SliceQueue
+    slices: dict[str, Slice] = field(default_factory=dict)  # in flight or waiting to retry
     attempts: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, CommitToken] = field(default_factory=dict)  # of the latest attempt
     inflight: set[str] = field(default_factory=set)
@@ -260,27 +322,40 @@ class Runner:
             self.store.release_lease(self.job_id, owner)
 
     def _run(self) -> RunReport:
-        records = self.store.list_slices(self.job_id, self.epoch)
-        by_id = {r.slice_id: r.slice for r in records}
-        chosen, left_out = select_slices(records, self.config.only, self.config.limit)
-        state = _Run(todo=[(0.0, sid) for sid in chosen])
-        done_before = len(records) - len(chosen) - len(left_out)
-        if left_out:
+        counts = self.store.slice_counts(self.job_id, self.epoch)
+        total = sum(counts.values())
+        todo = sum(counts.get(s, 0) for s in TODO)
+        left_out: list[str] = []
+        if self.config.only or self.config.limit is not None:
+            chosen, left_out = select_slices(
+                self.store.iter_slices(self.job_id, self.epoch), self.config.only,
+                self.config.limit,
+            )  # fmt: skip
             log.info("job=%s partial run: %d slices selected, %d left for a later run",
                      self.job_id, len(chosen), len(left_out))  # fmt: skip
-        self.progress.start(len(records), done_before)
+            picked = set(chosen)
+            source: Iterable[Slice] = (
+                r.slice for r in self._todo_records() if r.slice_id in picked
+            )
+            todo = len(chosen)
+        else:
+            source = (r.slice for r in self._todo_records())
+        state = _Run(todo=SliceQueue(source))
+        done_before = total - todo - len(left_out)
+        self.progress.start(total, done_before)
         pool = self._pool or default_pool(self.config)
         try:
-            self._loop(pool, state, by_id)
+            self._loop(pool, state)
         finally:
             abandon = self.stop.abandon.is_set()
             pool.shutdown(terminate=abandon)  # abandoned slices stay `running` for resume
             self.progress.stop()
         return RunReport(
-            total=len(records),
+            total=total,
             committed=done_before + state.committed,
             failed=tuple(sorted(state.failed)),
-            remaining=len(state.todo) + len(state.inflight) + len(left_out),
+            # every chosen slice ends committed, failed for good, or still to do
+            remaining=todo - state.committed - len(state.failed) + len(left_out),
             rows=state.rows,
             retries=state.retries,
             cancelled=self.stop.stop.is_set(),
@@ -289,13 +364,17 @@ class Runner:
             errors=tuple(sorted((s, state.errors[s]) for s in state.failed)),
         )
 
-    def _loop(self, pool: WorkerPool, state: _Run, by_id: dict[str, Slice]) -> None:
-        while state.todo or state.inflight:
+    def _todo_records(self) -> Iterator[SliceRecord]:
+        """The slices still to run, in plan order, paged from the store by status."""
+        return self.store.iter_slices(self.job_id, self.epoch, statuses=TODO)
+
+    def _loop(self, pool: WorkerPool, state: _Run) -> None:
+        while state.todo.soonest() is not None or state.inflight:
             if self.stop.abandon.is_set():
                 log.warning("abandoning %d in-flight slices", len(state.inflight))
                 return
             if not self.stop.stop.is_set():
-                self._submit_ready(pool, state, by_id)
+                self._submit_ready(pool, state)
             elif not state.inflight:
                 return
             timeout = self._next_wait(pool, state)
@@ -306,19 +385,25 @@ class Runner:
                 self._finish(outcome, state)
 
     def _next_wait(self, pool: WorkerPool, state: _Run) -> float:
-        if not state.todo or len(state.inflight) >= pool.capacity:
+        soonest = state.todo.soonest()
+        if soonest is None or len(state.inflight) >= pool.capacity:
             return 0.5
-        soonest = min(t for t, _ in state.todo) - self._clock()
-        return min(0.5, max(0.01, soonest))
+        return min(0.5, max(0.01, soonest - self._clock()))
 
-    def _submit_ready(self, pool: WorkerPool, state: _Run, by_id: dict[str, Slice]) -> None:
+    def _submit_ready(self, pool: WorkerPool, state: _Run) -> None:
         while len(state.inflight) < pool.capacity and not self.stop.stop.is_set():
-            now = self._clock()
-            ready = next((item for item in state.todo if item[0] <= now), None)
-            if ready is None or self._paused_for_lag() or self.stop.stop.is_set():
+            soonest = state.todo.soonest()
+            if (
+                soonest is None
+                or soonest > self._clock()
+                or self._paused_for_lag()
+                or self.stop.stop.is_set()
+            ):
                 return  # nothing ready, paused for lag, or stopped while the gate was asked
-            state.todo.remove(ready)
-            slice_ = by_id[ready[1]]
+            slice_ = state.todo.pop(self._clock())
+            if slice_ is None:
+                return
+            state.slices[slice_.slice_id] = slice_
             attempt = self.store.mark_running(self.job_id, slice_.slice_id, self.epoch)
             state.attempts[slice_.slice_id] = state.attempts.get(slice_.slice_id, 0) + 1
             token = CommitToken(
@@ -354,18 +439,20 @@ class Runner:
         tries = state.attempts.get(sid, 1)
         if (outcome.retriable or outcome.worker_died) and tries < self._retry.attempts:
             delay = self._retry.delay(tries)
-            state.todo.append((self._clock() + delay, sid))
+            state.todo.retry(self._clock() + delay, state.slices[sid])
             state.retries += 1
             self.progress.retry()
             log.warning(
                 "slice=%s failed (attempt %d), retry in %.1fs: %s", sid, tries, delay, error
             )
         else:
+            state.slices.pop(sid, None)
             state.failed.add(sid)
             state.errors[sid] = error
             log.error("slice=%s failed after %d attempts: %s", sid, tries, error)
 
     def _committed(self, sid: str, result: SliceResult, state: _Run) -> None:
+        state.slices.pop(sid, None)
         if result.staged is not None:  # publish = "atomic": written, not yet visible
             self.store.mark_staged(
                 self.job_id, sid, self.epoch, rows=result.rows, token=state.tokens[sid],
@@ -391,33 +478,42 @@ class Runner:
 
 
 def _needs_run(record: SliceRecord) -> bool:
-    return record.status in ("pending", "running", "failed")
+    return record.status in TODO
 
 
 def select_slices(
-    records: Sequence[SliceRecord], only: Sequence[str] = (), limit: int | None = None
+    records: Iterable[SliceRecord], only: Sequence[str] = (), limit: int | None = None
 ) -> tuple[list[str], list[str]]:
-    """(slices to run, slices still to do that the selection leaves out), in plan order.
+    """(slices to run, slices still to do that the selection leaves out), in plan order, in
+    one pass over ``records`` (the plan in plan order; only ids are kept).
 
     ``only`` globs (``fnmatch``, case-sensitive) must each match some slice of the plan,
     committed or not: a glob matching nothing is a ConfigError (a typo would otherwise run
     nothing and look like success). ``limit`` keeps the first ``limit`` matching slices.
     """
-    ids = [r.slice_id for r in records]
-    for pattern in only:
-        if not any(fnmatchcase(sid, pattern) for sid in ids):
-            sample = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-            raise ConfigError(
-                f"--only {pattern!r}: expected a glob matching slice ids of the plan, "
-                f"found no match among {len(ids)} slices ({sample})",
-                hint="see `seamline plan JOB` or `seamline status JOB` for the slice ids",
-            )
-    todo = pending_ids(records)
-    chosen = [s for s in todo if not only or any(fnmatchcase(s, p) for p in only)]
-    if limit is not None:
-        chosen = chosen[:limit]
-    picked = set(chosen)
-    return chosen, [s for s in todo if s not in picked]
+    unmatched = list(only)
+    sample: list[str] = []
+    seen = 0
+    chosen: list[str] = []
+    left: list[str] = []
+    for r in records:
+        sid = r.slice_id
+        seen += 1
+        if len(sample) < 3:
+            sample.append(sid)
+        unmatched = [p for p in unmatched if not fnmatchcase(sid, p)]
+        if not _needs_run(r):
+            continue
+        wanted = not only or any(fnmatchcase(sid, p) for p in only)
+        (chosen if wanted and (limit is None or len(chosen) < limit) else left).append(sid)
+    for pattern in unmatched:
+        shown = ", ".join(sample) + (", ..." if seen > 3 else "")
+        raise ConfigError(
+            f"--only {pattern!r}: expected a glob matching slice ids of the plan, "
+            f"found no match among {seen} slices ({shown})",
+            hint="see `seamline plan JOB` or `seamline status JOB` for the slice ids",
+        )
+    return chosen, left
 
 
 def pending_ids(records: Sequence[SliceRecord]) -> list[str]:
@@ -432,6 +528,7 @@ __all__ = [
     "Runner",
     "RunnerConfig",
     "SliceLedger",
+    "SliceQueue",
     "StopSignal",
     "default_pool",
     "pending_ids",

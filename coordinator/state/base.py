@@ -185,8 +185,8 @@ class StoreBase:
         """Upgrade the schema from ``version`` step by step (in the caller's transaction)."""
         start = version
         while version < t.SCHEMA_VERSION and version in t.MIGRATIONS:
-            for table in t.MIGRATIONS[version]:
-                table.create(conn, checkfirst=True)
+            for item in t.MIGRATIONS[version]:
+                item.create(conn, checkfirst=True)
             version += 1
         conn.execute(t.schema_version.delete())
         conn.execute(t.schema_version.insert().values(version=version, installed_at=_now()))

@@ -5,7 +5,10 @@ store upgrades older versions it knows (one transaction) and refuses newer ones 
 guessing.
 
 Versions: 1 the first schema; 2 adds ``leases`` (one coordinator per job holds the lease); 3
-adds ``runs`` (detached runs: ``seamline run --detach``).
+adds ``runs`` (detached runs: ``seamline run --detach``); 4 indexes ``slices`` by status and
+by plan position (``status`` and resume page through a plan of millions of slices by index,
+never loading it whole) and adds ``plan_inputs`` (a fingerprint of what the plan was made from:
+the drift check compares it instead of planning again).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -106,6 +109,32 @@ slices = sa.Table(
     sa.ForeignKeyConstraint(["job_id", "epoch"], ["cuts.job_id", "cuts.epoch"]),
 )
 
+#: Slices of one plan by status, in plan order: the to-do list, the failed ones; and, as it
+#: also holds the columns ``status`` sums, the per-status totals read from the index alone.
+slices_by_status = sa.Index(
+    "ix_slices_status",
+    slices.c.job_id,
+    slices.c.epoch,
+    slices.c.status,
+    slices.c.position,
+    slices.c.est_rows,
+    slices.c.rows,
+    slices.c.duration_s,
+)
+#: Slices of one plan in plan order (the keyset of every paged read).
+slices_by_position = sa.Index(
+    "ix_slices_position", slices.c.job_id, slices.c.epoch, slices.c.position
+)
+
+plan_inputs = sa.Table(
+    "plan_inputs",
+    metadata,
+    sa.Column("job_id", sa.String(128), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("plan_hash", sa.String(64), nullable=False),
+)
+
 live_progress = sa.Table(
     "live_progress",
     metadata,
@@ -164,5 +193,10 @@ runs = sa.Table(
     sa.Column("exit_code", sa.Integer, nullable=True),
 )
 
-#: ``{from_version: tables added by the step to from_version + 1}`` (additive steps only).
-MIGRATIONS: dict[int, tuple[sa.Table, ...]] = {1: (leases,), 2: (runs,)}
+#: ``{from_version: tables and indexes added by the step to from_version + 1}`` (additive
+#: steps only).
+MIGRATIONS: dict[int, tuple[sa.Table | sa.Index, ...]] = {
+    1: (leases,),
+    2: (runs,),
+    3: (slices_by_status, slices_by_position, plan_inputs),
+}

@@ -14,8 +14,9 @@ Transitions (every one checks the caller's epoch in the same transaction)::
 
 from __future__ import annotations
 
+import heapq
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,35 @@ _STATUSES: tuple[SliceStatus, ...] = (
     "failed",
 )
 _MAX_ERROR = 4000
+#: Rows per page of :meth:`SliceStore.iter_slices` (memory stays bounded by one page).
+PAGE_SIZE = 5_000
+
+
+@dataclass(frozen=True)
+class StatusTotals:
+    """Aggregates of the slices in one status (one GROUP BY row; no slice is loaded).
+
+    ``timed`` counts the slices with a duration > 0 and a row count, ``timed_rows`` and
+    ``timed_s`` are their rows and seconds (the pace ``seamline status`` estimates from).
+    """
+
+    slices: int
+    rows: int
+    est_rows: int
+    timed: int
+    timed_rows: int
+    timed_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (``status --output json``'s ``summary``)."""
+        return {
+            "slices": self.slices,
+            "rows": self.rows,
+            "est_rows": self.est_rows,
+            "timed": self.timed,
+            "timed_rows": self.timed_rows,
+            "timed_s": self.timed_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -147,6 +177,25 @@ class SliceStore(StoreBase):
             )
         log.info("job=%s epoch=%d plan stored: %d slices", job_id, epoch, len(slices))
 
+    def save_plan_inputs(self, job_id: str, epoch: int, fingerprint: str, plan_hash: str) -> None:
+        """Record the fingerprint of the inputs the stored plan ``plan_hash`` was made from
+        (the first one stays: the plan is immutable)."""
+        key = (t.plan_inputs.c.job_id == job_id) & (t.plan_inputs.c.epoch == epoch)
+        with self._tx() as conn:
+            if conn.execute(sa.select(t.plan_inputs.c.epoch).where(key)).first() is None:
+                conn.execute(t.plan_inputs.insert().values(
+                    job_id=job_id, epoch=epoch, fingerprint=fingerprint, plan_hash=plan_hash))  # fmt: skip
+
+    def plan_inputs(self, job_id: str, epoch: int) -> tuple[str, str] | None:
+        """(fingerprint, plan hash) recorded for the plan of ``epoch``, or ``None``."""
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(t.plan_inputs.c.fingerprint, t.plan_inputs.c.plan_hash).where(
+                    t.plan_inputs.c.job_id == job_id, t.plan_inputs.c.epoch == epoch
+                )
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
     def _insert_slices(
         self, conn: Connection, job_id: str, epoch: int, slices: Sequence[Slice]
     ) -> None:
@@ -174,7 +223,9 @@ class SliceStore(StoreBase):
         )
 
     def list_slices(self, job_id: str, epoch: int | None = None) -> list[SliceRecord]:
-        """Every slice of the plan of ``epoch`` (default: current), in plan order."""
+        """Every slice of the plan of ``epoch`` (default: current), in plan order, in memory
+        at once: for small plans and tests; at scale use :meth:`iter_slices` (paged, filtered
+        by status) or :meth:`slice_totals`."""
         with self._tx() as conn:
             if epoch is None:
                 epoch = self._require_job(conn, job_id)
@@ -184,6 +235,89 @@ class SliceStore(StoreBase):
                 .order_by(t.slices.c.position)
             ).all()
         return [_record(r) for r in rows]
+
+    def iter_slices(
+        self,
+        job_id: str,
+        epoch: int | None = None,
+        *,
+        statuses: Sequence[SliceStatus] | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> Iterator[SliceRecord]:
+        """The slices of ``epoch`` (default: current) in plan order, optionally only those in
+        ``statuses``, read ``page_size`` at a time: keyset pages (each its own short
+        transaction: memory is one page per status, and a writer is never held off by a long
+        read) over the position index, or per status over the status index, merged in plan
+        order (one ``IN`` query would have to sort every matching slice for each page).
+        Slices that change status while the pages are read are seen in the state of the page
+        that reads them."""
+        if page_size < 1:
+            raise ValueError(f"expected page_size >= 1, found {page_size}")
+        if epoch is None:
+            epoch = self.current_epoch(job_id)
+        if statuses is None:
+            rows = self._pages(job_id, epoch, None, page_size)
+        else:
+            streams = [self._pages(job_id, epoch, st, page_size)
+                       for st in dict.fromkeys(statuses)]  # fmt: skip
+            if not streams:
+                return
+            rows = streams[0] if len(streams) == 1 else heapq.merge(
+                *streams, key=lambda r: int(r.position))  # fmt: skip
+        yield from (_record(r) for r in rows)
+
+    def _pages(
+        self, job_id: str, epoch: int, status: str | None, page_size: int
+    ) -> Iterator[Row[Any]]:
+        """Rows of one plan (of one status) in plan order, one keyset page at a time."""
+        where = [t.slices.c.job_id == job_id, t.slices.c.epoch == epoch]
+        if status is not None:
+            where.append(t.slices.c.status == status)
+        after = -1
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    sa.select(t.slices)
+                    .where(*where, t.slices.c.position > after)
+                    .order_by(t.slices.c.position)
+                    .limit(page_size)
+                ).all()
+            yield from rows
+            if len(rows) < page_size:
+                return
+            after = rows[-1].position
+
+    def slice_totals(self, job_id: str, epoch: int | None = None) -> dict[str, StatusTotals]:
+        """Per status, the number of slices and their row/duration sums: one aggregate query
+        (``seamline status`` at a million slices reads these, not the slices)."""
+        c = t.slices.c
+        timed = (c.duration_s > 0) & c.rows.is_not(None)
+        with self._tx() as conn:
+            if epoch is None:
+                epoch = self._require_job(conn, job_id)
+            rows = conn.execute(
+                sa.select(
+                    c.status,
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(c.rows), 0),
+                    sa.func.coalesce(sa.func.sum(c.est_rows), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((timed, 1), else_=0)), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((timed, c.rows), else_=0)), 0),
+                    sa.func.coalesce(sa.func.sum(sa.case((timed, c.duration_s), else_=0.0)), 0),
+                )
+                .where(c.job_id == job_id, c.epoch == epoch)
+                .group_by(c.status)
+            ).all()
+        return {
+            str(r[0]): StatusTotals(
+                int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6])
+            )
+            for r in rows
+        }
+
+    def slice_counts(self, job_id: str, epoch: int | None = None) -> dict[str, int]:
+        """The number of slices per status (one aggregate query)."""
+        return {k: v.slices for k, v in self.slice_totals(job_id, epoch).items()}
 
     def get_slice(self, job_id: str, slice_id: str, epoch: int | None = None) -> SliceRecord:
         """One slice; :class:`StateError` if it is not in the plan."""

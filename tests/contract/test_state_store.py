@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -499,7 +500,14 @@ def test_an_expired_or_dead_lease_is_taken_and_takeover_steals_a_live_one(store_
     store.close()
 
 
-def test_a_version_1_store_is_migrated_to_version_3_with_leases_and_runs(
+_V4_INDEXES = ("ix_slices_status", "ix_slices_position")
+
+
+def _slice_indexes(conn: sa.Connection) -> set[str]:
+    return {str(ix["name"]) for ix in sa.inspect(conn).get_indexes("slices")}
+
+
+def test_a_version_1_store_is_migrated_to_version_4_with_leases_runs_and_slice_indexes(
     store_url: str, tmp_path: Path
 ) -> None:
     (tmp_path / "state").mkdir(exist_ok=True)
@@ -507,22 +515,140 @@ def test_a_version_1_store_is_migrated_to_version_3_with_leases_and_runs(
     v1 = [tbl for tbl in schema.metadata.sorted_tables if tbl.name not in ("leases", "runs")]
     with engine.begin() as conn:
         schema.metadata.create_all(conn, tables=v1)
+        for name in _V4_INDEXES:  # a version 1 store has no index on slices
+            conn.execute(sa.text(f"DROP INDEX {name}"))
         conn.execute(schema.schema_version.insert().values(version=1, installed_at=_NOW))
-    with pytest.raises(StateError, match=r"expected schema version 3, found \[1\].*upgrade"):
+        conn.execute(schema.jobs.insert().values(job_id=JOB, epoch=1, created_at=_NOW,
+                                                 updated_at=_NOW))  # fmt: skip
+    with pytest.raises(StateError, match=r"expected schema version 4, found \[1\].*upgrade"):
         StateStore(store_url, create=False)  # a read-only open never migrates
     store = StateStore(store_url)
     with engine.connect() as conn:
         assert sa.inspect(conn).has_table("leases") and sa.inspect(conn).has_table("runs")
-        assert list(conn.scalars(sa.select(schema.schema_version.c.version))) == [3]
-    store.ensure_job(JOB)
+        assert _slice_indexes(conn) >= set(_V4_INDEXES)
+        assert list(conn.scalars(sa.select(schema.schema_version.c.version))) == [4]
+    store.save_cut(_cut())  # the old job's data is kept and usable
+    store.save_plan(JOB, 1, _plan(), "h" * 64)
+    assert [r.slice_id for r in store.iter_slices(JOB, statuses=("pending",))] == [
+        s.slice_id for s in _plan()
+    ]
     assert store.acquire_lease(JOB, _owner(), 60).job_id == JOB
     store.record_run(JOB, "r1", "/tmp/r1.log", [])
     store.close()
     with engine.begin() as conn:
-        conn.execute(schema.schema_version.update().values(version=4))
-    with pytest.raises(StateError, match=r"expected schema version 3, found \[4\]"):
+        conn.execute(schema.schema_version.update().values(version=5))
+    with pytest.raises(StateError, match=r"expected schema version 4, found \[5\]"):
         StateStore(store_url)
     engine.dispose()
+
+
+@dataclass
+class _Statements:
+    """Every SQL statement a store sends, with the number of rows each returned."""
+
+    seen: list[tuple[str, int]]
+
+    def on(self, store: StateStore) -> None:
+        engine = store._engine
+
+        @sa.event.listens_for(engine, "after_cursor_execute")
+        def _after(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+            self.seen.append((" ".join(statement.split()), -1))
+
+    def on_slices(self) -> list[str]:
+        return [q for q, _ in self.seen if "FROM slices" in q and q.startswith("SELECT")]
+
+
+def _big_plan(store: StateStore, n: int) -> list[Slice]:
+    store.ensure_job(JOB)
+    store.save_cut(_cut())
+    plan = [
+        Slice(f"k-p0-{i:09d}", Scope("kafka", (_r(0, 10 * i, 10 * i + 10),)), est_rows=10)
+        for i in range(n)
+    ]
+    store.save_plan(JOB, 1, plan, "p" * 64)
+    return plan
+
+
+def test_iter_slices_pages_in_plan_order_by_status_never_reading_the_whole_plan(
+    store: StateStore,
+) -> None:
+    plan = _big_plan(store, 11)
+    for s in (plan[2], plan[9]):
+        store.mark_running(JOB, s.slice_id, 1)
+        store.mark_failed(JOB, s.slice_id, 1, "boom")
+    store.mark_running(JOB, plan[5].slice_id, 1)
+    store.mark_committed(JOB, plan[5].slice_id, 1, rows=10, token=None)
+    sql = _Statements([])
+    sql.on(store)
+    pages = store.iter_slices(JOB, 1, page_size=4)
+    assert next(pages).slice_id == plan[0].slice_id
+    assert len(sql.on_slices()) == 1, "one page read for the first slice, not the plan"
+    assert [r.slice_id for r in pages] == [s.slice_id for s in plan[1:]]
+    queries = sql.on_slices()
+    assert len(queries) == 3  # 4 + 4 + 3 slices: three keyset pages
+    assert all("LIMIT" in q and "ORDER BY slices.position" in q for q in queries)
+    sql.seen.clear()
+    failed = list(store.iter_slices(JOB, statuses=("failed",), page_size=4))
+    assert [r.slice_id for r in failed] == [plan[2].slice_id, plan[9].slice_id]
+    assert all(r.status == "failed" and r.last_error == "boom" for r in failed)
+    (query,) = sql.on_slices()
+    assert "slices.status =" in query and "LIMIT" in query  # filtered in SQL, not in Python
+    sql.seen.clear()
+    todo = store.iter_slices(JOB, statuses=("pending", "running", "failed"), page_size=100)
+    assert [r.slice_id for r in todo] == [s.slice_id for i, s in enumerate(plan) if i != 5]
+    # one indexed keyset stream per status, merged in plan order: never an IN that must sort
+    # every matching slice before the first page
+    queries = sql.on_slices()
+    assert len(queries) == 3 and all("slices.status =" in q and " IN " not in q for q in queries)
+    assert list(store.iter_slices(JOB, statuses=())) == []
+
+
+def test_slice_totals_are_one_aggregate_query(store: StateStore) -> None:
+    plan = _big_plan(store, 6)
+    for s in plan[:3]:
+        store.mark_running(JOB, s.slice_id, 1)
+        store.mark_committed(JOB, s.slice_id, 1, rows=7, token=None)
+    store.mark_running(JOB, plan[3].slice_id, 1)
+    store.mark_failed(JOB, plan[3].slice_id, 1, "boom")
+    sql = _Statements([])
+    sql.on(store)
+    totals = store.slice_totals(JOB)
+    (query,) = sql.on_slices()
+    assert "GROUP BY slices.status" in query and "count(" in query.lower()
+    assert set(totals) == {"committed", "failed", "pending"}
+    done = totals["committed"]
+    assert (done.slices, done.rows, done.est_rows, done.timed_rows) == (3, 21, 30, done.timed * 7)
+    assert done.timed_s >= 0.0 and (totals["pending"].slices, totals["failed"].slices) == (2, 1)
+    assert store.slice_counts(JOB) == {"committed": 3, "failed": 1, "pending": 2}
+
+
+def test_plan_inputs_are_recorded_once_per_epoch(store: StateStore) -> None:
+    _planned(store)
+    assert store.plan_inputs(JOB, 1) is None
+    store.save_plan_inputs(JOB, 1, "f" * 64, "h" * 64)
+    store.save_plan_inputs(JOB, 1, "g" * 64, "h" * 64)  # the plan is immutable: first wins
+    assert store.plan_inputs(JOB, 1) == ("f" * 64, "h" * 64)
+    assert store.plan_inputs(JOB, 2) is None
+
+
+def test_status_reads_use_the_slice_indexes(store: StateStore) -> None:
+    _big_plan(store, 3)
+    with store._tx() as conn:
+        assert _slice_indexes(conn) >= set(_V4_INDEXES)
+        if conn.dialect.name == "sqlite":  # PostgreSQL plans tiny tables as seq scans
+            stmt = (
+                sa.select(schema.slices)
+                .where(schema.slices.c.job_id == JOB, schema.slices.c.epoch == 1,
+                       schema.slices.c.status.in_(["failed"]), schema.slices.c.position > -1)
+                .order_by(schema.slices.c.position)
+                .limit(10)
+            )  # fmt: skip
+            compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = " ".join(
+                str(r[-1]) for r in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {compiled}"))
+            )
+            assert "ix_slices_status" in plan, plan
 
 
 def test_detached_runs_are_recorded_given_a_pid_and_ended(store: StateStore) -> None:

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 def _status(path: str) -> dict[str, Any]:
-    return json_out(seamline("status", path, "--output", "json"))
+    """Every slice in plan order and every remaining id (``--all``; the default is bounded)."""
+    return json_out(seamline("status", path, "--all", "--output", "json"))
 
 
 @pytest.mark.parametrize("fmt", ["iceberg", "lance"])

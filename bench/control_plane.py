@@ -1,0 +1,400 @@
+"""Benchmark of the control plane at scale (issue 16 item 5): figures are printed, never asserted.
+
+Cases (``--case``, default ``status,resume``):
+
+* ``status``: a SQLite state store holding one plan of ``--slices`` slices (default 1 M; a
+  tenth of them committed, a few failed), then ``seamline status`` as the CLI builds it
+  (``status_json``: default summary, and ``--failed``) timed in this process, with the peak
+  RSS growth. The store is kept in ``--dir`` and reused by later runs of the same size.
+* ``resume``: on the same store, the coordinator's work before its first slice is submitted:
+  the stored plan found (``ensure_plan_stored``) and the runner up to its first ``submit`` (a
+  pool that records submissions; nothing is executed).
+* ``scan``: the whole-plan reads left off that path: every to-do slice paged (the retention
+  check once a log start moved past the cut) and ``seamline plan``'s stored plan.
+* ``cut``: a topic of ``--partitions`` partitions (default 10 k) is created on the broker of
+  ``KAFKA_BOOTSTRAP``, one record is produced to every partition, then ``read_cut`` (offsets
+  of every partition + the event-time watermark) is timed; the topic is deleted afterwards.
+* ``slice``: the fixed cost of one history slice commit (a 10-row day bucket, scoped overwrite
+  through the real sink) after 10 and after 1,000 slice commits, Iceberg (SQL catalog) and
+  Lance: the median of ``--probe`` commits at each point.
+
+Usage::
+
+    uv run python bench/control_plane.py [--case status,resume,scan,cut,slice] [--slices 1000000]
+        [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from coordinator.core.values import (  # noqa: E402
+    CommitToken,
+    Cut,
+    Epoch,
+    Offset,
+    OffsetRange,
+    PartitionCut,
+    PartitionId,
+    Scope,
+    Slice,
+    TimeBucket,
+)
+
+T0 = datetime(2021, 1, 1, tzinfo=UTC)
+
+
+def rss_mb() -> float:
+    """Peak resident set of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(label: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``, print its wall time and the peak-RSS growth it caused."""
+    before = rss_mb()
+    t = time.perf_counter()
+    out = fn()
+    took = time.perf_counter() - t
+    print(f"  {label:<66} {took:8.3f} s   peak RSS +{rss_mb() - before:7.1f} MiB")
+    return out
+
+
+# -- the state store at N slices ---------------------------------------------------------------
+
+
+def plan_slices(n: int, partitions: int = 100) -> Iterator[Slice]:
+    """``n`` Kafka slices of 1,000 offsets spread over ``partitions`` partitions."""
+    per = -(-n // partitions)
+    for i in range(n):
+        p, k = divmod(i, per)
+        rng = OffsetRange(PartitionId(p), Offset(k * 1_000), Offset(k * 1_000 + 1_000))
+        yield Slice(f"k-p{p}-{k * 1_000}", Scope("kafka", ranges=(rng,)), est_rows=1_000)
+
+
+def build_store(url: str, n: int) -> None:
+    """A store with job ``bench`` whose plan has ``n`` slices: ~10 % committed, 3 failed.
+
+    The store, its cut and the first slices go through :class:`StateStore`; the bulk of the
+    rows is written with one raw ``executemany`` (the same columns ``save_plan`` writes), or
+    building a million-slice store would take longer than the figures it serves.
+    """
+    import json
+    import sqlite3
+
+    from coordinator.state.codec import scope_to_json
+    from coordinator.state.store import StateStore
+
+    per = -(-n // 100)
+    cut = Cut("bench", "orders", tuple(
+        PartitionCut(PartitionId(p), Offset(0), Offset(per * 1_000)) for p in range(100)
+    ), T0, Epoch(1))  # fmt: skip
+    head = 200
+    slices = plan_slices(n)
+    with StateStore(url) as store:
+        epoch = store.ensure_job("bench")
+        store.save_cut(cut)
+        first = [next(slices) for _ in range(min(head, n))]
+        store.save_plan("bench", epoch, first, f"bench-{n}")
+        for s in first[: min(head, n // 10)]:
+            store.mark_running("bench", s.slice_id, epoch)
+            store.mark_committed("bench", s.slice_id, epoch, rows=1_000, token=None)
+    db = sqlite3.connect(url.removeprefix("sqlite:///"))
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    done = n // 10
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        for i, s in enumerate(slices, start=head):
+            ok = i < done
+            yield ("bench", 1, s.slice_id, i, "kafka", json.dumps(scope_to_json(s.scope)), "[]",
+                   s.est_rows, 0, "committed" if ok else "pending", int(ok),
+                   1_000 if ok else None, now if ok else None, now if ok else None,
+                   0.5 if ok else None, 0.5 if ok else 0.0)  # fmt: skip
+
+    with db:
+        db.executemany(
+            "INSERT INTO slices (job_id, epoch, slice_id, position, kind, scope, files, est_rows,"
+            " est_bytes, status, attempts, rows, started_at, finished_at, duration_s,"
+            " total_duration_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows(),
+        )
+    db.close()
+    with StateStore(url) as store:
+        for s in list(plan_slices(n))[-3:] if n <= 10 else _last(n, 3):
+            store.mark_running("bench", s.slice_id, 1)
+            store.mark_failed("bench", s.slice_id, 1, "bench: injected failure")
+
+
+def _last(n: int, k: int) -> list[Slice]:
+    out: list[Slice] = []
+    for i, s in enumerate(plan_slices(n)):
+        if i >= n - k:
+            out.append(s)
+    return out
+
+
+def state_url(root: Path, n: int) -> str:
+    """The bench store of ``n`` slices under ``root``, built when missing."""
+    path = root / f"state-{n}.db"
+    url = f"sqlite:///{path}"
+    if not path.exists():
+        print(f"building a store of {n:,} slices at {path} (once) ...")
+        t = time.perf_counter()
+        build_store(url, n)
+        print(f"  built in {time.perf_counter() - t:.1f} s")
+    return url
+
+
+def case_status(url: str, n: int) -> None:
+    """``seamline status`` (its JSON document: default summary and --failed)."""
+    from coordinator.cli.jobs import status_json
+    from coordinator.state.store import StateStore
+
+    print(f"case=status slices={n:,}")
+    with StateStore(url, create=False) as store:
+        doc = timed("status (summary, as `seamline status`)", lambda: status_json("bench", store))
+        timed("status --failed", lambda: status_json("bench", store, show="failed"))
+    print(f"  counts={doc['counts']} slices listed={len(doc['slices'])}")
+
+
+class _RecordingPool:
+    """A WorkerPool that records the first submission and stops the runner there."""
+
+    capacity = 2
+
+    def __init__(self, t0: float, stop: Any) -> None:
+        self.t0, self.stop = t0, stop
+        self.first: float | None = None
+
+    def submit(self, task: Any) -> None:
+        if self.first is None:
+            self.first = time.perf_counter() - self.t0
+        self.stop.request()
+        self.stop.request()  # abandon: nothing is executed
+
+    def completed(self, timeout: float) -> list[Any]:
+        return []
+
+    def in_flight(self) -> int:
+        return 0
+
+    def shutdown(self, *, terminate: bool = False) -> None:
+        return None
+
+
+def case_resume(url: str, n: int) -> None:
+    """Resume of a 1 M-slice job up to the first submitted slice."""
+    from types import SimpleNamespace
+
+    from coordinator.run.prepare import ensure_plan_stored
+    from coordinator.run.runner import Runner, RunnerConfig, StopSignal
+    from coordinator.state.store import StateStore
+
+    print(f"case=resume slices={n:,}")
+    with StateStore(url, create=False) as store:
+        cut = store.get_cut("bench")
+        assert cut is not None
+        timed("stored plan (run_job's ensure_plan_stored)", lambda: ensure_plan_stored(
+            SimpleNamespace(), cut))  # type: ignore[arg-type]  # fmt: skip
+        stop = StopSignal()
+        pool = _RecordingPool(time.perf_counter(), stop)
+        job = SimpleNamespace(job_id="bench")
+        runner = Runner(job, store, cut.epoch, RunnerConfig("bench:none"), stop=stop, pool=pool)
+        pool.t0 = time.perf_counter()
+        before = rss_mb()
+        runner.run()
+        print(f"  {'runner start -> first slice submitted':<66} {pool.first or float('nan'):8.3f} s"
+              f"   peak RSS +{rss_mb() - before:7.1f} MiB")  # fmt: skip
+        # the abandoned slice stays `running`, as after a crash: resume runs it again
+
+
+def case_scan(url: str, n: int) -> None:
+    """Whole-plan reads that remain (not on the status/resume path): ``plan`` showing the
+    stored plan, and paging every to-do slice (the retention check after a log start moved
+    past the cut)."""
+    from coordinator.run.prepare import stored_plan
+    from coordinator.state.store import StateStore
+
+    print(f"case=scan slices={n:,}")
+    with StateStore(url, create=False) as store:
+        cut = store.get_cut("bench")
+        assert cut is not None
+        timed("every to-do slice paged (retention check after log_start moved)",
+              lambda: sum(1 for _ in store.iter_slices(
+                  "bench", cut.epoch, statuses=("pending", "running", "failed"))))  # fmt: skip
+        timed("stored plan read back whole (`seamline plan`)", lambda: stored_plan(store, cut))
+
+
+# -- the cut at N partitions -------------------------------------------------------------------
+
+
+def case_cut(partitions: int) -> None:
+    """``read_cut`` on a fresh topic of ``partitions`` partitions (one record in each)."""
+    from coordinator.core.jobspec import parse_job
+    from coordinator.plan.cut import read_cut
+    from stream.broker.admin import delete_topics
+    from stream.kafka import client
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        raise SystemExit("case cut: set KAFKA_BOOTSTRAP to a broker (host:port)")
+    topic = f"bench-cut-{uuid.uuid4().hex[:8]}"
+    print(f"case=cut partitions={partitions:,} topic={topic}")
+    timed("create topic", lambda: _create(bootstrap, topic, partitions))
+    time.sleep(10)  # leaders listed in metadata may not serve list_offsets yet
+    try:
+        producer = client.producer(client.plain(bootstrap))
+        now_ms = int(time.time() * 1000)
+
+        def produce() -> None:
+            for p in range(partitions):
+                for _ in range(100):  # the producer learns new partitions from metadata
+                    try:
+                        producer.produce(topic, b'{"order_id": %d, "ts": %d}' % (p, now_ms),
+                                         partition=p)  # fmt: skip
+                        break
+                    except Exception:  # Local: Unknown partition, until metadata refreshes
+                        producer.poll(0.5)
+                producer.poll(0)
+            producer.flush(120)
+
+        timed("produce one record per partition", produce)
+        doc = {
+            "job": {"id": "bench-cut"},
+            "stream": {"bootstrap": bootstrap, "topic": topic},
+            "schema": {"fields": {"order_id": "int64", "ts": "timestamp_ms"},
+                       "event_time": "ts"},
+            "table": {"format": "lance", "uri": "/tmp/unused.lance"},
+        }  # fmt: skip
+        job = parse_job(doc, base_dir=Path(tempfile.gettempdir()), default_id="bench-cut")
+        timed("read_cut (offsets only)", lambda: read_cut(job, 60.0, watermark=False))
+        reading = timed("read_cut (offsets + watermark)", lambda: read_cut(job, 60.0))
+        print(f"  partitions read={len(reading.partitions):,} watermark_ms={reading.watermark_ms}")
+    finally:
+        delete_topics(bootstrap, [topic])
+        print(f"  deleted topic={topic}")
+
+
+def _create(bootstrap: str, topic: str, partitions: int, step: int = 5_000) -> None:
+    """The topic in steps of ``step`` partitions (KRaft refuses one request creating more
+    than ~10 k records: POLICY_VIOLATION "excessively large batch operation")."""
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    from stream.broker.admin import create_topic
+    from stream.kafka import client
+
+    create_topic(bootstrap, topic, partitions=min(step, partitions), timeout=300.0)
+    admin = client.admin(client.plain(bootstrap))
+    have = min(step, partitions)
+    while have < partitions:
+        have = min(have + step, partitions)
+        admin.create_partitions([NewPartitions(topic, have)])[topic].result(timeout=300)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(topic, timeout=30).topics[topic]
+        if len(meta.partitions) == partitions and all(
+            p.leader >= 0 for p in meta.partitions.values()
+        ):
+            return
+        time.sleep(1)
+    raise SystemExit(f"topic={topic}: {partitions} partitions did not get leaders in 300 s")
+
+
+# -- per-slice fixed cost at 10 and 1,000 snapshots ----------------------------------------------
+
+
+def case_slice(fmt: str, root: Path, probe: int, points: tuple[int, ...]) -> None:
+    """Median write_slice time of a 10-row day slice after ``points`` slice commits."""
+    from backfill.sinks import open_sink
+    from bench.maintain import make_job
+
+    job = make_job(fmt, root / fmt)
+    sink = open_sink(job)
+    sink.ensure_table()
+    done = 0
+    print(f"case=slice format={fmt}")
+
+    def write(i: int) -> float:
+        day = T0 + timedelta(days=i % 1_000)
+        bucket = TimeBucket(day, day + timedelta(days=1))
+        rows = _rows(i, day)
+        token = CommitToken("bench", f"s-{i}", 1, Epoch(1), "backfill")
+        t = time.perf_counter()
+        sink.write_slice(Scope("archive", bucket=bucket), rows, token)
+        return time.perf_counter() - t
+
+    for point in points:
+        t = time.perf_counter()
+        while done < point:
+            write(done)
+            done += 1
+        took = [write(done + k) for k in range(probe)]
+        done += probe
+        print(f"  after {point:>5,} slice commits: {statistics.median(took) * 1e3:8.1f} ms/slice "
+              f"(median of {probe}; min {min(took) * 1e3:.1f}, max {max(took) * 1e3:.1f}; "
+              f"reaching it took {time.perf_counter() - t:.0f} s)")  # fmt: skip
+
+
+def _rows(i: int, day: datetime, n: int = 10) -> Any:
+    """``n`` archive orders of slice ``i`` on ``day`` (the schema of ``bench.maintain``)."""
+    import pyarrow as pa
+
+    from stream.decode.base import add_lineage
+
+    base = int(day.timestamp() * 1000)
+    user = pa.table({
+        "order_id": pa.array([i * n + k for k in range(n)], pa.int64()),
+        "amount": pa.array([1.5 * k for k in range(n)], pa.float64()),
+        "ts": pa.array([base + 1_000 * k for k in range(n)], pa.int64()).cast(
+            pa.timestamp("ms", tz="UTC")),
+    })  # fmt: skip
+    return add_lineage(user, None, None, "archive", "backfill")
+
+
+def main() -> None:
+    """Parse arguments and run the chosen cases."""
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--case", default="status,resume")
+    ap.add_argument("--slices", type=int, default=1_000_000)
+    ap.add_argument("--partitions", type=int, default=10_000)
+    ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "seamline-bench-cp"))
+    ap.add_argument("--probe", type=int, default=10)
+    ap.add_argument("--formats", default="iceberg,lance")
+    args = ap.parse_args()
+    cases = set(args.case.split(","))
+    unknown = cases - {"status", "resume", "scan", "cut", "slice"}
+    if unknown:
+        ap.error(f"expected --case among status,resume,scan,cut,slice, found {sorted(unknown)}")
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if cases & {"status", "resume", "scan"}:
+        url = state_url(root, args.slices)
+        if "status" in cases:
+            case_status(url, args.slices)
+        if "resume" in cases:
+            case_resume(url, args.slices)
+        if "scan" in cases:
+            case_scan(url, args.slices)
+    if "cut" in cases:
+        case_cut(args.partitions)
+    if "slice" in cases:
+        for fmt in args.formats.split(","):
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                case_slice(fmt, Path(tmp), args.probe, (10, 1_000))
+
+
+if __name__ == "__main__":
+    main()
