@@ -126,7 +126,12 @@ def topic_prefix(text: str) -> str:
 
 @pytest.fixture
 def kafka_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
-    """Factory creating fresh topics on the session broker; deletes them at teardown."""
+    """Factory creating fresh topics on the session broker; deletes them at teardown.
+
+    Test topics keep every record unless ``config`` says otherwise (``retention.ms = -1``):
+    test data often carries event-time timestamps older than the broker's default 7-day
+    retention, which would delete it in the middle of a slow test.
+    """
     from stream.broker.admin import create_topic, delete_topics
 
     created: list[str] = []
@@ -134,7 +139,8 @@ def kafka_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterato
     def make_topic(partitions: int = 3, name_prefix: str | None = None, *,
                    config: Mapping[str, str] | None = None) -> str:
         name = f"{topic_prefix(name_prefix or request.node.name)}-{uuid.uuid4().hex[:10]}"
-        create_topic(kafka_bootstrap, name, partitions=partitions, config=dict(config or {}))
+        create_topic(kafka_bootstrap, name, partitions=partitions,
+                     config={"retention.ms": "-1", **(config or {})})  # fmt: skip
         created.append(name)
         return name
 
