@@ -26,11 +26,9 @@
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerP
 from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice, SliceStatus
 from coordinator.run.progress import NullProgress, ProgressSink
+from coordinator.run.queue import SliceQueue
 from coordinator.state.store import LeaseOwner, SliceRecord
 
 log = logging.getLogger(__name__)
@@ -177,54 +176,6 @@ class StopSignal:
 
 #: The states a run executes (a ``running`` slice was left by a dead coordinator).
 TODO: tuple[SliceStatus, ...] = ("pending", "running", "failed")
-#: Slices read ahead from the store at a time (the queue's memory bound).
-READ_AHEAD = 1_000
-
-
-class SliceQueue:
-    """The slices still to run: first-time slices in plan order, read lazily from an iterator
-    (a page of the store at a time), and retries by the time they may run again (a heap).
-
-    Every operation is O(1) or O(log retries): a million-slice plan is never held in memory
-    or scanned per submission.
-    """
-
-    def __init__(self, source: Iterable[Slice], read_ahead: int = READ_AHEAD) -> None:
-        self._source: Iterator[Slice] | None = iter(source)
-        self._ready: deque[Slice] = deque()
-        self._later: list[tuple[float, int, Slice]] = []  # (not_before, seq, slice)
-        self._seq = 0
-        self._read_ahead = read_ahead
-
-    def _fill(self) -> None:
-        if self._ready or self._source is None:
-            return
-        for s in self._source:
-            self._ready.append(s)
-            if len(self._ready) >= self._read_ahead:
-                return
-        self._source = None
-
-    def pop(self, now: float) -> Slice | None:
-        """The next slice that may run at ``now`` (a due retry first), or ``None``."""
-        if self._later and self._later[0][0] <= now:
-            return heapq.heappop(self._later)[2]
-        self._fill()
-        return self._ready.popleft() if self._ready else None
-
-    def retry(self, not_before: float, slice_: Slice) -> None:
-        """Run ``slice_`` again once the clock reaches ``not_before``."""
-        self._seq += 1
-        heapq.heappush(self._later, (not_before, self._seq, slice_))
-
-    def soonest(self) -> float | None:
-        """When the next slice may run (``-inf``: now), ``None`` when nothing is left."""
-        self._fill()
-        if self._ready:
-            return float("-inf")
-        return self._later[0][0] if self._later else None
-
-
 @dataclass
 class _Run:
     """Mutable bookkeeping of one runner pass (private)."""
@@ -528,7 +479,6 @@ __all__ = [
     "Runner",
     "RunnerConfig",
     "SliceLedger",
-    "SliceQueue",
     "StopSignal",
     "default_pool",
     "pending_ids",

@@ -28,7 +28,8 @@ from coordinator.core.values import (
     Slice,
     SliceStatus,
 )
-from coordinator.run.runner import READ_AHEAD, Runner, RunnerConfig, SliceQueue, StopSignal
+from coordinator.run.queue import READ_AHEAD, SliceQueue
+from coordinator.run.runner import Runner, RunnerConfig, StopSignal
 from coordinator.run.status import estimate_seconds, slice_status
 from coordinator.state.store import SliceRecord, StateStore
 
