@@ -6,6 +6,9 @@
 * :class:`LiveProcess` runs ``seamline live JOB`` as a subprocess in its own session (so a
   Ctrl-C reaches the demo, which then stops it in order: SIGTERM, flush, exit 0).
 * :class:`LagWatch` samples the live lag (table offsets vs high watermarks) once a second.
+* :class:`LiveGuard` watches the live process during the backfill: if it exits, the backfill
+  is stopped at once with the consumer's exit code and log tail (otherwise the lag gate would
+  hold every slice back until its ``max_wait_s`` ran out, which looks like a hang).
 """
 
 from __future__ import annotations
@@ -175,6 +178,34 @@ class LiveProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+
+class LiveGuard(threading.Thread):
+    """Calls ``on_death`` once if the live process exits while guarded; keeps the error."""
+
+    def __init__(self, live: LiveProcess, on_death: Callable[[], None], every_s: float = 0.5) -> None:
+        super().__init__(name="demo-live-guard", daemon=True)
+        self.live, self.on_death, self.every_s = live, on_death, every_s
+        self.error: LiveError | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        """Poll the process until stopped or dead."""
+        while not self._halt.wait(self.every_s):
+            try:
+                self.live.check_running()
+            except LiveError as exc:
+                self.error = exc
+                log.error("%s; stopping the backfill (%s)", exc, exc.hint)
+                self.on_death()
+                return
+
+    def stop(self) -> LiveError | None:
+        """Stop guarding; the error if the process died meanwhile."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(5)
+        return self.error
 
 
 MeasureLag = Callable[[], Mapping[int, int]]

@@ -58,7 +58,14 @@ from coordinator.demo.job import (
     render_job,
     seed_history,
 )
-from coordinator.demo.live import LagWatch, LiveProcess, LiveProducer, lag_probe, wait_caught_up
+from coordinator.demo.live import (
+    LagWatch,
+    LiveGuard,
+    LiveProcess,
+    LiveProducer,
+    lag_probe,
+    wait_caught_up,
+)
 from coordinator.demo.report import next_steps, reconcile_counts, table_json
 from coordinator.run.progress import ProgressSink
 from coordinator.run.runner import StopSignal
@@ -284,10 +291,17 @@ class _Demo:
         where = "Ray tasks on a local Ray" if self.options.executor == "ray" else "processes"
         self.say(f"backfill: history slices in parallel under the live stream ({where})")
         timed = _TimedProgress(self.progress)
+        guard = LiveGuard(self.facts["live"], self.stop.request)  # a dead consumer ends it
+        guard.start()
         t0 = time.monotonic()
-        outcome = run_job(job, executor=QUIET_EXECUTOR, progress=timed, stop=self.stop)
+        try:
+            outcome = run_job(job, executor=QUIET_EXECUTOR, progress=timed, stop=self.stop)
+        finally:
+            died = guard.stop()
         total_s = time.monotonic() - t0
         seconds = timed.seconds or total_s
+        if died is not None:
+            raise died
         _check(self.stop)
         if outcome.run.exit_code != ExitCode.OK:
             raise ReconcileError(
