@@ -224,6 +224,10 @@ def _print_status(doc: dict[str, Any], show: Show, concurrency: int) -> None:
     if more:
         table.add_row(f"... {more:,} more (--all)", "", "", "", "", "")
     console.print(table)
+    run = doc.get("running")
+    if run is not None:
+        click.echo(f"running: a coordinator holds the job (pid={run['pid']}, host={run['host']}, "
+                   f"since={run['since']}); slices marked retrying run again in it")  # fmt: skip
     for s in doc["slices"]:
         if s["status"] == "failed" and s["last_error"]:
             click.echo(f"failed slice={s['slice_id']}: {s['last_error']}")

@@ -386,9 +386,11 @@ class Runner:
             return
         error = outcome.error or "unknown error"
         state.worker_deaths += outcome.worker_died
-        self.store.mark_failed(self.job_id, sid, self.epoch, error)
         tries = state.attempts.get(sid, 1)
-        if (outcome.retriable or outcome.worker_died) and tries < self._retry.attempts:
+        again = (outcome.retriable or outcome.worker_died) and tries < self._retry.attempts
+        stored = retry_note(tries, self._retry.attempts) + error if again else error
+        self.store.mark_failed(self.job_id, sid, self.epoch, stored)
+        if again:
             delay = self._retry.delay(tries)
             state.todo.retry(self._clock() + delay, state.slices[sid])
             state.retries += 1
@@ -426,6 +428,20 @@ class Runner:
             quarantined=result.quarantined,
             snapshot_id=int(commit.snapshot_id) if commit else None,
         )
+
+
+#: How a failed attempt that this run will retry starts its stored error (``status`` shows such
+#: a slice as ``retrying`` while the run's coordinator holds the job's lease).
+RETRY_NOTE = "retrying after attempt "
+
+
+def retry_note(attempt: int, attempts: int) -> str:
+    """The stored error's prefix for a failed attempt the run retries.
+
+    >>> retry_note(1, 5)
+    'retrying after attempt 1 of 5: '
+    """
+    return f"{RETRY_NOTE}{attempt} of {attempts}: "
 
 
 def _needs_run(record: SliceRecord) -> bool:
@@ -473,6 +489,7 @@ def pending_ids(records: Sequence[SliceRecord]) -> list[str]:
 
 
 __all__ = [
+    "RETRY_NOTE",
     "LagGate",
     "Outcome",
     "RunReport",
@@ -482,5 +499,6 @@ __all__ = [
     "StopSignal",
     "default_pool",
     "pending_ids",
+    "retry_note",
     "select_slices",
 ]

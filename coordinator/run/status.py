@@ -4,6 +4,9 @@ At a million slices ``status`` must not load the plan: the counts and the pace c
 aggregate query (:meth:`~coordinator.state.slices.SliceStore.slice_totals`), and the slices
 listed are a bounded page, problems first (``show="summary"``), every failed slice
 (``"failed"``) or every slice, paged (``"all"``).
+
+While a coordinator holds the job's lease (``running``: its pid, host and start), a failed
+slice that this run will retry is listed as ``retrying``, not ``failed``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from itertools import islice
 from typing import Any
 
 from coordinator.core.values import SliceStatus
+from coordinator.run.runner import RETRY_NOTE
 from coordinator.run.summary import DEFAULT_ROWS, Show
+from coordinator.state.lease import holder_alive
 from coordinator.state.slices import StatusTotals
 from coordinator.state.store import SliceRecord, StateStore
 
@@ -28,10 +33,12 @@ _ORDER: tuple[SliceStatus, ...] = ("failed", "running", "pending", "staged", "co
 _NOT_DONE: tuple[SliceStatus, ...] = ("pending", "running", "failed")
 
 
-def _slice_json(r: SliceRecord) -> dict[str, Any]:
+def _slice_json(r: SliceRecord, run_active: bool) -> dict[str, Any]:
+    retrying = (run_active and r.status == "failed"
+                and (r.last_error or "").startswith(RETRY_NOTE))  # fmt: skip
     return {
         "slice_id": r.slice_id,
-        "status": r.status,
+        "status": "retrying" if retrying else r.status,
         "attempts": r.attempts,
         "rows": r.rows,
         "est_rows": r.slice.est_rows,
@@ -105,9 +112,12 @@ def slice_status(
     slices: list[dict[str, Any]] = []
     remaining: list[str] = []
     publish = None
+    lease = store.get_lease(job_id)
+    active = lease if lease is not None and holder_alive(lease) else None
     if epoch is not None:
         totals = store.slice_totals(job_id, epoch)
-        slices = [_slice_json(r) for r in _listed(store, job_id, epoch, show, limit)]
+        slices = [_slice_json(r, active is not None)
+                  for r in _listed(store, job_id, epoch, show, limit)]  # fmt: skip
         todo = store.iter_slices(job_id, epoch, statuses=_NOT_DONE,
                                  page_size=limit if show != "all" else 5_000)  # fmt: skip
         ids = (r.slice_id for r in todo)
@@ -124,6 +134,9 @@ def slice_status(
         "remaining_count": sum(v for k, v in counts.items() if k not in DONE),
         "publish": publish,
         "slices": slices,
+        "running": None if active is None else {"pid": active.owner.pid,
+                                               "host": active.owner.host,
+                                               "since": active.acquired_at.isoformat()},
     }
 
 

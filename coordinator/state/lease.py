@@ -88,6 +88,13 @@ def _holder_dead(lease: Lease, asking: LeaseOwner, now: datetime) -> bool:
     return lease.owner.host == asking.host and pid_gone(lease.owner.pid)
 
 
+def holder_alive(lease: Lease, now: datetime | None = None) -> bool:
+    """Whether ``lease``'s holder is still running its job: renewing in time and, on this
+    host, a process that exists."""
+    return not _holder_dead(lease, LeaseOwner("status", os.getpid(), socket.gethostname()),
+                            now or _now())  # fmt: skip
+
+
 class LeaseStore(StoreBase):
     """Lease operations of the state store (see the module docstring)."""
 

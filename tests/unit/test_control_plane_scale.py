@@ -244,3 +244,27 @@ def test_the_drift_check_compares_the_recorded_inputs_instead_of_planning_again(
     assert stored is not None  # the stored plan stays (immutable), read without planning:
     assert prepare.ensure_plan_stored(changed, stored).plan_hash == view.plan.plan_hash
     assert planned == [1]
+
+
+def test_status_shows_a_slice_awaiting_its_retry_as_retrying_while_its_run_holds_the_job(
+    tmp_path: Path,
+) -> None:
+    from coordinator.run.runner import retry_note
+    from coordinator.state.lease import LeaseOwner
+
+    with _big_store(tmp_path / "state.db") as store:
+        waiting = _slice(4).slice_id
+        store.mark_running(JOB, waiting, 1)
+        store.mark_failed(JOB, waiting, 1, retry_note(1, 5) + "CommitConflictError: conflict")
+        owner = LeaseOwner.this_process()
+        store.acquire_lease(JOB, owner, ttl_s=60)
+        doc = slice_status(store, JOB, 1, "failed")
+        assert {s["slice_id"]: s["status"] for s in doc["slices"]} == {
+            _slice(3).slice_id: "failed",  # failed for good: no retry note
+            waiting: "retrying",
+            _slice(N - 1).slice_id: "failed",
+        }
+        assert doc["running"]["pid"] == owner.pid
+        store.release_lease(JOB, owner)  # the run ended (or died): nothing retries it now
+        doc = slice_status(store, JOB, 1, "failed")
+        assert {s["status"] for s in doc["slices"]} == {"failed"} and doc["running"] is None

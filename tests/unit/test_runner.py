@@ -269,3 +269,22 @@ def test_an_only_glob_matching_no_slice_is_a_config_error(store: StateStore) -> 
     assert table.executions == []
     with pytest.raises(ConfigError, match="expected --limit >= 1"):
         _config(limit=0)
+
+
+def test_a_failed_attempt_the_run_retries_is_stored_as_retrying(store: StateStore) -> None:
+    """``status`` tells a slice waiting for its retry from one that failed for good."""
+    ids = sorted(by_id(store))
+    seen: list[str | None] = []
+    table = FakeTable({ids[0]: [CommitConflictError("conflict")],
+                       ids[1]: [OSError("disk")] * 3})  # fmt: skip
+    plain = table.execute
+
+    def execute(job: Any, slice_: Slice, token: CommitToken) -> SliceResult:
+        if slice_.slice_id == ids[0] and token.attempt == 2:  # the error of attempt 1, as stored
+            seen.append(by_id(store)[ids[0]].last_error)
+        return plain(job, slice_, token)
+
+    report = run(store, InThreadPool(execute))
+    assert seen == ["retrying after attempt 1 of 3: CommitConflictError: conflict"]
+    assert report.failed == (ids[1],)
+    assert by_id(store)[ids[1]].last_error == "OSError: disk"  # the last attempt: not retried
