@@ -17,7 +17,8 @@ boundaries or live already wrote offsets the new plan gives to history.
 Write-audit-publish (``[backfill] publish = "atomic"``): the slice's data files are staged
 (written under the table, not committed) and described in the result's ``staged`` JSON, which
 the coordinator keeps in the state store; one publish commit makes every slice visible later
-(``coordinator.run.publish``).
+(``coordinator.run.publish``). With ``[backfill] committer = "coordinator"`` slices are staged
+the same way and the coordinator commits them in batches (``coordinator.run.committer``).
 
 Warm workers keep their sink: a worker process (one of the coordinator's pool) serving many
 slices of one job opens the job's catalog/dataset sink once, creates the table once, and reuses
@@ -163,7 +164,8 @@ def _execute(job: JobSpec, slice_: Slice, token: CommitToken, sink: ScopeWriter)
         quarantined = len(bad)
         check_slice(job, slice_, data)
         _quarantine(job, bad)
-    if job.backfill.publish == "atomic":  # write-audit-publish: files written, not visible
+    if job.backfill.publish == "atomic" or job.backfill.committer == "coordinator":
+        # write-audit-publish, or the coordinator commits: files written, not yet visible
         staged = cast(StagingTable, sink).stage_slice(slice_.scope, data, token)
         log.info("slice staged: job_id=%s slice_id=%s rows=%d", token.job_id,
                  slice_.slice_id, data.num_rows)  # fmt: skip

@@ -35,6 +35,7 @@ from coordinator.run.runner import StopSignal
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
+    from coordinator.run.committer import BatchTable
     from coordinator.run.publish import PublishResult
     from coordinator.run.reprocess import ReprocessOutcome
     from coordinator.state.slices import SliceRecord
@@ -314,7 +315,15 @@ def run_job(
         executor=executor, progress=progress, stop=stop, timeout_s=timeout_s, takeover=takeover,
         only=only, limit=limit,
         publish=(lambda cut: publish_run(job, cut, min_age_s=min_age_s)) if atomic else None,
+        batch_table=lambda: _batch_table(job),
     )  # fmt: skip
+
+
+def _batch_table(job: JobSpec) -> BatchTable:
+    """The table the coordinator's batch committer commits staged slices to."""
+    table = open_table(job)
+    table.ensure_table()
+    return cast("BatchTable", table)
 
 
 def publish_run(job: JobSpec, cut: Cut, *, min_age_s: float = 0.0) -> PublishResult:

@@ -42,6 +42,8 @@ POINTS: dict[str, str] = {
     "live.after_commit": "a live micro-batch is committed, its bookkeeping not yet done",
     "run.before_publish": "publish = atomic: every slice staged and audited, the one publish "
     "commit not yet made",
+    "run.after_batch_commit": "committer = coordinator: a batch of staged slices is committed "
+    "to the table in one commit, the state store not told",
     "reconcile.mid_scan": "the reconciler has read the source side, not the table side",
     "reprocess.between_slices": "a reprocess slice is committed, the next not yet started",
     "maintenance": "table maintenance (snapshot expiry / cleanup) is about to run",

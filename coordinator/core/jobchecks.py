@@ -87,6 +87,19 @@ def cross_checks(spec: JobSpec) -> None:
             "staged files could not be audited before the publish)",
             hint='use mode = "overwrite", or publish = "slice" with merge',
         )
+    if spec.backfill.committer == "coordinator" and spec.backfill.mode == "merge":
+        raise ConfigError(
+            'key=backfill.committer: committer = "coordinator" expected mode = "overwrite" or '
+            '"append", found mode = "merge" (a merge is decided against the table at its own '
+            "commit, so merge slices commit one by one)",
+            hint='use committer = "worker" with merge',
+        )
+    if spec.backfill.committer == "coordinator" and spec.backfill.publish == "atomic":
+        raise ConfigError(
+            'key=backfill.committer: committer = "coordinator" commits staged slices in batches '
+            'as they finish, found publish = "atomic" (which commits all of them once, at the end)',
+            hint='drop one of the two: publish = "atomic" already makes one commit',
+        )
     if spec.backfill.mode == "merge" and not spec.table.key:
         raise ConfigError(
             "key=table.key: merge mode needs key columns",

@@ -178,6 +178,14 @@ DESCRIPTIONS: dict[str, str] = {
     "(Ray tasks, `pip install seamline[ray]`; `[backfill.ray]` below). Not `seamline run "
     "--executor module:function`, which picks the slice function run there.",
     "backfill.ray": "For `executor = \"ray\"`: the `[backfill.ray]` table below.",
+    "backfill.committer": "Who commits history slices: `worker` (each worker commits its own "
+    "slice) or `coordinator` (workers stage their data files; the coordinator alone commits "
+    "them, up to `commit_batch_slices` slices per table commit, each slice's token recorded; "
+    "overwrite or append mode).",
+    "backfill.commit_batch_slices": "For `committer = \"coordinator\"`: at most this many "
+    "staged slices per table commit.",
+    "backfill.commit_batch_seconds": "For `committer = \"coordinator\"`: a staged slice waits "
+    "at most this long for its batch to fill before the batch is committed.",
     "backfill.ray.address": "Ray cluster to run slices on: `ray://head:10001` (Ray Client, e.g. "
     "KubeRay's head service), `head:6379` or `auto`; left out: a local Ray started for the run "
     "(`concurrency` CPUs). No credentials (it is logged).",

@@ -345,6 +345,11 @@ class BackfillSpec(_Model):
     # Not the `seamline run --executor module:function` option (the slice function itself).
     executor: Literal["process", "ray"] = "process"
     ray: RaySpec = RaySpec()
+    # Who commits history slices: each worker its own slice, or the coordinator alone, several
+    # staged slices per table commit (coordinator/run/committer.py)
+    committer: Literal["worker", "coordinator"] = "worker"
+    commit_batch_slices: Annotated[int, Field(ge=1, le=10_000)] = 16
+    commit_batch_seconds: Annotated[float, Field(gt=0, le=3_600)] = 2.0
     # [[backfill.assert]]: checks on every slice before it commits (coordinator/core/controls)
     asserts: list[AssertSpec] = Field(default=[], alias="assert")
 

@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator.core.errors import ExitCode
+from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, OffsetRange
+from coordinator.run.committer import BatchCommitter, BatchTable
 from coordinator.run.pool import warm_up
 from coordinator.run.prepare import check_source_retained, ensure_cut, ensure_plan_stored
 from coordinator.run.progress import NullProgress, ProgressSink
@@ -151,6 +152,7 @@ def run_job(
     only: Sequence[str] = (),
     limit: int | None = None,
     publish: Publisher | None = None,
+    batch_table: Callable[[], BatchTable] | None = None,
 ) -> JobOutcome:
     """Cut, plan, run every slice not yet committed, then reconcile (see the module doc).
 
@@ -163,7 +165,9 @@ def run_job(
     ``publish(cut)`` (``publish = "atomic"`` jobs) audits and publishes the staged slices once
     every slice is staged (:mod:`coordinator.run.publish`); its audit is the run's
     reconciliation, and a blocked publish leaves the run NOT_RECONCILED with nothing visible.
-    ``coordinator.service.run_job`` supplies both for a job.
+    ``batch_table()`` (``committer = "coordinator"`` jobs) opens the table the coordinator's
+    :class:`~coordinator.run.committer.BatchCommitter` commits staged slices to.
+    ``coordinator.service.run_job`` supplies these for a job.
     Raises ``ConfigError``/``SourceDataLossError``/``StateError`` before any slice runs.
     """
     if job.backfill.executor == "process":
@@ -182,9 +186,19 @@ def run_job(
     )
     with StateStore(job.state_url()) as store:
         check_source_retained(job, store, cut, timeout_s)
+        committer = None
+        if job.backfill.committer == "coordinator":
+            if batch_table is None:
+                raise ConfigError(f'job={job.job_id}: committer = "coordinator" needs the table '
+                                  "to commit batches to; none was given")  # fmt: skip
+            committer = BatchCommitter(
+                job.job_id, cut.epoch, store, batch_table(),
+                max_slices=job.backfill.commit_batch_slices,
+                max_wait_s=job.backfill.commit_batch_seconds,
+            )  # fmt: skip
         runner = Runner(
             job, store, cut.epoch, config, lag_gate=gate(cut), progress=progress or NullProgress(),
-            stop=stop,
+            stop=stop, committer=committer,
         )  # fmt: skip
         done: list[PublishResult] = []
         then = (lambda: done.append(publish(cut))) if publish is not None else None

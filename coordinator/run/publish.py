@@ -113,7 +113,7 @@ def publish_staged(
 def publish_state(records: Sequence[SliceRecord]) -> dict[str, Any] | None:
     """``publish = "atomic"``: ``staged`` (slices staged, nothing visible yet) or
     ``published`` (with the publish commit's snapshot id); ``None`` for per-slice publishing."""
-    atomic = [r for r in records if r.staged is not None]
+    atomic = [r for r in records if r.staged is not None and "batch" not in r.staged]
     if not atomic:
         return None
     staged = [r for r in atomic if r.status == "staged"]

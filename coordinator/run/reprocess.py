@@ -377,8 +377,9 @@ def reprocess(
     if end <= start:
         raise ConfigError(f"key=--to: expected --to after --from, found {start}..{end}")
     fixed = with_transform(job, transform)
-    if fixed.backfill.publish != "slice":  # an incident fix lands slice by slice, not staged
-        backfill = fixed.backfill.model_copy(update={"publish": "slice"})
+    if fixed.backfill.publish != "slice" or fixed.backfill.committer != "worker":
+        # an incident fix lands slice by slice, not staged
+        backfill = fixed.backfill.model_copy(update={"publish": "slice", "committer": "worker"})
         fixed = fixed.model_copy(update={"backfill": backfill})
     with ReprocessStore(job.state_url(), create=False) as store:
         cut = store.get_cut(job.job_id)

@@ -39,6 +39,7 @@ from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.ports import SliceOutcome, SliceResult, SliceTask, WorkerPool
 from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice, SliceStatus
+from coordinator.run.committer import BatchCommitter
 from coordinator.run.progress import NullProgress, ProgressSink
 from coordinator.run.queue import SliceQueue
 from coordinator.state.store import LeaseOwner, SliceRecord
@@ -222,8 +223,10 @@ class Runner:
         stop: StopSignal | None = None,
         pool: WorkerPool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        committer: BatchCommitter | None = None,
     ) -> None:
         self.job, self.store, self.epoch, self.config = job, store, epoch, config
+        self.committer = committer
         self.lag_gate = lag_gate
         self.progress: ProgressSink = progress or NullProgress()
         self.stop = stop or StopSignal()
@@ -294,9 +297,13 @@ class Runner:
         state = _Run(todo=SliceQueue(source))
         done_before = total - todo - len(left_out)
         self.progress.start(total, done_before)
+        if self.committer is not None:  # batches a killed coordinator left behind
+            self.committer.recover()
         pool = self._pool or default_pool(self.config)
         try:
             self._loop(pool, state)
+            if self.committer is not None and not self.stop.abandon.is_set():
+                self.committer.flush()  # what the workers staged, cancelled runs included
         finally:
             abandon = self.stop.abandon.is_set()
             pool.shutdown(terminate=abandon)  # abandoned slices stay `running` for resume
@@ -334,6 +341,8 @@ class Runner:
                 continue
             for outcome in pool.completed(timeout):
                 self._finish(outcome, state)
+            if self.committer is not None:
+                self.committer.commit_due()
 
     def _next_wait(self, pool: WorkerPool, state: _Run) -> float:
         soonest = state.todo.soonest()
@@ -405,12 +414,14 @@ class Runner:
             log.error("slice=%s failed after %d attempts: %s", sid, tries, error)
 
     def _committed(self, sid: str, result: SliceResult, state: _Run) -> None:
-        state.slices.pop(sid, None)
+        done = state.slices.pop(sid)
         if result.staged is not None:  # publish = "atomic": written, not yet visible
             self.store.mark_staged(
                 self.job_id, sid, self.epoch, rows=result.rows, token=state.tokens[sid],
                 staged=result.staged, quarantined=result.quarantined,
             )  # fmt: skip
+            if self.committer is not None:  # the coordinator commits it with its batch
+                self.committer.add(sid, done.scope, result.staged)
         else:
             self._mark_committed(sid, result)
         state.committed += 1

@@ -71,8 +71,8 @@ def _publish(store: StateStore, job_id: str, epoch: int, counts: Mapping[str, in
         return {"state": "staged", "staged": counts["staged"], "snapshot_id": None}
     first = next(store.iter_slices(job_id, epoch, statuses=("committed", "reconciled"),
                                    page_size=1), None)  # fmt: skip
-    if first is None or first.staged is None:
-        return None
+    if first is None or first.staged is None or "batch" in first.staged:
+        return None  # per-slice publishing (a "batch": committed by the coordinator's batches)
     return {"state": "published", "staged": 0, "snapshot_id": first.snapshot_id}
 
 

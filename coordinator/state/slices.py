@@ -461,6 +461,29 @@ class SliceStore(StoreBase):
                     .values(status="committed", commit_token=doc)
                 )
 
+    def assign_batch(
+        self, job_id: str, epoch: int, slice_ids: Sequence[str], batch_id: str
+    ) -> None:
+        """Record, before the coordinator's batch commit, that these staged slices go into the
+        commit whose token is ``batch_id`` (kept in each slice's staged JSON as ``batch``): a
+        coordinator killed after that commit finds it by this id and marks them committed."""
+        with self._tx() as conn:
+            self._check_epoch(conn, job_id, epoch)
+            for slice_id in slice_ids:
+                row = self._row(conn, job_id, slice_id, epoch)
+                if row.status != "staged":
+                    raise StateError(
+                        f"job={job_id} slice={slice_id}: expected status 'staged', "
+                        f"found {row.status!r}"
+                    )
+                doc = dict(row.commit_token or {})
+                doc["staged"] = {**(doc.get("staged") or {}), "batch": batch_id}
+                conn.execute(
+                    t.slices.update()
+                    .where(*_slice_key(job_id, epoch, slice_id))
+                    .values(commit_token=doc)
+                )
+
     def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None:
         """Record a failed attempt (the message must not hold secrets: it is stored)."""
         self._transition(

@@ -41,7 +41,10 @@ REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 2
 T0_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 RUN_POINTS = ("coordinator.mid_plan", "worker.before_commit", "worker.after_commit",
-              "worker.commit_retry", "reconcile.mid_scan")
+              "worker.commit_retry", "run.after_batch_commit", "reconcile.mid_scan")
+#: Points in runs that stage slices (write-audit-publish, the coordinator's batch commits):
+#: overwrite mode only.
+STAGED_POINTS = ("run.before_publish", "run.after_batch_commit")
 LIVE_POINTS = ("live.mid_batch", "live.after_commit", "maintenance")
 
 
@@ -61,9 +64,10 @@ class TrialSpec:
     def __post_init__(self) -> None:
         if self.point not in POINTS:
             raise ValueError(f"expected a crash point of {sorted(POINTS)}, found {self.point!r}")
-        if self.point == "run.before_publish" and self.mode != "overwrite":
-            raise ValueError("point run.before_publish runs publish = \"atomic\", which expected "
-                             f"mode='overwrite', found mode={self.mode!r}")
+        if self.point in STAGED_POINTS and self.mode != "overwrite":
+            raise ValueError(f"point {self.point} stages slices (publish = \"atomic\" or "
+                             "committer = \"coordinator\"), which expected mode='overwrite', "
+                             f"found mode={self.mode!r}")
         if self.fmt not in ("iceberg", "lance") or self.mode not in ("overwrite", "merge"):
             raise ValueError(f"expected iceberg|lance and overwrite|merge, found "
                              f"fmt={self.fmt!r} mode={self.mode!r}")
@@ -151,8 +155,11 @@ def job_toml(root: Path, spec: TrialSpec, bootstrap: str, topic: str, rng: rando
     else:
         table = f'format = "lance"\nuri = "{root}/orders.lance"'
     key = 'key = ["order_id"]\n' if spec.mode == "merge" else ""
-    # the publish crash point exists only in write-audit-publish runs
-    publish = 'publish = "atomic"\n' if spec.point == "run.before_publish" else ""
+    # the publish crash point exists only in write-audit-publish runs, the batch commit's
+    # only when the coordinator commits
+    publish = {"run.before_publish": 'publish = "atomic"\n',
+               "run.after_batch_commit": 'committer = "coordinator"\ncommit_batch_slices = 3\n'
+               }.get(spec.point, "")  # fmt: skip
     return f"""[job]
 id = "soak"
 [stream]

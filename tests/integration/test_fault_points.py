@@ -11,15 +11,17 @@ import pytest
 
 from coordinator.core.faults import POINTS
 from coordinator.testing.pytest_plugin import KillAt
+from coordinator.testing.soak import STAGED_POINTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # ``worker.commit_retry``: arming it also refuses one slice commit attempt as a conflict
 # (coordinator.core.faults.force_conflict), so the retry path is reached on every trial.
 UNFORCED: set[str] = set()
-# ``run.before_publish`` runs write-audit-publish (publish = "atomic"), overwrite mode only.
+# ``run.before_publish`` runs write-audit-publish (publish = "atomic") and
+# ``run.after_batch_commit`` the coordinator's batch commits: overwrite mode only.
 CASES = [(point, ("lance", "iceberg")[i % 2],
-          "overwrite" if point == "run.before_publish" else ("overwrite", "merge")[(i // 2) % 2])
+          "overwrite" if point in STAGED_POINTS else ("overwrite", "merge")[(i // 2) % 2])
          for i, point in enumerate(sorted(set(POINTS) - UNFORCED))]
 
 
