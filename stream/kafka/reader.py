@@ -151,7 +151,11 @@ def iter_kafka_range(
         prog = _Progress(rng, timeout_s)
         pending: list[RawMessage] = []
         while not prog.done:
-            pending.extend(_take(consumer.consume(batch_size, _POLL_S), topic, prog))
+            # never ask for more records than offsets are left in the range: consume() waits
+            # its whole timeout for a count the range cannot reach (a fixed cost per slice)
+            left = rng.end - max(prog.last_seen + 1, rng.start)
+            want = max(1, min(batch_size, left))
+            pending.extend(_take(consumer.consume(want, _POLL_S), topic, prog))
             if not prog.done:
                 prog.reached(_position(consumer, topic, rng.partition))
             while len(pending) >= batch_size:

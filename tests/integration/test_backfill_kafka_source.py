@@ -118,3 +118,34 @@ def test_open_transaction_blocks_until_the_deadline(kafka_bootstrap: str) -> Non
     finally:
         producer.abort_transaction(30)
     assert _read(kafka_bootstrap, topic, 0, 4) == {}
+
+
+def test_never_asks_the_consumer_for_more_records_than_the_range_has_left(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``consume(n, timeout)`` waits its whole timeout while fewer than ``n`` records arrive:
+    asking for a full batch on a small range cost every slice a 0.2 s wait."""
+    from stream.kafka import client
+
+    topic = _topic(kafka_bootstrap)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for v in range(30):
+        producer.produce(topic, json.dumps({"v": v}).encode(), partition=0)
+    assert producer.flush(30) == 0
+    asked: list[int] = []
+    build = client.consumer
+
+    class Recording:
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+
+        def consume(self, num: int, timeout: float) -> list[object]:
+            asked.append(num)
+            return self._inner.consume(num, timeout)  # type: ignore[attr-defined, no-any-return]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(client, "consumer", lambda *a, **kw: Recording(build(*a, **kw)))
+    assert _read(kafka_bootstrap, topic, 10, 20) == {o: o for o in range(10, 20)}
+    assert asked and max(asked) <= 10, asked  # the range's 10 offsets, not the 10,000 batch
