@@ -117,8 +117,13 @@ class IcebergSink:
     def ensure_table(self) -> None:
         """Create the namespace and the partitioned table if they do not exist (race-safe)."""
         namespace = self.identifier.rsplit(".", 1)[0]
-        with contextlib.suppress(NamespaceAlreadyExistsError):
+        try:
             self.catalog.create_namespace(namespace)
+        except NamespaceAlreadyExistsError:
+            pass
+        except Exception:  # a racing creator won in a way the catalog reports otherwise
+            if not self.catalog.namespace_exists(namespace):  # (SQL: a unique-key violation)
+                raise
         if self.catalog.table_exists(self.identifier):
             return
         try:
@@ -134,6 +139,10 @@ class IcebergSink:
                     )
             tx.commit_transaction()
         except TableAlreadyExistsError:
+            log.info("table created concurrently: %s", self.identifier)
+        except CommitFailedException:  # the SQL catalog's word for the same race
+            if not self.catalog.table_exists(self.identifier):
+                raise
             log.info("table created concurrently: %s", self.identifier)
 
     def ensure_live(self) -> None:
