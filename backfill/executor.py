@@ -148,7 +148,11 @@ def execute_slice(job: JobSpec, slice_: Slice, token: CommitToken) -> SliceResul
 
 
 def _execute(job: JobSpec, slice_: Slice, token: CommitToken, sink: ScopeWriter) -> SliceResult:
-    found = sink.find_commit(token.job_id, slice_.slice_id)
+    # With the coordinator committing, a slice's own token is never in the table (its batch's
+    # is, found by the coordinator before it runs anything) and an overwrite is idempotent by
+    # scope: the lookup would only cost a table load per slice. Append mode keeps it.
+    batched = job.backfill.committer == "coordinator" and job.backfill.mode == "overwrite"
+    found = None if batched else sink.find_commit(token.job_id, slice_.slice_id)
     if found is not None:
         log.info("slice already committed: job_id=%s slice_id=%s", token.job_id, slice_.slice_id)
         return SliceResult(rows=found.rows or 0, commit=found, already_committed=True)
