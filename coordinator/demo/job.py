@@ -227,6 +227,8 @@ function = "coordinator.demo.data:normalise"  # Arrow in, Arrow out: same on bot
 mode = "overwrite"                          # replace exactly each slice's scope, idempotent
 slice_records = 10000                       # Kafka slices: ~10k offsets per partition range
 concurrency = 2                             # worker processes
+committer = "coordinator"                   # workers stage slices, the coordinator commits
+commit_batch_slices = 8                     # ... up to 8 of them per table commit
 lag_threshold = 5000                        # pause history slices while live lags more
 {ray}
 [live]
