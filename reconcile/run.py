@@ -228,7 +228,7 @@ class _Run:
         marker = self.job.table.delete_when
         if marker is None or data.rows is None:
             return data
-        return replace(data, rows=lineage.mark_deleted(data.rows, marker.field, marker.equals))
+        return replace(data, rows=lineage.mark_deleted(data.rows, *marker.marker()))
 
     def kafka_source(self, unit: Unit) -> _Pending | None:
         """The source side of a Kafka unit, summed (merge: superseded versions dropped)."""
@@ -260,7 +260,7 @@ class _Run:
         rows, quarantined = self.archive(unit.slice)
         marker = self.job.table.delete_when
         if marker is not None:
-            rows = lineage.mark_deleted(rows, marker.field, marker.equals)
+            rows = lineage.mark_deleted(rows, *marker.marker())
         return rows, quarantined
 
     def table_pass(self, pending: Sequence[_Pending], ends: Mapping[int, int]) -> TablePass:

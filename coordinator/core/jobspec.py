@@ -26,8 +26,10 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
+from coordinator.core import lineage
 from coordinator.core.catalogspec import CatalogSpec, StorageSpec
 from coordinator.core.controls import AssertSpec, WhereSpec, where_expression
 from coordinator.core.errors import ConfigError
@@ -181,10 +183,34 @@ class SchemaSpec(_Model):
 
 
 class DeleteWhenSpec(_Model):
-    """Merge mode: a record whose ``field`` equals ``equals`` is its key's tombstone."""
+    """Merge mode: a record whose ``field`` equals ``equals`` is its key's tombstone, or
+    (``null_value = true``, Kafka's compaction idiom) a keyed message with a null value."""
 
-    field: str
-    equals: StrictBool | StrictInt | StrictStr
+    field: str | None = None
+    equals: StrictBool | StrictInt | StrictStr | None = None
+    null_value: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_spelling(self) -> DeleteWhenSpec:
+        marker = self.field is not None or self.equals is not None
+        if self.null_value and marker:
+            raise ValueError(
+                "expected either { field, equals } or { null_value = true }, found both"
+            )
+        if not self.null_value and (self.field is None or self.equals is None):
+            raise ValueError(
+                "expected { field = \"op\", equals = \"d\" } (a declared marker) or "
+                "{ null_value = true } (a keyed message with a null value)"
+            )
+        return self
+
+    def marker(self) -> tuple[str, object]:
+        """``(column, value)`` marking a tombstone row: the declared field, or for null values
+        the ``_seamline_deleted`` column the decoder sets itself."""
+        if self.null_value:
+            return lineage.DELETED, True
+        assert self.field is not None and self.equals is not None  # checked on construction
+        return self.field, self.equals
 
 
 class TableSpec(_Model):
