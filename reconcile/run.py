@@ -212,7 +212,7 @@ class _Run:
             data, p.upper = trim_young(data, self.cutoff_ms)
             scope = limit_scope(scope, p.upper)
         if unit.kind != "live":  # the history row filter; live rows are never filtered
-            data = drop_filtered(data, self.job.history_filter())
+            data = drop_filtered(data, self.job.history_filter(kafka=True))
         for rng in scope.ranges:
             part = self.parts.setdefault(rng.partition, _Partition())
             part.offsets.append(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from pydantic import (
     BaseModel,
@@ -451,9 +452,15 @@ class JobSpec(_Model):
         """The archives' custom slice key (one for all archives, checked at load), or None."""
         return self.history.archive[0].slice_by if self.history.archive else None
 
-    def history_filter(self) -> Any:
-        """The ``[history] where`` filter as a pyarrow compute expression, or None."""
-        return where_expression(self.history.where, self.schema_.arrow_schema())
+    def history_filter(self, *, kafka: bool = False) -> Any:
+        """The ``[history] where`` filter as a pyarrow compute expression, or None. For Kafka
+        rows of a job with null-value tombstones it keeps every tombstone (its value columns
+        are null: the filter cannot judge it, and dropping it would leave its key undeleted)."""
+        where = where_expression(self.history.where, self.schema_.arrow_schema())
+        marker = self.table.delete_when
+        if where is None or not kafka or marker is None or not marker.null_value:
+            return where
+        return where | pc.field(lineage.DELETED)
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings for this stream (bootstrap and security), secrets included."""

@@ -133,7 +133,9 @@ class NullValueTombstones:
             f = schema.field(self.event_time)
             check = field_coercer(f)
             for j in list(keyed):
-                stamp = values[j].meta[2]  # type: ignore[union-attr]
+                carrier = values[j]
+                assert isinstance(carrier, KafkaValue)  # keyed: it carries its metadata
+                stamp = carrier.meta[2]
                 try:
                     if stamp is None:
                         raise RecordError("the message has no timestamp")

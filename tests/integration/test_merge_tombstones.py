@@ -327,6 +327,11 @@ def _produce_keyed(
     assert producer.flush(30) == 0
 
 
+def _kafka_time(offset: int) -> datetime:
+    """The Kafka timestamp :func:`_produce_keyed` gives ``offset``."""
+    return datetime.fromtimestamp((TS + 1000 * offset) / 1000, UTC)
+
+
 @pytest.mark.parametrize("fmt", ["iceberg", "lance"])
 def test_a_keyed_null_value_deletes_its_key_from_history_and_live(
     fmt: str, tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
@@ -370,8 +375,7 @@ def test_a_keyed_null_value_deletes_its_key_from_history_and_live(
         for r in rows
         if r[lineage.DELETED]
     }
-    stamp = lambda offset: datetime.fromtimestamp((TS + 1000 * offset) / 1000, UTC)  # noqa: E731
-    assert markers == {2: (6, "backfill", None, stamp(6)), 3: (7, "live", None, stamp(7))}
+    assert markers == {2: (6, "backfill", None, _kafka_time(6)), 3: (7, "live", None, _kafka_time(7))}
 
     report = reconcile(job, cut, slices, quarantine={})
     assert report.reconciled, report.to_json()

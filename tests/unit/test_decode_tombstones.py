@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pytest
 
 from coordinator.core import lineage
+from coordinator.core.controls import apply_where
 from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.jobspec import JobSpec, parse_job
 from stream.decode import decoder_for
@@ -191,3 +192,13 @@ def test_a_key_json_column_is_a_message_key() -> None:
     job = _job(doc)
     rows, _ = decoder_for("json", job).decode(MSGS[:2], job.schema_.arrow_schema(), identity, "live")
     assert rows["order_id"].to_pylist() == [1, 2]
+
+
+def test_the_history_row_filter_keeps_kafka_tombstones() -> None:
+    doc = _doc()
+    doc["history"] = {"where": [{"column": "amount", "op": ">", "value": 5}]}
+    job = _job(doc)
+    rows, _ = decoder_for("json", job).decode(MSGS, job.schema_.arrow_schema(), identity, "live")
+    kept = apply_where(rows, job.history_filter(kafka=True))
+    assert kept["_kafka_offset"].to_pylist() == [1, 6]  # the tombstones; amount 1.5 is left out
+    assert apply_where(rows, job.history_filter()).num_rows == 0  # archive rows: as written
