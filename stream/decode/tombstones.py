@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from coordinator.core import lineage
 from coordinator.core.values import Side
@@ -74,20 +75,19 @@ class NullValueTombstones:
             return _flag(rows, False), bad
         gone = set(dead)
         alive = [i for i in range(len(values)) if i not in gone]
-        parts: list[pa.Table] = []
-        bad = []
+        parts = []
         if alive:
             rows, bad = self.inner.decode_columns(
                 [partitions[i] for i in alive], [offsets[i] for i in alive],
                 [values[i] for i in alive], schema, transform, side,
             )  # fmt: skip
-            parts.append(_flag(rows, False))
+            parts.append((_flag(rows, False), alive, bad))
         tombs, tbad = self._tombstones(
             [partitions[i] for i in dead], [offsets[i] for i in dead], [values[i] for i in dead],
             schema, transform, side,
         )  # fmt: skip
-        parts.append(_flag(tombs, True))
-        return _batch_order(parts, bad + tbad, partitions, offsets)
+        parts.append((_flag(tombs, True), dead, tbad))
+        return _batch_order(parts, partitions, offsets)
 
     def _tombstones(
         self,
@@ -161,22 +161,24 @@ def _flag(rows: pa.Table, deleted: bool) -> pa.Table:
 
 
 def _batch_order(
-    parts: list[pa.Table],
-    bad: list[Quarantined],
+    parts: list[tuple[pa.Table, list[int], list[Quarantined]]],
     partitions: Sequence[int],
     offsets: Sequence[int],
 ) -> tuple[pa.Table, list[Quarantined]]:
-    """The rows of ``parts`` and the quarantined records, each in batch order."""
-    where = {(p, o): i for i, (p, o) in enumerate(zip(partitions, offsets, strict=True))}
-    rows = pa.concat_tables(parts, promote_options="permissive")
-    at = [
-        where[(p, o)]
-        for p, o in zip(
-            rows[lineage.PARTITION].to_pylist(), rows[lineage.OFFSET].to_pylist(), strict=True
-        )
-    ]
-    rows = rows.take(pc.sort_indices(pa.array(at, pa.int64())))
-    return rows, sorted(bad, key=lambda q: where[(q.partition, q.offset)])
+    """The rows and quarantined records of ``parts`` (each decoded from the batch positions
+    given, in order), each in batch order. A decoder returns a row for every record it did not
+    quarantine, in order, so a part's rows come from its positions less the quarantined ones."""
+    at: list[npt.NDArray[np.int64]] = []
+    bad: list[tuple[int, Quarantined]] = []
+    for _, positions, quarantined in parts:
+        gone = {(q.partition, q.offset) for q in quarantined}
+        by_record = {(partitions[i], offsets[i]): i for i in positions} if gone else {}
+        bad += [(by_record[(q.partition, q.offset)], q) for q in quarantined]
+        kept = [i for i in positions if (partitions[i], offsets[i]) not in gone] if gone else positions
+        at.append(np.asarray(kept, np.int64))
+    rows = pa.concat_tables([t for t, _, _ in parts], promote_options="permissive")
+    order = np.argsort(np.concatenate(at), kind="stable")
+    return rows.take(pa.array(order)), [q for _, q in sorted(bad, key=lambda b: b[0])]
 
 
 def carries_null_values(decoder: object) -> bool:
