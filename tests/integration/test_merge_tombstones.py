@@ -313,23 +313,26 @@ order_id = "key"
 # (message key, amount or None: a null value) in offset order on partition 0
 NULL_HISTORY = [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0), (5, 50.0), (1, None), (2, None)]
 NULL_LIVE = [(3, None), (1, 11.0), (5, 55.0)]  # deletes a history key, revives a deleted one
+DAY_MS = 86_400_000
 
 
 def _produce_keyed(
     bootstrap: str, topic: str, docs: list[tuple[int, float | None]], first: int
 ) -> None:
-    """Keyed messages from offset ``first``; offset ``o`` has the Kafka timestamp ``TS + o`` s."""
+    """Keyed messages from offset ``first``; offset ``o`` has the Kafka timestamp ``TS + o``
+    days (so a tombstone's event time, its Kafka timestamp, is a later day than its key's
+    value: the merge must find the key's row in another day partition)."""
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
     for k, (order_id, amount) in enumerate(docs):
         value = None if amount is None else json.dumps({"amount": amount, "ts": TS}).encode()
         producer.produce(topic, value=value, key=str(order_id).encode(), partition=0,
-                         timestamp=TS + 1000 * (first + k))  # fmt: skip
+                         timestamp=TS + DAY_MS * (first + k))  # fmt: skip
     assert producer.flush(30) == 0
 
 
 def _kafka_time(offset: int) -> datetime:
     """The Kafka timestamp :func:`_produce_keyed` gives ``offset``."""
-    return datetime.fromtimestamp((TS + 1000 * offset) / 1000, UTC)
+    return datetime.fromtimestamp((TS + DAY_MS * offset) / 1000, UTC)
 
 
 @pytest.mark.parametrize("fmt", ["iceberg", "lance"])
@@ -349,7 +352,7 @@ def test_a_keyed_null_value_deletes_its_key_from_history_and_live(
     cut = ensure_cut(job)
     hwm = len(NULL_HISTORY)
     assert cut.hwm(0) == hwm
-    assert cut.watermark_ms == TS + 1000 * (hwm - 1)  # the last record: a tombstone's timestamp
+    assert cut.watermark_ms == TS + DAY_MS * (hwm - 1)  # the last record: a tombstone's timestamp
     open_sink(job).ensure_table()
     stop = threading.Event()
     live = threading.Thread(target=run_live, args=(job, stop), kwargs={"partitions": (0,)})
