@@ -212,7 +212,7 @@ class _Run:
             data, p.upper = trim_young(data, self.cutoff_ms)
             scope = limit_scope(scope, p.upper)
         if unit.kind != "live":  # the history row filter; live rows are never filtered
-            data = drop_filtered(data, self.job.history_filter())
+            data = drop_filtered(data, self.job.history_filter(kafka=True))
         for rng in scope.ranges:
             part = self.parts.setdefault(rng.partition, _Partition())
             part.offsets.append(
@@ -228,7 +228,7 @@ class _Run:
         marker = self.job.table.delete_when
         if marker is None or data.rows is None:
             return data
-        return replace(data, rows=lineage.mark_deleted(data.rows, marker.field, marker.equals))
+        return replace(data, rows=lineage.mark_deleted(data.rows, *marker.marker()))
 
     def kafka_source(self, unit: Unit) -> _Pending | None:
         """The source side of a Kafka unit, summed (merge: superseded versions dropped)."""
@@ -260,7 +260,7 @@ class _Run:
         rows, quarantined = self.archive(unit.slice)
         marker = self.job.table.delete_when
         if marker is not None:
-            rows = lineage.mark_deleted(rows, marker.field, marker.equals)
+            rows = lineage.mark_deleted(rows, *marker.marker())
         return rows, quarantined
 
     def table_pass(self, pending: Sequence[_Pending], ends: Mapping[int, int]) -> TablePass:

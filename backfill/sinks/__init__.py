@@ -112,7 +112,7 @@ def maintenance_policy(job: JobSpec, min_age_s: float = 60.0) -> MaintenancePoli
 
 def _delete_when(job: JobSpec) -> tuple[str, object] | None:
     marker = job.table.delete_when
-    return None if marker is None else (marker.field, marker.equals)
+    return None if marker is None else marker.marker()
 
 
 def _iceberg(job: JobSpec, maintenance: MaintenancePolicy) -> TableSink:

@@ -25,7 +25,7 @@ def decode_kafka_slice(
     transform = load_transform(job.transform.function)
     conf = job.kafka_config()
     decoder = decoder_for(job.stream.format, job)
-    where = job.history_filter()
+    where = job.history_filter(kafka=True)
     for rng in slice_.scope.ranges:
         for msgs in iter_kafka_range(conf, job.stream.topic, rng, batch_size):
             rows, bad = decoder.decode(msgs, schema, transform, side="backfill")

@@ -119,8 +119,12 @@ def _check_delete_when(spec: JobSpec) -> None:
             f"mode = {spec.backfill.mode!r} (only a merge by key can delete a key)",
             hint='set [backfill] mode = "merge" with table.key, or remove table.delete_when',
         )
+    if marker.null_value:
+        _check_null_value(spec)
+        return
     fields = spec.schema_.fields
     roles = [*spec.table.key, spec.table.version]
+    assert marker.field is not None  # the model holds a field when null_value is false
     if marker.field not in fields or marker.field in roles:
         raise ConfigError(
             f"key=table.delete_when.field: expected a declared column outside table.key and "
@@ -139,6 +143,45 @@ def _check_delete_when(spec: JobSpec) -> None:
             f"key=table.delete_when.equals: expected a value of column {marker.field!r} "
             f"({fields[marker.field]}), found {value!r}",
             hint="the marker column must be a string, integer or boolean column",
+        )
+
+
+def _check_null_value(spec: JobSpec) -> None:
+    """``delete_when = { null_value = true }``: the key comes from the message key, and a
+    null-value message fills every column it must (key, event time, Kafka metadata)."""
+    kafka = spec.schema_.kafka
+    not_keyed = [k for k in spec.table.key if kafka.get(k, "").split(":")[0] != "key"]
+    if not spec.table.key or not_keyed:
+        raise ConfigError(
+            f"key=table.delete_when.null_value: expected every table.key column to be the "
+            f"Kafka message key, found {not_keyed or 'no table.key'} not declared as "
+            f'"key" in [schema.kafka] (a null-value message holds nothing else)',
+            hint='declare it, e.g. [schema.kafka] order_id = "key" (or "key:json")',
+        )
+    version = spec.table.version
+    if version is not None and version not in kafka:
+        raise ConfigError(
+            f"key=table.version: expected a [schema.kafka] column with "
+            f"table.delete_when.null_value, found {version!r} (a null-value tombstone has no "
+            f"value, so its version would be null, the oldest: it could never delete the key)",
+            hint='use a column the message itself fills, e.g. [schema.kafka] updated = '
+            '"timestamp" or "header:version", or remove table.version',
+        )
+    filled = {*spec.table.key, spec.schema_.event_time, *kafka}
+    empty = sorted(set(spec.schema_.required) - filled)
+    if empty:
+        raise ConfigError(
+            f"key=schema.required: expected only key, event-time or [schema.kafka] columns "
+            f"with table.delete_when.null_value, found {empty} (a null-value tombstone has "
+            f"no value to fill them)",
+            hint=f"remove {empty} from schema.required",
+        )
+    if spec.schema_.fields[spec.schema_.event_time] == "date":
+        raise ConfigError(
+            "key=schema.event_time: expected a timestamp column with "
+            "table.delete_when.null_value (a tombstone's event time is its Kafka timestamp), "
+            "found a date column",
+            hint='declare the event time as "timestamp_ms" or "timestamp_us"',
         )
 
 

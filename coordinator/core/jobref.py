@@ -130,7 +130,10 @@ DESCRIPTIONS: dict[str, str] = {
     "integer or boolean of that column's type) deletes its key. It is a version of the key "
     "under the same order; the table keeps it as the key's marker row with "
     "`_seamline_deleted = true`, so an older version arriving later cannot revive the key; "
-    "readers filter `NOT _seamline_deleted`.",
+    "readers filter `NOT _seamline_deleted`. Or `{ null_value = true }` (Kafka's compaction "
+    "idiom): a message with a key and a null value deletes that key (table.key must be the "
+    "message key, `[schema.kafka] col = \"key\"`; the marker row's event time is the record's "
+    "Kafka timestamp, its other value columns null). Without it a null value is quarantined.",
     "table.partition_by": "Iceberg partitioning of the event-time column.",
     "history.kafka": "Backfill the topic's retained records below the cut. `false` "
     "(archive-only) needs a topic with no retained records: seamline refuses to cut otherwise.",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from pydantic import (
     BaseModel,
@@ -26,8 +27,10 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
+from coordinator.core import lineage
 from coordinator.core.catalogspec import CatalogSpec, StorageSpec
 from coordinator.core.controls import AssertSpec, WhereSpec, where_expression
 from coordinator.core.errors import ConfigError
@@ -181,10 +184,34 @@ class SchemaSpec(_Model):
 
 
 class DeleteWhenSpec(_Model):
-    """Merge mode: a record whose ``field`` equals ``equals`` is its key's tombstone."""
+    """Merge mode: a record whose ``field`` equals ``equals`` is its key's tombstone, or
+    (``null_value = true``, Kafka's compaction idiom) a keyed message with a null value."""
 
-    field: str
-    equals: StrictBool | StrictInt | StrictStr
+    field: str | None = None
+    equals: StrictBool | StrictInt | StrictStr | None = None
+    null_value: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_spelling(self) -> DeleteWhenSpec:
+        marker = self.field is not None or self.equals is not None
+        if self.null_value and marker:
+            raise ValueError(
+                "expected either { field, equals } or { null_value = true }, found both"
+            )
+        if not self.null_value and (self.field is None or self.equals is None):
+            raise ValueError(
+                "expected { field = \"op\", equals = \"d\" } (a declared marker) or "
+                "{ null_value = true } (a keyed message with a null value)"
+            )
+        return self
+
+    def marker(self) -> tuple[str, object]:
+        """``(column, value)`` marking a tombstone row: the declared field, or for null values
+        the ``_seamline_deleted`` column the decoder sets itself."""
+        if self.null_value:
+            return lineage.DELETED, True
+        assert self.field is not None and self.equals is not None  # checked on construction
+        return self.field, self.equals
 
 
 class TableSpec(_Model):
@@ -430,9 +457,15 @@ class JobSpec(_Model):
         """The archives' custom slice key (one for all archives, checked at load), or None."""
         return self.history.archive[0].slice_by if self.history.archive else None
 
-    def history_filter(self) -> Any:
-        """The ``[history] where`` filter as a pyarrow compute expression, or None."""
-        return where_expression(self.history.where, self.schema_.arrow_schema())
+    def history_filter(self, *, kafka: bool = False) -> Any:
+        """The ``[history] where`` filter as a pyarrow compute expression, or None. For Kafka
+        rows of a job with null-value tombstones it keeps every tombstone (its value columns
+        are null: the filter cannot judge it, and dropping it would leave its key undeleted)."""
+        where = where_expression(self.history.where, self.schema_.arrow_schema())
+        marker = self.table.delete_when
+        if where is None or not kafka or marker is None or not marker.null_value:
+            return where
+        return where | pc.field(lineage.DELETED)
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka settings for this stream (bootstrap and security), secrets included."""

@@ -37,7 +37,11 @@ def with_lineage(schema: pa.Schema, *, tombstones: bool = False) -> pa.Schema:
 
 def mark_deleted(rows: pa.Table, field: str, equals: object) -> pa.Table:
     """``rows`` with :data:`DELETED` set where ``field`` equals ``equals`` (a null field is
-    not a tombstone); the one definition the writers and the reconciler share."""
+    not a tombstone); the one definition the writers and the reconciler share. With
+    ``field`` = :data:`DELETED` (null-value tombstones, set by the decoder) rows without the
+    column (archive rows) are no tombstones."""
+    if field == DELETED and DELETED not in rows.column_names:
+        return rows.append_column(DELETED_FIELD, pa.array([False] * rows.num_rows, pa.bool_()))
     if field not in rows.column_names:
         raise ValueError(f"expected the delete marker column {field!r}, found {rows.column_names}")
     column = rows[field]

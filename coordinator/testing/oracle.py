@@ -17,13 +17,15 @@ row by row. Everything is counted separately and every count must be 0:
   (read with pyarrow from ``[[history.archive]]``) below Kafka records, then partition, then
   offset.
 * merge mode with ``[table] delete_when``: a record whose marker field equals the declared value
-  is a tombstone, a version like any other. When a key's newest version is a tombstone its one
+  (or, with ``null_value = true``, a record with a message key and a null value) is a
+  tombstone, a version like any other. When a key's newest version is a tombstone its one
   row must carry ``_seamline_deleted = true`` (else ``resurrected``: readers would see a deleted
   key); when it is not, the row must not (else ``wrongly_deleted``). ``tombstones`` and
   ``deleted_keys`` are counted for the report, not as anomalies.
 
 A source record is *good* when its value is a JSON object holding every field the schema
-requires; anything else is poison (it must be in the dead-letter topic, not the table).
+requires (columns declared as the message key in ``[schema.kafka]`` are read from the key);
+anything else is poison (it must be in the dead-letter topic, not the table).
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ class OracleReport:
 
 def read_topic(job: JobSpec, timeout_s: float = 60.0) -> dict[Pos, bytes | None]:
     """Every committed record of the job's topic, ``(partition, offset) -> value``."""
+    return {pos: value for pos, (value, _) in read_keyed(job, timeout_s).items()}
+
+
+def read_keyed(job: JobSpec, timeout_s: float = 60.0) -> dict[Pos, tuple[bytes | None, bytes | None]]:
+    """Every committed record of the job's topic, ``(partition, offset) -> (value, key)``."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     conf = {**job.kafka_config(), "group.id": f"seamline-oracle-{uuid.uuid4().hex}",
@@ -104,15 +111,15 @@ def read_topic(job: JobSpec, timeout_s: float = 60.0) -> dict[Pos, bytes | None]
 
 
 def _drain(consumer: Any, topic: str, ends: Mapping[int, int], timeout_s: float
-           ) -> dict[Pos, bytes | None]:
+           ) -> dict[Pos, tuple[bytes | None, bytes | None]]:
     from confluent_kafka import TopicPartition
 
-    out: dict[Pos, bytes | None] = {}
+    out: dict[Pos, tuple[bytes | None, bytes | None]] = {}
     deadline = time.monotonic() + timeout_s
     while True:
         for m in consumer.consume(1000, 0.5):
             if m.error() is None:
-                out[(m.partition(), m.offset())] = m.value()
+                out[(m.partition(), m.offset())] = (m.value(), m.key())
         pos = consumer.position([TopicPartition(topic, p) for p in ends])
         if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in pos):
             return out
@@ -150,25 +157,56 @@ def read_table(job: JobSpec) -> pa.Table:
             engine.dispose()
 
 
-def good_records(job: JobSpec, records: Mapping[Pos, bytes | None]) -> dict[Pos, dict[str, Any]]:
-    """The records the table must reflect: JSON objects holding every required field."""
+def good_records(job: JobSpec, records: Mapping[Pos, bytes | None],
+                 keys: Mapping[Pos, bytes | None] | None = None) -> dict[Pos, dict[str, Any]]:
+    """The records the table must reflect: JSON objects holding every required field (key
+    columns from ``keys``), and with ``delete_when = { null_value = true }`` each null value
+    with a key (a tombstone: its key columns and ``_seamline_deleted``)."""
     need = set(job.schema_.required)
+    marker = job.table.delete_when
+    nulls = marker is not None and marker.null_value
     out: dict[Pos, dict[str, Any]] = {}
     for pos, value in records.items():
+        keyed = _from_key(job, (keys or {}).get(pos))
+        if value is None:
+            if nulls and keyed:
+                out[pos] = {**keyed, "_seamline_deleted": True}
+            continue
         try:
-            doc = json.loads(value) if value is not None else None
+            doc = json.loads(value)
         except ValueError:
             continue
-        if isinstance(doc, dict) and need <= doc.keys():
-            out[pos] = doc
+        if isinstance(doc, dict) and need <= {*doc.keys(), *keyed}:
+            out[pos] = {**doc, **keyed}
+    return out
+
+
+def _from_key(job: JobSpec, key: bytes | None) -> dict[str, Any]:
+    """The columns ``[schema.kafka]`` reads from the message key (``{}``: none, or the key
+    does not convert: the record is poison)."""
+    cols = {c: s for c, s in job.schema_.kafka.items() if s.split(":")[0] == "key"}
+    if key is None or not cols:
+        return {}
+    out: dict[str, Any] = {}
+    try:
+        for col, source in cols.items():
+            if source.endswith(":json"):
+                out[col] = json.loads(key)
+            elif job.schema_.fields[col].startswith(("int", "uint")):
+                out[col] = int(key.decode("ascii"))
+            else:
+                out[col] = key.decode("utf-8")
+    except ValueError:
+        return {}
     return out
 
 
 def check(job: JobSpec, hwm: Mapping[int, int] | None = None, *, key: str = "order_id"
           ) -> OracleReport:
     """Read both sides and count every anomaly (``hwm``: the cut, for ``wrong_side``)."""
-    records = read_topic(job)
-    good = good_records(job, records)
+    keyed = read_keyed(job)
+    records = {pos: value for pos, (value, _) in keyed.items()}
+    good = good_records(job, records, {pos: key for pos, (_, key) in keyed.items()})
     rows = read_table(job)
     kafka = [r for r in rows.to_pylist() if r.get("_kafka_offset") is not None]
     report = OracleReport(job.backfill.mode, len(records), len(records) - len(good),
@@ -176,7 +214,7 @@ def check(job: JobSpec, hwm: Mapping[int, int] | None = None, *, key: str = "ord
     _rows_vs_source(report, kafka, good, hwm or {}, key)
     if job.backfill.mode == "merge":
         marker = job.table.delete_when
-        tomb = (marker.field, marker.equals) if marker is not None else None
+        tomb = marker.marker() if marker is not None else None
         _merge(report, rows.to_pylist(), good, read_archive(job), key, job.table.version, tomb)
     else:
         seen = {(r["_kafka_partition"], r["_kafka_offset"]) for r in kafka}

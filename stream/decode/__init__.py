@@ -58,7 +58,9 @@ DECODERS: dict[str, str] = {
 
 
 def decoder_for(format_: str, job: JobSpec | None = None) -> RecordDecoder:
-    """The decoder registered for ``format_`` (built from ``job`` where the format needs it).
+    """The decoder registered for ``format_`` (built from ``job`` where the format needs it;
+    wrapped in :class:`~stream.decode.tombstones.NullValueTombstones` when the job declares
+    ``delete_when = { null_value = true }``).
 
     ``ConfigError`` naming the known formats for an unknown one.
     """
@@ -71,10 +73,17 @@ def decoder_for(format_: str, job: JobSpec | None = None) -> RecordDecoder:
         )
     module_name, _, attr = ref.partition(":")
     found = getattr(importlib.import_module(module_name), attr)
+    decoder: RecordDecoder
     if hasattr(found, "format"):
-        decoder: RecordDecoder = found
-        return decoder
-    if job is None:
+        decoder = found
+    elif job is None:
         raise ConfigError(f"key=stream.format: format {format_!r} needs the job's settings")
-    built: RecordDecoder = found(job)
-    return built
+    else:
+        decoder = found(job)
+    marker = None if job is None else job.table.delete_when
+    if marker is not None and marker.null_value:
+        from stream.decode.tombstones import NullValueTombstones
+
+        assert job is not None
+        return NullValueTombstones(decoder, job.schema_.event_time)
+    return decoder

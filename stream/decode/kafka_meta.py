@@ -43,15 +43,31 @@ class KafkaValue(bytes):
         return made
 
 
+class NullValue(KafkaValue):
+    """A message with a null value (no payload), carrying its metadata: empty bytes that are
+    not a value. Made only for jobs declaring ``delete_when = { null_value = true }``, whose
+    decoder (:mod:`stream.decode.tombstones`) turns it into its key's tombstone."""
+
+
 def with_metadata(
-    value: bytes | None, key: bytes | None, headers: Headers | None, timestamp_ms: int | None
+    value: bytes | None,
+    key: bytes | None,
+    headers: Headers | None,
+    timestamp_ms: int | None,
+    *,
+    nulls: bool = False,
 ) -> bytes | None:
-    """``value`` carrying its message's metadata (a tombstone stays ``None``)."""
-    return None if value is None else KafkaValue(value, key, headers, timestamp_ms)
+    """``value`` carrying its message's metadata (a null value stays ``None``, or with
+    ``nulls`` becomes a :class:`NullValue`)."""
+    if value is None:
+        return NullValue(b"", key, headers, timestamp_ms) if nulls else None
+    return KafkaValue(value, key, headers, timestamp_ms)
 
 
 def carry_all(
     items: Iterable[tuple[bytes | None, bytes | None, Headers | None, int | None]],
+    *,
+    nulls: bool = False,
 ) -> list[bytes | None]:
     """:func:`with_metadata` of each ``(value, key, headers, timestamp_ms)``, with the cyclic
     garbage collector paused while the batch's wrappers are made (each has a ``__dict__``:
@@ -59,6 +75,9 @@ def carry_all(
     paused = gc.isenabled()
     gc.disable()
     try:
+        if nulls:
+            return [KafkaValue(v, k, h, t) if v is not None else NullValue(b"", k, h, t)
+                    for v, k, h, t in items]  # fmt: skip
         return [None if v is None else KafkaValue(v, k, h, t) for v, k, h, t in items]
     finally:
         if paused:

@@ -27,6 +27,7 @@ from coordinator.core.errors import LiveError
 from coordinator.core.logs import configure_worker_logging
 from coordinator.core.values import Offset, PartitionId
 from stream.decode.kafka_meta import kafka_fields, with_metadata
+from stream.decode.tombstones import carries_null_values
 from stream.decode.transform import Transform
 from stream.kafka import client
 from stream.live.core import Batch, LiveBook, below_cut, start_positions
@@ -220,28 +221,30 @@ def build_app(
     topic = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     limits = settings.limits
     meta = bool(kafka_fields(settings.schema))
+    nulls = carries_null_values(settings.decoder)  # null values keep their key (tombstones)
 
     @app.agent(topic)
     async def live_agent(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(limits.max_records, within=limits.max_seconds):
-            batch = [(e.message.partition, e.message.offset, _value(e.message, meta))
+            batch = [(e.message.partition, e.message.offset, _value(e.message, meta, nulls))
                      for e in events]  # fmt: skip
             await loop.run_in_executor(None, writer.write, batch)
 
     return app
 
 
-def _value(message: Any, meta: bool) -> bytes | None:
+def _value(message: Any, meta: bool, nulls: bool = False) -> bytes | None:
     """The message value, carrying its key, headers and timestamp when the job has
-    ``[schema.kafka]`` columns (Faust's timestamp is in seconds)."""
+    ``[schema.kafka]`` columns (Faust's timestamp is in seconds); with ``nulls`` a null value
+    carries them too (null-value tombstones)."""
     if not meta:
         return cast("bytes | None", message.value)
     ts = message.timestamp
     raw = message.headers or []
     headers = [(str(k), v) for k, v in (raw.items() if isinstance(raw, Mapping) else raw)]
     stamp = None if ts is None else round(ts * 1000)
-    return with_metadata(message.value, message.key, headers, stamp)
+    return with_metadata(message.value, message.key, headers, stamp, nulls=nulls)
 
 
 class RedactingWorker(faust.Worker):  # type: ignore[misc]

@@ -34,6 +34,7 @@ from coordinator.core.values import Offset, PartitionId
 from stream.decode import RecordDecoder
 from stream.decode.json import DECODER as JSON_DECODER
 from stream.decode.kafka_meta import Headers, carry_all, kafka_fields
+from stream.decode.tombstones import carries_null_values
 from stream.kafka import client
 from stream.live.core import BatchLimits, LiveBook, start_positions
 from stream.live.writer import (
@@ -148,6 +149,7 @@ class LiveConsumer:
     ) -> None:
         self.settings = settings
         self._meta = bool(kafka_fields(settings.schema))
+        self._nulls = carries_null_values(settings.decoder)  # null values keep their key
         self._read_floor = floor
         self._floor: dict[PartitionId, Offset] = {}
         self._conf = dict(kafka_conf)
@@ -257,7 +259,8 @@ class LiveConsumer:
         if not self._meta:
             return list(map(Message.value, msgs))
         return carry_all(
-            (m.value(), m.key(), cast("Headers | None", m.headers()), _stamp(m)) for m in msgs
+            ((m.value(), m.key(), cast("Headers | None", m.headers()), _stamp(m)) for m in msgs),
+            nulls=self._nulls,
         )
 
     def _on_error(self, err: Any) -> None:

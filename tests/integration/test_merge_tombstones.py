@@ -13,6 +13,7 @@ duplicated) and the independent oracle agree.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,8 +41,9 @@ from coordinator.core.values import (
     Slice,
     TimeBucket,
 )
-from coordinator.service import reconcile
-from coordinator.testing.oracle import check
+from coordinator.run.prepare import ensure_cut
+from coordinator.service import reconcile, run_live
+from coordinator.testing.oracle import check, read_table
 from coordinator.testing.pytest_plugin import TopicFactory
 from stream.decode.json import decode_batch
 from stream.decode.transform import identity
@@ -78,7 +80,32 @@ LIVE = [(6, "d"), (9, "d"), (24, "d"), (3, "u")]
 HWM = len(HISTORY)
 
 
-def _job(fmt: str, root: Path, bootstrap: str, topic: str) -> JobSpec:
+_SCHEMA = """[schema]
+event_time = "ts"
+required = ["order_id", "ts"]
+[schema.fields]
+order_id = "int64"
+amount = "float64"
+ts = "timestamp_ms"
+op = "string"
+"""
+_ARCHIVE = """[[history.archive]]
+glob = "{root}/archive/*.parquet"
+format = "parquet"
+bucket = "day"
+"""
+
+
+def _job(
+    fmt: str,
+    root: Path,
+    bootstrap: str,
+    topic: str,
+    *,
+    schema: str = _SCHEMA,
+    marker: str = '{ field = "op", equals = "d" }',
+    archive: bool = True,
+) -> JobSpec:
     """The job file (``job.toml`` under ``root``, so ``seamline`` processes can run it)."""
     if fmt == "iceberg":
         (root / "warehouse").mkdir()
@@ -96,25 +123,15 @@ id = "tomb"
 bootstrap = "{bootstrap}"
 topic = "{topic}"
 group = "{topic}-live"
-[schema]
-event_time = "ts"
-required = ["order_id", "ts"]
-[schema.fields]
-order_id = "int64"
-amount = "float64"
-ts = "timestamp_ms"
-op = "string"
+{schema}
 [table]
 {table}
 key = ["order_id"]
 partition_by = "day"
-delete_when = {{ field = "op", equals = "d" }}
+delete_when = {marker}
 [history]
 kafka = true
-[[history.archive]]
-glob = "{root / "archive" / "*.parquet"}"
-format = "parquet"
-bucket = "day"
+{_ARCHIVE.format(root=root) if archive else ""}
 [backfill]
 mode = "merge"
 slice_records = 5
@@ -281,3 +298,94 @@ def test_a_table_created_without_the_marker_column_is_refused_not_silently_kept(
         sink.write_slice(bucket, rows, CommitToken(job.job_id, "a-day", 1, Epoch(1), "backfill"))
     assert "delete_when" in str(info.value) and info.value.hint
     assert open_sink(before).scan().num_rows == 0  # nothing was written
+
+
+_KEYED = """[schema]
+event_time = "ts"
+required = ["order_id", "ts"]
+[schema.fields]
+order_id = "int64"
+amount = "float64"
+ts = "timestamp_ms"
+[schema.kafka]
+order_id = "key"
+"""
+# (message key, amount or None: a null value) in offset order on partition 0
+NULL_HISTORY = [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0), (5, 50.0), (1, None), (2, None)]
+NULL_LIVE = [(3, None), (1, 11.0), (5, 55.0)]  # deletes a history key, revives a deleted one
+DAY_MS = 86_400_000
+
+
+def _produce_keyed(
+    bootstrap: str, topic: str, docs: list[tuple[int, float | None]], first: int
+) -> None:
+    """Keyed messages from offset ``first``; offset ``o`` has the Kafka timestamp ``TS + o``
+    days (so a tombstone's event time, its Kafka timestamp, is a later day than its key's
+    value: the merge must find the key's row in another day partition)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for k, (order_id, amount) in enumerate(docs):
+        value = None if amount is None else json.dumps({"amount": amount, "ts": TS}).encode()
+        producer.produce(topic, value=value, key=str(order_id).encode(), partition=0,
+                         timestamp=TS + DAY_MS * (first + k))  # fmt: skip
+    assert producer.flush(30) == 0
+
+
+def _kafka_time(offset: int) -> datetime:
+    """The Kafka timestamp :func:`_produce_keyed` gives ``offset``."""
+    return datetime.fromtimestamp((TS + DAY_MS * offset) / 1000, UTC)
+
+
+@pytest.mark.parametrize("fmt", ["iceberg", "lance"])
+def test_a_keyed_null_value_deletes_its_key_from_history_and_live(
+    fmt: str, tmp_path: Path, kafka_bootstrap: str, kafka_topic: TopicFactory
+) -> None:
+    """``delete_when = { null_value = true }``: null values below the cut (history slices)
+    and above it (the real confluent live loop, which commits FIRST, so a history tombstone
+    commits after the live re-insert of its key) become marker rows; the table read with the
+    format's own library holds deleted keys only as marker rows, the re-inserted key with its
+    newest value, the others intact; the cut's watermark, the reconciler and the oracle count
+    the null values as tombstones, not quarantined, not lost."""
+    topic = kafka_topic(1)
+    job = _job(fmt, tmp_path, kafka_bootstrap, topic, schema=_KEYED,
+               marker="{ null_value = true }", archive=False)  # fmt: skip
+    _produce_keyed(kafka_bootstrap, topic, NULL_HISTORY, 0)
+    cut = ensure_cut(job)
+    hwm = len(NULL_HISTORY)
+    assert cut.hwm(0) == hwm
+    assert cut.watermark_ms == TS + DAY_MS * (hwm - 1)  # the last record: a tombstone's timestamp
+    open_sink(job).ensure_table()
+    stop = threading.Event()
+    live = threading.Thread(target=run_live, args=(job, stop), kwargs={"partitions": (0,)})
+    live.start()
+    try:
+        _produce_keyed(kafka_bootstrap, topic, NULL_LIVE, hwm)
+        end = hwm + len(NULL_LIVE)
+        wait_until(lambda: open_sink(job).live_offsets().get(PartitionId(0)) == end, 30, "live")
+    finally:
+        stop.set()
+        live.join(30)
+    slices = [Slice("h-0", Scope("kafka", (_rng(0, 5),))), Slice("h-5", Scope("kafka", (_rng(5, hwm),)))]
+    for s in slices:
+        execute_slice(job, s, CommitToken(job.job_id, s.slice_id, 1, cut.epoch, "backfill"))
+
+    rows = read_table(job).to_pylist()  # the table itself, with the format's own library
+    ids = [r["order_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "one row per key, marker rows included"
+    visible = {r["order_id"]: r["amount"] for r in rows if not r[lineage.DELETED]}
+    assert visible == {1: 11.0, 4: 40.0, 5: 55.0}
+    markers = {
+        r["order_id"]: (r["_kafka_offset"], r["_seamline_side"], r["amount"], r["ts"])
+        for r in rows
+        if r[lineage.DELETED]
+    }
+    assert markers == {2: (6, "backfill", None, _kafka_time(6)), 3: (7, "live", None, _kafka_time(7))}
+
+    report = reconcile(job, cut, slices, quarantine={})
+    assert report.reconciled, report.to_json()
+    totals = report.totals()
+    assert (totals["lost"], totals["quarantined"], totals["duplicate_keys"]) == (0, 0, 0), totals
+    assert (totals["tombstones"], totals["deleted_keys"]) == (3, 2), totals
+    assert totals["kafka_records"] == hwm + len(NULL_LIVE)
+    oracle = check(job, {0: hwm}, key="order_id")
+    assert oracle.anomalies == 0 and oracle.poison == 0, oracle.to_json()
+    assert (oracle.deleted_keys, oracle.tombstones) == (2, 3)
