@@ -2,6 +2,7 @@
 
     uv run python -m bench.e2e [--archive-rows 10000000] [--kafka-records 1000000]
                                [--formats iceberg,lance] [--executors process,ray]
+                               [--committers worker,coordinator]
 
 Per table format and executor, on a real broker (``KAFKA_BOOTSTRAP``, else a local broker
 started under the work dir and stopped at the end): the demo's job (monthly Parquet archive
@@ -25,9 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from backfill.sinks import open_sink
 from bench.backfill import raw_ceiling
 from coordinator.core.jobspec import load_job
 from coordinator.demo.data import DemoWindow, orders, write_archive
@@ -78,10 +82,17 @@ def seed(root: Path, bootstrap: str, topic: str, archive_n: int, kafka_n: int,
 
 def slice_figures(job_file: Path, raw: dict[str, float]) -> dict[str, Any]:
     """Per kind: slices, rows, wall span from first start to last end, rows/s, and the
-    per-slice overhead: the mean of (slice duration - its rows at the kind's raw rate)."""
+    per-slice overhead: the mean of (slice duration - its rows at the kind's raw rate).
+
+    A slice ends when its commit is in the table: with ``committer = "coordinator"`` that is
+    its batch's commit time (read from the table), not the end of its staging."""
     job = load_job(job_file)
     with StateStore(job.state_url()) as store:
         recs = [r for r in store.iter_slices(job.job_id) if r.started_at and r.finished_at]
+    batches = {c.token.slice_id: c.committed_at for c in open_sink(job).commits()}  # type: ignore[attr-defined]
+    recs = [replace(r, finished_at=max(r.finished_at, batches[str(r.staged["batch"])]))
+            if r.staged and r.staged.get("batch") in batches and r.finished_at else r
+            for r in recs]  # fmt: skip
     out: dict[str, Any] = {}
     for kind in ("archive", "kafka"):
         mine = [r for r in recs if r.slice.scope.source == kind]
@@ -104,8 +115,9 @@ def lag_stats(samples: list[tuple[datetime, int]], since: datetime,
             "mean": float(np.mean(window)) if window else 0.0}  # fmt: skip
 
 
-def run_case(root: Path, bootstrap: str, fmt: str, executor: str, args: Any) -> dict[str, Any]:
-    paths = prepare_workdir(root / f"{fmt}-{executor}")
+def run_case(root: Path, bootstrap: str, fmt: str, executor: str, committer: str,
+             args: Any) -> dict[str, Any]:  # fmt: skip
+    paths = prepare_workdir(root / f"{fmt}-{executor}-{committer}")
     topic = new_topic_name()
     create_topic(bootstrap, topic, partitions=PARTITIONS, config={"retention.ms": "-1"})
     window = DemoWindow.three_years(datetime.now(UTC), topic_days=365)
@@ -116,6 +128,8 @@ def run_case(root: Path, bootstrap: str, fmt: str, executor: str, args: Any) -> 
     raw_read = raw_consume(bootstrap, topic, args.kafka_records)
     text = render_job(fmt, paths, bootstrap, topic)  # type: ignore[arg-type]
     text = text.replace("[backfill]\n", f'[backfill]\nexecutor = "{executor}"\n')
+    text = re.sub(r'(?m)^committer = "\w+"', f'committer = "{committer}"', text)
+    assert f'committer = "{committer}"' in text, "the demo job names its committer"
     paths.job.write_text(text)
     subprocess.run(seamline_command("cut", str(paths.job)), check=True, capture_output=True)
     job = load_job(paths.job)
@@ -144,7 +158,7 @@ def run_case(root: Path, bootstrap: str, fmt: str, executor: str, args: Any) -> 
     report = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
     figures = slice_figures(paths.job, {"archive": raw_write, "kafka": raw_read})
     return {
-        "format": fmt, "executor": executor, "exit": done.returncode,
+        "format": fmt, "executor": executor, "committer": committer, "exit": done.returncode,
         "reconciled": report.get("reconciled"), "wall_s": wall,
         "raw_write_rows_per_s": raw_write, "raw_read_records_per_s": raw_read,
         "baseline_lag": lag_stats(watch.samples, began.replace(year=began.year - 1), began),
@@ -156,7 +170,8 @@ def show(case: dict[str, Any]) -> None:
     arch, kafka = case.get("archive", {}), case.get("kafka", {})
     a_rate, k_rate = arch.get("rows_per_s", 0.0), kafka.get("rows_per_s", 0.0)
     base, during = case["baseline_lag"], case["backfill_lag"]
-    print(f"{case['format']:<8} {case['executor']:<8} exit={case['exit']} "
+    print(f"{case['format']:<8} {case['executor']:<8} committer={case['committer']} "
+          f"exit={case['exit']} "
           f"reconciled={case['reconciled']} wall {case['wall_s']:.1f} s", flush=True)  # fmt: skip
     print(f"  archive {arch.get('rows', 0):>10,} rows {a_rate:>11,.0f} rows/s   raw write "
           f"{case['raw_write_rows_per_s']:>11,.0f} rows/s   ratio "
@@ -180,6 +195,8 @@ def main() -> None:
     p.add_argument("--kafka-records", type=int, default=1_000_000)
     p.add_argument("--formats", default="iceberg,lance")
     p.add_argument("--executors", default="process,ray")
+    p.add_argument("--committers", default="worker,coordinator",
+                   help="[backfill] committer values to run (the demo job uses coordinator)")
     p.add_argument("--live-rate", type=float, default=500.0, help="live records per second")
     p.add_argument("--baseline-s", type=float, default=20.0)
     p.add_argument("--json", type=Path, help="also write every case's figures here")
@@ -197,9 +214,10 @@ def main() -> None:
         try:
             for fmt in args.formats.split(","):
                 for executor in args.executors.split(","):
-                    case = run_case(root, bootstrap, fmt, executor, args)
-                    show(case)
-                    cases.append(case)
+                    for committer in args.committers.split(","):
+                        case = run_case(root, bootstrap, fmt, executor, committer, args)
+                        show(case)
+                        cases.append(case)
         finally:
             if own is not None:
                 from stream.broker.local import stop_local
