@@ -14,20 +14,13 @@ import pytest
 from backfill.sinks import open_sink
 from coordinator.core import lineage
 from coordinator.core.errors import ExitCode
-from coordinator.core.jobspec import load_job
 from coordinator.service import run_job
 from coordinator.state.store import StateStore
 from coordinator.testing.pytest_plugin import TopicFactory
 from tests.integration.test_cli_jobs import produce
+from tests.integration.test_warm_sinks import job_for
 
 pytestmark = pytest.mark.integration
-
-TABLES = {
-    "iceberg": 'format = "iceberg"\nidentifier = "batch.orders"\n'
-    'catalog_uri = "sqlite:///{root}/catalog.db"\nwarehouse = "warehouse"',
-    "lance": 'format = "lance"\nuri = "table.lance"',
-}
-
 
 @pytest.mark.parametrize("fmt", ["iceberg", "lance"])
 def test_the_coordinator_commits_staged_slices_three_per_commit_each_record_once(
@@ -35,28 +28,11 @@ def test_the_coordinator_commits_staged_slices_three_per_commit_each_record_once
 ) -> None:
     topic = kafka_topic(2)
     produce(kafka_bootstrap, topic, {0: 20, 1: 20})  # 2 x 20 records, slices of 5: 8 slices
-    (tmp_path / "warehouse").mkdir()
-    (tmp_path / "job.toml").write_text(f"""
-[job]
-id = "batched"
-[stream]
-bootstrap = "{kafka_bootstrap}"
-topic = "{topic}"
-[schema]
-event_time = "ts"
-[schema.fields]
-order_id = "int64"
-ts = "timestamp_ms"
-amount = "float64"
-[table]
-{TABLES[fmt].format(root=tmp_path)}
-[backfill]
+    job = job_for(tmp_path, fmt, topic, kafka_bootstrap, job_id="batched", backfill="""
 slice_records = 5
 committer = "coordinator"
 commit_batch_slices = 3
-commit_batch_seconds = 600
-""")
-    job = load_job(tmp_path / "job.toml")
+commit_batch_seconds = 600""")
     outcome = run_job(job, lag_gate=lambda: None, timeout_s=30)
     assert outcome.exit_code == ExitCode.OK and outcome.reconciled
     assert (outcome.run.total, outcome.run.committed) == (8, 8)

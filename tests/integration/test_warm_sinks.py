@@ -30,12 +30,15 @@ TABLES = {
 }
 
 
-def job_for(root: Path, fmt: str, topic: str, bootstrap: str) -> JobSpec:
+def job_for(root: Path, fmt: str, topic: str, bootstrap: str, *, job_id: str = "warm",
+            backfill: str = "slice_records = 5") -> JobSpec:  # fmt: skip
+    """An order job on ``topic`` into a fresh Iceberg (SQL catalog) or Lance table under
+    ``root``; ``backfill`` is the body of its ``[backfill]`` table."""
     (root / "warehouse").mkdir()
     table = TABLES[fmt].format(root=root)
     (root / "job.toml").write_text(f"""
 [job]
-id = "warm"
+id = "{job_id}"
 [stream]
 bootstrap = "{bootstrap}"
 topic = "{topic}"
@@ -48,7 +51,7 @@ amount = "float64"
 [table]
 {table}
 [backfill]
-slice_records = 5
+{backfill}
 """)
     return load_job(root / "job.toml")
 

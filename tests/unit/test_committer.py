@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,25 +16,19 @@ from coordinator.core.errors import ConfigError, ExitCode
 from coordinator.core.ports import CommitRecord, SliceResult
 from coordinator.core.values import (
     CommitToken,
-    Cut,
     Epoch,
     Offset,
     OffsetRange,
-    PartitionCut,
     PartitionId,
     Scope,
     Slice,
     SnapshotId,
 )
-from coordinator.plan.planner import make_plan
 from coordinator.run.committer import BatchCommitter, batch_slice_id
-from coordinator.run.runner import Runner, RunnerConfig
+from coordinator.run.runner import Runner
 from coordinator.state.store import StateStore
 from tests.fakes.pool import InThreadPool
-
-JOB = SimpleNamespace(job_id="orders")
-CONFIG = RunnerConfig("unused:executor", concurrency=2, max_attempts=3, backoff_base_s=0.001,
-                      backoff_max_s=0.002, jitter="none")  # fmt: skip
+from tests.unit.test_runner import CONFIG, JOB, planned_store
 
 
 class BatchTableFake:
@@ -77,16 +70,7 @@ def stage(_job: Any, slice_: Slice, token: CommitToken) -> SliceResult:
 @pytest.fixture
 def store(tmp_path: Path) -> StateStore:
     """A state store holding a cut of 2 x 30 records planned into 6 slices of 10."""
-    st = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
-    epoch = st.ensure_job(JOB.job_id)
-    parts = (
-        PartitionCut(PartitionId(0), Offset(0), Offset(30)),
-        PartitionCut(PartitionId(1), Offset(5), Offset(35)),
-    )
-    cut = st.save_cut(Cut(JOB.job_id, "orders", parts, datetime.now(UTC), epoch))
-    plan = make_plan(cut, 10)
-    st.save_plan(JOB.job_id, epoch, plan.slices, plan.plan_hash)
-    return st
+    return planned_store(tmp_path)
 
 
 def committer(store: StateStore, table: BatchTableFake, max_slices: int) -> BatchCommitter:

@@ -69,6 +69,11 @@ class FakeTable:
 @pytest.fixture
 def store(tmp_path: Path) -> StateStore:
     """A state store holding a cut of 2 x 30 records planned into 6 slices of 10."""
+    return planned_store(tmp_path)
+
+
+def planned_store(tmp_path: Path) -> StateStore:
+    """A state store holding a cut of 2 x 30 records planned into 6 slices of 10."""
     st = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     epoch = st.ensure_job(JOB.job_id)
     parts = (
