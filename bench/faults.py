@@ -32,7 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from coordinator.core.faults import POINTS  # noqa: E402
-from coordinator.testing.soak import PARTITIONS, TrialResult, TrialSpec, run_trial  # noqa: E402
+from coordinator.testing.soak import (  # noqa: E402
+    PARTITIONS,
+    STAGED_POINTS,
+    TrialResult,
+    TrialSpec,
+    run_trial,
+)
 from stream.broker.admin import create_topic  # noqa: E402
 
 COMBOS = list(itertools.product(("lance", "iceberg"), ("overwrite", "merge")))
@@ -64,7 +70,7 @@ class BrokerChaos(threading.Thread):
 
 def one(point: str, i: int, seed: int, bootstrap: str, work: Path, updates: bool) -> TrialResult:
     fmt, mode = COMBOS[i % len(COMBOS)]
-    if point == "run.before_publish":  # write-audit-publish: overwrite mode only
+    if point in STAGED_POINTS:  # write-audit-publish, batch commits: overwrite mode only
         mode = "overwrite"
     topic = f"soak-{uuid.uuid4().hex[:12]}"
     create_topic(bootstrap, topic, partitions=PARTITIONS)
