@@ -10,7 +10,8 @@ On one topic of ``--partitions`` x ``--records`` small records, cut into slices 
 ``--batch`` slices per commit). Printed per run: the slice phase's wall time (from the runner's
 start to its end, reconciliation excluded), milliseconds per slice, the table commits made
 (seamline commits in the table's history) and commit-conflict retries; then the ratio
-worker / coordinator per format. Every run must end reconciled.
+worker / coordinator per format. Every run must end reconciled. First, the median time the
+slice reader takes for one 10-record range (its fixed cost per Kafka slice).
 """
 
 from __future__ import annotations
@@ -74,6 +75,22 @@ def produce(bootstrap: str, topic: str, partitions: int, records: int) -> None:
     assert producer.flush(60) == 0
 
 
+def range_reads(bootstrap: str, topic: str, n: int = 10) -> float:
+    """Median milliseconds to read one 10-record Kafka range with the slice reader (a fresh
+    consumer each time, as a slice does)."""
+    from coordinator.core.values import Offset, OffsetRange, PartitionId
+    from stream.kafka.reader import iter_kafka_range
+
+    times = []
+    for k in range(n):
+        rng = OffsetRange(PartitionId(0), Offset(10 * k), Offset(10 * k + 10))
+        t = time.perf_counter()
+        got = sum(len(b) for b in iter_kafka_range({"bootstrap.servers": bootstrap}, topic, rng))
+        times.append(time.perf_counter() - t)
+        assert got == 10, got
+    return 1000 * sorted(times)[n // 2]
+
+
 def one_run(fmt: str, committer: str, root: Path, topic: str, args: argparse.Namespace) -> dict:
     root.mkdir(parents=True)
     (root / "warehouse").mkdir()
@@ -125,6 +142,8 @@ def main() -> None:
         raise SystemExit("expected --bootstrap or KAFKA_BOOTSTRAP (a running broker)")
     topic = f"bench-committer-{uuid.uuid4().hex[:8]}"
     produce(args.bootstrap, topic, args.partitions, args.records)
+    print(f"one 10-record range read by the slice reader: {range_reads(args.bootstrap, topic):.1f} "
+          "ms (median of 10)")
     print(f"{args.partitions} partitions x {args.records} records, slices of "
           f"{args.slice_records}, {args.workers} workers, batches of {args.batch}")  # fmt: skip
     print(f"{'format':<8} {'committer':<12} {'slices':>6} {'seconds':>8} {'ms/slice':>9} "
