@@ -7,6 +7,12 @@ or past it. An EOF below ``rng.end`` means the range is not yet readable (an ope
 holds the last stable offset back, or the offsets were never produced): the reader keeps
 polling until a deadline and then raises :class:`SourceError`. Consumer-group offsets are never
 read or committed: every reader gets a throwaway ``group.id``.
+
+Offsets below the partition's log start (deleted by retention or ``DeleteRecords``) are never
+skipped: the reader runs with ``auto.offset.reset = error``, so a fetch below the log start is
+an out-of-range error, raised as :class:`SourceDataLossError` (exit 4). No watermark request
+is made up front: it would cost every slice a broker round trip to learn what the first fetch
+says anyway.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from coordinator.core.errors import SourceDataLossError, SourceError
 from coordinator.core.retry import transient
@@ -28,7 +34,6 @@ from stream.kafka import client
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.2
-_META_TIMEOUT_S = 10.0
 
 
 #: Settings of a bounded reader on top of the builder's (throwaway group, read committed).
@@ -38,26 +43,6 @@ _READER_EXTRAS: dict[str, Any] = {"enable.partition.eof": True, "auto.offset.res
 def consumer_config(kafka_conf: Mapping[str, str]) -> dict[str, Any]:
     """Settings for a bounded, group-less, read-committed reader on top of ``kafka_conf``."""
     return client.consumer_config(kafka_conf, purpose="range", extras=_READER_EXTRAS)
-
-
-def _check_retained(consumer: Any, topic: str, rng: OffsetRange) -> None:
-    tp = TopicPartition(topic, rng.partition)
-    try:
-        low, high = consumer.get_watermark_offsets(tp, timeout=_META_TIMEOUT_S, cached=False)
-    except KafkaException as exc:
-        raise transient(
-            SourceError(
-                f"topic={topic} partition={rng.partition}: watermarks unavailable ({exc})",
-                hint="check the broker is reachable and the topic exists",
-            )
-        ) from None
-    if low > rng.start:
-        raise SourceDataLossError(
-            f"topic={topic} partition={rng.partition}: expected offset {rng.start} to be "
-            f"retained, found log_start={low} (retention deleted {low - rng.start} offsets)",
-            hint="re-plan the job with a new cut, or load the lost range from an archive",
-        )
-    log.debug("range watermarks", extra={"partition": rng.partition, "low": low, "high": high})
 
 
 @dataclass
@@ -146,7 +131,6 @@ def iter_kafka_range(
         return
     consumer = client.consumer(kafka_conf, purpose="range", extras=_READER_EXTRAS)
     try:
-        _check_retained(consumer, topic, rng)
         consumer.assign([TopicPartition(topic, rng.partition, rng.start)])
         prog = _Progress(rng, timeout_s)
         pending: list[RawMessage] = []

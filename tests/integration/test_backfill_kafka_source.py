@@ -149,3 +149,27 @@ def test_never_asks_the_consumer_for_more_records_than_the_range_has_left(
     monkeypatch.setattr(client, "consumer", lambda *a, **kw: Recording(build(*a, **kw)))
     assert _read(kafka_bootstrap, topic, 10, 20) == {o: o for o in range(10, 20)}
     assert asked and max(asked) <= 10, asked  # the range's 10 offsets, not the 10,000 batch
+
+
+@pytest.mark.parametrize("start", [0, 9])
+def test_a_range_whose_start_was_deleted_is_source_data_loss_never_skipped(
+    kafka_bootstrap: str, start: int
+) -> None:
+    """Records deleted below the log start (retention, ``DeleteRecords``) make the range's
+    read fail as data loss (exit 4), instead of silently starting at the new log start."""
+    from confluent_kafka import TopicPartition
+
+    from coordinator.core.errors import SourceDataLossError
+
+    topic = _topic(kafka_bootstrap)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for v in range(30):
+        producer.produce(topic, json.dumps({"v": v}).encode(), partition=0)
+    assert producer.flush(30) == 0
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    done = admin.delete_records([TopicPartition(topic, 0, 10)], request_timeout=30)
+    for future in done.values():
+        future.result(30)
+    with pytest.raises(SourceDataLossError, match=f"partition=0.*offset {start}"):
+        _read(kafka_bootstrap, topic, start, 20)
+    assert _read(kafka_bootstrap, topic, 10, 20) == {o: o for o in range(10, 20)}
