@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,9 +64,14 @@ class LiveState:
     offsets: dict[PartitionId, Offset]
 
 
+def live_checkpoint(config: Mapping[str, str]) -> int:
+    """The version of the last live checkpoint (``maintain``) in a dataset config (0: none)."""
+    return int(config.get(CHECKPOINT_KEY, "0"))
+
+
 def _checkpoint(ds: lance.LanceDataset) -> LiveState:
     config = ds.config()
-    return LiveState(int(config.get(CHECKPOINT_KEY, "0")), common.parse_live_offsets(config))
+    return LiveState(live_checkpoint(config), common.parse_live_offsets(config))
 
 
 def live_state(

@@ -20,14 +20,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 from lance.commit import CommitConflictError as LanceConflict
 from lance.dataset import Transaction
 from lance.file import LanceFileReader
@@ -37,7 +40,7 @@ from backfill.sinks import common, merge
 from backfill.sinks.lance import merge as merge_lance
 from backfill.sinks.lance import tokens
 from backfill.sinks.lance.io import dataset_io
-from backfill.sinks.lance.live import LanceLive
+from backfill.sinks.lance.live import LanceLive, live_checkpoint
 from backfill.sinks.scopes import arrow_scope, lance_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
@@ -152,7 +155,25 @@ class LanceSink:
         )
         if isinstance(done, CommitRecord):
             return done
+        if token.side == "backfill":
+            self._after_slice_commit(done)
         return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC))
+
+    def _after_slice_commit(self, ds: lance.LanceDataset) -> None:
+        """The backfill's cadence (stateless: each slice may run in its own process): once
+        ``every_commits`` versions landed since the last checkpoint (``maintain``), compact
+        the small fragments and checkpoint + remove old versions, so the fragment count, the
+        token tail and the versions kept stay bounded and the per-slice cost flat (DESIGN §6).
+        ``ds`` is the committed version (its manifest is already read)."""
+        every = self.live.maintenance.every_commits
+        if not every or ds.version - live_checkpoint(ds.config()) <= every:
+            return
+        try:
+            report = self.maintain_table()
+        except Exception as exc:  # the slice landed; a later slice's commit tries again
+            log.warning("uri=%s maintenance after a slice failed: %s", self.uri, exc)
+            return
+        log.info("uri=%s maintenance during the backfill: %s", self.uri, report.as_dict())
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
         """Replace (overwrite), upsert (merge) or add to (append) exactly ``scope`` in one
@@ -176,7 +197,8 @@ class LanceSink:
         if self.mode == "append" and new:  # an empty slice commits its token like overwrite
             return self._commit(what, token, lambda: self._append(new, props))
         seen: dict[int, tuple[Any, Any]] = {}
-        return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+        flt = arrow_scope(scope, self.event_time)
+        return self._commit(what, token, lambda: self._replace(new, (predicate, flt), props, seen))
 
     # -- write-audit-publish ([backfill] publish = "atomic") ---------------------------------
 
@@ -225,8 +247,9 @@ class LanceSink:
         if self.mode == "append" or not scopes:
             return self._commit(what, token, lambda: self._append(new, props), policy)
         predicate = " OR ".join(f"({self._predicate(s)})" for s in scopes)
+        flt = functools.reduce(operator.or_, (arrow_scope(s, self.event_time) for s in scopes))
         seen: dict[int, tuple[Any, Any]] = {}
-        replace = lambda: self._replace(new, predicate, props, seen)  # noqa: E731
+        replace = lambda: self._replace(new, (predicate, flt), props, seen)  # noqa: E731
         return self._commit(what, token, replace, policy)
 
     def _predicate(self, scope: Scope) -> str:
@@ -244,30 +267,38 @@ class LanceSink:
     def _replace(
         self,
         new: list[Any],
-        predicate: str,
+        scope: tuple[str, pc.Expression],
         props: dict[str, str],
         seen: dict[int, tuple[Any, Any]],
     ) -> lance.LanceDataset:
-        """Delete the scope at the newest version and add ``new`` in one ``Update`` version.
+        """Delete the scope (``scope``: the same predicate as Lance SQL and as an Arrow
+        expression) at the newest version and add ``new`` in one ``Update`` version.
 
-        ``new`` is written once and ``seen`` keeps each fragment's deletion result by its
-        metadata, so a retry after a concurrent (live) commit only evaluates the fragments
-        that are new or changed: the retry window stays small under a fast live appender.
+        One scan of the scope's columns finds the fragments holding a row of it; only those
+        evaluate the deletion, so the cost follows the scope, not the dataset's fragment
+        count. ``new`` is written once and ``seen`` keeps each fragment's deletion result by
+        its metadata, so a retry after a concurrent (live) commit only evaluates the
+        fragments that are new or changed: the retry window stays small under a fast live
+        appender.
         """
         with common.dataset_lock(self.uri, "commit"):
-            return self._replace_locked(new, predicate, props, seen)
+            return self._replace_locked(new, scope, props, seen)
 
     def _replace_locked(
         self,
         new: list[Any],
-        predicate: str,
+        scope: tuple[str, pc.Expression],
         props: dict[str, str],
         seen: dict[int, tuple[Any, Any]],
     ) -> lance.LanceDataset:
+        predicate, flt = scope
         ds = self._dataset()
+        holding = merge_lance.fragments_holding(ds, flt)
         removed: list[int] = []
         updated: list[Any] = []
         for frag in ds.get_fragments():
+            if frag.fragment_id not in holding:  # no row of the scope: unchanged
+                continue
             before = frag.metadata
             hit = seen.get(frag.fragment_id)
             if hit is None or hit[0] != before:
