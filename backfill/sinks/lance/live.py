@@ -121,6 +121,7 @@ class LanceLive:
         self._known: LiveState | None = None
         self._commits = 0
         self._txns = tokens.TransactionCache()
+        self.index = tokens.TokenIndex(uri, storage_options)
 
     def _open(self) -> tuple[lance.LanceDataset, LiveState]:
         """The newest version and its live state. A concurrent maintenance may remove
@@ -269,7 +270,7 @@ class LanceLive:
             f"{common.LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in state.offsets.items()
         }
         config[CHECKPOINT_KEY] = str(state.version)
-        config.update(tokens.fold_updates(ds, self._txns))  # the token index, same version
+        config.update(tokens.fold(ds, self._txns, self.index))  # the token index, same version
         op = lance.LanceOperation.UpdateConfig(
             config_updates=lance.LanceOperation.UpdateMap(config, replace=False)
         )

@@ -9,9 +9,10 @@
   (``backfill.sinks.lance.merge``). Merges are serialised per dataset with a file lock (local
   datasets); live batches merge the same way (:class:`LanceLive`).
 * Tokens live in each version's ``transaction_properties``; lookups read only versions that
-  still exist plus a token index in the dataset config that the live maintenance (and a
-  lookup meeting a long tail) folds forward before any version is removed
-  (``backfill.sinks.lance.tokens``), so version cleanup never loses a backfill token.
+  still exist plus a token index beside the dataset (one document per slice commit, keyed by
+  slice) that the maintenance (and a lookup meeting a long tail) folds forward before any
+  version is removed (``backfill.sinks.lance.tokens``), so version cleanup never loses a
+  backfill token and no commit rewrites the index.
 * Conflicts (``lance.commit.CommitConflictError``) re-run the operation after backoff
   (``overwrite`` keeps its new fragment files and only recomputes the deletions).
 * Live appends, live offsets and maintenance go through :class:`backfill.sinks.lance.live.LanceLive`
@@ -388,35 +389,53 @@ class LanceSink:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _find(self, match: Callable[[CommitToken], bool]) -> CommitRecord | None:
-        """The newest commit whose token ``match``es; a version removed by a concurrent
-        cleanup while reading (it was folded into the index first) re-opens once."""
+    def _find(
+        self, job_id: str, slice_id: str, match: Callable[[CommitToken], bool]
+    ) -> CommitRecord | None:
+        """The newest commit of ``job_id``/``slice_id`` whose token ``match``es; a version
+        removed by a concurrent cleanup while reading (it was folded into the index first)
+        re-opens once."""
         try:
-            return self._find_at(self._dataset(), match)
+            return self._find_at(self._dataset(), job_id, slice_id, match)
         except OSError as exc:
             log.info("versions removed while looking a token up, re-reading: %s", exc)
-            return self._find_at(self._dataset(), match)
+            return self._find_at(self._dataset(), job_id, slice_id, match)
 
     def _find_at(
-        self, ds: lance.LanceDataset, match: Callable[[CommitToken], bool]
+        self,
+        ds: lance.LanceDataset,
+        job_id: str,
+        slice_id: str,
+        match: Callable[[CommitToken], bool],
     ) -> CommitRecord | None:
         config = ds.config()
         for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config)):
-            if match(token):
+            if token.job_id == job_id and token.slice_id == slice_id and match(token):
                 return CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
         if ds.version - tokens.checkpoint(config) > tokens.FOLD_AFTER:
             self._fold(ds)
-        return next((r for r in tokens.indexed(config) if match(r.token)), None)
+        found = self.live.index.get(job_id, slice_id, match)
+        if found is not None:
+            return found
+        return next(
+            (
+                r
+                for r in tokens.legacy(config)
+                if r.token.job_id == job_id and r.token.slice_id == slice_id and match(r.token)
+            ),
+            None,
+        )
 
     def _fold(self, ds: lance.LanceDataset) -> None:
-        """Move the token index up to ``ds.version`` (one ``UpdateConfig``; skipped on a
-        conflict with a concurrent fold or maintenance, which moves it too)."""
-        updates = tokens.fold_updates(ds, self._txns)
-        op = lance.LanceOperation.UpdateConfig(
-            config_updates=lance.LanceOperation.UpdateMap(updates, replace=False)
-        )
-        txn = Transaction(read_version=ds.version, operation=op)
+        """Move the token index up to ``ds.version`` (its documents, then one
+        ``UpdateConfig`` moving the checkpoint; skipped on a conflict with a concurrent fold
+        or maintenance, which moves it too)."""
         try:
+            updates = tokens.fold(ds, self._txns, self.live.index)
+            op = lance.LanceOperation.UpdateConfig(
+                config_updates=lance.LanceOperation.UpdateMap(updates, replace=False)
+            )
+            txn = Transaction(read_version=ds.version, operation=op)
             lance.LanceDataset.commit(
                 self.uri,
                 txn,
@@ -438,7 +457,12 @@ class LanceSink:
             CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
             for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config))
         ]
-        return recent + tokens.indexed(config)
+        folded: dict[tuple[str, str], CommitRecord] = {}
+        for r in self.live.index.newest() + tokens.legacy(config):  # newest first in each
+            key = (r.token.job_id, r.token.slice_id)
+            if key not in folded or r.snapshot_id > folded[key].snapshot_id:
+                folded[key] = r
+        return recent + sorted(folded.values(), key=lambda r: r.snapshot_id, reverse=True)
 
     def live_offsets(self) -> dict[PartitionId, Offset]:
         """Next offset per partition: the config checkpoint plus later live versions."""
@@ -447,10 +471,10 @@ class LanceSink:
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
         """The newest version carrying this slice's token (see ``backfill.sinks.lance.tokens``:
         only existing versions are read, older ones come from the token index)."""
-        return self._find(lambda t: t.job_id == job_id and t.slice_id == slice_id)
+        return self._find(job_id, slice_id, lambda _: True)
 
     def _find_exact(self, token: CommitToken) -> CommitRecord | None:
-        return self._find(lambda t: t == token)
+        return self._find(token.job_id, token.slice_id, lambda t: t == token)
 
     def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of the dataset, optionally limited to ``scope`` and ``columns``."""
