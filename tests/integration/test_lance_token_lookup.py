@@ -199,7 +199,7 @@ def test_an_index_kept_in_the_config_by_an_earlier_release_moves_beside_the_data
     first = _backfill(sink, "k0", Rows(0, 5, 0, 10))
     ds = lance.dataset(sink.uri)
     at = tokens.committed_at(ds, ds.version)
-    old = {  # the config index of earlier releases: one key per slice
+    old: dict[str, str | None] = {  # the config index of earlier releases: one key per slice
         f"{tokens.LEGACY_INDEX_PREFIX}contract/k0": json.dumps(
             {"version": ds.version, "at": at.isoformat(), "token": first.to_properties()}
         ),
