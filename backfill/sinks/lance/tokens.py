@@ -66,6 +66,12 @@ class TransactionCache:
             self._props[version] = hit
         return hit
 
+    def forget(self, upto: int) -> None:
+        """Drop the versions ``<= upto`` (below a checkpoint: never read again), so a long
+        run's cache holds the tail only."""
+        for version in [v for v in self._props if v <= upto]:
+            del self._props[version]
+
 
 def aware(stamp: object) -> datetime:
     """Lance version timestamps as aware UTC datetimes."""
@@ -92,6 +98,7 @@ def transactions(
     """``(version, transaction properties)`` of the versions above ``above`` that exist,
     newest first. A short span is read by number (nothing removes versions above a
     checkpoint); a long one, or a version found missing, lists the versions that exist."""
+    cache.forget(above)
     short = ds.version - above <= FOLD_AFTER
     versions = range(ds.version, above, -1) if short else existing_versions(ds, above)
     for version in versions:
