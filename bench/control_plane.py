@@ -19,12 +19,13 @@ Cases (``--case``, default ``status,resume``):
   commits, Iceberg (SQL catalog) and Lance: the median of ``--probe`` slices at each point,
   with the table's shape (versions/snapshots kept, fragments/manifests, config size). The
   table's maintenance cadence is ``--every`` commits (default 50, the job default; 0: never,
-  the figure without maintenance).
+  the figure without maintenance); it removes snapshots/versions older than ``--min-age``
+  seconds (default 60, as ``seamline run``) beyond the newest kept.
 
 Usage::
 
     uv run python bench/control_plane.py [--case status,resume,scan,cut,slice] [--slices 1000000]
-        [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10] [--every 50]
+        [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10] [--every 50] [--min-age 60]
 """
 
 from __future__ import annotations
@@ -319,18 +320,22 @@ def _create(bootstrap: str, topic: str, partitions: int, step: int = 5_000) -> N
 # -- per-slice fixed cost at 10 and 1,000 snapshots ----------------------------------------------
 
 
-def case_slice(fmt: str, root: Path, probe: int, points: tuple[int, ...], every: int) -> None:
+def case_slice(
+    fmt: str, root: Path, probe: int, points: tuple[int, ...], every: int, min_age_s: float
+) -> None:
     """Median per-slice time of a 10-row day slice after ``points`` slice commits, as a
     worker runs it (``backfill.executor``): the token lookup (``find_commit``), then the
-    scoped overwrite (``write_slice``), with the table's maintenance cadence ``every``."""
+    scoped overwrite (``write_slice``), with the table's maintenance cadence ``every`` (it
+    removes snapshots/versions older than ``min_age_s`` only)."""
     from backfill.sinks import open_sink
     from bench.maintain import make_job
 
     job = make_job(fmt, root / fmt, every=every)
-    sink = open_sink(job)
+    sink = open_sink(job, min_age_s=min_age_s)
     sink.ensure_table()
     done = 0
-    print(f"case=slice format={fmt} maintenance every {every or 'never'} commits")
+    print(f"case=slice format={fmt} maintenance every {every or 'never'} commits, "
+          f"min age {min_age_s:g} s")  # fmt: skip
 
     def write(i: int) -> tuple[float, float]:
         day = T0 + timedelta(days=i % 1_000)
@@ -397,6 +402,8 @@ def main() -> None:
     ap.add_argument("--formats", default="iceberg,lance")
     ap.add_argument("--every", type=int, default=50,
                     help="slice case: table maintenance every N commits (0: never)")
+    ap.add_argument("--min-age", type=float, default=60.0,
+                    help="slice case: maintenance keeps snapshots/versions younger than this")
     args = ap.parse_args()
     cases = set(args.case.split(","))
     unknown = cases - {"status", "resume", "scan", "cut", "slice"}
@@ -417,7 +424,7 @@ def main() -> None:
     if "slice" in cases:
         for fmt in args.formats.split(","):
             with tempfile.TemporaryDirectory(dir=root) as tmp:
-                case_slice(fmt, Path(tmp), args.probe, (10, 1_000), args.every)
+                case_slice(fmt, Path(tmp), args.probe, (10, 1_000), args.every, args.min_age)
 
 
 if __name__ == "__main__":
