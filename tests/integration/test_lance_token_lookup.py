@@ -8,6 +8,7 @@ versions that exist, and never write a second copy. Real Lance datasets, read ba
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -222,3 +223,25 @@ def test_an_index_kept_in_the_config_by_an_earlier_release_moves_beside_the_data
     found = _sink(tmp_path).find_commit("contract", "k0")
     assert found is not None and found.token == first and found.snapshot_id == 2
     assert (tmp_path / "orders.lance" / tokens.INDEX_DIR).is_dir()
+
+
+def test_cleanup_removes_old_versions_only_and_keeps_every_young_one(tmp_path: Path) -> None:
+    """Versions younger than the minimum age stay (readers may hold them); the older ones up
+    to the checkpoint go, found without reading every version's manifest."""
+    job = make_job("lance-overwrite", tmp_path, "127.0.0.1:1", "tokens")
+    policy = MaintenancePolicy(keep_versions=1, every_commits=0, min_age_s=4.0)
+    sink = LanceSink(str(tmp_path / "orders.lance"), job.schema_.arrow_schema(), "ts",
+                     maintenance=policy)  # fmt: skip
+    sink.ensure_table()
+    for i in range(4):
+        _backfill(sink, f"old{i}", Rows(100 * i, 1, 10 * i, 10))
+    last_old = lance.dataset(sink.uri).version
+    time.sleep(4.5)
+    for i in range(4):
+        _backfill(sink, f"young{i}", Rows(1_000 + 100 * i, 2, 10 * i, 10))
+    young = set(range(last_old + 1, lance.dataset(sink.uri).version + 1))
+    assert sink.maintain() == last_old  # versions 1..last_old, all older than 4 s
+    left = {int(r["version"]) for r in lance.dataset(sink.uri).version_refs()}
+    assert young <= left and not left & set(range(1, last_old + 1))
+    fresh = LanceSink(sink.uri, job.schema_.arrow_schema(), "ts", maintenance=policy)
+    assert all(fresh.find_commit("contract", f"old{i}") is not None for i in range(4))

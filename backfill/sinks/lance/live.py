@@ -306,21 +306,26 @@ class LanceLive:
         )
 
     def _cleanup(self, latest: lance.LanceDataset, checkpoint: int, started: float) -> int:
+        """Remove the versions ``<= checkpoint`` beyond the newest kept that are older than
+        the minimum age. Version numbers come from ``version_refs()`` (no manifest read);
+        timestamps are read oldest first and the walk stops at the first version too young
+        (versions commit in order), so a round reads the manifests of the versions it
+        removes plus one, never every version the minimum age still keeps."""
         cutoff = started - self.maintenance.min_age_s
-        newest_kept = latest.version - self.maintenance.keep_versions
-        old = [
-            int(v["version"])
-            for v in latest.versions()
-            if int(v["version"]) <= min(checkpoint, newest_kept) and _stamp(v["timestamp"]) < cutoff
-        ]
+        upto = min(checkpoint, latest.version - self.maintenance.keep_versions)
+        old: list[int] = []
+        for version in sorted(int(r["version"]) for r in latest.version_refs()):
+            if version > upto:
+                break
+            try:
+                at = tokens.committed_at(latest, version).timestamp()
+            except OSError:  # removed by a concurrent cleanup meanwhile
+                continue
+            if at >= cutoff:
+                break
+            old.append(version)
         if not old:
             return 0
         latest.cleanup_old_versions(versions=old, error_if_tagged_old_versions=False)
         log.debug("removed %d old versions (checkpoint=%d)", len(old), checkpoint)
         return len(old)
-
-
-def _stamp(value: object) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    raise WriterError(f"expected a datetime version timestamp, found {value!r}")
