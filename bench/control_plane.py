@@ -334,8 +334,8 @@ def case_slice(
     sink = open_sink(job, min_age_s=min_age_s)
     sink.ensure_table()
     done = 0
-    print(f"case=slice format={fmt} maintenance every {every or 'never'} commits, "
-          f"min age {min_age_s:g} s")  # fmt: skip
+    cadence = f"maintenance every {every} commits" if every else "no maintenance"
+    print(f"case=slice format={fmt} {cadence}, min age {min_age_s:g} s")
 
     def write(i: int) -> tuple[float, float]:
         day = T0 + timedelta(days=i % 1_000)
