@@ -323,7 +323,8 @@ def _create(bootstrap: str, topic: str, partitions: int, step: int = 5_000) -> N
 def case_slice(
     fmt: str, root: Path, probe: int, points: tuple[int, ...], every: int, min_age_s: float
 ) -> None:
-    """Median per-slice time of a 10-row day slice after ``points`` slice commits, as a
+    """Median per-slice time of a 10-row day slice (each slice its own day, so the probes at
+    every point replace no rows: the fixed cost) after ``points`` slice commits, as a
     worker runs it (``backfill.executor``): the token lookup (``find_commit``), then the
     scoped overwrite (``write_slice``), with the table's maintenance cadence ``every`` (it
     removes snapshots/versions older than ``min_age_s`` only)."""
@@ -338,7 +339,7 @@ def case_slice(
     print(f"case=slice format={fmt} {cadence}, min age {min_age_s:g} s")
 
     def write(i: int) -> tuple[float, float]:
-        day = T0 + timedelta(days=i % 1_000)
+        day = T0 + timedelta(days=i)  # a day of its own: the fixed cost, no rows to replace
         bucket = TimeBucket(day, day + timedelta(days=1))
         rows = _rows(i, day)
         token = CommitToken("bench", f"s-{i}", 1, Epoch(1), "backfill")

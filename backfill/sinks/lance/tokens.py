@@ -98,7 +98,6 @@ def transactions(
     """``(version, transaction properties)`` of the versions above ``above`` that exist,
     newest first. A short span is read by number (nothing removes versions above a
     checkpoint); a long one, or a version found missing, lists the versions that exist."""
-    cache.forget(above)
     short = ds.version - above <= FOLD_AFTER
     versions = range(ds.version, above, -1) if short else existing_versions(ds, above)
     for version in versions:
@@ -117,7 +116,9 @@ def transactions(
 def tail(
     ds: lance.LanceDataset, cache: TransactionCache, above: int
 ) -> Iterator[tuple[int, CommitToken]]:
-    """``(version, token)`` of the seamline commits in existing versions above ``above``."""
+    """``(version, token)`` of the seamline commits in existing versions above ``above`` (a
+    token checkpoint: the cache forgets the versions at or below it)."""
+    cache.forget(above)
     for version, props in transactions(ds, cache, above):
         token = CommitToken.from_properties(props)
         if token is not None:
