@@ -14,14 +14,18 @@ Cases (``--case``, default ``status,resume``):
 * ``cut``: a topic of ``--partitions`` partitions (default 10 k) is created on the broker of
   ``KAFKA_BOOTSTRAP``, one record is produced to every partition, then ``read_cut`` (offsets
   of every partition + the event-time watermark) is timed; the topic is deleted afterwards.
-* ``slice``: the fixed cost of one history slice commit (a 10-row day bucket, scoped overwrite
-  through the real sink) after 10 and after 1,000 slice commits, Iceberg (SQL catalog) and
-  Lance: the median of ``--probe`` commits at each point.
+* ``slice``: the fixed cost of one history slice as a worker runs it (token lookup, then a
+  10-row day bucket's scoped overwrite through the real sink) after 10 and after 1,000 slice
+  commits, Iceberg (SQL catalog) and Lance: the median of ``--probe`` slices at each point,
+  with the table's shape (versions/snapshots kept, fragments/manifests, config size). The
+  table's maintenance cadence is ``--every`` commits (default 50, the job default; 0: never,
+  the figure without maintenance); it removes snapshots/versions older than ``--min-age``
+  seconds (default 60, as ``seamline run``) beyond the newest kept.
 
 Usage::
 
     uv run python bench/control_plane.py [--case status,resume,scan,cut,slice] [--slices 1000000]
-        [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10]
+        [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10] [--every 50] [--min-age 60]
 """
 
 from __future__ import annotations
@@ -316,25 +320,35 @@ def _create(bootstrap: str, topic: str, partitions: int, step: int = 5_000) -> N
 # -- per-slice fixed cost at 10 and 1,000 snapshots ----------------------------------------------
 
 
-def case_slice(fmt: str, root: Path, probe: int, points: tuple[int, ...]) -> None:
-    """Median write_slice time of a 10-row day slice after ``points`` slice commits."""
+def case_slice(
+    fmt: str, root: Path, probe: int, points: tuple[int, ...], every: int, min_age_s: float
+) -> None:
+    """Median per-slice time of a 10-row day slice (each slice its own day, so the probes at
+    every point replace no rows: the fixed cost) after ``points`` slice commits, as a
+    worker runs it (``backfill.executor``): the token lookup (``find_commit``), then the
+    scoped overwrite (``write_slice``), with the table's maintenance cadence ``every`` (it
+    removes snapshots/versions older than ``min_age_s`` only)."""
     from backfill.sinks import open_sink
     from bench.maintain import make_job
 
-    job = make_job(fmt, root / fmt)
-    sink = open_sink(job)
+    job = make_job(fmt, root / fmt, every=every)
+    sink = open_sink(job, min_age_s=min_age_s)
     sink.ensure_table()
     done = 0
-    print(f"case=slice format={fmt}")
+    cadence = f"maintenance every {every} commits" if every else "no maintenance"
+    print(f"case=slice format={fmt} {cadence}, min age {min_age_s:g} s")
 
-    def write(i: int) -> float:
-        day = T0 + timedelta(days=i % 1_000)
+    def write(i: int) -> tuple[float, float]:
+        day = T0 + timedelta(days=i)  # a day of its own: the fixed cost, no rows to replace
         bucket = TimeBucket(day, day + timedelta(days=1))
         rows = _rows(i, day)
         token = CommitToken("bench", f"s-{i}", 1, Epoch(1), "backfill")
         t = time.perf_counter()
+        found = sink.find_commit("bench", token.slice_id)
+        t1 = time.perf_counter()
+        assert found is None, f"slice s-{i} found committed before its write"
         sink.write_slice(Scope("archive", bucket=bucket), rows, token)
-        return time.perf_counter() - t
+        return t1 - t, time.perf_counter() - t
 
     for point in points:
         t = time.perf_counter()
@@ -343,9 +357,23 @@ def case_slice(fmt: str, root: Path, probe: int, points: tuple[int, ...]) -> Non
             done += 1
         took = [write(done + k) for k in range(probe)]
         done += probe
-        print(f"  after {point:>5,} slice commits: {statistics.median(took) * 1e3:8.1f} ms/slice "
-              f"(median of {probe}; min {min(took) * 1e3:.1f}, max {max(took) * 1e3:.1f}; "
-              f"reaching it took {time.perf_counter() - t:.0f} s)")  # fmt: skip
+        total = [w for _, w in took]
+        print(f"  after {point:>5,} slice commits: {statistics.median(total) * 1e3:8.1f} ms/slice "
+              f"(lookup {statistics.median(f for f, _ in took) * 1e3:.1f} ms; median of {probe};"
+              f" min {min(total) * 1e3:.1f}, max {max(total) * 1e3:.1f}; reaching it took "
+              f"{time.perf_counter() - t:.0f} s) {_shape(fmt, sink)}")  # fmt: skip
+
+
+def _shape(fmt: str, sink: Any) -> str:
+    """What the per-slice cost could grow with: the table's snapshots/versions and files."""
+    if fmt == "lance":
+        ds = sink._dataset()
+        config = sum(len(k) + len(v) for k, v in ds.config().items())
+        return (f"[version {ds.version}, {len(ds.versions())} versions kept, "
+                f"{len(ds.get_fragments())} fragments, config {config:,} B]")  # fmt: skip
+    table = sink._table()
+    return (f"[{len(table.metadata.snapshots)} snapshots kept, "
+            f"{len(table.inspect.manifests())} manifests]")  # fmt: skip
 
 
 def _rows(i: int, day: datetime, n: int = 10) -> Any:
@@ -373,6 +401,10 @@ def main() -> None:
     ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "seamline-bench-cp"))
     ap.add_argument("--probe", type=int, default=10)
     ap.add_argument("--formats", default="iceberg,lance")
+    ap.add_argument("--every", type=int, default=50,
+                    help="slice case: table maintenance every N commits (0: never)")
+    ap.add_argument("--min-age", type=float, default=60.0,
+                    help="slice case: maintenance keeps snapshots/versions younger than this")
     args = ap.parse_args()
     cases = set(args.case.split(","))
     unknown = cases - {"status", "resume", "scan", "cut", "slice"}
@@ -393,7 +425,7 @@ def main() -> None:
     if "slice" in cases:
         for fmt in args.formats.split(","):
             with tempfile.TemporaryDirectory(dir=root) as tmp:
-                case_slice(fmt, Path(tmp), args.probe, (10, 1_000))
+                case_slice(fmt, Path(tmp), args.probe, (10, 1_000), args.every, args.min_age)
 
 
 if __name__ == "__main__":

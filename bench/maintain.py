@@ -47,8 +47,9 @@ DAY_MS = 86_400_000
 T0_MS = 1_735_689_600_000  # 2025-01-01
 
 
-def make_job(fmt: str, root: Path) -> JobSpec:
-    """A day-partitioned orders table of format ``fmt`` under ``root``."""
+def make_job(fmt: str, root: Path, every: int = 0) -> JobSpec:
+    """A day-partitioned orders table of format ``fmt`` under ``root``; ``every``: automatic
+    maintenance every N commits (0: off)."""
     table: dict[str, Any] = {"format": fmt, "partition_by": "day"}
     if fmt == "iceberg":
         (root / "warehouse").mkdir(parents=True, exist_ok=True)
@@ -68,8 +69,8 @@ def make_job(fmt: str, root: Path) -> JobSpec:
             "event_time": "ts",
         },
         "table": table,
-        # automatic maintenance off: the point is the table before maintain
-        "live": {"expire_snapshots_every": 0},
+        # automatic maintenance off by default: the point is the table before maintain
+        "live": {"expire_snapshots_every": every},
     }
     return parse_job(doc, base_dir=root, default_id="bench")
 

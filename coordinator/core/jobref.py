@@ -195,8 +195,12 @@ DESCRIPTIONS: dict[str, str] = {
     "live.batch_records": "Records per live micro-batch at most.",
     "live.batch_seconds": "Seconds per live micro-batch at most.",
     "live.quarantine_topic": "Dead-letter topic (default `<topic>.seamline-dlq`).",
-    "live.expire_snapshots_every": "Iceberg: expire snapshots every N live commits (0: never).",
-    "live.keep_snapshots": "Iceberg: snapshots kept when expiring.",
+    "live.expire_snapshots_every": (
+        "Maintenance cadence: the live consumer compacts and expires snapshots (Lance: removes "
+        "versions) every N live commits; `seamline run` maintains the table once N versions or "
+        "snapshots passed since the last time (0: never)."
+    ),
+    "live.keep_snapshots": "Snapshots (Lance: versions) always kept when expiring.",
     "live.min_commit_seconds": "Minimum seconds between two live commits (batches grow "
     "under load instead).",
     "state.url": "State store URL (SQLite or PostgreSQL, a secret); default "

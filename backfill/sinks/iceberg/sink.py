@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -341,13 +342,17 @@ class IcebergSink:
 
     def _after_slice_commit(self, table: Table) -> None:
         """The backfill's cadence (stateless: each slice may run in its own process): once the
-        table holds more than ``keep_versions + every_commits`` snapshots, expire the old ones
-        (older than ``min_age_s``), so per-slice commit cost stays flat (DESIGN §6, §8)."""
+        table holds ``every_commits`` snapshots that expiry would remove (beyond the newest
+        ``keep_versions``, older than ``min_age_s``), expire them, so per-slice commit cost
+        stays flat (DESIGN §6, §8). Counted on the committed metadata in hand: while the
+        minimum age keeps the snapshots, no slice pays a table refresh for nothing."""
         m = self.maintenance
-        if (
-            not m.every_commits
-            or len(table.metadata.snapshots) <= m.keep_versions + m.every_commits
-        ):
+        if not m.every_commits:
+            return
+        snaps = table.metadata.snapshots
+        cutoff_ms = (time.time() - m.min_age_s) * 1000
+        beyond = snaps[: max(0, len(snaps) - m.keep_versions)]
+        if sum(1 for s in beyond if s.timestamp_ms < cutoff_ms) < m.every_commits:
             return
         try:
             expired = self.maintain()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,9 +64,14 @@ class LiveState:
     offsets: dict[PartitionId, Offset]
 
 
+def live_checkpoint(config: Mapping[str, str]) -> int:
+    """The version of the last live checkpoint (``maintain``) in a dataset config (0: none)."""
+    return int(config.get(CHECKPOINT_KEY, "0"))
+
+
 def _checkpoint(ds: lance.LanceDataset) -> LiveState:
     config = ds.config()
-    return LiveState(int(config.get(CHECKPOINT_KEY, "0")), common.parse_live_offsets(config))
+    return LiveState(live_checkpoint(config), common.parse_live_offsets(config))
 
 
 def live_state(
@@ -115,6 +121,7 @@ class LanceLive:
         self._known: LiveState | None = None
         self._commits = 0
         self._txns = tokens.TransactionCache()
+        self.index = tokens.TokenIndex(uri, storage_options)
 
     def _open(self) -> tuple[lance.LanceDataset, LiveState]:
         """The newest version and its live state. A concurrent maintenance may remove
@@ -263,7 +270,7 @@ class LanceLive:
             f"{common.LIVE_OFFSET_PREFIX}{p}": str(o) for p, o in state.offsets.items()
         }
         config[CHECKPOINT_KEY] = str(state.version)
-        config.update(tokens.fold_updates(ds, self._txns))  # the token index, same version
+        config.update(tokens.fold(ds, self._txns, self.index))  # the token index, same version
         op = lance.LanceOperation.UpdateConfig(
             config_updates=lance.LanceOperation.UpdateMap(config, replace=False)
         )
@@ -299,21 +306,26 @@ class LanceLive:
         )
 
     def _cleanup(self, latest: lance.LanceDataset, checkpoint: int, started: float) -> int:
+        """Remove the versions ``<= checkpoint`` beyond the newest kept that are older than
+        the minimum age. Version numbers come from ``version_refs()`` (no manifest read);
+        timestamps are read oldest first and the walk stops at the first version too young
+        (versions commit in order), so a round reads the manifests of the versions it
+        removes plus one, never every version the minimum age still keeps."""
         cutoff = started - self.maintenance.min_age_s
-        newest_kept = latest.version - self.maintenance.keep_versions
-        old = [
-            int(v["version"])
-            for v in latest.versions()
-            if int(v["version"]) <= min(checkpoint, newest_kept) and _stamp(v["timestamp"]) < cutoff
-        ]
+        upto = min(checkpoint, latest.version - self.maintenance.keep_versions)
+        old: list[int] = []
+        for version in sorted(int(r["version"]) for r in latest.version_refs()):
+            if version > upto:
+                break
+            try:
+                at = tokens.committed_at(latest, version).timestamp()
+            except OSError:  # removed by a concurrent cleanup meanwhile
+                continue
+            if at >= cutoff:
+                break
+            old.append(version)
         if not old:
             return 0
         latest.cleanup_old_versions(versions=old, error_if_tagged_old_versions=False)
         log.debug("removed %d old versions (checkpoint=%d)", len(old), checkpoint)
         return len(old)
-
-
-def _stamp(value: object) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    raise WriterError(f"expected a datetime version timestamp, found {value!r}")

@@ -83,6 +83,13 @@ def _read(
     return got.drop_columns([_ADDR]), touched
 
 
+def fragments_holding(ds: lance.LanceDataset, flt: pc.Expression) -> set[int]:
+    """Ids of the fragments of ``ds`` holding a live (undeleted) row matching ``flt``: one
+    scan reading only the filter's columns, so a scoped delete evaluates its predicate on
+    these fragments alone instead of opening every fragment of the dataset."""
+    return _read(ds, flt, columns=[])[1]
+
+
 @dataclass(frozen=True)
 class LanceMergeChanges:
     """One merge against one version: fragments removed/updated and new fragments."""
@@ -116,7 +123,7 @@ def plan_changes(
     hit = merge.arrow_key_filter(rows, rule.key)
     found, touched = _read(ds, rng[1] if rng is not None else hit)
     if scope is not None:
-        touched |= _read(ds, scope[1], columns=[])[1]
+        touched |= fragments_holding(ds, scope[1])
     existing = merge.outside(found.filter(hit) if rng is not None else found, scope and scope[1])
     decided = merge.plan(rows, existing, rule)
     out, replace = decided.rows, key_predicate(decided.replace, rule.key)

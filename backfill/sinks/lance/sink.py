@@ -9,9 +9,10 @@
   (``backfill.sinks.lance.merge``). Merges are serialised per dataset with a file lock (local
   datasets); live batches merge the same way (:class:`LanceLive`).
 * Tokens live in each version's ``transaction_properties``; lookups read only versions that
-  still exist plus a token index in the dataset config that the live maintenance (and a
-  lookup meeting a long tail) folds forward before any version is removed
-  (``backfill.sinks.lance.tokens``), so version cleanup never loses a backfill token.
+  still exist plus a token index beside the dataset (one document per slice commit, keyed by
+  slice) that the maintenance (and a lookup meeting a long tail) folds forward before any
+  version is removed (``backfill.sinks.lance.tokens``), so version cleanup never loses a
+  backfill token and no commit rewrites the index.
 * Conflicts (``lance.commit.CommitConflictError``) re-run the operation after backoff
   (``overwrite`` keeps its new fragment files and only recomputes the deletions).
 * Live appends, live offsets and maintenance go through :class:`backfill.sinks.lance.live.LanceLive`
@@ -20,14 +21,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 from lance.commit import CommitConflictError as LanceConflict
 from lance.dataset import Transaction
 from lance.file import LanceFileReader
@@ -37,7 +41,7 @@ from backfill.sinks import common, merge
 from backfill.sinks.lance import merge as merge_lance
 from backfill.sinks.lance import tokens
 from backfill.sinks.lance.io import dataset_io
-from backfill.sinks.lance.live import LanceLive
+from backfill.sinks.lance.live import LanceLive, live_checkpoint
 from backfill.sinks.scopes import arrow_scope, lance_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
@@ -152,7 +156,25 @@ class LanceSink:
         )
         if isinstance(done, CommitRecord):
             return done
+        if token.side == "backfill":
+            self._after_slice_commit(done)
         return CommitRecord(token, SnapshotId(done.version), datetime.now(UTC))
+
+    def _after_slice_commit(self, ds: lance.LanceDataset) -> None:
+        """The backfill's cadence (stateless: each slice may run in its own process): once
+        ``every_commits`` versions landed since the last checkpoint (``maintain``), compact
+        the small fragments and checkpoint + remove old versions, so the fragment count, the
+        token tail and the versions kept stay bounded and the per-slice cost flat (DESIGN §6).
+        ``ds`` is the committed version (its manifest is already read)."""
+        every = self.live.maintenance.every_commits
+        if not every or ds.version - live_checkpoint(ds.config()) <= every:
+            return
+        try:
+            report = self.maintain_table()
+        except Exception as exc:  # the slice landed; a later slice's commit tries again
+            log.warning("uri=%s maintenance after a slice failed: %s", self.uri, exc)
+            return
+        log.info("uri=%s maintenance during the backfill: %s", self.uri, report.as_dict())
 
     def write_slice(self, scope: Scope, data: pa.Table, token: CommitToken) -> CommitRecord:
         """Replace (overwrite), upsert (merge) or add to (append) exactly ``scope`` in one
@@ -176,7 +198,8 @@ class LanceSink:
         if self.mode == "append" and new:  # an empty slice commits its token like overwrite
             return self._commit(what, token, lambda: self._append(new, props))
         seen: dict[int, tuple[Any, Any]] = {}
-        return self._commit(what, token, lambda: self._replace(new, predicate, props, seen))
+        flt = arrow_scope(scope, self.event_time)
+        return self._commit(what, token, lambda: self._replace(new, (predicate, flt), props, seen))
 
     # -- write-audit-publish ([backfill] publish = "atomic") ---------------------------------
 
@@ -225,8 +248,9 @@ class LanceSink:
         if self.mode == "append" or not scopes:
             return self._commit(what, token, lambda: self._append(new, props), policy)
         predicate = " OR ".join(f"({self._predicate(s)})" for s in scopes)
+        flt = functools.reduce(operator.or_, (arrow_scope(s, self.event_time) for s in scopes))
         seen: dict[int, tuple[Any, Any]] = {}
-        replace = lambda: self._replace(new, predicate, props, seen)  # noqa: E731
+        replace = lambda: self._replace(new, (predicate, flt), props, seen)  # noqa: E731
         return self._commit(what, token, replace, policy)
 
     def _predicate(self, scope: Scope) -> str:
@@ -244,30 +268,38 @@ class LanceSink:
     def _replace(
         self,
         new: list[Any],
-        predicate: str,
+        scope: tuple[str, pc.Expression],
         props: dict[str, str],
         seen: dict[int, tuple[Any, Any]],
     ) -> lance.LanceDataset:
-        """Delete the scope at the newest version and add ``new`` in one ``Update`` version.
+        """Delete the scope (``scope``: the same predicate as Lance SQL and as an Arrow
+        expression) at the newest version and add ``new`` in one ``Update`` version.
 
-        ``new`` is written once and ``seen`` keeps each fragment's deletion result by its
-        metadata, so a retry after a concurrent (live) commit only evaluates the fragments
-        that are new or changed: the retry window stays small under a fast live appender.
+        One scan of the scope's columns finds the fragments holding a row of it; only those
+        evaluate the deletion, so the cost follows the scope, not the dataset's fragment
+        count. ``new`` is written once and ``seen`` keeps each fragment's deletion result by
+        its metadata, so a retry after a concurrent (live) commit only evaluates the
+        fragments that are new or changed: the retry window stays small under a fast live
+        appender.
         """
         with common.dataset_lock(self.uri, "commit"):
-            return self._replace_locked(new, predicate, props, seen)
+            return self._replace_locked(new, scope, props, seen)
 
     def _replace_locked(
         self,
         new: list[Any],
-        predicate: str,
+        scope: tuple[str, pc.Expression],
         props: dict[str, str],
         seen: dict[int, tuple[Any, Any]],
     ) -> lance.LanceDataset:
+        predicate, flt = scope
         ds = self._dataset()
+        holding = merge_lance.fragments_holding(ds, flt)
         removed: list[int] = []
         updated: list[Any] = []
         for frag in ds.get_fragments():
+            if frag.fragment_id not in holding:  # no row of the scope: unchanged
+                continue
             before = frag.metadata
             hit = seen.get(frag.fragment_id)
             if hit is None or hit[0] != before:
@@ -357,35 +389,53 @@ class LanceSink:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _find(self, match: Callable[[CommitToken], bool]) -> CommitRecord | None:
-        """The newest commit whose token ``match``es; a version removed by a concurrent
-        cleanup while reading (it was folded into the index first) re-opens once."""
+    def _find(
+        self, job_id: str, slice_id: str, match: Callable[[CommitToken], bool]
+    ) -> CommitRecord | None:
+        """The newest commit of ``job_id``/``slice_id`` whose token ``match``es; a version
+        removed by a concurrent cleanup while reading (it was folded into the index first)
+        re-opens once."""
         try:
-            return self._find_at(self._dataset(), match)
+            return self._find_at(self._dataset(), job_id, slice_id, match)
         except OSError as exc:
             log.info("versions removed while looking a token up, re-reading: %s", exc)
-            return self._find_at(self._dataset(), match)
+            return self._find_at(self._dataset(), job_id, slice_id, match)
 
     def _find_at(
-        self, ds: lance.LanceDataset, match: Callable[[CommitToken], bool]
+        self,
+        ds: lance.LanceDataset,
+        job_id: str,
+        slice_id: str,
+        match: Callable[[CommitToken], bool],
     ) -> CommitRecord | None:
         config = ds.config()
         for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config)):
-            if match(token):
+            if token.job_id == job_id and token.slice_id == slice_id and match(token):
                 return CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
         if ds.version - tokens.checkpoint(config) > tokens.FOLD_AFTER:
             self._fold(ds)
-        return next((r for r in tokens.indexed(config) if match(r.token)), None)
+        found = self.live.index.get(job_id, slice_id, match)
+        if found is not None:
+            return found
+        return next(
+            (
+                r
+                for r in tokens.legacy(config)
+                if r.token.job_id == job_id and r.token.slice_id == slice_id and match(r.token)
+            ),
+            None,
+        )
 
     def _fold(self, ds: lance.LanceDataset) -> None:
-        """Move the token index up to ``ds.version`` (one ``UpdateConfig``; skipped on a
-        conflict with a concurrent fold or maintenance, which moves it too)."""
-        updates = tokens.fold_updates(ds, self._txns)
-        op = lance.LanceOperation.UpdateConfig(
-            config_updates=lance.LanceOperation.UpdateMap(updates, replace=False)
-        )
-        txn = Transaction(read_version=ds.version, operation=op)
+        """Move the token index up to ``ds.version`` (its documents, then one
+        ``UpdateConfig`` moving the checkpoint; skipped on a conflict with a concurrent fold
+        or maintenance, which moves it too)."""
         try:
+            updates = tokens.fold(ds, self._txns, self.live.index)
+            op = lance.LanceOperation.UpdateConfig(
+                config_updates=lance.LanceOperation.UpdateMap(updates, replace=False)
+            )
+            txn = Transaction(read_version=ds.version, operation=op)
             lance.LanceDataset.commit(
                 self.uri,
                 txn,
@@ -407,7 +457,12 @@ class LanceSink:
             CommitRecord(token, SnapshotId(version), tokens.committed_at(ds, version))
             for version, token in tokens.tail(ds, self._txns, tokens.checkpoint(config))
         ]
-        return recent + tokens.indexed(config)
+        folded: dict[tuple[str, str], CommitRecord] = {}
+        for r in self.live.index.newest() + tokens.legacy(config):  # newest first in each
+            key = (r.token.job_id, r.token.slice_id)
+            if key not in folded or r.snapshot_id > folded[key].snapshot_id:
+                folded[key] = r
+        return recent + sorted(folded.values(), key=lambda r: r.snapshot_id, reverse=True)
 
     def live_offsets(self) -> dict[PartitionId, Offset]:
         """Next offset per partition: the config checkpoint plus later live versions."""
@@ -416,10 +471,10 @@ class LanceSink:
     def find_commit(self, job_id: str, slice_id: str) -> CommitRecord | None:
         """The newest version carrying this slice's token (see ``backfill.sinks.lance.tokens``:
         only existing versions are read, older ones come from the token index)."""
-        return self._find(lambda t: t.job_id == job_id and t.slice_id == slice_id)
+        return self._find(job_id, slice_id, lambda _: True)
 
     def _find_exact(self, token: CommitToken) -> CommitRecord | None:
-        return self._find(lambda t: t == token)
+        return self._find(token.job_id, token.slice_id, lambda t: t == token)
 
     def scan(self, scope: Scope | None = None, columns: list[str] | None = None) -> pa.Table:
         """Rows of the dataset, optionally limited to ``scope`` and ``columns``."""

@@ -3,38 +3,49 @@
 Each commit's token is in its version's ``transaction_properties``, which disappear when old
 versions are cleaned up (the live consumer's maintenance). Lookups therefore read:
 
-* the **token index**: dataset config keys ``seamline.token.index.<job_id>/<slice_id>`` holding
-  the newest backfill token of each slice with its version and commit time, valid for every
-  version ``<= seamline.token.checkpoint-version``. The index is folded forward (one
-  ``UpdateConfig`` commit) by :func:`fold_updates` callers: the live maintenance writes it in the
-  same commit as its offset checkpoint and removes only versions at or below it, and a backfill
-  whose lookups meet a long tail folds it too; and
+* the **token index** (:class:`TokenIndex`): one small document per folded backfill commit
+  (token, version, commit time) beside the dataset under ``_seamline/tokens/``, keyed by
+  slice, complete for every version ``<= seamline.token.checkpoint-version`` (a dataset config
+  key). It is folded forward by :func:`fold` callers (documents first, then one
+  ``UpdateConfig`` moving the checkpoint): the live maintenance folds in the same commit as
+  its offset checkpoint and removes only versions at or below it, and a backfill whose
+  lookups meet a long tail folds it too. Nothing of it is in the dataset config, which every
+  manifest carries, so commits never rewrite it and its size is no per-commit cost; and
 * the **tail**: transactions of the versions above the checkpoint that still exist, newest
   first (read by number while the tail is short; listed with ``version_refs()``, which reads
   no manifest, when it is long or a version turns out to be gone).
 
 So cleanup never removes a token a running backfill needs, and a lookup reads
-``O(versions since the last fold)`` transaction files, whatever the dataset's history length.
+``O(versions since the last fold)`` transaction files plus one index folder, whatever the
+dataset's history length and slice count.
 Versions removed by someone else (without a fold) are skipped, never read. Live tokens are not
 indexed (one per micro-batch; their lookups only concern recent, unknown-outcome commits).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import lance
+from lance.file import LanceFileSession
 
+from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
 from coordinator.core.values import TOKEN_PREFIX, CommitToken, SnapshotId
 
 log = logging.getLogger(__name__)
 
 TOKEN_CHECKPOINT_KEY = f"{TOKEN_PREFIX}token.checkpoint-version"
-TOKEN_INDEX_PREFIX = f"{TOKEN_PREFIX}token.index."
+#: Where the token index lives, relative to the dataset's root.
+INDEX_DIR = "_seamline/tokens"
+#: Config keys of the index as earlier releases kept it (moved out by the next fold).
+LEGACY_INDEX_PREFIX = f"{TOKEN_PREFIX}token.index."
 
 #: Tail length above which a backfill lookup folds the tail into the index itself.
 FOLD_AFTER = 64
@@ -54,6 +65,12 @@ class TransactionCache:
             hit = dict(txn.transaction_properties or {}) if txn is not None else {}
             self._props[version] = hit
         return hit
+
+    def forget(self, upto: int) -> None:
+        """Drop the versions ``<= upto`` (below a checkpoint: never read again), so a long
+        run's cache holds the tail only."""
+        for version in [v for v in self._props if v <= upto]:
+            del self._props[version]
 
 
 def aware(stamp: object) -> datetime:
@@ -99,7 +116,9 @@ def transactions(
 def tail(
     ds: lance.LanceDataset, cache: TransactionCache, above: int
 ) -> Iterator[tuple[int, CommitToken]]:
-    """``(version, token)`` of the seamline commits in existing versions above ``above``."""
+    """``(version, token)`` of the seamline commits in existing versions above ``above`` (a
+    token checkpoint: the cache forgets the versions at or below it)."""
+    cache.forget(above)
     for version, props in transactions(ds, cache, above):
         token = CommitToken.from_properties(props)
         if token is not None:
@@ -111,9 +130,82 @@ def committed_at(ds: lance.LanceDataset, version: int) -> datetime:
     return aware(ds.checkout_version(version).get_version()["timestamp"])
 
 
-def index_key(token: CommitToken) -> str:
-    """The config key holding ``token``'s slice in the index."""
-    return f"{TOKEN_INDEX_PREFIX}{token.job_id}/{token.slice_id}"
+class TokenIndex:
+    """The folded token index, beside the dataset: one small JSON document per backfill
+    commit at ``_seamline/tokens/<slice hash>/<version>.json`` (written through Lance's own
+    object-store layer with the dataset's storage options; Lance's version cleanup only
+    touches its own folders).
+
+    Keyed by slice, so a lookup lists one folder (empty for a slice never folded) whatever
+    the number of slices, and no commit rewrites it (the dataset config, which every
+    manifest carries, stays the size of the live offsets). A document is never rewritten:
+    each names its version, so two folds racing write the same bytes, never an older entry
+    over a newer one.
+    """
+
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
+        self.uri = uri
+        self.storage_options = storage_options  # object-store keys: secrets, never logged
+        self._files: LanceFileSession | None = None
+
+    def _session(self) -> LanceFileSession:
+        if self._files is None:
+            self._files = LanceFileSession(self.uri, storage_options=self.storage_options)
+        return self._files
+
+    @staticmethod
+    def folder(job_id: str, slice_id: str) -> str:
+        """The folder holding ``job_id``/``slice_id``'s documents (ids hashed: any text)."""
+        digest = hashlib.sha256(json.dumps([job_id, slice_id]).encode()).hexdigest()[:32]
+        return f"{INDEX_DIR}/{digest}"
+
+    def put(self, records: Sequence[CommitRecord]) -> None:
+        """Write one document per record (before the checkpoint that relies on them)."""
+        if not records:
+            return
+        files = self._session()
+        with tempfile.TemporaryDirectory(prefix="seamline-tokens-") as tmp:
+            for i, record in enumerate(records):
+                local = Path(tmp) / f"{i}.json"
+                local.write_text(_entry(record))
+                folder = self.folder(record.token.job_id, record.token.slice_id)
+                files.upload_file(local, f"{folder}/{int(record.snapshot_id):020d}.json")
+
+    def get(
+        self, job_id: str, slice_id: str, match: Callable[[CommitToken], bool]
+    ) -> CommitRecord | None:
+        """The newest folded commit of the slice whose token ``match``es."""
+        names = sorted(self._session().list(self.folder(job_id, slice_id)), reverse=True)
+        for name in names:
+            record = self._read(name)
+            same = record.token.job_id == job_id and record.token.slice_id == slice_id
+            if same and match(record.token):
+                return record
+        return None
+
+    def newest(self) -> list[CommitRecord]:
+        """The newest folded commit of every slice, newest version first (lists the whole
+        index: for reports, not for the per-slice path)."""
+        by_folder: dict[str, str] = {}
+        for name in self._session().list(INDEX_DIR):
+            folder, _, leaf = name.rpartition("/")
+            if leaf.endswith(".json") and name > by_folder.get(folder, ""):
+                by_folder[folder] = name
+        out = [self._read(name) for name in by_folder.values()]
+        return sorted(out, key=lambda r: r.snapshot_id, reverse=True)
+
+    def _read(self, name: str) -> CommitRecord:
+        with tempfile.TemporaryDirectory(prefix="seamline-tokens-") as tmp:
+            local = Path(tmp) / "entry.json"
+            self._session().download_file(name, local)
+            record = _record(local.read_text())
+        if record is None:
+            raise WriterError(
+                f"uri={self.uri} file={name}: expected a commit token in the token index, "
+                "found none",
+                hint="the file was changed by hand: remove it (its version's token is gone)",
+            )
+        return record
 
 
 def _entry(record: CommitRecord) -> str:
@@ -127,31 +219,45 @@ def _entry(record: CommitRecord) -> str:
     )
 
 
-def indexed(config: Mapping[str, str]) -> list[CommitRecord]:
-    """The records held in the token index, newest version first."""
+def _record(text: str) -> CommitRecord | None:
+    doc = json.loads(text)
+    token = CommitToken.from_properties(doc["token"])
+    if token is None:
+        return None
+    return CommitRecord(token, SnapshotId(int(doc["version"])), datetime.fromisoformat(doc["at"]))
+
+
+def legacy(config: Mapping[str, str]) -> list[CommitRecord]:
+    """Records of the index earlier releases kept in the dataset config (moved to the
+    :class:`TokenIndex` by the next fold), newest version first."""
     out = []
     for key, value in config.items():
-        if not key.startswith(TOKEN_INDEX_PREFIX):
-            continue
-        doc = json.loads(value)
-        token = CommitToken.from_properties(doc["token"])
-        if token is not None:
-            at = datetime.fromisoformat(doc["at"])
-            out.append(CommitRecord(token, SnapshotId(int(doc["version"])), at))
+        if key.startswith(LEGACY_INDEX_PREFIX):
+            record = _record(value)
+            if record is not None:
+                out.append(record)
     return sorted(out, key=lambda r: r.snapshot_id, reverse=True)
 
 
-def fold_updates(ds: lance.LanceDataset, cache: TransactionCache) -> dict[str, str | None]:
-    """Config updates moving the token index to ``ds.version``: the newest backfill token of
-    every slice committed in the tail, and the new checkpoint."""
+def fold(
+    ds: lance.LanceDataset, cache: TransactionCache, index: TokenIndex
+) -> dict[str, str | None]:
+    """Move the token index to ``ds.version``: write the documents of every backfill commit
+    in the tail (the newest of each slice) and of a legacy config index, then return the
+    config updates the caller commits: the new checkpoint, the legacy keys removed. The
+    documents are written before that commit, so the checkpoint never covers a missing one."""
     config = ds.config()
-    newest: dict[str, tuple[int, CommitToken]] = {}
+    newest: dict[tuple[str, str], tuple[int, CommitToken]] = {}
     for version, token in tail(ds, cache, checkpoint(config)):
-        if token.side == "backfill":
-            newest.setdefault(index_key(token), (version, token))  # tail is newest first
+        if token.side == "backfill":  # tail is newest first
+            newest.setdefault((token.job_id, token.slice_id), (version, token))
+    records = [
+        CommitRecord(token, SnapshotId(version), committed_at(ds, version))
+        for version, token in newest.values()
+    ]
+    index.put(legacy(config) + records)
     updates: dict[str, str | None] = {
-        key: _entry(CommitRecord(token, SnapshotId(version), committed_at(ds, version)))
-        for key, (version, token) in newest.items()
+        key: None for key in config if key.startswith(LEGACY_INDEX_PREFIX)
     }
     updates[TOKEN_CHECKPOINT_KEY] = str(ds.version)
     return updates
