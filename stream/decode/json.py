@@ -36,6 +36,7 @@ from stream.decode.coerce import (
     keeps_non_finite,
     physical,
 )
+from stream.decode.json_shape import Parsed, parse_shapes, shaped_schema
 from stream.decode.kafka_meta import attach, value_schema
 from stream.decode.transform import Transform, apply_transform
 
@@ -80,8 +81,8 @@ class JsonDecoder(ColumnsDecoder):
         out, kept_rows, failed = apply_transform(table, transform)
         kept = order if kept_rows is None else [_at(order, i) for i in kept_rows]
         bad.update({_at(order, i): reason for i, reason in failed.items()})
-        parts = pa.array(partitions, pa.int32())
-        offs = pa.array(offsets, pa.int64())
+        parts = pa.array(np.fromiter(partitions, np.int32, len(partitions)))
+        offs = pa.array(np.fromiter(offsets, np.int64, len(offsets)))
         if kept is not None:
             take = pa.array(kept, pa.int64())
             parts, offs = parts.take(take), offs.take(take)
@@ -266,29 +267,75 @@ def _fast_type(t: pa.DataType) -> bool:
 
 
 def _fast(values: Sequence[bytes | None], schema: pa.Schema) -> tuple[pa.Table, Indices, list[int]]:
-    """Rows the fast path proves good, their positions, and the positions it cannot prove."""
+    """Rows the fast path proves good, their positions, and the positions it cannot prove.
+
+    Records of a common flat shape are parsed by :mod:`stream.decode.json_shape`; the others
+    by Arrow's JSON reader, bisecting a failed parse down to its culprits.
+    """
     arr = pa.array(values, pa.binary())
     candidates = _candidates(arr)
     sub = arr if candidates is None else arr.take(pa.array(candidates, pa.int64()))
-    chunks: list[tuple[int, pa.Table]] = []
+    wide = _parse_schema(schema)
+    parts, rest = _shaped(sub, wide)
     failed: list[int] = []
-    _parse_chunk(sub, 0, len(sub), _parse_schema(schema), chunks, failed)
-    if not chunks:
+    if len(rest):
+        left = sub if len(rest) == len(sub) else sub.take(pa.array(rest))
+        chunks: list[tuple[int, pa.Table]] = []
+        _parse_chunk(left, 0, len(left), wide, chunks, failed)
+        parts += [(rest[lo : lo + t.num_rows], t) for lo, t in chunks]
+        failed = rest[failed].tolist()
+    if not parts:
         return _build([], schema), [], _positions(candidates, failed, len(values))
-    parsed = pa.concat_tables([t for _, t in chunks])
+    parsed, pos = _in_order(parts)
     table, suspect = _finish(parsed, schema)
     if candidates is None and not failed and suspect is None:
         return table, None, []
-    pos = [i for lo, t in chunks for i in range(lo, lo + t.num_rows)]
     if suspect is not None:
-        keep = pc.invert(suspect)
-        flagged = [p for p, s in zip(pos, suspect.to_pylist(), strict=True) if s]
-        pos = [p for p, s in zip(pos, suspect.to_pylist(), strict=True) if not s]
-        table = table.filter(keep)
-        failed = failed + flagged
+        flags = np.asarray(suspect.to_numpy(zero_copy_only=False), np.bool_)
+        table = table.filter(pc.invert(suspect))
+        failed = failed + pos[flags].tolist()
+        pos = pos[~flags]
     if candidates is not None:
-        pos = [candidates[p] for p in pos]
-    return table, pos, _positions(candidates, failed, len(values))
+        pos = np.asarray(candidates, np.int64)[pos]
+    return table, pos.tolist(), _positions(candidates, failed, len(values))
+
+
+def _shaped(sub: pa.BinaryArray, wide: pa.Schema) -> tuple[Parsed, npt.NDArray[np.int64]]:
+    """:func:`parse_shapes` over the rows of ``sub`` that are valid UTF-8 (the rest: left)."""
+    everything = np.arange(len(sub), dtype=np.int64)
+    if not len(sub) or not shaped_schema(wide):
+        return [], everything
+    text, valid = _utf8_rows(sub)
+    if text is not None:
+        return parse_shapes(text, wide)
+    if not len(valid):
+        return [], everything
+    parsed, rest = parse_shapes(sub.take(pa.array(valid)).cast(pa.string()), wide)
+    invalid = np.setdiff1d(everything, valid, assume_unique=True)
+    mapped = [(valid[p], t) for p, t in parsed]
+    return mapped, np.union1d(valid[rest], invalid)
+
+
+def _utf8_rows(arr: pa.BinaryArray) -> tuple[pa.StringArray | None, npt.NDArray[np.int64]]:
+    """``arr`` as text if it is all valid UTF-8, else ``None`` and the positions of the rows
+    that are (found by halving the failed check)."""
+    try:
+        return arr.cast(pa.string()), np.arange(len(arr), dtype=np.int64)
+    except pa.ArrowInvalid:
+        if len(arr) <= _SMALL_CHUNK:
+            return None, np.zeros(0, np.int64)
+    mid = len(arr) // 2
+    low, high = _utf8_rows(arr.slice(0, mid))[1], _utf8_rows(arr.slice(mid))[1]
+    return None, np.concatenate([low, mid + high])
+
+
+def _in_order(parts: Parsed) -> tuple[pa.Table, npt.NDArray[np.int64]]:
+    """The parsed tables as one, in batch order, and the positions of its rows."""
+    if len(parts) == 1:
+        return parts[0][1], parts[0][0]
+    pos = np.concatenate([p for p, _ in parts])
+    order = np.argsort(pos, kind="stable")
+    return pa.concat_tables([t for _, t in parts]).take(pa.array(order)), pos[order]
 
 
 def _positions(candidates: list[int] | None, failed: list[int], n: int) -> list[int]:
