@@ -276,7 +276,8 @@ def _fast(values: Sequence[bytes | None], schema: pa.Schema) -> tuple[pa.Table, 
     candidates = _candidates(arr)
     sub = arr if candidates is None else arr.take(pa.array(candidates, pa.int64()))
     wide = _parse_schema(schema)
-    parts, rest = _shaped(sub, wide)
+    required = frozenset(f.name for f in schema if not f.nullable)
+    parts, rest = _shaped(sub, wide, required)
     failed: list[int] = []
     if len(rest):
         left = sub if len(rest) == len(sub) else sub.take(pa.array(rest))
@@ -300,17 +301,19 @@ def _fast(values: Sequence[bytes | None], schema: pa.Schema) -> tuple[pa.Table, 
     return table, pos.tolist(), _positions(candidates, failed, len(values))
 
 
-def _shaped(sub: pa.BinaryArray, wide: pa.Schema) -> tuple[Parsed, npt.NDArray[np.int64]]:
+def _shaped(
+    sub: pa.BinaryArray, wide: pa.Schema, required: frozenset[str]
+) -> tuple[Parsed, npt.NDArray[np.int64]]:
     """:func:`parse_shapes` over the rows of ``sub`` that are valid UTF-8 (the rest: left)."""
     everything = np.arange(len(sub), dtype=np.int64)
     if not len(sub) or not shaped_schema(wide):
         return [], everything
     text, valid = _utf8_rows(sub)
     if text is not None:
-        return parse_shapes(text, wide)
+        return parse_shapes(text, wide, required)
     if not len(valid):
         return [], everything
-    parsed, rest = parse_shapes(sub.take(pa.array(valid)).cast(pa.string()), wide)
+    parsed, rest = parse_shapes(sub.take(pa.array(valid)).cast(pa.string()), wide, required)
     invalid = np.setdiff1d(everything, valid, assume_unique=True)
     mapped = [(valid[p], t) for p, t in parsed]
     return mapped, np.union1d(valid[rest], invalid)
@@ -478,7 +481,7 @@ def _narrow(col: pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array | Non
         return col.cast(type_, safe=False), outside
     if pa.types.is_floating(type_):
         narrowed = col.cast(type_, safe=False)
-        return narrowed, pc.invert(pc.is_finite(narrowed))
+        return narrowed, _negative_zero(col, pc.invert(pc.is_finite(narrowed)))
     if pa.types.is_timestamp(type_):
         outside = pc.or_(pc.less(col, MIN_MS), pc.greater(col, MAX_MS))
         if type_.unit == "us":
@@ -490,6 +493,14 @@ def _narrow(col: pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array | Non
         largest = Decimal(10) ** (type_.precision - type_.scale) - Decimal(1).scaleb(-type_.scale)
         return col, pc.greater(pc.abs(col), pa.scalar(largest, type_))
     return col, None
+
+
+def _negative_zero(col: pa.Array, flag: pa.Array) -> pa.Array:
+    """``flag`` or'ed with the rows holding -0.0: the reference alone tells the integer
+    literal ``-0`` (the number 0, so 0.0) from the float ``-0.0``; Arrow reads both as -0.0."""
+    values = np.asarray(col.to_numpy(zero_copy_only=False), np.float64)
+    negative = np.signbit(values) & (values == 0)
+    return pc.or_(flag, pa.array(negative)) if negative.any() else flag
 
 
 def _narrow_struct(col: pa.StructArray, type_: pa.StructType) -> tuple[pa.Array, pa.Array | None]:

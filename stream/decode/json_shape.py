@@ -62,9 +62,10 @@ class Shape:
 
 
 def parse_shapes(
-    strings: pa.StringArray, schema: pa.Schema
+    strings: pa.StringArray, schema: pa.Schema, required: frozenset[str] = frozenset()
 ) -> tuple[Parsed, npt.NDArray[np.int64]]:
-    """Rows of ``strings`` (valid UTF-8) that match a shape, in ``schema`` (the parse types).
+    """Rows of ``strings`` (valid UTF-8) that match a shape, in ``schema`` (the parse types);
+    a shape has no ``null`` for the ``required`` fields (nor misses them).
 
     Returns ``[(positions, table)]`` for each shape that matched and the positions that
     matched none (in order), all positions into ``strings``.
@@ -77,7 +78,7 @@ def parse_shapes(
     for _ in range(_MAX_SHAPES):
         if not len(left):
             break
-        shape = shape_of(left[0].as_py(), schema)
+        shape = shape_of(left[0].as_py(), schema, required)
         if shape is None:
             break
         hit = pc.match_substring_regex(left, shape.pattern)
@@ -102,19 +103,23 @@ def shaped_schema(schema: pa.Schema) -> bool:
     return all(_grammar(f) is not None for f in schema)
 
 
-def shape_of(text: str, schema: pa.Schema) -> Shape | None:
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its ``(key, value)`` pairs, in order, duplicates kept."""
+
+
+def shape_of(text: str, schema: pa.Schema, required: frozenset[str] = frozenset()) -> Shape | None:
     """The shape of the record ``text``, or ``None`` if shapes cannot decode it."""
     try:
-        pairs = json.loads(text, object_pairs_hook=list)
+        pairs = json.loads(text, object_pairs_hook=_Pairs)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(pairs, list) or not pairs:
+    if not isinstance(pairs, _Pairs) or not pairs:
         return None
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys) or any(_PLAIN_KEY.intersection(k) for k in keys):
         return None
-    fields = {f.name: f for f in schema}
-    if any(not f.nullable and f.name not in keys for f in schema):
+    fields = {f.name: f.with_nullable(f.nullable and f.name not in required) for f in schema}
+    if any(not f.nullable and f.name not in keys for f in fields.values()):
         return None
     parts: list[str] = []
     quoted: list[bool] = []
@@ -139,10 +144,10 @@ def _value_grammar(field: pa.Field, value: Any) -> str | None:
     """The regex for ``field``'s values in records shaped like this ``value``."""
     grammar = _grammar(field)
     assert grammar is not None  # shaped_schema checked every field
+    if value is None and not field.nullable:
+        return None
     if pa.types.is_string(field.type):  # quoted, or null: decides the quote count
-        if value is None:
-            return "null" if field.nullable else None
-        return _STR if isinstance(value, str) else None
+        return "null" if value is None else _STR if isinstance(value, str) else None
     if isinstance(value, str | list | dict):
         return None  # e.g. an ISO timestamp: Arrow's reader and the reference take those
     return grammar + "|null)" if field.nullable else grammar + ")"
