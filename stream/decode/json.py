@@ -59,8 +59,9 @@ class JsonDecoder(ColumnsDecoder):
 
     format = "json"
 
-    def __init__(self, *, fast: bool = True) -> None:
+    def __init__(self, *, fast: bool = True, shapes: bool = True) -> None:
         self.fast = fast  # False: every record through the reference (for tests, benchmarks)
+        self.shapes = shapes  # False: no shape path, Arrow's reader parses every record
 
     def decode_columns(
         self,
@@ -76,7 +77,7 @@ class JsonDecoder(ColumnsDecoder):
         The rows keep the batch's order; the quarantined records are in batch order too. A
         batch with no good record gives an empty table with the transform's schema.
         """
-        table, order, bad = _decode_values(values, value_schema(schema), self.fast)
+        table, order, bad = _decode_values(values, value_schema(schema), self.fast, self.shapes)
         table, order, bad = attach(table, order, bad, values, schema)
         out, kept_rows, failed = apply_transform(table, transform)
         kept = order if kept_rows is None else [_at(order, i) for i in kept_rows]
@@ -102,11 +103,11 @@ def _at(order: Indices, i: int) -> int:
 
 
 def _decode_values(
-    values: Sequence[bytes | None], schema: pa.Schema, fast_path: bool
+    values: Sequence[bytes | None], schema: pa.Schema, fast_path: bool, shapes: bool = True
 ) -> tuple[pa.Table, Indices, dict[int, str]]:
     """The decoded rows, the batch positions they came from, ``{position: reason}`` for the rest."""
     if values and fast_path and fast_supported(schema):
-        fast, fast_idx, suspects = _fast(values, schema)
+        fast, fast_idx, suspects = _fast(values, schema, shapes)
     else:
         fast, fast_idx, suspects = _build([], schema), [], list(range(len(values)))
     if not suspects:
@@ -266,7 +267,9 @@ def _fast_type(t: pa.DataType) -> bool:
     )
 
 
-def _fast(values: Sequence[bytes | None], schema: pa.Schema) -> tuple[pa.Table, Indices, list[int]]:
+def _fast(
+    values: Sequence[bytes | None], schema: pa.Schema, shapes: bool = True
+) -> tuple[pa.Table, Indices, list[int]]:
     """Rows the fast path proves good, their positions, and the positions it cannot prove.
 
     Records of a common flat shape are parsed by :mod:`stream.decode.json_shape`; the others
@@ -277,7 +280,10 @@ def _fast(values: Sequence[bytes | None], schema: pa.Schema) -> tuple[pa.Table, 
     sub = arr if candidates is None else arr.take(pa.array(candidates, pa.int64()))
     wide = _parse_schema(schema)
     required = frozenset(f.name for f in schema if not f.nullable)
-    parts, rest = _shaped(sub, wide, required)
+    if shapes:
+        parts, rest = _shaped(sub, wide, required)
+    else:
+        parts, rest = [], np.arange(len(sub), dtype=np.int64)
     failed: list[int] = []
     if len(rest):
         left = sub if len(rest) == len(sub) else sub.take(pa.array(rest))

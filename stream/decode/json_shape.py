@@ -41,6 +41,9 @@ _STR = r'"[^"\\\x00-\x1f]*"'
 _SCALAR = r"(?:-?(?:0|[1-9][0-9]*)" + _FRAC_EXP + r"|true|false|null)"
 _TRIM = ": ,}\t\n\r"  # what surrounds an unquoted value between its key and the next one
 _PLAIN_KEY = set('"\\') | {chr(c) for c in range(0x20)}
+#: ``(after a key, between pairs)`` as JSON encoders write them: compact (Java, JavaScript,
+#: Go) and Python's ``json.dumps`` default.
+_SPACINGS = ((":", ","), (": ", ", "))
 _MAX_SHAPES = 3  # shapes tried per batch (each is one regex pass over the records left)
 _QUOTE = ord('"')
 
@@ -54,6 +57,10 @@ class Shape:
     keys: tuple[str, ...]
     quoted: tuple[bool, ...]
     pattern: str
+    #: The exact text after each key's closing quote and before the next key (``": "``,
+    #: ``", "``) when the shape fixes it, so unquoted values need no trimming; ``None``:
+    #: any JSON whitespace around ``:`` and ``,``.
+    spacing: tuple[str, str] | None = None
 
     @property
     def quotes(self) -> int:
@@ -121,8 +128,7 @@ def shape_of(text: str, schema: pa.Schema, required: frozenset[str] = frozenset(
     fields = {f.name: f.with_nullable(f.nullable and f.name not in required) for f in schema}
     if any(not f.nullable and f.name not in keys for f in fields.values()):
         return None
-    parts: list[str] = []
-    quoted: list[bool] = []
+    grammars: list[tuple[str, str]] = []
     for key, value in pairs:
         field = fields.get(key)
         if field is None:  # a key the schema does not use: any scalar (strings by kind)
@@ -133,11 +139,16 @@ def shape_of(text: str, schema: pa.Schema, required: frozenset[str] = frozenset(
             grammar = _value_grammar(field, value)
         if grammar is None:
             return None
-        quoted.append(grammar == _STR)
-        parts.append('"' + _literal(key) + '"' + _WS + ":" + _WS + grammar)
-    body = (_WS + "," + _WS).join(parts)
+        grammars.append(('"' + _literal(key) + '"', grammar))
+    quoted = tuple(g == _STR for _, g in grammars)
+    for colon, comma in _SPACINGS:  # the usual encoder outputs first: exact spans, no trim
+        body = comma.join(k + colon + g for k, g in grammars)
+        pattern = r"\A\{" + body + r"\}\z"
+        if pc.match_substring_regex(pa.array([text]), pattern)[0].as_py():
+            return Shape(tuple(keys), quoted, pattern, (colon, comma))
+    body = (_WS + "," + _WS).join(k + _WS + ":" + _WS + g for k, g in grammars)
     pattern = r"\A\{" + _WS + body + _WS + r"\}" + _WS + r"\z"
-    return Shape(tuple(keys), tuple(quoted), pattern)
+    return Shape(tuple(keys), quoted, pattern)
 
 
 def _value_grammar(field: pa.Field, value: Any) -> str | None:
@@ -189,29 +200,36 @@ def _columns(matched: pa.StringArray, shape: Shape, schema: pa.Schema) -> pa.Tab
     offsets = np.frombuffer(offsets_buf, np.int32)[matched.offset : matched.offset + n + 1]
     first, end = int(offsets[0]), int(offsets[-1])
     data = np.frombuffer(data_buf, np.uint8)[first:end]
-    quotes = np.flatnonzero(data == _QUOTE)
+    quotes = np.flatnonzero(data == _QUOTE)  # from here on, places count from ``first``
     if len(quotes) != n * shape.quotes:
         return None  # cannot happen for records the regex accepted
-    at = (quotes.astype(np.int32) + first).reshape(n, shape.quotes)
-    spans: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], bool]] = {}
+    at = quotes.reshape(n, shape.quotes)
+    spans: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], bool]] = {}
     q = 0
+    before, after = (len(shape.spacing[0]), len(shape.spacing[1])) if shape.spacing else (0, 0)
+    last = offsets[1:].astype(np.int64) - (first + 1)  # each record's closing brace
     for key, quoted in zip(shape.keys, shape.quoted, strict=True):
         if quoted:
             spans[key] = (at[:, q + 2] + 1, at[:, q + 3], True)
         else:
-            stop = at[:, q + 2] if q + 2 < shape.quotes else offsets[1:]
-            spans[key] = (at[:, q + 1] + 1, stop, False)
+            stop = at[:, q + 2] - after if q + 2 < shape.quotes else last
+            spans[key] = (at[:, q + 1] + 1 + before, stop, shape.spacing is not None)
         q += 4 if quoted else 2
+    data_buf = data_buf.slice(first)
     evens = pa.array(np.arange(0, 2 * n, 2, dtype=np.int64))
+    quoted_keys = {k for k, q in zip(shape.keys, shape.quoted, strict=True) if q}
     columns = []
     try:
         for f in schema:
             if f.name not in spans:
                 columns.append(pa.nulls(n, f.type))
                 continue
-            start, stop, quoted = spans[f.name]
+            start, stop, exact = spans[f.name]
             text = _cut(data_buf, start, stop, evens)
-            columns.append(text if quoted else _convert(pc.ascii_trim(text, _TRIM), f.type))
+            if f.name in quoted_keys:
+                columns.append(text)
+            else:
+                columns.append(_convert(text if exact else pc.ascii_trim(text, _TRIM), f.type))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     return pa.Table.from_arrays(columns, schema=schema)
@@ -219,8 +237,8 @@ def _columns(matched: pa.StringArray, shape: Shape, schema: pa.Schema) -> pa.Tab
 
 def _cut(
     data: pa.Buffer,
-    start: npt.NDArray[np.int32],
-    stop: npt.NDArray[np.int32],
+    start: npt.NDArray[np.int64],
+    stop: npt.NDArray[np.int64],
     evens: pa.Array,
 ) -> pa.StringArray:
     """The text ``data[start[i]:stop[i]]`` of each row (spans in order, not overlapping)."""
@@ -234,9 +252,14 @@ def _cut(
 
 def _convert(text: pa.StringArray, type_: pa.DataType) -> pa.Array:
     """Unquoted JSON literals (``null`` included) as ``type_`` (the parse schema's types)."""
+    if pa.types.is_string(type_):  # a string field this shape has as null
+        return pa.nulls(len(text), type_)
+    if not pa.types.is_boolean(type_):
+        try:
+            return text.cast(type_)  # no null: the common case, one pass
+        except pa.ArrowInvalid:
+            pass
     nulls = pc.equal(text, "null")
     if pc.any(nulls).as_py():
         text = pc.if_else(nulls, pa.scalar(None, pa.string()), text)
-    if pa.types.is_boolean(type_):
-        return pc.equal(text, "true")
-    return text.cast(type_)
+    return pc.equal(text, "true") if pa.types.is_boolean(type_) else text.cast(type_)

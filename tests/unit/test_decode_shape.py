@@ -88,10 +88,15 @@ _ODD: dict[str, st.SearchStrategy[str]] = {
 }
 _KEYS = list(_GOOD)
 _WHITESPACE = st.sampled_from(["", " ", "\t", "\n", " \r\n "])
+Spacing = tuple[str, str, str, str]  # around the braces, before ":", after ":", after ","
+_SPACING = st.one_of(
+    st.sampled_from([("", "", "", ""), ("", "", " ", " ")]),  # compact; json.dumps's default
+    st.tuples(_WHITESPACE, _WHITESPACE, _WHITESPACE, _WHITESPACE),
+)
 
 
 @st.composite
-def _record(draw: st.DrawFn, keys: list[str], spacing: tuple[str, str]) -> bytes:
+def _record(draw: st.DrawFn, keys: list[str], spacing: Spacing) -> bytes:
     """One record: mostly the batch's keys, values and spacing, sometimes not."""
     if draw(st.integers(0, 9)) == 0:
         keys = draw(st.permutations([k for k in keys if draw(st.booleans())]))
@@ -101,15 +106,15 @@ def _record(draw: st.DrawFn, keys: list[str], spacing: tuple[str, str]) -> bytes
     if draw(st.integers(0, 9)) == 0:
         other = draw(st.sampled_from(["1", '"x"', "null", "[1]", '{"a": 1}', "-0", '"y,z"']))
         pairs.insert(draw(st.integers(0, len(pairs))), ('"other"', other))
-    comma, colon = spacing if draw(st.integers(0, 9)) else (draw(_WHITESPACE), draw(_WHITESPACE))
-    body = ("," + comma).join(k + colon + ":" + colon + v for k, v in pairs)
-    return ("{" + comma + body + colon + "}").encode()
+    brace, before, after, comma = spacing if draw(st.integers(0, 9)) else draw(_SPACING)
+    body = ("," + comma).join(k + before + ":" + after + v for k, v in pairs)
+    return ("{" + brace + body + brace + "}").encode()
 
 
 @st.composite
 def _batch(draw: st.DrawFn) -> list[bytes]:
     keys = [k for k in _KEYS if draw(st.integers(0, 9)) > 0]  # some keys absent batch-wide
-    spacing = (draw(_WHITESPACE), draw(_WHITESPACE))
+    spacing = draw(_SPACING)
     return draw(st.lists(_record(keys, spacing), min_size=1, max_size=40))
 
 
