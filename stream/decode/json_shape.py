@@ -10,7 +10,11 @@ a backslash, quote or control character; ``null`` only where the field is nullab
 regex pass (RE2, linear time, over the whole batch) finds the records that match. In a
 matching record every ``"`` delimits a key or a string value, so the record has a known
 number of quotes at known places: one search for ``"`` over the batch's bytes gives every
-value's span at once, and Arrow casts the spans to the field types.
+value's span at once, and Arrow casts the spans to the field types. A shape written the way
+JSON encoders write (compact, or ``json.dumps``'s ``", "`` and ``": "``) fixes that spacing,
+so a value's span is exact; any other spacing is allowed too, and the spans are trimmed.
+A batch may hold a few shapes (a null string has no quotes: another shape); each costs one
+regex pass over the records no earlier shape took.
 
 A record that does not match goes on to Arrow's JSON reader (:mod:`stream.decode.json`),
 so the regex only has to be exact about what it accepts, never about what it refuses: every
@@ -45,6 +49,7 @@ _PLAIN_KEY = set('"\\') | {chr(c) for c in range(0x20)}
 #: Go) and Python's ``json.dumps`` default.
 _SPACINGS = ((":", ","), (": ", ", "))
 _MAX_SHAPES = 3  # shapes tried per batch (each is one regex pass over the records left)
+_MAX_PROBES = 8  # records looked at for a shape before the batch goes to the reader
 _QUOTE = ord('"')
 
 Parsed = list[tuple[npt.NDArray[np.int64], pa.Table]]  # (positions, rows in the parse schema)
@@ -81,27 +86,26 @@ def parse_shapes(
     parsed: Parsed = []
     if not shaped_schema(schema):
         return parsed, rest
-    left = strings
-    for _ in range(_MAX_SHAPES):
-        if not len(left):
-            break
-        shape = shape_of(left[0].as_py(), schema, required)
-        if shape is None:
-            break
+    left, passes, probe = strings, 0, 0  # probe: the record whose shape is tried next
+    while passes < _MAX_SHAPES and probe < min(len(left), _MAX_PROBES):
+        shape = shape_of(left[probe].as_py(), schema, required)
+        if shape is None:  # an odd record (it goes to the reader): try the next one's shape
+            probe += 1
+            continue
+        passes += 1
         hit = pc.match_substring_regex(left, shape.pattern)
         n_hit = pc.sum(hit).as_py() or 0
-        if n_hit == 0:
-            break
-        matched = left if n_hit == len(left) else left.filter(hit)
-        table = _columns(matched, shape, schema)
+        matched = None if n_hit == 0 else left if n_hit == len(left) else left.filter(hit)
+        table = None if matched is None else _columns(matched, shape, schema)
         if table is None:
-            break
+            probe += 1
+            continue
         mask = np.asarray(hit.to_numpy(zero_copy_only=False), np.bool_)
         parsed.append((rest[mask], table))
         rest = rest[~mask]
         if n_hit == len(left) or 8 * n_hit < len(left):
             break  # all done, or so mixed a batch that more regex passes would not pay
-        left = left.filter(pc.invert(hit))
+        left, probe = left.filter(pc.invert(hit)), 0
     return parsed, rest
 
 
