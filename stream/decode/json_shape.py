@@ -207,11 +207,11 @@ def _columns(matched: pa.StringArray, shape: Shape, schema: pa.Schema) -> pa.Tab
     quotes = np.flatnonzero(data == _QUOTE)  # from here on, places count from ``first``
     if len(quotes) != n * shape.quotes:
         return None  # cannot happen for records the regex accepted
-    at = quotes.reshape(n, shape.quotes)
-    spans: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], bool]] = {}
+    at = quotes.astype(np.int32).reshape(n, shape.quotes)  # int32: what Arrow's offsets hold
+    spans: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], bool]] = {}
     q = 0
     before, after = (len(shape.spacing[0]), len(shape.spacing[1])) if shape.spacing else (0, 0)
-    last = offsets[1:].astype(np.int64) - (first + 1)  # each record's closing brace
+    last = offsets[1:] - np.int32(first + 1)  # each record's closing brace
     for key, quoted in zip(shape.keys, shape.quoted, strict=True):
         if quoted:
             spans[key] = (at[:, q + 2] + 1, at[:, q + 3], True)
@@ -241,8 +241,8 @@ def _columns(matched: pa.StringArray, shape: Shape, schema: pa.Schema) -> pa.Tab
 
 def _cut(
     data: pa.Buffer,
-    start: npt.NDArray[np.int64],
-    stop: npt.NDArray[np.int64],
+    start: npt.NDArray[np.int32],
+    stop: npt.NDArray[np.int32],
     evens: pa.Array,
 ) -> pa.StringArray:
     """The text ``data[start[i]:stop[i]]`` of each row (spans in order, not overlapping)."""
