@@ -118,10 +118,10 @@ def _decode_values(
         return ref, ref_idx, bad
     if not ref_idx:
         return fast, fast_idx, bad
-    order = fast_idx + ref_idx
-    perm = sorted(range(len(order)), key=order.__getitem__)
-    table = pa.concat_tables([fast, ref]).take(pa.array(perm, pa.int64()))
-    return table, [order[i] for i in perm], bad
+    order = np.concatenate([np.asarray(fast_idx, np.int64), np.asarray(ref_idx, np.int64)])
+    perm = np.argsort(order, kind="stable")
+    table = pa.concat_tables([fast, ref]).take(pa.array(perm))
+    return table, order[perm].tolist(), bad
 
 
 # -- reference: one record at a time -------------------------------------------------------
