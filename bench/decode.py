@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import json
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,17 @@ def poisoned(values: list[bytes], batch: int) -> list[bytes]:
     return out
 
 
+def mixed(values: list[bytes]) -> list[bytes]:
+    """A third of the records with a null ``sku`` (another shape), one in a hundred with an
+    ISO-8601 ``ts`` (no shape: Arrow's reader, then the per-record reference)."""
+    out = list(values)
+    for i in range(0, len(out), 3):
+        out[i] = re.sub(rb'"sku": "[^"]*"', b'"sku": null', out[i])
+    for i in range(1, len(out), 100):
+        out[i] = re.sub(rb'"ts": [0-9]+', b'"ts": "2024-05-01T14:00:00+02:00"', out[i])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
@@ -148,6 +160,7 @@ def main() -> None:
             ("clean, float64 money", values, order_schema(pa.float64())),
             ("clean, decimal(18,2) money", values, order_schema(pa.decimal128(18, 2))),
             ("1 bad record per batch", poisoned(values, args.batch), order_schema(pa.float64())),
+            ("mixed: null skus, ISO times", mixed(values), order_schema(pa.float64())),
         ]
         reader = JsonDecoder(shapes=False).decode_columns
         print(f"{args.records:,} records, batches of {args.batch:,}; rec/s as wall | CPU")
