@@ -118,10 +118,14 @@ class _Pairs(list[tuple[str, Any]]):
     """A JSON object as its ``(key, value)`` pairs, in order, duplicates kept."""
 
 
+class _Number(str):
+    """A JSON number as its literal text."""
+
+
 def shape_of(text: str, schema: pa.Schema, required: frozenset[str] = frozenset()) -> Shape | None:
     """The shape of the record ``text``, or ``None`` if shapes cannot decode it."""
     try:
-        pairs = json.loads(text, object_pairs_hook=_Pairs)
+        pairs = json.loads(text, object_pairs_hook=_Pairs, parse_int=_Number, parse_float=_Number)
     except (ValueError, RecursionError):
         return None
     if not isinstance(pairs, _Pairs) or not pairs:
@@ -136,9 +140,7 @@ def shape_of(text: str, schema: pa.Schema, required: frozenset[str] = frozenset(
     for key, value in pairs:
         field = fields.get(key)
         if field is None:  # a key the schema does not use: any scalar (strings by kind)
-            if isinstance(value, list | dict):
-                return None
-            grammar: str | None = _STR if isinstance(value, str) else _SCALAR
+            grammar = None if isinstance(value, list) else _STR if _is_text(value) else _SCALAR
         else:
             grammar = _value_grammar(field, value)
         if grammar is None:
@@ -146,13 +148,35 @@ def shape_of(text: str, schema: pa.Schema, required: frozenset[str] = frozenset(
         grammars.append(('"' + _literal(key) + '"', grammar))
     quoted = tuple(g == _STR for _, g in grammars)
     for colon, comma in _SPACINGS:  # the usual encoder outputs first: exact spans, no trim
-        body = comma.join(k + colon + g for k, g in grammars)
-        pattern = r"\A\{" + body + r"\}\z"
-        if pc.match_substring_regex(pa.array([text]), pattern)[0].as_py():
-            return Shape(tuple(keys), quoted, pattern, (colon, comma))
+        if text == _written(pairs, colon, comma):
+            body = comma.join(k + colon + g for k, g in grammars)
+            return Shape(tuple(keys), quoted, r"\A\{" + body + r"\}\z", (colon, comma))
     body = (_WS + "," + _WS).join(k + _WS + ":" + _WS + g for k, g in grammars)
     pattern = r"\A\{" + _WS + body + _WS + r"\}" + _WS + r"\z"
     return Shape(tuple(keys), quoted, pattern)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and not isinstance(value, _Number)
+
+
+def _written(pairs: _Pairs, colon: str, comma: str) -> str:
+    """``pairs`` written back with this spacing (numbers as they were written)."""
+    constants = {True: "true", False: "false", None: "null"}
+    return (
+        "{"
+        + comma.join(
+            json.dumps(k, ensure_ascii=False)
+            + colon
+            + (
+                v
+                if isinstance(v, _Number)
+                else constants.get(v) or json.dumps(v, ensure_ascii=False)
+            )
+            for k, v in pairs
+        )
+        + "}"
+    )
 
 
 def _value_grammar(field: pa.Field, value: Any) -> str | None:
@@ -162,8 +186,8 @@ def _value_grammar(field: pa.Field, value: Any) -> str | None:
     if value is None and not field.nullable:
         return None
     if pa.types.is_string(field.type):  # quoted, or null: decides the quote count
-        return "null" if value is None else _STR if isinstance(value, str) else None
-    if isinstance(value, str | list | dict):
+        return "null" if value is None else _STR if _is_text(value) else None
+    if _is_text(value) or isinstance(value, list):
         return None  # e.g. an ISO timestamp: Arrow's reader and the reference take those
     return grammar + "|null)" if field.nullable else grammar + ")"
 
