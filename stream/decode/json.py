@@ -36,7 +36,7 @@ from stream.decode.coerce import (
     keeps_non_finite,
     physical,
 )
-from stream.decode.json_shape import Parsed, parse_shapes, shaped_schema
+from stream.decode.json_shape import Parsed, parse_records
 from stream.decode.kafka_meta import attach, value_schema
 from stream.decode.transform import Transform, apply_transform
 
@@ -281,7 +281,7 @@ def _fast(
     wide = _parse_schema(schema)
     required = frozenset(f.name for f in schema if not f.nullable)
     if shapes:
-        parts, rest = _shaped(sub, wide, required)
+        parts, rest = parse_records(sub, wide, required)
     else:
         parts, rest = [], np.arange(len(sub), dtype=np.int64)
     failed: list[int] = []
@@ -305,37 +305,6 @@ def _fast(
     if candidates is not None:
         pos = np.asarray(candidates, np.int64)[pos]
     return table, pos.tolist(), _positions(candidates, failed, len(values))
-
-
-def _shaped(
-    sub: pa.BinaryArray, wide: pa.Schema, required: frozenset[str]
-) -> tuple[Parsed, npt.NDArray[np.int64]]:
-    """:func:`parse_shapes` over the rows of ``sub`` that are valid UTF-8 (the rest: left)."""
-    everything = np.arange(len(sub), dtype=np.int64)
-    if not len(sub) or not shaped_schema(wide):
-        return [], everything
-    text, valid = _utf8_rows(sub)
-    if text is not None:
-        return parse_shapes(text, wide, required)
-    if not len(valid):
-        return [], everything
-    parsed, rest = parse_shapes(sub.take(pa.array(valid)).cast(pa.string()), wide, required)
-    invalid = np.setdiff1d(everything, valid, assume_unique=True)
-    mapped = [(valid[p], t) for p, t in parsed]
-    return mapped, np.union1d(valid[rest], invalid)
-
-
-def _utf8_rows(arr: pa.BinaryArray) -> tuple[pa.StringArray | None, npt.NDArray[np.int64]]:
-    """``arr`` as text if it is all valid UTF-8, else ``None`` and the positions of the rows
-    that are (found by halving the failed check)."""
-    try:
-        return arr.cast(pa.string()), np.arange(len(arr), dtype=np.int64)
-    except pa.ArrowInvalid:
-        if len(arr) <= _SMALL_CHUNK:
-            return None, np.zeros(0, np.int64)
-    mid = len(arr) // 2
-    low, high = _utf8_rows(arr.slice(0, mid))[1], _utf8_rows(arr.slice(mid))[1]
-    return None, np.concatenate([low, mid + high])
 
 
 def _in_order(parts: Parsed) -> tuple[pa.Table, npt.NDArray[np.int64]]:

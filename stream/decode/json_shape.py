@@ -49,6 +49,7 @@ _PLAIN_KEY = set('"\\') | {chr(c) for c in range(0x20)}
 #: Go) and Python's ``json.dumps`` default.
 _SPACINGS = ((":", ","), (": ", ", "))
 _MAX_SHAPES = 3  # shapes tried per batch (each is one regex pass over the records left)
+_SMALL = 32  # a UTF-8 check failing on this few rows leaves them all to the reader
 _MAX_PROBES = 8  # records looked at for a shape before the batch goes to the reader
 _QUOTE = ord('"')
 
@@ -71,6 +72,37 @@ class Shape:
     def quotes(self) -> int:
         """The ``"`` characters in a record of this shape."""
         return sum(4 if q else 2 for q in self.quoted)
+
+
+def parse_records(
+    sub: pa.BinaryArray, wide: pa.Schema, required: frozenset[str]
+) -> tuple[Parsed, npt.NDArray[np.int64]]:
+    """:func:`parse_shapes` over the rows of ``sub`` that are valid UTF-8 (the rest: left)."""
+    everything = np.arange(len(sub), dtype=np.int64)
+    if not len(sub) or not shaped_schema(wide):
+        return [], everything
+    text, valid = _utf8_rows(sub)
+    if text is not None:
+        return parse_shapes(text, wide, required)
+    if not len(valid):
+        return [], everything
+    parsed, rest = parse_shapes(sub.take(pa.array(valid)).cast(pa.string()), wide, required)
+    invalid = np.setdiff1d(everything, valid, assume_unique=True)
+    mapped = [(valid[p], t) for p, t in parsed]
+    return mapped, np.union1d(valid[rest], invalid)
+
+
+def _utf8_rows(arr: pa.BinaryArray) -> tuple[pa.StringArray | None, npt.NDArray[np.int64]]:
+    """``arr`` as text if it is all valid UTF-8, else ``None`` and the positions of the rows
+    that are (found by halving the failed check)."""
+    try:
+        return arr.cast(pa.string()), np.arange(len(arr), dtype=np.int64)
+    except pa.ArrowInvalid:
+        if len(arr) <= _SMALL:
+            return None, np.zeros(0, np.int64)
+    mid = len(arr) // 2
+    low, high = _utf8_rows(arr.slice(0, mid))[1], _utf8_rows(arr.slice(mid))[1]
+    return None, np.concatenate([low, mid + high])
 
 
 def parse_shapes(
