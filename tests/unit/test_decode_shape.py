@@ -138,7 +138,14 @@ def test_shaped_records_decode_as_the_reference(values: list[bytes]) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(_batch(), st.lists(st.sampled_from([None, b"", b"{", b"\xff{}", b'{"id":1}{"id":2}'])))
+@given(
+    _batch(),
+    st.lists(
+        st.sampled_from(
+            [None, b"", b"{", b"\xff{}", b'{"id":1}{"id":2}', b'{"id": 1, "ts": 2, "name": "\xff"}']
+        )
+    ),
+)
 def test_shaped_records_around_bad_ones_decode_as_the_reference(
     values: list[bytes], bad: list[bytes | None]
 ) -> None:
