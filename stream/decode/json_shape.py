@@ -125,7 +125,10 @@ def parse_shapes(
             probe += 1
             continue
         passes += 1
-        hit = pc.match_substring_regex(left, shape.pattern)
+        try:
+            hit = pc.match_substring_regex(left, shape.pattern)
+        except pa.ArrowInvalid:  # RE2 refused the pattern (a huge schema): the reader's batch
+            break
         n_hit = pc.sum(hit).as_py() or 0
         matched = None if n_hit == 0 else left if n_hit == len(left) else left.filter(hit)
         table = None if matched is None else _columns(matched, shape, schema)
