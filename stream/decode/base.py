@@ -49,8 +49,8 @@ def add_lineage(
     cols = [
         part.cast(pa.int32()),
         offs.cast(pa.int64()),
-        pa.array([source] * n, pa.string()),
-        pa.array([side] * n, pa.string()),
+        pa.repeat(pa.scalar(source, pa.string()), n),
+        pa.repeat(pa.scalar(side, pa.string()), n),
     ]
     for f, col in zip(lineage.FIELDS, cols, strict=True):
         table = table.append_column(f, col)

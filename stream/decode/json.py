@@ -36,6 +36,7 @@ from stream.decode.coerce import (
     keeps_non_finite,
     physical,
 )
+from stream.decode.json_shape import Parsed, parse_records
 from stream.decode.kafka_meta import attach, value_schema
 from stream.decode.transform import Transform, apply_transform
 
@@ -58,8 +59,9 @@ class JsonDecoder(ColumnsDecoder):
 
     format = "json"
 
-    def __init__(self, *, fast: bool = True) -> None:
+    def __init__(self, *, fast: bool = True, shapes: bool = True) -> None:
         self.fast = fast  # False: every record through the reference (for tests, benchmarks)
+        self.shapes = shapes  # False: no shape path, Arrow's reader parses every record
 
     def decode_columns(
         self,
@@ -75,13 +77,13 @@ class JsonDecoder(ColumnsDecoder):
         The rows keep the batch's order; the quarantined records are in batch order too. A
         batch with no good record gives an empty table with the transform's schema.
         """
-        table, order, bad = _decode_values(values, value_schema(schema), self.fast)
+        table, order, bad = _decode_values(values, value_schema(schema), self.fast, self.shapes)
         table, order, bad = attach(table, order, bad, values, schema)
         out, kept_rows, failed = apply_transform(table, transform)
         kept = order if kept_rows is None else [_at(order, i) for i in kept_rows]
         bad.update({_at(order, i): reason for i, reason in failed.items()})
-        parts = pa.array(partitions, pa.int32())
-        offs = pa.array(offsets, pa.int64())
+        parts = pa.array(np.fromiter(partitions, np.int32, len(partitions)))
+        offs = pa.array(np.fromiter(offsets, np.int64, len(offsets)))
         if kept is not None:
             take = pa.array(kept, pa.int64())
             parts, offs = parts.take(take), offs.take(take)
@@ -101,11 +103,11 @@ def _at(order: Indices, i: int) -> int:
 
 
 def _decode_values(
-    values: Sequence[bytes | None], schema: pa.Schema, fast_path: bool
+    values: Sequence[bytes | None], schema: pa.Schema, fast_path: bool, shapes: bool = True
 ) -> tuple[pa.Table, Indices, dict[int, str]]:
     """The decoded rows, the batch positions they came from, ``{position: reason}`` for the rest."""
     if values and fast_path and fast_supported(schema):
-        fast, fast_idx, suspects = _fast(values, schema)
+        fast, fast_idx, suspects = _fast(values, schema, shapes)
     else:
         fast, fast_idx, suspects = _build([], schema), [], list(range(len(values)))
     if not suspects:
@@ -116,10 +118,10 @@ def _decode_values(
         return ref, ref_idx, bad
     if not ref_idx:
         return fast, fast_idx, bad
-    order = fast_idx + ref_idx
-    perm = sorted(range(len(order)), key=order.__getitem__)
-    table = pa.concat_tables([fast, ref]).take(pa.array(perm, pa.int64()))
-    return table, [order[i] for i in perm], bad
+    order = np.concatenate([np.asarray(fast_idx, np.int64), np.asarray(ref_idx, np.int64)])
+    perm = np.argsort(order, kind="stable")
+    table = pa.concat_tables([fast, ref]).take(pa.array(perm))
+    return table, order[perm].tolist(), bad
 
 
 # -- reference: one record at a time -------------------------------------------------------
@@ -265,30 +267,53 @@ def _fast_type(t: pa.DataType) -> bool:
     )
 
 
-def _fast(values: Sequence[bytes | None], schema: pa.Schema) -> tuple[pa.Table, Indices, list[int]]:
-    """Rows the fast path proves good, their positions, and the positions it cannot prove."""
+def _fast(
+    values: Sequence[bytes | None], schema: pa.Schema, shapes: bool = True
+) -> tuple[pa.Table, Indices, list[int]]:
+    """Rows the fast path proves good, their positions, and the positions it cannot prove.
+
+    Records of a common flat shape are parsed by :mod:`stream.decode.json_shape`; the others
+    by Arrow's JSON reader, bisecting a failed parse down to its culprits.
+    """
     arr = pa.array(values, pa.binary())
     candidates = _candidates(arr)
     sub = arr if candidates is None else arr.take(pa.array(candidates, pa.int64()))
-    chunks: list[tuple[int, pa.Table]] = []
+    wide = _parse_schema(schema)
+    required = frozenset(f.name for f in schema if not f.nullable)
+    if shapes:
+        parts, rest = parse_records(sub, wide, required)
+    else:
+        parts, rest = [], np.arange(len(sub), dtype=np.int64)
     failed: list[int] = []
-    _parse_chunk(sub, 0, len(sub), _parse_schema(schema), chunks, failed)
-    if not chunks:
+    if len(rest):
+        left = sub if len(rest) == len(sub) else sub.take(pa.array(rest))
+        chunks: list[tuple[int, pa.Table]] = []
+        _parse_chunk(left, 0, len(left), wide, chunks, failed)
+        parts += [(rest[lo : lo + t.num_rows], t) for lo, t in chunks]
+        failed = rest[failed].tolist()
+    if not parts:
         return _build([], schema), [], _positions(candidates, failed, len(values))
-    parsed = pa.concat_tables([t for _, t in chunks])
+    parsed, pos = _in_order(parts)
     table, suspect = _finish(parsed, schema)
     if candidates is None and not failed and suspect is None:
         return table, None, []
-    pos = [i for lo, t in chunks for i in range(lo, lo + t.num_rows)]
     if suspect is not None:
-        keep = pc.invert(suspect)
-        flagged = [p for p, s in zip(pos, suspect.to_pylist(), strict=True) if s]
-        pos = [p for p, s in zip(pos, suspect.to_pylist(), strict=True) if not s]
-        table = table.filter(keep)
-        failed = failed + flagged
+        flags = np.asarray(suspect.to_numpy(zero_copy_only=False), np.bool_)
+        table = table.filter(pc.invert(suspect))
+        failed = failed + pos[flags].tolist()
+        pos = pos[~flags]
     if candidates is not None:
-        pos = [candidates[p] for p in pos]
-    return table, pos, _positions(candidates, failed, len(values))
+        pos = np.asarray(candidates, np.int64)[pos]
+    return table, pos.tolist(), _positions(candidates, failed, len(values))
+
+
+def _in_order(parts: Parsed) -> tuple[pa.Table, npt.NDArray[np.int64]]:
+    """The parsed tables as one, in batch order, and the positions of its rows."""
+    if len(parts) == 1:
+        return parts[0][1], parts[0][0]
+    pos = np.concatenate([p for p, _ in parts])
+    order = np.argsort(pos, kind="stable")
+    return pa.concat_tables([t for _, t in parts]).take(pa.array(order)), pos[order]
 
 
 def _positions(candidates: list[int] | None, failed: list[int], n: int) -> list[int]:
@@ -431,7 +456,7 @@ def _narrow(col: pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array | Non
         return col.cast(type_, safe=False), outside
     if pa.types.is_floating(type_):
         narrowed = col.cast(type_, safe=False)
-        return narrowed, pc.invert(pc.is_finite(narrowed))
+        return narrowed, _negative_zero(col, pc.invert(pc.is_finite(narrowed)))
     if pa.types.is_timestamp(type_):
         outside = pc.or_(pc.less(col, MIN_MS), pc.greater(col, MAX_MS))
         if type_.unit == "us":
@@ -443,6 +468,14 @@ def _narrow(col: pa.Array, type_: pa.DataType) -> tuple[pa.Array, pa.Array | Non
         largest = Decimal(10) ** (type_.precision - type_.scale) - Decimal(1).scaleb(-type_.scale)
         return col, pc.greater(pc.abs(col), pa.scalar(largest, type_))
     return col, None
+
+
+def _negative_zero(col: pa.Array, flag: pa.Array) -> pa.Array:
+    """``flag`` or'ed with the rows holding -0.0: the reference alone tells the integer
+    literal ``-0`` (the number 0, so 0.0) from the float ``-0.0``; Arrow reads both as -0.0."""
+    values = np.asarray(col.to_numpy(zero_copy_only=False), np.float64)
+    negative = np.signbit(values) & (values == 0)
+    return pc.or_(flag, pa.array(negative)) if negative.any() else flag
 
 
 def _narrow_struct(col: pa.StructArray, type_: pa.StructType) -> tuple[pa.Array, pa.Array | None]:

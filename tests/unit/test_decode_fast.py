@@ -140,6 +140,7 @@ def _same(
     ):
         assert fast[0].schema == slow[0].schema
         assert fast[0].equals(slow[0])
+        assert repr(fast[0].to_pylist()) == repr(slow[0].to_pylist())  # -0.0 is not 0.0 here
         assert fast[1] == slow[1]
 
 
