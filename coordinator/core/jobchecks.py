@@ -87,12 +87,13 @@ def cross_checks(spec: JobSpec) -> None:
             "staged files could not be audited before the publish)",
             hint='use mode = "overwrite", or publish = "slice" with merge',
         )
-    if spec.backfill.committer == "coordinator" and spec.backfill.mode == "merge":
+    if spec.backfill.committer == "coordinator" and spec.backfill.mode != "overwrite":
         raise ConfigError(
-            'key=backfill.committer: committer = "coordinator" expected mode = "overwrite" or '
-            '"append", found mode = "merge" (a merge is decided against the table at its own '
-            "commit, so merge slices commit one by one)",
-            hint='use committer = "worker" with merge',
+            'key=backfill.committer: committer = "coordinator" expected mode = "overwrite", '
+            f'found mode = "{spec.backfill.mode}" (a merge is decided against the table at its '
+            "own commit; an append batch found again after its commit's snapshot expired could "
+            "not be told from one never made: both commit slice by slice)",
+            hint='use committer = "worker" with this mode',
         )
     if spec.backfill.committer == "coordinator" and spec.backfill.publish == "atomic":
         raise ConfigError(

@@ -184,7 +184,7 @@ DESCRIPTIONS: dict[str, str] = {
     "backfill.committer": "Who commits history slices: `worker` (each worker commits its own "
     "slice) or `coordinator` (workers stage their data files; the coordinator alone commits "
     "them, up to `commit_batch_slices` slices per table commit, each slice's token recorded; "
-    "overwrite or append mode).",
+    "overwrite mode).",
     "backfill.commit_batch_slices": "For `committer = \"coordinator\"`: at most this many "
     "staged slices per table commit.",
     "backfill.commit_batch_seconds": "For `committer = \"coordinator\"`: a staged slice waits "

@@ -11,8 +11,8 @@ slices in batches:
 * a batch is committed once it holds ``commit_batch_slices`` slices, once its oldest slice has
   waited ``commit_batch_seconds``, and at the end of the run; while it commits, the workers go
   on writing the next slices;
-* ONE table commit per batch: in overwrite mode it deletes the OR of the batch's slice scopes
-  and adds every staged file (append mode only adds), retried against concurrent live commits
+* ONE table commit per batch: it deletes the OR of the batch's slice scopes and adds every
+  staged file, retried against concurrent live commits
   on a fresh head (the delete is re-evaluated, files are not rewritten) and epoch-checked like
   every slice commit. It carries the batch's token, slice id ``batch.e<epoch>.<digest>``, the
   digest naming the batch's slice ids;
@@ -25,8 +25,10 @@ slices in batches:
   twice: a batch commit is idempotent by its token, and a slice is in at most one batch that
   reached the table.
 
-Merge mode keeps per-slice commits (a merge is decided against the table at its own commit),
-and ``publish = "atomic"`` already makes one commit: both are refused with this committer.
+Overwrite mode only: a merge is decided against the table at its own commit, and a batch
+whose token expired with its snapshot (the coordinator down for longer than the table keeps
+snapshots) is committed again, which replaces its scopes in overwrite mode but would duplicate
+an append. ``publish = "atomic"`` already makes one commit. All three are refused.
 """
 
 from __future__ import annotations

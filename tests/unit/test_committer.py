@@ -150,6 +150,8 @@ def test_the_coordinator_committer_is_refused_with_merge_and_with_atomic_publish
     with pytest.raises(ConfigError, match=r'key=backfill\.committer: .* found mode = "merge"'):
         job({"committer": "coordinator", "mode": "merge"},
             {"format": "lance", "uri": "t.lance", "key": ["id"]})  # fmt: skip
+    with pytest.raises(ConfigError, match=r'key=backfill\.committer: .* found mode = "append"'):
+        job({"committer": "coordinator", "mode": "append"})
     with pytest.raises(ConfigError, match=r'key=backfill\.committer: .* publish = "atomic"'):
         job({"committer": "coordinator", "publish": "atomic"})
     with pytest.raises(ConfigError, match=r"backfill\.commit_batch_slices"):
