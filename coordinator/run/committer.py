@@ -20,15 +20,17 @@ slices in batches:
   after it, every slice of the batch is marked committed at the batch's snapshot in one state
   transaction. A coordinator killed between the two (crash point ``run.after_batch_commit``)
   is mended by :meth:`BatchCommitter.recover` when the next run starts: a recorded batch found
-  in the table has its slices marked committed; staged slices whose batch is not in the table
-  are committed again in a new batch (their files are still there). No slice is committed
-  twice: a batch commit is idempotent by its token, and a slice is in at most one batch that
-  reached the table.
+  in the table has its slices marked committed. A recorded batch NOT found (the coordinator
+  died before its commit, or the commit's snapshot, with its token, has expired since) has its
+  slices set back to ``failed``: they run again and write fresh files, an overwrite of their
+  scopes that is exact either way; their old files are never committed a second time. Staged
+  slices with no batch recorded were in no commit: they go into the next batch. No slice is
+  committed twice: a batch commit is idempotent by its token, and a slice is in at most one
+  batch that reached the table.
 
-Overwrite mode only: a merge is decided against the table at its own commit, and a batch
-whose token expired with its snapshot (the coordinator down for longer than the table keeps
-snapshots) is committed again, which replaces its scopes in overwrite mode but would duplicate
-an append. ``publish = "atomic"`` already makes one commit. All three are refused.
+Overwrite mode only: a merge is decided against the table at its own commit; an append re-run
+after its batch's token expired would write its rows twice. ``publish = "atomic"`` already
+makes one commit. All three are refused.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class BatchLedger(Protocol):
         self, job_id: str, epoch: int, slice_ids: Sequence[str], batch_id: str
     ) -> None: ...
 
+    def unstage(self, job_id: str, slice_id: str, epoch: int, reason: str) -> None: ...
+
     def mark_published(
         self, job_id: str, epoch: int, slice_ids: Sequence[str], snapshot_id: int
     ) -> None: ...
@@ -120,8 +124,8 @@ class BatchCommitter:
 
     def recover(self) -> int:
         """Before a run: mark committed the staged slices whose recorded batch is in the
-        table, and queue every other staged slice for the next batch. Returns how many slices
-        were found committed."""
+        table, set back to ``failed`` those whose recorded batch is not, and queue the staged
+        slices of no batch for the next one. Returns how many slices were found committed."""
         batches: dict[str, list[SliceRecord]] = {}
         for r in self.store.iter_slices(self.job_id, self.epoch, statuses=("staged",)):
             batch = (r.staged or {}).get("batch")
@@ -132,9 +136,13 @@ class BatchCommitter:
         found = 0
         for batch, records in batches.items():
             commit = self.table.find_commit(self.job_id, batch)
-            if commit is None:  # the batch never reached the table: commit them again
+            if commit is None:  # never committed, or its token expired: write them afresh
                 for r in records:
-                    self._queue(r.slice_id, r.slice.scope, r.staged or {})
+                    self.store.unstage(self.job_id, r.slice_id, self.epoch,
+                                       f"its batch {batch} is not in the table; the slice runs "
+                                       "again")  # fmt: skip
+                log.warning("job=%s batch %s not found in the table: its %d slices run again",
+                            self.job_id, batch, len(records))  # fmt: skip
                 continue
             ids = [r.slice_id for r in records]
             self.store.mark_published(self.job_id, self.epoch, ids, int(commit.snapshot_id))

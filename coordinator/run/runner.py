@@ -276,6 +276,8 @@ class Runner:
             self.store.release_lease(self.job_id, owner)
 
     def _run(self) -> RunReport:
+        if self.committer is not None:  # batches a killed coordinator left behind
+            self.committer.recover()
         counts = self.store.slice_counts(self.job_id, self.epoch)
         total = sum(counts.values())
         todo = sum(counts.get(s, 0) for s in TODO)
@@ -297,8 +299,6 @@ class Runner:
         state = _Run(todo=SliceQueue(source))
         done_before = total - todo - len(left_out)
         self.progress.start(total, done_before)
-        if self.committer is not None:  # batches a killed coordinator left behind
-            self.committer.recover()
         pool = self._pool or default_pool(self.config)
         try:
             self._loop(pool, state)

@@ -484,6 +484,14 @@ class SliceStore(StoreBase):
                     .values(commit_token=doc)
                 )
 
+    def unstage(self, job_id: str, slice_id: str, epoch: int, reason: str) -> None:
+        """A staged slice whose files must not be committed after all (its batch's commit is
+        not in the table): ``failed`` with ``reason``, so the next run writes it afresh."""
+        self._transition(
+            job_id, slice_id, epoch, ("staged",),
+            {"status": "failed", "last_error": reason[:_MAX_ERROR], "commit_token": None},
+        )  # fmt: skip
+
     def mark_failed(self, job_id: str, slice_id: str, epoch: int, error: str) -> None:
         """Record a failed attempt (the message must not hold secrets: it is stored)."""
         self._transition(

@@ -282,6 +282,27 @@ def test_staged_slices_keep_their_files_and_are_published_together(store: StateS
         assert (done.status, done.snapshot_id) == ("committed", 9) and done.staged is not None
 
 
+def test_a_batch_is_recorded_on_its_staged_slices_and_an_unstaged_slice_runs_again(
+    store: StateStore,
+) -> None:
+    plan = _planned(store)
+    a, b = plan[0].slice_id, plan[1].slice_id
+    token = CommitToken(JOB, a, 1, Epoch(1), "backfill", plan[0].scope.ranges)
+    for sid in (a, b):
+        store.mark_running(JOB, sid, 1)
+        store.mark_staged(JOB, sid, 1, rows=3, token=token, staged={"files": ["f"]})
+    store.assign_batch(JOB, 1, [a, b], "batch.e1.x")
+    assert store.get_slice(JOB, a).staged == {"files": ["f"], "batch": "batch.e1.x"}
+    store.unstage(JOB, b, 1, "its batch batch.e1.x is not in the table")
+    got = store.get_slice(JOB, b)
+    assert (got.status, got.staged, got.token) == ("failed", None, None)
+    assert "not in the table" in (got.last_error or "")
+    assert store.mark_running(JOB, b, 1) == 2  # it runs again
+    with pytest.raises(StateError, match="expected status 'staged', found 'running'"):
+        store.assign_batch(JOB, 1, [a, b], "batch.e1.y")  # all or none
+    assert store.get_slice(JOB, a).staged == {"files": ["f"], "batch": "batch.e1.x"}
+
+
 def test_invalid_transitions_are_refused(store: StateStore) -> None:
     plan = _planned(store)
     sid = plan[0].slice_id

@@ -35,14 +35,18 @@ class BatchTableFake:
     """Batch commits by token; ``fail_after`` raises once after that many commits landed
     (a coordinator dying right after its commit, before the state store is told)."""
 
-    def __init__(self, fail_after: int | None = None) -> None:
+    def __init__(self, fail_after: int | None = None, fail_before: bool = False) -> None:
         self.batches: dict[str, list[str]] = {}  # token slice id -> the slices' files
         self.fail_after = fail_after
+        self.fail_before = fail_before  # die before the first commit lands
 
     def publish(
         self, scopes: Sequence[Scope], staged: Sequence[dict[str, Any]], token: CommitToken
     ) -> CommitRecord:
         assert token.slice_id not in self.batches, "a batch committed twice"
+        if self.fail_before:
+            self.fail_before = False
+            raise KeyboardInterrupt("killed before the commit")
         assert len(scopes) == len(staged)
         self.batches[token.slice_id] = [f for d in staged for f in d["files"]]
         if self.fail_after is not None and len(self.batches) > self.fail_after:
@@ -166,3 +170,23 @@ def test_a_batch_committed_slice_is_not_shown_as_an_atomic_publish() -> None:
     rec = SliceRecord(Slice("a", rng), Epoch(1), "committed", 1, snapshot_id=SnapshotId(3),
                       staged={"files": [], "batch": "batch.e1.00"})  # fmt: skip
     assert publish_state([rec]) is None
+
+
+def test_a_batch_not_in_the_table_after_a_crash_is_written_afresh_never_from_its_old_files(
+    store: StateStore,
+) -> None:
+    """Killed after the batch was recorded and before its commit landed (or its token expired
+    with its snapshot): its slices run again with fresh files; the old ones are never used."""
+    table = BatchTableFake(fail_before=True)
+    with pytest.raises(KeyboardInterrupt):
+        run(store, committer(store, table, max_slices=4))
+    assert not table.batches
+    stale = [r for r in store.list_slices(JOB.job_id) if r.status == "staged"]
+    assert len(stale) == 4 and all((r.staged or {}).get("batch") for r in stale)
+    report = run(store, committer(store, table, max_slices=4))
+    assert report.exit_code == ExitCode.OK
+    assert {s for s, _ in statuses(store).values()} == {"committed"}
+    files = table.files()
+    assert len(files) == len(set(files)) == 6
+    for r in stale:  # written again (attempt 2), the attempt-1 files never committed
+        assert f"{r.slice_id}.a2.parquet" in files and f"{r.slice_id}.a1.parquet" not in files
