@@ -131,3 +131,13 @@ def test_the_marker_is_structural_null_is_no_tombstone_and_roles_cannot_overlap(
         TOMB.mark(batch.drop_columns(["v"]))
     with pytest.raises(ValueError, match="outside key and version"):
         MergeRule(("k",), version="ver", delete_when=("ver", 1))
+
+
+def test_the_lance_key_predicate_spells_integer_and_string_keys_structurally() -> None:
+    from backfill.sinks.lance.merge import key_predicate
+
+    ints = pa.table({"k": pa.array([3, 1, 3, -2], pa.int64())})
+    assert key_predicate(ints, ("k",)) == "`k` IN (3, 1, -2)"
+    strs = pa.table({"s": pa.array(["a'b", "c"])})
+    assert key_predicate(strs, ("s",)) == "`s` IN ('a''b', 'c')"
+    assert key_predicate(ints.slice(0, 0), ("k",)) is None
