@@ -19,10 +19,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from stream.decode.base import add_lineage
 LIVE_BATCH = 2_000
 LIVE_DAY = datetime(2025, 6, 1, tzinfo=UTC)
 LIVE_EVERY_S = 1.0  # the default [live] min_commit_seconds
+ALONE_S = 6.0  # the live writer alone after the history slices: its baseline
 
 
 def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
@@ -52,10 +55,42 @@ def open_sink(kind: str, target: str, mode: str) -> IcebergSink | LanceSink:
     return LanceSink(target, USER, "ts", mode=mode, key=key)  # type: ignore[arg-type]
 
 
-def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, commits: Any) -> None:
+class Counted(logging.Handler):
+    """Counts the commit-conflict retries (``backfill.sinks.common`` logs each one) and the
+    Iceberg merge plans (``backfill.sinks.iceberg.merge`` logs each at debug) of a process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.conflicts = self.plans = 0
+        for name in ("backfill.sinks.common", "backfill.sinks.iceberg.merge"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.DEBUG)
+            logger.addHandler(self)
+            logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        self.conflicts += msg.startswith("commit conflict, retrying")
+        self.plans += msg.startswith("merge plan:")
+
+
+_COUNTED: list[Counted] = []
+
+
+def counted() -> Counted:
+    """The process's one counting handler (installed on first use)."""
+    if not _COUNTED:
+        _COUNTED.append(Counted())
+    return _COUNTED[0]
+
+
+def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, out: Any) -> None:
     """Child process: live batches (events of one recent day, one commit a second at most, as
     ``[live] min_commit_seconds = 1``) until ``stop``; in merge mode a quarter are corrections
-    of history keys (``0..rows``), the rest new keys."""
+    of history keys (``0..rows``), the rest new keys. Puts ``(end, seconds)`` per commit on
+    ``out`` (monotonic clock, shared by the processes of one host), then the retried conflicts
+    (an int)."""
+    count = counted()
     sink = open_sink(kind, target, mode)
     off, rng = 0, np.random.default_rng(5)
     while not stop.wait(LIVE_EVERY_S):  # paced like [live] min_commit_seconds
@@ -75,33 +110,67 @@ def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, commits
             "kafka",
             "live",
         )
+        t = time.monotonic()
         sink.append_live(live, token(f"live-{off}", "live", part))
+        out.put((time.monotonic(), time.monotonic() - t))
         off += LIVE_BATCH
-        with commits.get_lock():
-            commits.value += 1
+    out.put(count.conflicts)
+
+
+@dataclass(frozen=True)
+class Live:
+    """The live writer's commits in a window: count, per second, latency p50 / max."""
+
+    commits: int
+    per_s: float
+    p50_s: float
+    max_s: float
+
+    @staticmethod
+    def of(commits: list[tuple[float, float]], start: float, end: float) -> Live:
+        lat = sorted(s for t, s in commits if start < t <= end)
+        if not lat:
+            return Live(0, 0.0, float("nan"), float("nan"))
+        return Live(len(lat), len(lat) / (end - start), lat[len(lat) // 2], lat[-1])
+
+    def __str__(self) -> str:
+        return (f"{self.commits:>3} commits {self.per_s:5.2f}/s latency p50 {self.p50_s:5.2f} s "
+                f"max {self.max_s:5.2f} s")  # fmt: skip
 
 
 def history(kind: str, target: str, mode: str, data: pa.Table, buckets: int) -> tuple[float, int]:
-    """Month slices in ``mode`` under a concurrent live writer: (rows/s, live commits)."""
+    """Month slices in ``mode`` under a concurrent live writer: (rows/s, live commits). Also
+    the live writer alone for :data:`ALONE_S` after the slices (its baseline, same table)."""
     sink = open_sink(kind, target, mode)
     sink.ensure_table()
+    count = counted()
+    before = (count.conflicts, count.plans)
     ctx = multiprocessing.get_context("spawn")
-    stop, commits = ctx.Event(), ctx.Value("i", 0)
-    child = ctx.Process(target=live_writer, args=(kind, target, mode, data.num_rows, stop, commits))
+    stop, out = ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=live_writer, args=(kind, target, mode, data.num_rows, stop, out))
     child.start()
-    while commits.value < 2:  # the live writer is up and committing
-        time.sleep(0.2)
-    before = commits.value
-    t = time.perf_counter()
+    commits: list[tuple[float, float]] = [out.get(timeout=120) for _ in range(2)]  # it is up
+    t0 = time.monotonic()
     for b in months()[:buckets]:
         sink.write_slice(Scope("archive", bucket=b), in_bucket(data, b), token(f"m-{b.label()}"))
-    dt = time.perf_counter() - t
-    live = commits.value - before
+    t1 = time.monotonic()
+    time.sleep(ALONE_S)
     stop.set()
+    while not isinstance(got := out.get(timeout=120), int):
+        commits.append(got)
     child.join(120)
+    t2 = max(t1 + ALONE_S, max(t for t, _ in commits))
+    during, alone = Live.of(commits, t0, t1), Live.of(commits, t1, t2)
+    dt = t1 - t0
     rate = data.num_rows / dt
+    plans = f", {count.plans - before[1]} merge plans" if count.plans > before[1] else ""
     print(f"{kind:<8} {mode:<9} {data.num_rows:>9,} rows {dt:7.2f} s {rate:>10,.0f} rows/s "
-          f"live commits meanwhile {live}", flush=True)  # fmt: skip
+          f"{buckets} slices, {count.conflicts - before[0]} conflicts retried{plans}",
+          flush=True)  # fmt: skip
+    print(f"{'':<4}live {mode:<9} during history: {during}", flush=True)
+    print(f"{'':<4}live {mode:<9} alone after it: {alone}; conflicts retried {got} in all; "
+          f"commits/s during / alone = {during.per_s / alone.per_s if alone.per_s else 0:.2f}",
+          flush=True)  # fmt: skip
     if mode == "merge":
         ids = sink.scan(columns=["order_id"])["order_id"]
         distinct = len(pc.unique(ids))
@@ -110,7 +179,7 @@ def history(kind: str, target: str, mode: str, data: pa.Table, buckets: int) -> 
                 f"{kind} merge: expected one row per key, found {len(ids) - distinct} extra"
             )
         print(f"{'':<4}verified: {len(ids):,} rows, one per key", flush=True)
-    return rate, live
+    return rate, during.commits
 
 
 class _NoKafka:

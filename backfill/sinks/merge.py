@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from functools import reduce
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -167,6 +168,59 @@ def plan(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> MergePlan:
     if kept:
         log.info("merge: table holds a newer version of %d batch keys", kept)
     return MergePlan(winners.select(cols).combine_chunks(), replace)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One batch decided against the table rows of its keys: the batch rows that win (to add)
+    and the positions in ``existing`` of the table rows that lose (to delete). Table rows
+    that win stay where they are."""
+
+    rows: pa.Table
+    won: np.ndarray  # int64 positions into the batch of ``rows`` (ascending)
+    losers: np.ndarray  # int64 positions into the ``existing`` table given to :func:`decide`
+
+
+def decide(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> Decision:
+    """Winners of ``batch`` (deduplicated) against ``existing`` (every table row of its keys;
+    only the key and order columns are read), by the same order as :func:`plan`: a full tie
+    keeps the table's row. Vectorised: one sort of the decision columns, no row payload."""
+    if existing.num_rows == 0:
+        return Decision(batch, np.arange(batch.num_rows, dtype=np.int64), np.empty(0, np.int64))
+    cols = [*rule.key, *rule.order]
+    mine = batch.select(cols)
+    theirs = existing.select(cols).cast(mine.schema)
+    both = pa.concat_tables([_numbered(mine, 0), _numbered(theirs, 1)])
+    winners = _last_per_key(both, rule.key, (*rule.order, _ORIGIN))
+    origin = winners[_ORIGIN].to_numpy()
+    at = winners[_POS].to_numpy()
+    won = np.sort(at[origin == 0])
+    keep = np.ones(existing.num_rows, dtype=bool)
+    keep[at[origin == 1]] = False
+    if won.size < batch.num_rows:
+        log.info("merge: table holds a newer version of %d batch keys", batch.num_rows - won.size)
+    rows = batch if won.size == batch.num_rows else batch.take(pa.array(won))
+    return Decision(rows, won.astype(np.int64), np.flatnonzero(keep).astype(np.int64))
+
+
+_POS = "_seamline_merge_pos_"
+
+
+def _numbered(rows: pa.Table, origin: int) -> pa.Table:
+    n = rows.num_rows
+    return rows.append_column(_ORIGIN, pa.array(np.full(n, origin, np.int8))).append_column(
+        _POS, pa.array(np.arange(n, dtype=np.int64))
+    )
+
+
+def in_scope(rows: pa.Table, scope: pc.Expression | None) -> np.ndarray:
+    """A boolean mask of the rows matching ``scope`` (a null predicate is outside)."""
+    mask = np.zeros(rows.num_rows, dtype=bool)
+    if scope is None or rows.num_rows == 0:
+        return mask
+    numbered = rows.append_column(_POS, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    mask[numbered.filter(scope)[_POS].to_numpy()] = True
+    return mask
 
 
 def outside(existing: pa.Table, scope: pc.Expression | None) -> pa.Table:

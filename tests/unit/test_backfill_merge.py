@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from backfill.sinks.merge import MergeRule, dedupe, plan
+from backfill.sinks.merge import MergeRule, decide, dedupe, plan
 from coordinator.core import lineage
 from coordinator.core.errors import DuplicateKeyError, WriterError
 
@@ -141,3 +144,36 @@ def test_the_lance_key_predicate_spells_integer_and_string_keys_structurally() -
     strs = pa.table({"s": pa.array(["a'b", "c"])})
     assert key_predicate(strs, ("s",)) == "`s` IN ('a''b', 'c')"
     assert key_predicate(ints.slice(0, 0), ("k",)) is None
+
+
+def _canonical(table: pa.Table) -> list[tuple[Any, ...]]:
+    return sorted(tuple(r.values()) for r in table.to_pylist())
+
+
+_ROW = st.tuples(
+    st.integers(0, 5),
+    st.sampled_from(["a", "b"]),
+    st.sampled_from(["archive", "kafka"]),
+    st.integers(0, 1),
+    st.integers(0, 4),
+    st.integers(0, 2),
+).map(lambda r: (r[0], r[1], r[2], None if r[2] == "archive" else r[3],
+                 None if r[2] == "archive" else r[4], r[5]))  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ROW, max_size=8), st.lists(_ROW, max_size=8), st.booleans())
+def test_decide_keeps_table_winners_in_place_and_agrees_with_plan(
+    batch_items: list[Any], table_items: list[Any], versioned: bool
+) -> None:
+    rule = MergeRule(("k",), version="ver" if versioned else None)
+    batch, everything = dedupe(rows(batch_items), rule), rows(table_items)
+    table = everything.filter(pc.field("k").isin(batch["k"]))  # the table rows of its keys
+    decided = decide(batch, table, rule)
+    lost = set(decided.losers.tolist())
+    keep = pa.array([i not in lost for i in range(table.num_rows)], pa.bool_())
+    after = pa.concat_tables([table.filter(keep), decided.rows])
+    expected = plan(batch, table, rule).rows
+    assert _canonical(after) == _canonical(expected)  # the same table content
+    assert decided.rows.equals(batch.take(pa.array(decided.won, pa.int64())))
+    assert decided.rows.num_rows + table.num_rows - len(lost) == len(set(batch["k"].to_pylist()))
