@@ -5,9 +5,12 @@
 1. Throughput of history writes under a concurrent live writer, per format: the overwrite
    writer (month slices) while a live process appends 2,000-row batches (at most one a
    second, events of one recent day), against the merge writer (month slices) while a live
-   process MERGES such batches (a quarter of them corrections of history keys). Rows/s of the history side, live commits made meanwhile
-   (both sides progress) and the merge/overwrite ratio. The merged table is checked: one
-   row per key.
+   process MERGES such batches (a quarter of them corrections of history keys). Rows/s of the
+   history side and the merge/overwrite ratio; progress under contention: the live writer's
+   commits/s and per-commit latency (p50, max) while the history slices run against the same
+   live writer alone on the same table right after (its baseline), conflicts retried on both
+   sides and the Iceberg merge plans made (more plans than slices: re-plans after the head
+   moved). The merged table is checked: one row per key.
 2. Reconcile of a real Iceberg table of ``--reconcile-rows`` archive rows (12 month slices):
    ``reconcile.run.reconcile_job`` with ``mode = "overwrite"`` against the same table with
    ``mode = "merge"`` (key index, key uniqueness over the table, the superseded check of every
