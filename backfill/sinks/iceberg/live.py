@@ -52,7 +52,7 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.utils.properties import property_as_bool
 
 from backfill.sinks import common, merge
-from backfill.sinks.iceberg.internals import write_data_files
+from backfill.sinks.iceberg.internals import CachedTransaction, write_data_files
 from backfill.sinks.iceberg.merge import MergePlanner, merge_lock
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.faults import crash_point
@@ -284,7 +284,8 @@ class IcebergLiveTable:
             check_offsets(token, self.loaded_offsets())
             props = token.to_properties()
             try:
-                with self._table.transaction() as txn:
+                # cached metadata: a plain transaction deep-copies it on every access
+                with CachedTransaction(self._table) as txn:
                     txn.set_properties(live_offset_properties(token))
                     planner.stage(txn, self._table, props)
             except CommitFailedException:

@@ -157,11 +157,10 @@ def _file_key(task: FileScanTask) -> _FileKey:
     return task.file.file_path, tuple(sorted(d.file_path for d in task.delete_files))
 
 
-def _read(table: Table, tasks: list[FileScanTask], columns: list[str] | None) -> list[pa.Table]:
-    """The rows of each task's data file (``columns`` only, or all), in task order and in
-    file order (deletes applied), read in parallel."""
-    schema = table.schema() if columns is None else table.schema().select(*columns)
-    scan = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
+def _read(table: Table, tasks: list[FileScanTask]) -> list[pa.Table]:
+    """The rows of each task's data file, in task order and in file order (deletes
+    applied), read in parallel."""
+    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     if len(tasks) <= 1:
         return [scan.to_table([t]) for t in tasks]
     # a pool of our own: ``to_table`` runs on pyiceberg's shared pool, and waiting on that
@@ -177,13 +176,14 @@ def _digest(positions: np.ndarray) -> bytes:
 class MergePlanner:
     """One merge batch planned against successive snapshots of one table.
 
-    Copy-on-write at file level, reading only what decides: the files that may hold the
-    batch's keys are read as their key and order columns; the winners are decided in Arrow
-    (:func:`backfill.sinks.merge.decide`); the batch rows that win are written, and only the
-    files holding a row that LOSES (or a row of the slice's own ``scope``: a re-written history
-    slice replaces it) are read whole and replaced by a file of their other rows, unchanged
-    (lineage included). A file whose rows of the batch's keys all win stays untouched (a late
-    archive slice under newer live rows appends only its new keys).
+    Copy-on-write at file level, rewriting only what loses: the files that may hold the
+    batch's keys (or rows of the slice's own ``scope``: a re-written history slice replaces it)
+    are read once; the winners are decided on the key and order columns alone
+    (:func:`backfill.sinks.merge.decide`, vectorised, sorting only the contested keys); the
+    batch rows that win are written, and only the files holding a row that LOSES (or a scope
+    row) are replaced by a file of their other rows, unchanged (lineage included). A file
+    whose rows of the batch's keys all win stays untouched (a late archive slice under newer
+    live rows appends only its new keys).
 
     Data files are immutable, so what was read from a file and what was written to replace it
     is kept by file path: :meth:`plan` on a newer snapshot (the head moved between the plan
@@ -201,12 +201,12 @@ class MergePlanner:
         self.rows, self.rule, self.sort_by, self.scope = rows, rule, sort_by, scope
         self.columns = list(dict.fromkeys((*rule.key, *rule.order)))
         self.hit = merge.arrow_key_filter(rows, rule.key) if rows.num_rows else None
-        self._decided: dict[_FileKey, pa.Table] = {}  # decision columns of a data file
+        self._files: dict[_FileKey, pa.Table] = {}  # the rows of a data file, read once
         self._groups: list[tuple[frozenset[tuple[_FileKey, bytes]], list[DataFile]]] = []
         self._winners: tuple[bytes, list[DataFile]] | None = None
         self._planned: tuple[int | None, MergeFiles] | None = None
         self.plans = 0  # plans computed (a re-plan after the head moved counts)
-        self.files_read = 0  # data files opened, for their decision columns or whole
+        self.files_read = 0  # data files opened (each once per planner)
 
     def plan(self, table: Table) -> MergeFiles:
         """The data files this merge adds and replaces on ``table``'s current snapshot."""
@@ -220,15 +220,14 @@ class MergePlanner:
 
     def _plan(self, table: Table) -> MergeFiles:
         by_keys, own = _candidates(table, self.rows, self.rule.key, self.scope and self.scope[0])
-        whole = _read(table, own, None)  # files that may hold scope rows: read whole
-        fresh = [t for t in by_keys if _file_key(t) not in self._decided]
-        for task, data in zip(fresh, _read(table, fresh, self.columns), strict=True):
-            self._decided[_file_key(task)] = data
-        self.files_read += len(fresh) + len(own)
         tasks = [*by_keys, *own]
-        parts = [self._decided[_file_key(t)] for t in by_keys] + whole
+        fresh = [t for t in tasks if _file_key(t) not in self._files]
+        for task, data in zip(fresh, _read(table, fresh), strict=True):
+            self._files[_file_key(task)] = data
+        self.files_read += len(fresh)
+        parts = [self._files[_file_key(t)] for t in tasks]
         scoped = [np.zeros(p.num_rows, dtype=bool) for p in parts[: len(by_keys)]] + [
-            merge.in_scope(p, self.scope and self.scope[1]) for p in whole
+            merge.in_scope(p, self.scope and self.scope[1]) for p in parts[len(by_keys) :]
         ]
         versions, where = [], []
         for i, (part, drop) in enumerate(zip(parts, scoped, strict=True)):
@@ -244,10 +243,10 @@ class MergePlanner:
             for i in range(len(tasks))
             if (lost[0] == i).any() or scoped[i].any()
         }
-        add = self._write_winners(table, decided) + self._rewrite(table, tasks, replaced, whole)
+        add = self._write_winners(table, decided) + self._rewrite(table, tasks, replaced)
         log.debug(
             "merge plan: batch=%d files_read=%d/%d versions=%d write=%d files_replaced=%d",
-            self.rows.num_rows, len(fresh) + len(own), len(tasks), existing.num_rows,
+            self.rows.num_rows, len(fresh), len(tasks), existing.num_rows,
             decided.rows.num_rows, len(replaced),
         )  # fmt: skip
         return MergeFiles(add, [tasks[i].file for i in sorted(replaced)])
@@ -259,11 +258,7 @@ class MergePlanner:
         return self._winners[1]
 
     def _rewrite(
-        self,
-        table: Table,
-        tasks: list[FileScanTask],
-        replaced: dict[int, np.ndarray],
-        whole: list[pa.Table],
+        self, table: Table, tasks: list[FileScanTask], replaced: dict[int, np.ndarray]
     ) -> list[DataFile]:
         """Files of the surviving rows of every replaced file; a group written for an earlier
         plan is reused when every file of it loses exactly the same rows again."""
@@ -277,15 +272,10 @@ class MergePlanner:
                     del left[m]
         if not left:
             return out
-        by_keys = len(tasks) - len(whole)
-        todo = sorted(left.values())
-        read = [i for i in todo if i < by_keys]
-        full = dict(zip(read, _read(table, [tasks[i] for i in read], None), strict=True))
-        self.files_read += len(read)
         schema = table.schema().as_arrow()
         kept = []
-        for i in todo:
-            data = full[i] if i < by_keys else whole[i - by_keys]
+        for i in sorted(left.values()):
+            data = self._files[_file_key(tasks[i])]
             keep = np.ones(data.num_rows, dtype=bool)
             keep[replaced[i]] = False
             if keep.any():
