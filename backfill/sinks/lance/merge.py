@@ -76,11 +76,9 @@ def _range(rows: pa.Table, keys: tuple[str, ...]) -> tuple[str, pc.Expression] |
     return sql, (pc.field(k) >= pa.scalar(lo, kind)) & (pc.field(k) <= pa.scalar(hi, kind))
 
 
-def _read(
-    ds: lance.LanceDataset, flt: pc.Expression, columns: list[str] | None = None
-) -> tuple[pa.Table, set[int]]:
+def _read(ds: lance.LanceDataset, flt: pc.Expression) -> tuple[pa.Table, set[int]]:
     """Rows matching ``flt`` (a structural Arrow filter) and the fragments holding them."""
-    got = ds.to_table(columns=columns, filter=flt, with_row_address=True)
+    got = ds.to_table(filter=flt, with_row_address=True)
     frags = pc.shift_right(got[_ADDR], pa.scalar(32, pa.uint64())) if got.num_rows else []
     touched = {int(f) for f in pc.unique(frags).to_pylist()} if got.num_rows else set()
     return got.drop_columns([_ADDR]), touched
@@ -117,9 +115,11 @@ def plan_changes(
     """
     rng = _range(rows, rule.key)
     hit = merge.arrow_key_filter(rows, rule.key)
-    found, touched = _read(ds, rng[1] if rng is not None else hit)
+    keyed = rng[1] if rng is not None else hit
+    # one scan for the keys' rows and the slice's own scope (the fragments to touch)
+    found, touched = _read(ds, keyed if scope is None else keyed | scope[1])
     if scope is not None:
-        touched |= _read(ds, scope[1], columns=[])[1]
+        found = found.filter(keyed)
     existing = merge.outside(found.filter(hit) if rng is not None else found, scope and scope[1])
     decided = merge.plan(rows, existing, rule)
     out = decided.rows
