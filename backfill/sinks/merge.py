@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import reduce
+from functools import cached_property, reduce
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -97,7 +98,13 @@ class MergePlan:
     """What one merge commit does: delete every table row of ``replace`` keys, add ``rows``."""
 
     rows: pa.Table
-    replace: pa.Table  # distinct key tuples whose table rows are all replaced
+    keys: pa.Table  # the batch's key columns
+
+    @cached_property
+    def replace(self) -> pa.Table:
+        """Distinct key tuples whose table rows are all replaced (computed when asked for)."""
+        names = self.keys.column_names
+        return self.keys.group_by(names).aggregate([])
 
 
 def _check_keys(rows: pa.Table, rule: MergeRule) -> None:
@@ -136,10 +143,13 @@ def dedupe(rows: pa.Table, rule: MergeRule) -> pa.Table:
     if rule.strict:
         common.check_unique_keys(rows, rule.key)
         return rows
-    out = _last_per_key(rows, rule.key, rule.order)
-    if out.num_rows < rows.num_rows:
-        log.info("merge batch: %d older versions of a key dropped", rows.num_rows - out.num_rows)
-    return out.select(rows.column_names).combine_chunks()
+    if len(rule.key) == 1 and pc.count_distinct(rows[rule.key[0]]).as_py() == rows.num_rows:
+        return rows.combine_chunks()  # no duplicates: nothing to sort
+    last = _last_per_key(_numbered(rows.select([*rule.key, *rule.order]), 0), rule.key, rule.order)
+    keep = np.sort(last[_POS].to_numpy())  # input order kept (the writers' partition runs)
+    if keep.size < rows.num_rows:
+        log.info("merge batch: %d older versions of a key dropped", rows.num_rows - keep.size)
+    return rows.take(pa.array(keep)).combine_chunks()
 
 
 def plan(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> MergePlan:
@@ -150,23 +160,75 @@ def plan(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> MergePlan:
     batch's keys also makes the engine's conflict check cover a concurrent commit of a key
     that is new to the table.
     """
-    keys = list(rule.key)
-    cols = batch.column_names
-    replace = batch.select(keys).group_by(keys).aggregate([])
+    keys = batch.select(list(rule.key))
+    decided = decide(batch, existing, rule)
+    if decided.losers.size == existing.num_rows:  # every table row of these keys loses
+        return MergePlan(decided.rows, keys)
+    kept = np.ones(existing.num_rows, dtype=bool)
+    kept[decided.losers] = False
+    old = existing.filter(pa.array(kept)).select(batch.column_names).cast(batch.schema)
+    return MergePlan(pa.concat_tables([decided.rows, old]).combine_chunks(), keys)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One batch decided against the table rows of its keys: the batch rows that win (to add)
+    and the positions in ``existing`` of the table rows that lose (to delete). Table rows
+    that win stay where they are."""
+
+    rows: pa.Table
+    won: np.ndarray  # int64 positions into the batch of ``rows`` (ascending)
+    losers: np.ndarray  # int64 positions into the ``existing`` table given to :func:`decide`
+
+
+def decide(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> Decision:
+    """Winners of ``batch`` (deduplicated) against ``existing`` (every table row of its keys;
+    only the key and order columns are read), by the same order as :func:`plan`: a full tie
+    keeps the table's row. Vectorised: one sort of the decision columns, no row payload."""
     if existing.num_rows == 0:
-        return MergePlan(batch, replace)
-    old = existing.select(cols).cast(batch.schema)
-    both = pa.concat_tables(
-        [
-            batch.append_column(_ORIGIN, pa.array([0] * batch.num_rows, pa.int8())),
-            old.append_column(_ORIGIN, pa.array([1] * old.num_rows, pa.int8())),
-        ]
+        return Decision(batch, np.arange(batch.num_rows, dtype=np.int64), np.empty(0, np.int64))
+    cols, keys = [*rule.key, *rule.order], list(rule.key)
+    mine = _numbered(batch.select(cols), 0)
+    theirs = _numbered(existing.select(cols).cast(batch.select(cols).schema), 1)
+    # only the batch rows of keys the table holds are contested: sort those alone
+    if len(keys) == 1:
+        contested = mine.filter(pc.is_in(mine[keys[0]], value_set=theirs[keys[0]]))
+    else:
+        held = theirs.select(keys).group_by(keys).aggregate([])
+        contested = mine.join(held, keys, join_type="left semi")
+    winners = _last_per_key(pa.concat_tables([contested, theirs]), rule.key,
+                            (*rule.order, _ORIGIN))  # fmt: skip
+    origin = winners[_ORIGIN].to_numpy()
+    at = winners[_POS].to_numpy()
+    free = np.ones(batch.num_rows, dtype=bool)
+    free[contested[_POS].to_numpy()] = False
+    won = np.sort(np.concatenate([np.flatnonzero(free), at[origin == 0]]))
+    keep = np.ones(existing.num_rows, dtype=bool)
+    keep[at[origin == 1]] = False
+    if won.size < batch.num_rows:
+        log.info("merge: table holds a newer version of %d batch keys", batch.num_rows - won.size)
+    rows = batch if won.size == batch.num_rows else batch.take(pa.array(won))
+    return Decision(rows, won.astype(np.int64), np.flatnonzero(keep).astype(np.int64))
+
+
+_POS = "_seamline_merge_pos_"
+
+
+def _numbered(rows: pa.Table, origin: int) -> pa.Table:
+    n = rows.num_rows
+    return rows.append_column(_ORIGIN, pa.array(np.full(n, origin, np.int8))).append_column(
+        _POS, pa.array(np.arange(n, dtype=np.int64))
     )
-    winners = _last_per_key(both, rule.key, (*rule.order, _ORIGIN))
-    kept = int(pc.sum(winners[_ORIGIN]).as_py() or 0)
-    if kept:
-        log.info("merge: table holds a newer version of %d batch keys", kept)
-    return MergePlan(winners.select(cols).combine_chunks(), replace)
+
+
+def in_scope(rows: pa.Table, scope: pc.Expression | None) -> np.ndarray:
+    """A boolean mask of the rows matching ``scope`` (a null predicate is outside)."""
+    mask = np.zeros(rows.num_rows, dtype=bool)
+    if scope is None or rows.num_rows == 0:
+        return mask
+    numbered = rows.append_column(_POS, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    mask[numbered.filter(scope)[_POS].to_numpy()] = True
+    return mask
 
 
 def outside(existing: pa.Table, scope: pc.Expression | None) -> pa.Table:

@@ -24,11 +24,12 @@ conflict seamline reloads, re-validates the offsets and retries: a partition tha
 anything else (a backfill commit, a compaction, a snapshot expiry) is retried from the new head.
 Concurrent appenders of disjoint partitions never move each other's offsets backwards.
 
-**Merge mode** (``merge_rule`` set): each attempt, under the table's host-local merge lock
-(``backfill.sinks.iceberg.merge.merge_lock``, shared with history merge slices), reloads the
-table, re-validates the offsets, reads every row of the batch's keys at that head, decides the
-winners under the declared order and commits "delete the replaced keys, add the winners, move
-the offsets" in one snapshot. The same ``AssertRefSnapshotId`` makes a plan made on an older
+**Merge mode** (``merge_rule`` set): each attempt plans the batch on the head (reads the
+versions of the batch's keys, decides the winners under the declared order, writes the files:
+``backfill.sinks.iceberg.merge.MergePlanner``), then, under the table's host-local merge lock
+(shared with history merge slices), reloads the table, re-validates the offsets, re-plans if
+the head moved (only the files added since are read) and commits "replace the files holding
+losing rows, add the winners, move the offsets" in one snapshot. The same ``AssertRefSnapshotId`` makes a plan made on an older
 head fail as a conflict, so a late correction replaces the backfilled row and an older live
 version never overwrites a newer history row.
 
@@ -51,8 +52,8 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.utils.properties import property_as_bool
 
 from backfill.sinks import common, merge
-from backfill.sinks.iceberg.internals import write_data_files
-from backfill.sinks.iceberg.merge import merge_lock, stage_merge
+from backfill.sinks.iceberg.internals import CachedTransaction, write_data_files
+from backfill.sinks.iceberg.merge import MergePlanner, merge_lock
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
@@ -215,9 +216,9 @@ class IcebergLiveTable:
         try:
             check_offsets(token, self.loaded_offsets())  # a zombie writes no files
             if self._merge is not None:
-                batch = merge.dedupe(rows, self._merge)
+                planner = MergePlanner(merge.dedupe(rows, self._merge), self._merge, self._sort_by)
                 common.retry_conflicts(
-                    what, lambda: self._merge_once(batch, token), _is_retryable, self.retry
+                    what, lambda: self._merge_once(planner, token), _is_retryable, self.retry
                 )
             else:
                 files = write_data_files(self._table, rows)  # once; retries re-use them
@@ -271,19 +272,22 @@ class IcebergLiveTable:
             self._table.refresh()
             raise
 
-    def _merge_once(self, batch: pa.Table, token: CommitToken) -> None:
-        """One merge attempt (module docstring): planned on the head loaded under the merge
-        lock, so the comparison is made against the versions present at commit time."""
+    def _merge_once(self, planner: MergePlanner, token: CommitToken) -> None:
+        """One merge attempt (module docstring): read, decided and written on the head outside
+        the merge lock, then re-planned (only what changed) on the head loaded under it, so
+        the comparison is made against the versions present at commit time."""
         assert self._merge is not None
+        planner.plan(self._table.refresh())
         with merge_lock(self._table):
             self._table.refresh()
             ensure_no_library_retry(self._table)
             check_offsets(token, self.loaded_offsets())
             props = token.to_properties()
             try:
-                with self._table.transaction() as txn:
+                # cached metadata: a plain transaction deep-copies it on every access
+                with CachedTransaction(self._table) as txn:
                     txn.set_properties(live_offset_properties(token))
-                    stage_merge(txn, self._table, batch, self._merge, props, self._sort_by)
+                    planner.stage(txn, self._table, props)
             except CommitFailedException:
                 self._table.refresh()
                 raise

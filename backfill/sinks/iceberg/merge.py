@@ -1,25 +1,30 @@
 """Iceberg side of merge by key (``backfill.sinks.merge``): read, decide, stage (DESIGN §4).
 
-One attempt reads every table row of the batch's keys at the snapshot the transaction is based
-on (a key filter built structurally, so archive rows with null lineage are found too; Iceberg
-prunes data files by the key column's statistics and never opens files that cannot hold a
-key), decides the winners in Arrow, writes the winners' data files and stages "delete the
-replaced keys, add the files" in the caller's transaction.
+One attempt (:class:`MergePlanner`) finds the data files that may hold the batch's keys (a
+key filter built structurally, so archive rows with null lineage are found too; Iceberg prunes
+data files by the key column's statistics and never opens files that cannot hold a key),
+reads only their key and order columns, decides the winners in Arrow, writes the winning
+batch rows, rewrites only the files holding a row that loses, and stages "replace those
+files, add the new ones" in the caller's transaction.
 
 The comparison is made against the versions present at commit time: the table carries
 ``commit.retry.num-retries = 0`` (``backfill.sinks.iceberg.live.NO_LIBRARY_RETRY``), so the
 ``AssertRefSnapshotId`` every pyiceberg snapshot producer sends makes the catalog refuse the
-commit if anything landed since the read (``CommitFailedException``: certainly not applied),
+commit if anything landed since the plan (``CommitFailedException``: certainly not applied),
 and the caller re-plans on the new snapshot. pyiceberg's own retry would rebase the plan onto
 the new head without re-reading, which is why it is off. On one host, merge writers of a table
-in a local warehouse take turns through a file lock (:func:`merge_lock`), so history slices
-and live batches do not starve each other with conflicts; remote warehouses rely on the
-requirement and the retry policy (bounded, with jitter) alone.
+in a local warehouse take turns through a file lock (:func:`merge_lock`) for the commit only:
+each plans on the head first, outside the lock, then re-plans under it on the head it commits
+on, which re-reads only the files added since (data files are immutable) and re-writes only
+what changed; so history slices and live batches neither starve each other with conflicts
+nor wait for each other's reads and writes. Remote warehouses rely on the requirement and the
+retry policy (bounded, with jitter) alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +119,15 @@ def _bounds_may_hold(task: FileScanTask, field_id: int, ftype: Any, keys: np.nda
 def candidate_files(
     table: Table, rows: pa.Table, keys: tuple[str, ...], scope: BooleanExpression | None
 ) -> list[FileScanTask]:
-    """Scan tasks of every data file that may hold a row of ``rows``' keys, or of ``scope``.
+    """Scan tasks of every data file that may hold a row of ``rows``' keys, or of ``scope``."""
+    by_keys, own = _candidates(table, rows, keys, scope)
+    return [*by_keys, *own]
+
+
+def _candidates(
+    table: Table, rows: pa.Table, keys: tuple[str, ...], scope: BooleanExpression | None
+) -> tuple[list[FileScanTask], list[FileScanTask]]:
+    """(files that may hold ``rows``' keys only, files that may also hold ``scope`` rows).
 
     One integer key column: the files are planned by the keys' RANGE (binding a range costs
     nothing; pyiceberg binds an IN once per manifest entry, ~40 us per value each time, which
@@ -131,14 +144,22 @@ def candidate_files(
         wanted = np.unique(column.to_numpy())
         tasks = [t for t in tasks if _bounds_may_hold(t, field.field_id, field.field_type, wanted)]
     if scope is None:
-        return list(tasks)
-    seen = {t.file.file_path for t in tasks}
-    own = [t for t in table.scan(row_filter=scope).plan_files() if t.file.file_path not in seen]
-    return [*tasks, *own]
+        return list(tasks), []
+    own = table.scan(row_filter=scope).plan_files()
+    mine = {t.file.file_path for t in own}
+    return [t for t in tasks if t.file.file_path not in mine], list(own)
 
 
-def _read_files(table: Table, tasks: list[FileScanTask]) -> list[pa.Table]:
-    """Every row of each task's data file (in task order), read in parallel."""
+_FileKey = tuple[str, tuple[str, ...]]  # a data file's path and its delete files' paths
+
+
+def _file_key(task: FileScanTask) -> _FileKey:
+    return task.file.file_path, tuple(sorted(d.file_path for d in task.delete_files))
+
+
+def _read(table: Table, tasks: list[FileScanTask]) -> list[pa.Table]:
+    """The rows of each task's data file, in task order and in file order (deletes
+    applied), read in parallel."""
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     if len(tasks) <= 1:
         return [scan.to_table([t]) for t in tasks]
@@ -148,50 +169,139 @@ def _read_files(table: Table, tasks: list[FileScanTask]) -> list[pa.Table]:
         return list(pool.map(lambda t: scan.to_table([t]), tasks))
 
 
-def plan_files(
-    table: Table,
-    rows: pa.Table,
-    rule: merge.MergeRule,
-    sort_by: str | None = None,
-    scope: tuple[BooleanExpression, pc.Expression] | None = None,
-) -> MergeFiles:
-    """The data files one merge attempt adds and replaces, planned on ``table``'s snapshot.
+def _digest(positions: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(positions).tobytes(), digest_size=16).digest()
 
-    Copy-on-write at file level: the files that may hold the batch's keys (and those of the
-    slice's own ``scope``: a re-written history slice replaces it, so its rows are not
-    versions to compare) are read whole; every row of the batch's keys is a version to
-    compare; the winners are written, and each file that held a replaced row (a row of the
-    batch's keys, or of ``scope``) is replaced by a file of its other rows, unchanged (lineage
-    included). Files without such a row are left alone.
+
+class MergePlanner:
+    """One merge batch planned against successive snapshots of one table.
+
+    Copy-on-write at file level, rewriting only what loses: the files that may hold the
+    batch's keys (or rows of the slice's own ``scope``: a re-written history slice replaces it)
+    are read once; the winners are decided on the key and order columns alone
+    (:func:`backfill.sinks.merge.decide`, vectorised, sorting only the contested keys); the
+    batch rows that win are written, and only the files holding a row that LOSES (or a scope
+    row) are replaced by a file of their other rows, unchanged (lineage included). A file
+    whose rows of the batch's keys all win stays untouched (a late archive slice under newer
+    live rows appends only its new keys).
+
+    Data files are immutable, so what was read from a file and what was written to replace it
+    is kept by file path: :meth:`plan` on a newer snapshot (the head moved between the plan
+    made outside the merge lock and the commit under it) reads only the files added since and
+    re-writes only what changed.
     """
-    if rows.num_rows == 0:
-        return MergeFiles([], [])
-    tasks = candidate_files(table, rows, rule.key, scope and scope[0])
-    files = _read_files(table, tasks)
-    hit = merge.arrow_key_filter(rows, rule.key)
-    drop = hit if scope is None else hit | scope[1]
-    found = [f.filter(hit) for f in files]
-    existing = merge.outside(
-        pa.concat_tables(found) if found else rows.schema.empty_table(), scope and scope[1]
-    )
-    decided = merge.plan(rows, existing, rule)
-    out, remove = [decided.rows], []
-    for task, data in zip(tasks, files, strict=True):
-        kept = merge.outside(data, drop)  # a null predicate (archive lineage) keeps the row
-        if kept.num_rows == data.num_rows:
-            continue  # nothing of this file is replaced
-        remove.append(task.file)
-        if kept.num_rows:
-            out.append(kept.select(decided.rows.column_names).cast(decided.rows.schema))
-    log.debug(
-        "merge plan: batch=%d files_read=%d existing=%d write=%d files_replaced=%d",
-        rows.num_rows, len(tasks), existing.num_rows, decided.rows.num_rows, len(remove),
-    )  # fmt: skip
-    table_out = pa.concat_tables(out)
-    if sort_by is not None and table_out.num_rows > 1:  # one contiguous run per partition
-        table_out = table_out.sort_by([(sort_by, "ascending")]).combine_chunks()
-    added = write_data_files(table, table_out) if table_out.num_rows else []
-    return MergeFiles(added, remove)
+
+    def __init__(
+        self,
+        rows: pa.Table,
+        rule: merge.MergeRule,
+        sort_by: str | None = None,
+        scope: tuple[BooleanExpression, pc.Expression] | None = None,
+    ) -> None:
+        self.rows, self.rule, self.sort_by, self.scope = rows, rule, sort_by, scope
+        self.columns = list(dict.fromkeys((*rule.key, *rule.order)))
+        self.hit = merge.arrow_key_filter(rows, rule.key) if rows.num_rows else None
+        self._files: dict[_FileKey, pa.Table] = {}  # the rows of a data file, read once
+        self._groups: list[tuple[frozenset[tuple[_FileKey, bytes]], list[DataFile]]] = []
+        self._winners: tuple[bytes, list[DataFile]] | None = None
+        self._planned: tuple[int | None, MergeFiles] | None = None
+        self.plans = 0  # plans computed (a re-plan after the head moved counts)
+        self.files_read = 0  # data files opened (each once per planner)
+
+    def plan(self, table: Table) -> MergeFiles:
+        """The data files this merge adds and replaces on ``table``'s current snapshot."""
+        snapshot = table.metadata.current_snapshot_id
+        if self._planned is not None and self._planned[0] == snapshot:
+            return self._planned[1]
+        planned = self._plan(table) if self.rows.num_rows else MergeFiles([], [])
+        self._planned = (snapshot, planned)
+        self.plans += 1
+        return planned
+
+    def _plan(self, table: Table) -> MergeFiles:
+        by_keys, own = _candidates(table, self.rows, self.rule.key, self.scope and self.scope[0])
+        tasks = [*by_keys, *own]
+        fresh = [t for t in tasks if _file_key(t) not in self._files]
+        for task, data in zip(fresh, _read(table, fresh), strict=True):
+            self._files[_file_key(task)] = data
+        self.files_read += len(fresh)
+        parts = [self._files[_file_key(t)] for t in tasks]
+        scoped = [np.zeros(p.num_rows, dtype=bool) for p in parts[: len(by_keys)]] + [
+            merge.in_scope(p, self.scope and self.scope[1]) for p in parts[len(by_keys) :]
+        ]
+        versions, where = [], []
+        for i, (part, drop) in enumerate(zip(parts, scoped, strict=True)):
+            mask = merge.in_scope(part, self.hit) & ~drop  # a scope row is no version
+            at = np.flatnonzero(mask)
+            versions.append(part.select(self.columns).take(pa.array(at)))
+            where.append(np.stack([np.full(at.size, i, np.int64), at.astype(np.int64)]))
+        existing = pa.concat_tables(versions) if versions else self.rows.select(self.columns)[:0]
+        decided = merge.decide(self.rows, existing, self.rule)
+        lost = np.concatenate(where, axis=1)[:, decided.losers] if where else np.empty((2, 0))
+        replaced: dict[int, np.ndarray] = {
+            i: np.union1d(lost[1][lost[0] == i], np.flatnonzero(scoped[i]))
+            for i in range(len(tasks))
+            if (lost[0] == i).any() or scoped[i].any()
+        }
+        add = self._write_winners(table, decided) + self._rewrite(table, tasks, replaced)
+        log.debug(
+            "merge plan: batch=%d files_read=%d/%d versions=%d write=%d files_replaced=%d",
+            self.rows.num_rows, len(fresh), len(tasks), existing.num_rows,
+            decided.rows.num_rows, len(replaced),
+        )  # fmt: skip
+        return MergeFiles(add, [tasks[i].file for i in sorted(replaced)])
+
+    def _write_winners(self, table: Table, decided: merge.Decision) -> list[DataFile]:
+        digest = _digest(decided.won)
+        if self._winners is None or self._winners[0] != digest:
+            self._winners = (digest, write_data_files(table, decided.rows))
+        return self._winners[1]
+
+    def _rewrite(
+        self, table: Table, tasks: list[FileScanTask], replaced: dict[int, np.ndarray]
+    ) -> list[DataFile]:
+        """Files of the surviving rows of every replaced file; a group written for an earlier
+        plan is reused when every file of it loses exactly the same rows again."""
+        need = {(_file_key(tasks[i]), _digest(pos)): i for i, pos in replaced.items()}
+        out: list[DataFile] = []
+        left = dict(need)
+        for members, files in self._groups:
+            if members <= left.keys():
+                out += files
+                for m in members:
+                    del left[m]
+        if not left:
+            return out
+        schema = table.schema().as_arrow()
+        kept = []
+        for i in sorted(left.values()):
+            data = self._files[_file_key(tasks[i])]
+            keep = np.ones(data.num_rows, dtype=bool)
+            keep[replaced[i]] = False
+            if keep.any():
+                kept.append(data.filter(pa.array(keep)).select(schema.names).cast(schema))
+        written: list[DataFile] = []
+        if kept:
+            rows = pa.concat_tables(kept)
+            if self.sort_by is not None and rows.num_rows > 1:  # one run per partition
+                rows = rows.sort_by([(self.sort_by, "ascending")])
+            written = write_data_files(table, rows.combine_chunks())
+        self._groups.append((frozenset(left), written))
+        return out + written
+
+    def stage(self, tx: Transaction, table: Table, props: dict[str, str]) -> None:
+        """Plan against ``table`` (the snapshot ``tx`` is based on; cached when unchanged) and
+        stage the merge: one snapshot that replaces exactly the planned files (pyiceberg
+        refuses it if one of them is no longer in that snapshot) and adds the new ones."""
+        planned = self.plan(table)
+        if not planned.remove:
+            stage_append(tx, planned.add, props)
+            return
+        with tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite:
+            for data_file in planned.remove:
+                rewrite.delete_data_file(data_file)
+            for data_file in planned.add:
+                rewrite.append_data_file(data_file)
 
 
 def stage_merge(
@@ -203,15 +313,5 @@ def stage_merge(
     sort_by: str | None = None,
     scope: tuple[BooleanExpression, pc.Expression] | None = None,
 ) -> None:
-    """Plan against ``table`` (the snapshot ``tx`` is based on) and stage the merge: one
-    snapshot that replaces exactly the planned files (pyiceberg refuses it if one of them is
-    no longer in that snapshot) and adds the new ones."""
-    planned = plan_files(table, rows, rule, sort_by, scope)
-    if not planned.remove:
-        stage_append(tx, planned.add, props)
-        return
-    with tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite:
-        for data_file in planned.remove:
-            rewrite.delete_data_file(data_file)
-        for data_file in planned.add:
-            rewrite.append_data_file(data_file)
+    """Plan ``rows`` against ``table`` and stage the merge in ``tx`` (one attempt)."""
+    MergePlanner(rows, rule, sort_by, scope).stage(tx, table, props)

@@ -55,7 +55,7 @@ from backfill.sinks.iceberg.live import (
     ensure_no_library_retry,
     snapshot_records,
 )
-from backfill.sinks.iceberg.merge import merge_lock, stage_merge
+from backfill.sinks.iceberg.merge import MergePlanner, merge_lock
 from backfill.sinks.scopes import arrow_scope, ice_or, ice_true, iceberg_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
@@ -232,18 +232,23 @@ class IcebergSink:
         own = (iceberg_scope(scope, self.event_time), arrow_scope(scope, self.event_time))
         first = self._table()
         ensure_no_library_retry(first)  # a refused commit is re-planned, never rebased
-        rows = merge.dedupe(self._rows(first, data), rule)
+        planner = MergePlanner(merge.dedupe(self._rows(first, data), rule), rule,
+                               self.event_time, own)  # fmt: skip
 
         def action() -> Table:
-            with merge_lock(first):  # fair turns with the live merger on this host
-                table = self._table()
-                try:
+            try:
+                # read, decide and write on the head outside the lock (the live merger
+                # commits meanwhile); under it, re-plan only if the head moved: reads only
+                # the files added since, re-writes only what changed
+                planner.plan(self._table())
+                with merge_lock(first):  # fair turns with the live merger on this host
+                    table = self._table()
                     with _quiet_empty_delete(), CachedTransaction(table) as tx:
-                        stage_merge(tx, table, rows, rule, props, self.event_time, own)
+                        planner.stage(tx, table, props)
                         common.crash_point("worker.before_commit")  # files written
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                    raise WriterError(f"{what}: merge refused ({exc})") from exc
-                return table
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise WriterError(f"{what}: merge refused ({exc})") from exc
+            return table
 
         return self._commit(what, token, action)
 

@@ -43,6 +43,9 @@ def key_predicate(key_rows: pa.Table, keys: tuple[str, ...]) -> str | None:
     if key_rows.num_rows == 0:
         return None
     types = [key_rows.schema.field(k).type for k in keys]
+    if len(keys) == 1 and pa.types.is_integer(types[0]):  # typed integers: no quoting needed
+        ints = pc.unique(key_rows[keys[0]].combine_chunks()).to_numpy(zero_copy_only=False)
+        return f"{lance_ident(keys[0])} IN ({', '.join(map(str, ints.tolist()))})"
     if len(keys) == 1:
         values = ", ".join(_literal(v, types[0]) for (v,) in merge.key_values(key_rows, keys))
         return f"{lance_ident(keys[0])} IN ({values})"
@@ -121,17 +124,21 @@ def plan_changes(
     """
     rng = _range(rows, rule.key)
     hit = merge.arrow_key_filter(rows, rule.key)
-    found, touched = _read(ds, rng[1] if rng is not None else hit)
+    keyed = rng[1] if rng is not None else hit
+    # one scan for the keys' rows and the slice's own scope (the fragments to touch)
+    found, touched = _read(ds, keyed if scope is None else keyed | scope[1])
     if scope is not None:
-        touched |= fragments_holding(ds, scope[1])
+        found = found.filter(keyed)
     existing = merge.outside(found.filter(hit) if rng is not None else found, scope and scope[1])
     decided = merge.plan(rows, existing, rule)
-    out, replace = decided.rows, key_predicate(decided.replace, rule.key)
+    out = decided.rows
     if rng is not None and found.num_rows <= _REWRITE_FACTOR * rows.num_rows:
         others = merge.outside(found.filter(~hit), scope and scope[1])
         if others.num_rows:
             out = pa.concat_tables([out, others.select(out.column_names).cast(out.schema)])
-        replace = rng[0]
+        replace: str | None = rng[0]
+    else:  # built only when used: an IN of every key costs ~30 us per key to spell
+        replace = key_predicate(decided.replace, rule.key)
     delete = [p for p in (scope and scope[0], replace) if p]
     removed: list[int] = []
     updated: list[Any] = []
