@@ -23,22 +23,20 @@ the job's decoder (:func:`stream.decode.decoder_for`).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import TopicPartition
 
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, EventTimeMs, Offset, PartitionCut, PartitionId
 from stream.decode import decoder_for
 from stream.decode.base import RawMessage
 from stream.decode.transform import identity
-from stream.kafka import client as kafka_client
 from stream.kafka.offsets import TopicOffsets
+from stream.kafka.tail import read_tails
 
 log = logging.getLogger(__name__)
 
@@ -130,37 +128,18 @@ def floor_at_live(reading: CutReading, live: Mapping[PartitionId, Offset]) -> Cu
 
 
 def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> EventTimeMs | None:
-    """Largest event time among the last few records below ``hwm`` (best effort)."""
-    tails = [
-        TopicPartition(job.stream.topic, c.partition, max(c.log_start, c.hwm - _TAIL_RECORDS))
-        for c in cuts
-        if c.hwm > c.log_start
-    ]
-    if not tails:
-        return None
-    hwms = {c.partition: c.hwm for c in cuts}
-    consumer = kafka_client.consumer(
-        job.kafka_config(),
-        purpose="cut",
-        extras={"isolation.level": "read_uncommitted", "socket.connection.setup.timeout.ms": 5000},
-    )
-    msgs: list[RawMessage] = []
-    try:
-        consumer.assign(tails)
-        deadline = time.monotonic() + _TAIL_SECONDS
-        remaining = {tp.partition for tp in tails}
-        while remaining and time.monotonic() < deadline:
-            for m in consumer.consume(500, 0.2):
-                if m.error() is not None or m.offset() >= hwms[m.partition()]:
-                    continue
-                ts_type, ts = m.timestamp()
-                msgs.append(RawMessage(m.partition(), m.offset(), m.value(), m.key(),
-                                       ts if ts_type else None, tuple(m.headers() or ()) or None))  # fmt: skip
-                if m.offset() >= hwms[m.partition()] - 1:
-                    remaining.discard(m.partition())
-    finally:
-        consumer.close()
-    return _max_event_time(job, msgs)
+    """Largest event time among the last few records below ``hwm`` (best effort: what
+    arrives within ``_TAIL_SECONDS``; empty partitions are not read)."""
+    ranges = {c.partition: (Offset(max(c.log_start, c.hwm - _TAIL_RECORDS)), c.hwm) for c in cuts}
+    tails = read_tails(job.kafka_config(), job.stream.topic, ranges, seconds=_TAIL_SECONDS,
+                       purpose="cut")  # fmt: skip
+    if tails.unfinished:
+        log.info(
+            "topic=%s: the event-time watermark leaves out %d partition(s) not read within "
+            "%gs (e.g. partition=%d)", job.stream.topic, len(tails.unfinished), _TAIL_SECONDS,
+            min(tails.unfinished),
+        )  # fmt: skip
+    return _max_event_time(job, tails.records)
 
 
 def _max_event_time(job: JobSpec, msgs: list[RawMessage]) -> EventTimeMs | None:
