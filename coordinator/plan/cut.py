@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -88,9 +89,13 @@ def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -
     offsets = _offsets(job, timeout_s)
     parts = offsets.partitions()
     taken_at = datetime.now(UTC)
-    read = offsets.read(parts)
-    stable = {po.partition: po.last_stable for po in read}
-    cuts = tuple(PartitionCut(po.partition, po.log_start, po.hwm) for po in read)
+    # the LSO is asked while the watermark's tails are read (they need log start and hwm only)
+    with ThreadPoolExecutor(1, thread_name_prefix="cut-lso") as pool:
+        asked = pool.submit(offsets.last_stable, parts)
+        marks = offsets.watermarks(parts)
+        cuts = tuple(PartitionCut(p, *marks[p]) for p in sorted(parts))
+        mark = _event_time_watermark(job, cuts) if watermark else None
+        stable = asked.result()
     for pc_ in cuts:
         if stable[pc_.partition] < pc_.hwm:
             log.info(
@@ -101,7 +106,6 @@ def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -
                 stable[pc_.partition],
                 pc_.hwm,
             )
-    mark = _event_time_watermark(job, cuts) if watermark else None
     return CutReading(topic, cuts, stable, taken_at, mark)
 
 

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 #: Partitions per ``ListOffsets`` request (see the module docstring).
 CHUNK = 1000
 
+#: How long an unknown topic is asked again before it is a configuration error, seconds.
+_UNKNOWN_TOPIC_S = 2.0
+
 #: Answers meaning "no leader serves this partition yet": asked again until the timeout.
 _LEADERLESS = frozenset({
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -111,8 +114,10 @@ class TopicOffsets:
         """The topic's partitions, sorted; ``ConfigError`` if the topic does not exist.
 
         A topic without leaders yet (``LEADER_NOT_AVAILABLE`` right after its creation) is
-        asked again with backoff for up to the timeout."""
-        deadline = time.monotonic() + self.timeout_s
+        asked again with backoff for up to the timeout; an unknown topic for up to
+        :data:`_UNKNOWN_TOPIC_S` (the broker's metadata may lag a creation a moment ago)."""
+        start = time.monotonic()
+        deadline = start + self.timeout_s
         delay = 0.05
         while True:
             try:
@@ -125,15 +130,25 @@ class TopicOffsets:
                 ) from None
             tmeta = meta.topics.get(self.topic)
             code = tmeta.error.code() if tmeta is not None and tmeta.error is not None else None
-            if code not in _LEADERLESS or code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            if (
+                tmeta is not None
+                and code in _LEADERLESS
+                and code != KafkaError.UNKNOWN_TOPIC_OR_PART
+            ):
+                if time.monotonic() + delay > deadline:
+                    raise self._error(
+                        f"topic={self.topic}: no leader serves the topic yet "
+                        f"({tmeta.error.str()}), still after {self.timeout_s:g}s",
+                        hint="a topic just created or a leader election: retry in a moment; if "
+                        "it persists, check the broker log",
+                    )
+            elif code == KafkaError.UNKNOWN_TOPIC_OR_PART or tmeta is None or not tmeta.partitions:
+                # a topic created a moment ago may be unknown to the broker's metadata for a
+                # moment: asked again for a short while only (a wrong name fails fast)
+                if time.monotonic() + delay > min(deadline, start + _UNKNOWN_TOPIC_S):
+                    break
+            else:
                 break
-            if time.monotonic() + delay > deadline:
-                raise self._error(
-                    f"topic={self.topic}: no leader serves the topic yet "
-                    f"({tmeta.error.str()}), still after {self.timeout_s:g}s",
-                    hint="a topic just created or a leader election: retry in a moment; if it "
-                    "persists, check the broker log",
-                )
             time.sleep(delay)
             delay = min(1.0, delay * 2)
         if tmeta is None or code == KafkaError.UNKNOWN_TOPIC_OR_PART or not tmeta.partitions:

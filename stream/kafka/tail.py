@@ -32,7 +32,7 @@ from stream.decode.base import RawMessage
 from stream.kafka import client
 
 #: Partitions assigned to one consumer.
-PER_CONSUMER = 1000
+PER_CONSUMER = 2500
 
 #: Consumers fetching at once.
 _THREADS = 16
