@@ -291,10 +291,21 @@ def case_cut(partitions: int, topic: str | None = None, repeat: int = 3) -> None
                   f"{' '.join(f'{x:.3f}' for x in took)}  load {os.getloadavg()[0]:.1f}"
                   f" on {os.cpu_count()} cores")  # fmt: skip
         print(f"  partitions read={len(reading.partitions):,} watermark_ms={reading.watermark_ms}")
+        _time_save_cut(reading)
     finally:
         if fresh:
             delete_topics(bootstrap, [name])
             print(f"  deleted topic={name}")
+
+
+def _time_save_cut(reading: Any) -> None:
+    """The cut stored in a fresh SQLite state store (what ``seamline cut`` does next)."""
+    from coordinator.state.store import StateStore
+
+    with tempfile.TemporaryDirectory() as tmp, StateStore(f"sqlite:///{tmp}/state.db") as store:
+        epoch = store.ensure_job("bench-cut")
+        timed("save_cut (SQLite state store)", lambda: store.save_cut(reading.to_cut("bench-cut",
+                                                                                     epoch)))  # fmt: skip
 
 
 def _produce_each(bootstrap: str, topic: str, partitions: int) -> None:

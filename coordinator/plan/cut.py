@@ -17,7 +17,9 @@ sees the same transaction's records at offsets >= ``hwm`` only. The LSO at cut t
 
 The event-time watermark is for information only (timestamps never define the seam): the
 largest event time among the last few records below ``hwm``, decoded with
-the job's decoder (:func:`stream.decode.decoder_for`).
+the job's decoder (:func:`stream.decode.decoder_for`). The records are read by
+:func:`stream.kafka.tail.read_tails` (empty partitions skipped, consumers of at most 2.5 k
+partitions fetching concurrently) while the LSO is asked.
 """
 
 from __future__ import annotations

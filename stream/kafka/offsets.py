@@ -8,7 +8,7 @@ per partition: most of a 10 k-partition cut's time). Requests carry at most
 :data:`CHUNK` partitions: librdkafka matches a ``ListOffsets`` answer to the asked partitions
 in time quadratic in their number (one request for 10 k partitions cost ~0.45 s of client CPU
 and ~1.5 s wall on 2 loaded cores; ten of 1 k, 0.08 s and 0.35 s), and the kinds asked together
-(log start, high watermark, last stable offset) are asked concurrently.
+(log start, high watermark, last stable offset) and their chunks are asked concurrently.
 
 A partition whose leader does not serve yet (``NOT_LEADER_OR_FOLLOWER``,
 ``LEADER_NOT_AVAILABLE``, ``OFFSET_NOT_AVAILABLE``, ``UNKNOWN_TOPIC_OR_PARTITION``: right
@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Partitions per ``ListOffsets`` request (see the module docstring).
 CHUNK = 1000
+
+#: Requests in flight at once.
+_THREADS = 8
 
 #: How long an unknown topic is asked again before it is a configuration error, seconds.
 _UNKNOWN_TOPIC_S = 2.0
@@ -161,16 +164,24 @@ class TopicOffsets:
             raise self._error(f"topic={self.topic}: metadata error {tmeta.error.str()}")
         return sorted(PartitionId(p) for p in tmeta.partitions)
 
-    def _ask(self, consumer: Any, parts: list[PartitionId], what: str) -> dict[PartitionId, Offset]:
+    def _ask(
+        self, consumer: Any, parts: list[PartitionId], what: str, pool: Executor | None = None
+    ) -> dict[PartitionId, Offset]:
         """Batched ``ListOffsets`` (per partition leader) through ``offsets_for_times``, at most
-        :data:`CHUNK` partitions a request: the protocol's timestamps -2 (earliest) and -1
-        (latest) under the consumer's isolation level. Unlike ``AdminClient.list_offsets`` it
-        builds no Python future per partition (at 10 k partitions those futures were most of
-        the cut's time)."""
+        :data:`CHUNK` partitions a request (in flight together on ``pool``): the protocol's
+        timestamps -2 (earliest) and -1 (latest) under the consumer's isolation level. Unlike
+        ``AdminClient.list_offsets`` it builds no Python future per partition (at 10 k
+        partitions those futures were most of the cut's time)."""
         stamp = -2 if what == "log_start" else -1
+        chunks = [parts[i : i + CHUNK] for i in range(0, len(parts), CHUNK)]
         out: dict[PartitionId, Offset] = {}
-        for i in range(0, len(parts), CHUNK):
-            out.update(self._ask_chunk(consumer, parts[i : i + CHUNK], what, stamp))
+        if pool is None or len(chunks) == 1:
+            for chunk in chunks:
+                out.update(self._ask_chunk(consumer, chunk, what, stamp))
+        else:
+            futures = [pool.submit(self._ask_chunk, consumer, c, what, stamp) for c in chunks]
+            for f in futures:
+                out.update(f.result())
         missing = [p for p in parts if p not in out]
         if missing:
             raise self._unavailable(missing[0], what, "no answer")
@@ -228,12 +239,16 @@ class TopicOffsets:
                     consumers[level] = client.consumer(
                         self._conn, purpose="offsets", extras={"isolation.level": level}
                     )
-            if len(kinds) == 1 or len(parts) <= CHUNK:
+            if len(parts) <= CHUNK:
                 return [self._ask(consumers[levels[kind]], parts, kind) for kind in kinds]
-            # many partitions: the kinds' requests are in flight together (the client threads
-            # wait on the broker; librdkafka clients are thread-safe)
-            with ThreadPoolExecutor(len(kinds), thread_name_prefix="offsets") as pool:
-                futures = [pool.submit(self._ask, consumers[levels[k]], parts, k) for k in kinds]
+            # many partitions: the requests of every chunk and kind are in flight together (a
+            # request mostly waits on the broker; librdkafka clients are thread-safe)
+            with (
+                ThreadPoolExecutor(len(kinds), thread_name_prefix="offsets-kind") as per_kind,
+                ThreadPoolExecutor(_THREADS, thread_name_prefix="offsets") as pool,
+            ):
+                futures = [per_kind.submit(self._ask, consumers[levels[k]], parts, k, pool)
+                           for k in kinds]  # fmt: skip
                 return [f.result() for f in futures]
         finally:
             for c in consumers.values():

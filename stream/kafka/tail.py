@@ -7,8 +7,9 @@ records take offsets but are never delivered):
 
 * partitions with nothing to read (``start >= end``) are not asked for;
 * at most :data:`PER_CONSUMER` partitions share a consumer, and the consumers fetch
-  concurrently, one thread each (one consumer assigned 6.7 k partitions took 1 to 30 s to
-  deliver them and up to 8 s to close on 2 loaded cores; seven consumers of 1 k, ~0.5 s);
+  concurrently, one thread each (one consumer assigned 6.7 k partitions sometimes took 8 to
+  30 s to deliver them or to close, on 2 loaded cores; consumers of 1 k to 2.5 k partitions
+  took 0.4 to 1.9 s, 2.5 k with the least client CPU);
 * a partition is done at its record ``end - 1``, at any record at or past ``end``, or at the
   end of the log (``enable.partition.eof``): a partition ending in a transaction marker or
   compacted away below ``end`` does not wait for the deadline.
