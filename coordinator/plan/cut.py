@@ -25,6 +25,7 @@ partitions fetching concurrently) while the LSO is asked.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -88,16 +89,23 @@ def read_log_starts(job: JobSpec, timeout_s: float = 10.0) -> dict[PartitionId, 
 def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -> CutReading:
     """Read ``log_start``/``hwm`` per partition (and the LSO and event-time watermark)."""
     topic = job.stream.topic
+    t0 = time.perf_counter()
     offsets = _offsets(job, timeout_s)
     parts = offsets.partitions()
     taken_at = datetime.now(UTC)
+    t1 = time.perf_counter()
     # the LSO is asked while the watermark's tails are read (they need log start and hwm only)
     with ThreadPoolExecutor(1, thread_name_prefix="cut-lso") as pool:
         asked = pool.submit(offsets.last_stable, parts)
         marks = offsets.watermarks(parts)
         cuts = tuple(PartitionCut(p, *marks[p]) for p in sorted(parts))
+        t2 = time.perf_counter()
         mark = _event_time_watermark(job, cuts) if watermark else None
+        t3 = time.perf_counter()
         stable = asked.result()
+    log.debug("topic=%s partitions=%d: cut read in %.3fs (metadata %.3fs, log start and hwm "
+              "%.3fs, watermark %.3fs, lso waited %.3fs)", topic, len(parts),
+              time.perf_counter() - t0, t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)  # fmt: skip
     for pc_ in cuts:
         if stable[pc_.partition] < pc_.hwm:
             log.info(
