@@ -11,8 +11,9 @@ and ~1.5 s wall on 2 loaded cores; ten of 1 k, 0.08 s and 0.35 s), and the kinds
 (log start, high watermark, last stable offset) and their chunks are asked concurrently.
 
 A partition whose leader does not serve yet (``NOT_LEADER_OR_FOLLOWER``,
-``LEADER_NOT_AVAILABLE``, ``OFFSET_NOT_AVAILABLE``, ``UNKNOWN_TOPIC_OR_PARTITION``: right
-after the topic was created, or during a leader election) is asked again with backoff for up to
+``LEADER_NOT_AVAILABLE``, ``OFFSET_NOT_AVAILABLE``, ``UNKNOWN_TOPIC_OR_PARTITION``,
+``UNKNOWN_LEADER_EPOCH``, ``FENCED_LEADER_EPOCH``: right after the topic was created or
+partitions were added, or during a leader election) is asked again with backoff for up to
 the query's timeout, then reported with what to do.
 
 * ``log_start``: earliest retained offset (timestamp -2).
@@ -58,6 +59,8 @@ _LEADERLESS = frozenset({
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.OFFSET_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.FENCED_LEADER_EPOCH,
 })  # fmt: skip
 
 
