@@ -13,7 +13,11 @@ Cases (``--case``, default ``status,resume``):
   check once a log start moved past the cut) and ``seamline plan``'s stored plan.
 * ``cut``: a topic of ``--partitions`` partitions (default 10 k) is created on the broker of
   ``KAFKA_BOOTSTRAP``, one record is produced to every partition, then ``read_cut`` (offsets
-  of every partition + the event-time watermark) is timed; the topic is deleted afterwards.
+  of every partition + the event-time watermark) is timed ``--repeat`` times (median, each
+  run, the load average); the topic is deleted afterwards. ``--topic`` reads an existing
+  topic instead (kept). Use a broker of your own with a larger heap
+  (``SEAMLINE_KAFKA_JVM_OPTS=-Xmx2g seamline broker start --data-dir ...``): a 512 MiB broker
+  ran out of heap serving repeated fetches of 10 k partitions.
 * ``slice``: the fixed cost of one history slice as a worker runs it (token lookup, then a
   10-row day bucket's scoped overwrite through the real sink) after 10 and after 1,000 slice
   commits, Iceberg (SQL catalog) and Lance: the median of ``--probe`` slices at each point,
@@ -25,7 +29,8 @@ Cases (``--case``, default ``status,resume``):
 Usage::
 
     uv run python bench/control_plane.py [--case status,resume,scan,cut,slice] [--slices 1000000]
-        [--partitions 10000] [--dir /tmp/seamline-bench-cp] [--probe 10] [--every 50] [--min-age 60]
+        [--partitions 10000] [--topic NAME] [--repeat 3] [--dir /tmp/seamline-bench-cp]
+        [--probe 10] [--every 50] [--min-age 60]
 """
 
 from __future__ import annotations
@@ -245,51 +250,83 @@ def case_scan(url: str, n: int) -> None:
 # -- the cut at N partitions -------------------------------------------------------------------
 
 
-def case_cut(partitions: int) -> None:
-    """``read_cut`` on a fresh topic of ``partitions`` partitions (one record in each)."""
+def case_cut(partitions: int, topic: str | None = None, repeat: int = 3) -> None:
+    """``read_cut`` on a fresh topic of ``partitions`` partitions (one record in each), or on
+    the existing ``topic`` (kept), ``repeat`` times each way: offsets only, then with the
+    event-time watermark; each run's wall time, the median and the load average."""
     from coordinator.core.jobspec import parse_job
     from coordinator.plan.cut import read_cut
     from stream.broker.admin import delete_topics
     from stream.kafka import client
+    from stream.kafka.offsets import TopicOffsets
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
     if not bootstrap:
         raise SystemExit("case cut: set KAFKA_BOOTSTRAP to a broker (host:port)")
-    topic = f"bench-cut-{uuid.uuid4().hex[:8]}"
-    print(f"case=cut partitions={partitions:,} topic={topic}")
-    timed("create topic", lambda: _create(bootstrap, topic, partitions))
-    time.sleep(10)  # leaders listed in metadata may not serve list_offsets yet
+    fresh = topic is None
+    name = topic or f"bench-cut-{uuid.uuid4().hex[:8]}"
+    print(f"case=cut partitions={partitions if fresh else 'existing':} topic={name}")
     try:
-        producer = client.producer(client.plain(bootstrap))
-        now_ms = int(time.time() * 1000)
-
-        def produce() -> None:
-            for p in range(partitions):
-                for _ in range(100):  # the producer learns new partitions from metadata
-                    try:
-                        producer.produce(topic, b'{"order_id": %d, "ts": %d}' % (p, now_ms),
-                                         partition=p)  # fmt: skip
-                        break
-                    except Exception:  # Local: Unknown partition, until metadata refreshes
-                        producer.poll(0.5)
-                producer.poll(0)
-            producer.flush(120)
-
-        timed("produce one record per partition", produce)
+        if fresh:
+            timed("create topic", lambda: _create(bootstrap, name, partitions))
+            offsets = TopicOffsets(client.plain(bootstrap), name, timeout_s=300)
+            # until every leader serves offset queries (a listed leader may not, at first)
+            timed("leaders serve offsets", lambda: offsets.high_watermarks(offsets.partitions()))
+            timed("produce one record per partition", lambda: _produce_each(bootstrap, name,
+                                                                             partitions))  # fmt: skip
         doc = {
             "job": {"id": "bench-cut"},
-            "stream": {"bootstrap": bootstrap, "topic": topic},
+            "stream": {"bootstrap": bootstrap, "topic": name},
             "schema": {"fields": {"order_id": "int64", "ts": "timestamp_ms"},
                        "event_time": "ts"},
             "table": {"format": "lance", "uri": "/tmp/unused.lance"},
         }  # fmt: skip
         job = parse_job(doc, base_dir=Path(tempfile.gettempdir()), default_id="bench-cut")
-        timed("read_cut (offsets only)", lambda: read_cut(job, 60.0, watermark=False))
-        reading = timed("read_cut (offsets + watermark)", lambda: read_cut(job, 60.0))
+        for label, wm in (
+            ("read_cut (offsets only)", False),
+            ("read_cut (offsets + watermark)", True),
+        ):
+            took = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                reading = read_cut(job, 60.0, watermark=wm)
+                took.append(time.perf_counter() - t)
+            print(f"  {label:<40} median {statistics.median(took):6.3f} s  runs "
+                  f"{' '.join(f'{x:.3f}' for x in took)}  load {os.getloadavg()[0]:.1f}"
+                  f" on {os.cpu_count()} cores")  # fmt: skip
         print(f"  partitions read={len(reading.partitions):,} watermark_ms={reading.watermark_ms}")
+        _time_save_cut(reading)
     finally:
-        delete_topics(bootstrap, [topic])
-        print(f"  deleted topic={topic}")
+        if fresh:
+            delete_topics(bootstrap, [name])
+            print(f"  deleted topic={name}")
+
+
+def _time_save_cut(reading: Any) -> None:
+    """The cut stored in a fresh SQLite state store (what ``seamline cut`` does next)."""
+    from coordinator.state.store import StateStore
+
+    with tempfile.TemporaryDirectory() as tmp, StateStore(f"sqlite:///{tmp}/state.db") as store:
+        epoch = store.ensure_job("bench-cut")
+        timed("save_cut (SQLite state store)", lambda: store.save_cut(reading.to_cut("bench-cut",
+                                                                                     epoch)))  # fmt: skip
+
+
+def _produce_each(bootstrap: str, topic: str, partitions: int) -> None:
+    """One JSON record to every partition."""
+    from stream.kafka import client
+
+    producer = client.producer(client.plain(bootstrap))
+    now_ms = int(time.time() * 1000)
+    for p in range(partitions):
+        for _ in range(100):  # the producer learns new partitions from metadata
+            try:
+                producer.produce(topic, b'{"order_id": %d, "ts": %d}' % (p, now_ms), partition=p)
+                break
+            except Exception:  # Local: Unknown partition, until metadata refreshes
+                producer.poll(0.5)
+        producer.poll(0)
+    producer.flush(120)
 
 
 def _create(bootstrap: str, topic: str, partitions: int, step: int = 5_000) -> None:
@@ -405,6 +442,12 @@ def main() -> None:
                     help="slice case: table maintenance every N commits (0: never)")
     ap.add_argument("--min-age", type=float, default=60.0,
                     help="slice case: maintenance keeps snapshots/versions younger than this")
+    ap.add_argument(
+        "--topic",
+        default=None,
+        help="case cut: an existing topic to read (kept) instead of a fresh one",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="case cut: runs of each read_cut")
     args = ap.parse_args()
     cases = set(args.case.split(","))
     unknown = cases - {"status", "resume", "scan", "cut", "slice"}
@@ -421,7 +464,7 @@ def main() -> None:
         if "scan" in cases:
             case_scan(url, args.slices)
     if "cut" in cases:
-        case_cut(args.partitions)
+        case_cut(args.partitions, args.topic, args.repeat)
     if "slice" in cases:
         for fmt in args.formats.split(","):
             with tempfile.TemporaryDirectory(dir=root) as tmp:

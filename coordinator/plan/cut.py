@@ -17,7 +17,9 @@ sees the same transaction's records at offsets >= ``hwm`` only. The LSO at cut t
 
 The event-time watermark is for information only (timestamps never define the seam): the
 largest event time among the last few records below ``hwm``, decoded with
-the job's decoder (:func:`stream.decode.decoder_for`).
+the job's decoder (:func:`stream.decode.decoder_for`). The records are read by
+:func:`stream.kafka.tail.read_tails` (empty partitions skipped, consumers of at most 2.5 k
+partitions fetching concurrently) while the LSO is asked.
 """
 
 from __future__ import annotations
@@ -25,20 +27,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import TopicPartition
 
 from coordinator.core.jobspec import JobSpec
 from coordinator.core.values import Cut, Epoch, EventTimeMs, Offset, PartitionCut, PartitionId
 from stream.decode import decoder_for
 from stream.decode.base import RawMessage
 from stream.decode.transform import identity
-from stream.kafka import client as kafka_client
 from stream.kafka.offsets import TopicOffsets
+from stream.kafka.tail import read_tails
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +89,23 @@ def read_log_starts(job: JobSpec, timeout_s: float = 10.0) -> dict[PartitionId, 
 def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -> CutReading:
     """Read ``log_start``/``hwm`` per partition (and the LSO and event-time watermark)."""
     topic = job.stream.topic
+    t0 = time.perf_counter()
     offsets = _offsets(job, timeout_s)
     parts = offsets.partitions()
     taken_at = datetime.now(UTC)
-    read = offsets.read(parts)
-    stable = {po.partition: po.last_stable for po in read}
-    cuts = tuple(PartitionCut(po.partition, po.log_start, po.hwm) for po in read)
+    t1 = time.perf_counter()
+    # the LSO is asked while the watermark's tails are read (they need log start and hwm only)
+    with ThreadPoolExecutor(1, thread_name_prefix="cut-lso") as pool:
+        asked = pool.submit(offsets.last_stable, parts)
+        marks = offsets.watermarks(parts)
+        cuts = tuple(PartitionCut(p, *marks[p]) for p in sorted(parts))
+        t2 = time.perf_counter()
+        mark = _event_time_watermark(job, cuts) if watermark else None
+        t3 = time.perf_counter()
+        stable = asked.result()
+    log.debug("topic=%s partitions=%d: cut read in %.3fs (metadata %.3fs, log start and hwm "
+              "%.3fs, watermark %.3fs, lso waited %.3fs)", topic, len(parts),
+              time.perf_counter() - t0, t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)  # fmt: skip
     for pc_ in cuts:
         if stable[pc_.partition] < pc_.hwm:
             log.info(
@@ -103,7 +116,6 @@ def read_cut(job: JobSpec, timeout_s: float = 10.0, *, watermark: bool = True) -
                 stable[pc_.partition],
                 pc_.hwm,
             )
-    mark = _event_time_watermark(job, cuts) if watermark else None
     return CutReading(topic, cuts, stable, taken_at, mark)
 
 
@@ -130,37 +142,18 @@ def floor_at_live(reading: CutReading, live: Mapping[PartitionId, Offset]) -> Cu
 
 
 def _event_time_watermark(job: JobSpec, cuts: tuple[PartitionCut, ...]) -> EventTimeMs | None:
-    """Largest event time among the last few records below ``hwm`` (best effort)."""
-    tails = [
-        TopicPartition(job.stream.topic, c.partition, max(c.log_start, c.hwm - _TAIL_RECORDS))
-        for c in cuts
-        if c.hwm > c.log_start
-    ]
-    if not tails:
-        return None
-    hwms = {c.partition: c.hwm for c in cuts}
-    consumer = kafka_client.consumer(
-        job.kafka_config(),
-        purpose="cut",
-        extras={"isolation.level": "read_uncommitted", "socket.connection.setup.timeout.ms": 5000},
-    )
-    msgs: list[RawMessage] = []
-    try:
-        consumer.assign(tails)
-        deadline = time.monotonic() + _TAIL_SECONDS
-        remaining = {tp.partition for tp in tails}
-        while remaining and time.monotonic() < deadline:
-            for m in consumer.consume(500, 0.2):
-                if m.error() is not None or m.offset() >= hwms[m.partition()]:
-                    continue
-                ts_type, ts = m.timestamp()
-                msgs.append(RawMessage(m.partition(), m.offset(), m.value(), m.key(),
-                                       ts if ts_type else None, tuple(m.headers() or ()) or None))  # fmt: skip
-                if m.offset() >= hwms[m.partition()] - 1:
-                    remaining.discard(m.partition())
-    finally:
-        consumer.close()
-    return _max_event_time(job, msgs)
+    """Largest event time among the last few records below ``hwm`` (best effort: what
+    arrives within ``_TAIL_SECONDS``; empty partitions are not read)."""
+    ranges = {c.partition: (Offset(max(c.log_start, c.hwm - _TAIL_RECORDS)), c.hwm) for c in cuts}
+    tails = read_tails(job.kafka_config(), job.stream.topic, ranges, seconds=_TAIL_SECONDS,
+                       purpose="cut")  # fmt: skip
+    if tails.unfinished:
+        log.info(
+            "topic=%s: the event-time watermark leaves out %d partition(s) not read within "
+            "%gs (e.g. partition=%d)", job.stream.topic, len(tails.unfinished), _TAIL_SECONDS,
+            min(tails.unfinished),
+        )  # fmt: skip
+    return _max_event_time(job, tails.records)
 
 
 def _max_event_time(job: JobSpec, msgs: list[RawMessage]) -> EventTimeMs | None:

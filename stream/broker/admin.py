@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 def create_topic(bootstrap: str, name: str, *, partitions: int = 3,
                  config: dict[str, str] | None = None, timeout: float = 30.0) -> None:
-    """Create ``name`` with ``partitions`` partitions (replication 1) and wait for its leaders.
+    """Create ``name`` with ``partitions`` partitions (replication 1) and wait for its leaders
+    to appear and to answer offset queries.
 
     Raises:
-        BrokerError: the broker refused the topic or its leaders did not appear in time.
+        BrokerError: the broker refused the topic or its leaders did not serve in time.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.cimpl import NewTopic
@@ -37,7 +38,21 @@ def create_topic(bootstrap: str, name: str, *, partitions: int = 3,
     except KafkaException as exc:
         raise BrokerError(f"creating topic={name} partitions={partitions} at {bootstrap} "
                           f"failed: {exc}", hint="check the broker log") from exc
-    _wait_for_leaders(admin, name, partitions, time.monotonic() + timeout)
+    deadline = time.monotonic() + timeout
+    _wait_for_leaders(admin, name, partitions, deadline)
+    _wait_for_offsets(bootstrap, name, deadline)
+
+
+def _wait_for_offsets(bootstrap: str, name: str, deadline: float) -> None:
+    """Until every partition's leader answers an offset query: a leader listed in the
+    metadata may still answer NOT_LEADER_OR_FOLLOWER for a moment (the query asks again with
+    backoff until the time left)."""
+    from stream.kafka import client
+    from stream.kafka.offsets import TopicOffsets
+
+    left = max(0.5, deadline - time.monotonic())
+    offsets = TopicOffsets(client.plain(bootstrap), name, timeout_s=left)
+    offsets.high_watermarks(offsets.partitions())
 
 
 def _wait_for_leaders(admin: AdminClient, name: str, partitions: int, deadline: float) -> None:
