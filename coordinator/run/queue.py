@@ -1,13 +1,20 @@
 """The runner's queue of slices still to run: first-time slices in plan order read lazily from
-the state store, retries ordered by the time they may run again."""
+the state store, retries ordered by the time they may run again; and which slices a (partial)
+run selects."""
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from fnmatch import fnmatchcase
 
-from coordinator.core.values import Slice
+from coordinator.core.errors import ConfigError
+from coordinator.core.values import Slice, SliceStatus
+from coordinator.state.store import SliceRecord
+
+#: The states a run executes (a ``running`` slice was left by a dead coordinator).
+TODO: tuple[SliceStatus, ...] = ("pending", "running", "failed")
 
 #: Slices read ahead from the store at a time (the queue's memory bound).
 READ_AHEAD = 1_000
@@ -55,3 +62,42 @@ class SliceQueue:
         if self._ready:
             return float("-inf")
         return self._later[0][0] if self._later else None
+
+
+def _needs_run(record: SliceRecord) -> bool:
+    return record.status in TODO
+
+
+def select_slices(
+    records: Iterable[SliceRecord], only: Sequence[str] = (), limit: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(slices to run, slices still to do that the selection leaves out), in plan order, in
+    one pass over ``records`` (the plan in plan order; only ids are kept).
+
+    ``only`` globs (``fnmatch``, case-sensitive) must each match some slice of the plan,
+    committed or not: a glob matching nothing is a ConfigError (a typo would otherwise run
+    nothing and look like success). ``limit`` keeps the first ``limit`` matching slices.
+    """
+    unmatched = list(only)
+    sample: list[str] = []
+    seen = 0
+    chosen: list[str] = []
+    left: list[str] = []
+    for r in records:
+        sid = r.slice_id
+        seen += 1
+        if len(sample) < 3:
+            sample.append(sid)
+        unmatched = [p for p in unmatched if not fnmatchcase(sid, p)]
+        if not _needs_run(r):
+            continue
+        wanted = not only or any(fnmatchcase(sid, p) for p in only)
+        (chosen if wanted and (limit is None or len(chosen) < limit) else left).append(sid)
+    for pattern in unmatched:
+        shown = ", ".join(sample) + (", ..." if seen > 3 else "")
+        raise ConfigError(
+            f"--only {pattern!r}: expected a glob matching slice ids of the plan, "
+            f"found no match among {seen} slices ({shown})",
+            hint="see `seamline plan JOB` or `seamline status JOB` for the slice ids",
+        )
+    return chosen, left

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
 from coordinator.core.errors import ConfigError, ExitCode
@@ -41,7 +40,7 @@ from coordinator.core.retry import Jitter, RetryPolicy
 from coordinator.core.values import CommitToken, Epoch, Slice, SliceStatus
 from coordinator.run.committer import BatchCommitter
 from coordinator.run.progress import NullProgress, ProgressSink
-from coordinator.run.queue import SliceQueue
+from coordinator.run.queue import TODO, SliceQueue, select_slices
 from coordinator.state.store import LeaseOwner, SliceRecord
 
 log = logging.getLogger(__name__)
@@ -175,8 +174,6 @@ class StopSignal:
         self.stop.set()
 
 
-#: The states a run executes (a ``running`` slice was left by a dead coordinator).
-TODO: tuple[SliceStatus, ...] = ("pending", "running", "failed")
 @dataclass
 class _Run:
     """Mutable bookkeeping of one runner pass (private)."""
@@ -455,50 +452,6 @@ def retry_note(attempt: int, attempts: int) -> str:
     return f"{RETRY_NOTE}{attempt} of {attempts}: "
 
 
-def _needs_run(record: SliceRecord) -> bool:
-    return record.status in TODO
-
-
-def select_slices(
-    records: Iterable[SliceRecord], only: Sequence[str] = (), limit: int | None = None
-) -> tuple[list[str], list[str]]:
-    """(slices to run, slices still to do that the selection leaves out), in plan order, in
-    one pass over ``records`` (the plan in plan order; only ids are kept).
-
-    ``only`` globs (``fnmatch``, case-sensitive) must each match some slice of the plan,
-    committed or not: a glob matching nothing is a ConfigError (a typo would otherwise run
-    nothing and look like success). ``limit`` keeps the first ``limit`` matching slices.
-    """
-    unmatched = list(only)
-    sample: list[str] = []
-    seen = 0
-    chosen: list[str] = []
-    left: list[str] = []
-    for r in records:
-        sid = r.slice_id
-        seen += 1
-        if len(sample) < 3:
-            sample.append(sid)
-        unmatched = [p for p in unmatched if not fnmatchcase(sid, p)]
-        if not _needs_run(r):
-            continue
-        wanted = not only or any(fnmatchcase(sid, p) for p in only)
-        (chosen if wanted and (limit is None or len(chosen) < limit) else left).append(sid)
-    for pattern in unmatched:
-        shown = ", ".join(sample) + (", ..." if seen > 3 else "")
-        raise ConfigError(
-            f"--only {pattern!r}: expected a glob matching slice ids of the plan, "
-            f"found no match among {seen} slices ({shown})",
-            hint="see `seamline plan JOB` or `seamline status JOB` for the slice ids",
-        )
-    return chosen, left
-
-
-def pending_ids(records: Sequence[SliceRecord]) -> list[str]:
-    """Ids of slices a run would execute."""
-    return [r.slice_id for r in records if _needs_run(r)]
-
-
 __all__ = [
     "RETRY_NOTE",
     "LagGate",
@@ -509,7 +462,6 @@ __all__ = [
     "SliceLedger",
     "StopSignal",
     "default_pool",
-    "pending_ids",
     "retry_note",
     "select_slices",
 ]
