@@ -171,7 +171,9 @@ def warn_plan_drift(job: JobSpec, job_file: str) -> bool:
     return message is not None
 
 
-def status_json(job_id: str, store: StateStore, show: Show = "summary") -> dict[str, Any]:
+def status_json(
+    job_id: str, store: StateStore, show: Show = "summary", *, atomic: bool = True
+) -> dict[str, Any]:
     """Slice counts and totals, a bounded list of slices (every one with ``show="all"``),
     live progress and the latest reconcile result; never the whole plan in memory."""
     cut = store.get_cut(job_id)
@@ -180,7 +182,7 @@ def status_json(job_id: str, store: StateStore, show: Show = "summary") -> dict[
         "job_id": job_id,
         "state_url": store.url,
         "cut": cut_json(cut) if cut is not None else None,
-        **slice_status(store, job_id, cut.epoch if cut is not None else None, show),
+        **slice_status(store, job_id, cut.epoch if cut is not None else None, show, atomic=atomic),
         "live": [
             {
                 "partition": p.partition,
@@ -444,7 +446,7 @@ def register(group: click.Group) -> None:
         warn_plan_drift(job, job_file)
         with store:
             show: Show = "failed" if only_failed else "all" if show_all else "summary"
-            doc = status_json(job.job_id, store, show)
+            doc = status_json(job.job_id, store, show, atomic=job.backfill.publish == "atomic")
         if output == "json":
             click.echo(json.dumps(doc))
         else:

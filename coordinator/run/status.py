@@ -102,12 +102,14 @@ def estimate_seconds(summary: Mapping[str, Mapping[str, Any]], concurrency: int)
 
 def slice_status(
     store: StateStore, job_id: str, epoch: int | None, show: Show = "summary",
-    limit: int = DEFAULT_ROWS,
+    limit: int = DEFAULT_ROWS, *, atomic: bool = True,
 ) -> dict[str, Any]:
     """The slice part of ``status`` (``epoch`` ``None``: no cut yet, no slices): counts and
     totals per status, the slices listed (see the module doc), ``remaining`` (ids of slices
     not yet done: all of them with ``show="all"``, else the first ``limit`` in plan order;
-    ``remaining_count`` is always exact) and the publish state."""
+    ``remaining_count`` is always exact) and the publish state (``atomic``: the job publishes
+    with ``publish = "atomic"``; other jobs have none, their staged slices wait for the
+    coordinator's next batch commit)."""
     totals: dict[str, StatusTotals] = {}
     slices: list[dict[str, Any]] = []
     remaining: list[str] = []
@@ -122,7 +124,8 @@ def slice_status(
                                  page_size=limit if show != "all" else 5_000)  # fmt: skip
         ids = (r.slice_id for r in todo)
         remaining = list(ids if show == "all" else islice(ids, limit))
-        publish = _publish(store, job_id, epoch, {k: v.slices for k, v in totals.items()})
+        if atomic:  # per-slice jobs stage only for the coordinator's batch commits
+            publish = _publish(store, job_id, epoch, {k: v.slices for k, v in totals.items()})
     counts = {k: v.slices for k, v in totals.items()}
     total = sum(counts.values())
     return {

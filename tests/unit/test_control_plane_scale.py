@@ -268,3 +268,20 @@ def test_status_shows_a_slice_awaiting_its_retry_as_retrying_while_its_run_holds
         store.release_lease(JOB, owner)  # the run ended (or died): nothing retries it now
         doc = slice_status(store, JOB, 1, "failed")
         assert {s["status"] for s in doc["slices"]} == {"failed"} and doc["running"] is None
+
+
+def test_staged_slices_of_a_per_slice_job_are_not_shown_as_a_pending_publish(
+    tmp_path: Path,
+) -> None:
+    """With ``committer = "coordinator"`` a slice is staged until its batch commit: no
+    write-audit-publish state is shown for it."""
+    from coordinator.core.values import CommitToken
+
+    with _big_store(tmp_path / "state.db") as store:
+        sid = _slice(20).slice_id
+        store.mark_running(JOB, sid, 1)
+        store.mark_staged(JOB, sid, 1, rows=10, staged={"files": []},
+                          token=CommitToken(JOB, sid, 1, Epoch(1), "backfill"))  # fmt: skip
+        assert slice_status(store, JOB, 1, atomic=False)["publish"] is None
+        staged = slice_status(store, JOB, 1, atomic=True)["publish"]
+        assert staged == {"state": "staged", "staged": 1, "snapshot_id": None}
