@@ -255,7 +255,13 @@ def assert_newest_per_key(job: JobSpec, want: dict[int, Version]) -> None:
 
 
 def _kill_after(job: JobSpec, at_least: int, log_name: str) -> int:
-    proc = start(job, "run", job_path(job), "--output", "json", log_name=log_name)
+    """``kill -9`` a ``seamline run`` once ``at_least`` slices are committed. Each slice
+    sleeps 1 s before it runs (tests/integration/slow_executor.py): merge slices are fast
+    enough that a run could otherwise finish between two polls, and the kill must come
+    mid-run."""
+    slow = {"SEAMLINE_TEST_EXEC_DIR": str(job.base_dir), "SEAMLINE_TEST_EXEC_SLEEP": "1.0"}
+    proc = start(job, "run", job_path(job), "--output", "json", "--executor",
+                 "tests.integration.slow_executor:execute", log_name=log_name, env=slow)  # fmt: skip
     try:
         wait_until(lambda: committed(job) >= at_least, 240, f"{at_least} committed slices")
     finally:

@@ -222,13 +222,16 @@ def seamline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
     )
 
 
-def start(job: JobSpec, *args: str, log_name: str) -> subprocess.Popen[bytes]:
-    """``seamline ARGS`` in its own process group, output to a log file next to the job."""
+def start(
+    job: JobSpec, *args: str, log_name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``seamline ARGS`` in its own process group, output to a log file next to the job
+    (``env``: more environment variables)."""
     log = open(job.base_dir / log_name, "ab")  # noqa: SIM115
     return subprocess.Popen(
         [SEAMLINE, "--log-level", "INFO", *args],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
