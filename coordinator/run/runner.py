@@ -16,6 +16,10 @@
 * ``stop`` (set by SIGINT/SIGTERM in the CLI) stops submitting; in-flight slices finish and
   are recorded. ``abandon`` (a second signal) stops waiting: the workers are killed, their
   slices stay ``running`` and are re-run on resume.
+* With a :class:`~coordinator.run.committer.BatchCommitter` (``[backfill] committer =
+  "coordinator"``) staged slices are committed by it, several per table commit: batches left
+  by a killed coordinator are recovered before the run, due batches are committed between
+  outcomes, and the rest at the end (a cancelled run too; an abandoned one leaves them staged).
 * ``lag_gate()`` is consulted before each submission; a number is seconds to pause (recorded
   in the state store's pauses), ``None`` means go.
 * A partial run (``RunnerConfig.only`` globs over slice ids, ``RunnerConfig.limit`` slices at
