@@ -29,8 +29,9 @@ slices in batches:
   batch that reached the table.
 
 Overwrite mode only: a merge is decided against the table at its own commit; an append re-run
-after its batch's token expired would write its rows twice. ``publish = "atomic"`` already
-makes one commit. All three are refused.
+after its batch's token expired would find its own rows in its scope and be refused for good
+(append never overwrites). ``publish = "atomic"`` already makes one commit. All three are
+refused.
 """
 
 from __future__ import annotations
