@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,23 +32,6 @@ from tests.integration.test_worker_lifecycle import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RAY = 'executor = "ray"\n'
-
-
-@pytest.fixture
-def exec_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "exec"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started_: list[subprocess.Popen[str]] = []
-    yield started_
-    for p in started_:  # a run that failed its test: stop it (its local Ray goes with it)
-        if p.poll() is None:
-            p.kill()
-        p.wait()
 
 
 def ray_task_of(pid: int) -> str:

@@ -7,14 +7,13 @@ check of the outcome reads the table itself: each source record exactly once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import lance
@@ -28,23 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLOW = "tests.integration.slow_executor:execute"
 PER_PARTITION = {0: 20, 1: 20, 2: 20}  # 12 slices of 5 records
-
-
-@pytest.fixture
-def exec_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "exec"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for p in started:  # each run has its own session: clean up whatever is left of it
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
 
 
 def start_run(job: Path, exec_dir: Path, *, executor: str = SLOW) -> subprocess.Popen[str]:
