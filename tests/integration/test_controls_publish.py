@@ -93,6 +93,13 @@ class Poller(threading.Thread):
         return self.seen
 
 
+def live_log_tail(job: JobSpec, lines: int = 40) -> str:
+    """The live consumer's last log lines (for a failure message)."""
+    path = job.base_dir / "live.log"
+    text = path.read_text(errors="replace") if path.exists() else "(no live.log)"
+    return "the live log ends:\n" + "\n".join(text.splitlines()[-lines:])
+
+
 def status(job: JobSpec) -> dict[str, Any]:
     res = seamline("status", job_path(job), "--output", "json")
     assert res.returncode == 0, res.stderr
@@ -114,7 +121,7 @@ def test_readers_see_no_backfill_row_until_the_one_publish_and_a_kill_before_it_
     take_cut(job)
     producer = LiveProducer(kafka_bootstrap, topic, first_id=100_000, per_second=12)
     producer.start()
-    with live_consumer(job):
+    with live_consumer(job) as live:
         wait_until(lambda: sides(job)[1] > 0, 60, "the live consumer's first commit")
         poller = Poller(job)
         poller.start()
@@ -132,7 +139,19 @@ def test_readers_see_no_backfill_row_until_the_one_publish_and_a_kill_before_it_
         published_live = sides(job)[1]  # read after the publish commit
         # counted now: later live commits may expire the publish snapshot (keep_versions)
         assert len(publish_commits(job)) == 1
-        wait_until(lambda: poller.seen[-1][1] > published_live, 60, "a live commit after publish")
+
+        def live_committed_after_publish() -> bool:
+            # fail at once, saying why, if a party that must keep running has stopped
+            assert live.poll() is None, live_log_tail(job)
+            assert producer.error is None and producer.is_alive(), producer.error
+            assert poller.error is None and poller.is_alive(), poller.error
+            return poller.seen[-1][1] > published_live
+
+        try:
+            wait_until(live_committed_after_publish, 120, "a live commit after publish")
+        except AssertionError as exc:  # say what the reader and the live consumer last saw
+            seen_last = poller.seen[-5:]
+            raise AssertionError(f"{exc}; poller saw {seen_last}; {live_log_tail(job)}") from None
         seen = poller.finish()
         delivered = producer.finish()
         wait_until(lambda: sides(job)[1] == len(delivered), 90, "live to catch up")

@@ -71,6 +71,7 @@ def job_toml(
     transform: str | None = None,
     slice_records: int = 100,
     lag_threshold: int = 100_000,
+    live_extra: str = "",
 ) -> str:
     fields = "\n".join(f'{k} = "{v}"' for k, v in ORDER_FIELDS.items())
     if fmt == "iceberg":
@@ -110,7 +111,7 @@ lag_threshold = {lag_threshold}
 batch_records = 2000
 batch_seconds = 0.5
 min_commit_seconds = 0.5
-[state]
+{live_extra}[state]
 url = "sqlite:///{root}/state.db"
 """
 

@@ -101,6 +101,36 @@ def test_compaction_keeps_every_row_and_its_lineage(tmp_path: Path) -> None:
     assert _offsets(fresh) == Counter({(0, o): 1 for o in range(65)})
 
 
+def _compactions(sink: IcebergSink) -> int:
+    table = sink.live_table().table.refresh()
+    return sum(
+        s.summary is not None and s.summary[compact_mod.COMPACTION_PROPERTY] == "compact"
+        for s in table.snapshots()
+    )
+
+
+@pytest.mark.parametrize(("commit_bytes", "commits"), [(compact_mod.COMMIT_BYTES, 1), (1, 20)])
+def test_compaction_of_many_partitions_is_one_commit_within_its_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_bytes: int, commits: int
+) -> None:
+    # A live consumer whose late events touch hundreds of day partitions compacted them one
+    # commit each, each rewriting the metadata: under load its whole cadence went to it.
+    monkeypatch.setattr(compact_mod, "COMMIT_BYTES", commit_bytes)
+    job = _iceberg(tmp_path, f"compact-{commits}")
+    sink = _sink(job)
+    for i in range(40):
+        rows = _batch(i)
+        _append(sink, Rows(rows.base, rows.partition, rows.start, rows.count, day=i % 20))
+    before = content_of(sink)
+    done = sink.compact()
+    assert (done.partitions, done.files_removed, done.files_added, done.rows) == (20, 40, 20, 200)
+    assert _compactions(sink) == commits  # 1 within the budget; a 1-byte budget: 1 each
+    fresh = _sink(job)
+    assert content_of(fresh) == before
+    assert _data_files(fresh) == 20
+    assert _offsets(fresh) == Counter({(0, o): 1 for o in range(200)})
+
+
 def _manifests(sink: IcebergSink) -> list[tuple[int, int, int]]:
     table = sink.live_table().table.refresh()
     snapshot = table.current_snapshot()

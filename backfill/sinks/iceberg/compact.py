@@ -2,7 +2,8 @@
 
 A live consumer commits a few rows at a time, so a partition ends up with thousands of tiny
 data files and reading the table back (reconcile) pays per file. :func:`compact_table` rewrites
-each partition's small files into one file (or a few, at the table's target file size):
+each partition's small files into one file (or a few, at the table's target file size), many
+partitions per commit (:func:`pack`):
 
 * the rows are read from exactly those files (``ArrowScan`` over their scan tasks) and written
   back unchanged, lineage columns included, so checksums and offset coverage are unchanged;
@@ -90,8 +91,14 @@ def _delete_files(table: Table, files: list[DataFile]) -> None:
             log.warning("could not delete an unreferenced compaction file %s: %s", f.file_path, exc)
 
 
-def compact_partition(table: Table, tasks: list[FileScanTask]) -> tuple[int, int, int]:
-    """Rewrite ``tasks``' files into one (at target size); ``(removed, added, rows)``.
+#: Input bytes one compaction commit rewrites at most (bounds the rows held in memory); the
+#: partitions of a round are packed into as few commits as this allows.
+COMMIT_BYTES = 256 * 1024 * 1024
+
+
+def compact_files(table: Table, tasks: list[FileScanTask]) -> tuple[int, int, int]:
+    """Rewrite ``tasks``' files (of one or many partitions) in ONE commit: each partition's
+    rows into one file (or a few, at target size); ``(removed, added, rows)``.
 
     Raises ``CommitFailedException`` / ``ValidationException`` when the table moved underneath
     (certainly not applied; the new files are already deleted)."""
@@ -109,6 +116,23 @@ def compact_partition(table: Table, tasks: list[FileScanTask]) -> tuple[int, int
         _delete_files(table, added)
         raise
     return len(tasks), len(added), rows.num_rows
+
+
+def pack(
+    groups: dict[PartitionKey, list[FileScanTask]], limit: int = COMMIT_BYTES
+) -> list[list[list[FileScanTask]]]:
+    """The partitions' file groups packed into commits of at most ``limit`` input bytes (a
+    partition larger than ``limit`` is a commit of its own; partitions are never split)."""
+    commits: list[list[list[FileScanTask]]] = []
+    size = 0
+    for tasks in groups.values():
+        n = sum(t.file.file_size_in_bytes for t in tasks)
+        if not commits or size + n > limit:
+            commits.append([])
+            size = 0
+        commits[-1].append(tasks)
+        size += n
+    return commits
 
 
 def compact_table(
@@ -141,7 +165,9 @@ def drop_delete_manifests(table: Table) -> bool:
     try:
         with (
             table.transaction() as txn,
-            txn.update_snapshot(snapshot_properties={COMPACTION_PROPERTY: "manifests"}).fast_append(),
+            txn.update_snapshot(
+                snapshot_properties={COMPACTION_PROPERTY: "manifests"}
+            ).fast_append(),
         ):
             pass
     except (CommitFailedException, ValidationException) as exc:
@@ -150,7 +176,13 @@ def drop_delete_manifests(table: Table) -> bool:
     return True
 
 
-def _compact_rounds(table: Table, policy: common.MaintenancePolicy, attempts: int) -> common.Compaction:
+def _compact_rounds(
+    table: Table, policy: common.MaintenancePolicy, attempts: int
+) -> common.Compaction:
+    """One commit per :func:`pack`-ed group of partitions, not one per partition: a live
+    consumer spread over hundreds of day partitions (late events) otherwise spends its whole
+    cadence committing compactions one partition at a time, each rewriting the metadata
+    (measured: 278 compaction commits in 406 s against 50 live appends under CPU load)."""
     done = common.Compaction()
     for _ in range(attempts):
         table.refresh()
@@ -159,15 +191,20 @@ def _compact_rounds(table: Table, policy: common.MaintenancePolicy, attempts: in
         if not groups:
             return done
         conflicted = False
-        for key, tasks in groups.items():
+        for partitions in pack(groups, COMMIT_BYTES):
+            tasks = [t for group in partitions for t in group]
             try:
-                removed, added, rows = compact_partition(table, tasks)
+                removed, added, rows = compact_files(table, tasks)
             except (CommitFailedException, ValidationException) as exc:
-                log.info("compaction of partition %s refused, re-planning: %s", key[1], exc)
+                log.info(
+                    "compaction of %d partitions refused, re-planning: %s", len(partitions), exc
+                )
                 done = done.plus(conflicts=1)
                 conflicted = True
                 break
-            done = done.plus(partitions=1, files_removed=removed, files_added=added, rows=rows)
+            done = done.plus(
+                partitions=len(partitions), files_removed=removed, files_added=added, rows=rows
+            )
         if not conflicted:
             return done
     log.info("compaction left partitions for the next round after %d conflicts", done.conflicts)
