@@ -264,7 +264,14 @@ def settle(job: JobSpec, hwm: dict[int, int], procs: Procs, job_file: Path,
     deadline = time.monotonic() + timeout_s
     while True:
         keep_live(procs, job_file, holder, result)
-        report = check(job, hwm)
+        try:
+            report = check(job, hwm)
+        except OSError as exc:  # the catalog down (a catalog-kill drill): ask again
+            if time.monotonic() > deadline:
+                raise
+            result.notes.append(f"oracle read refused, retrying: {type(exc).__name__}")
+            time.sleep(1.0)
+            continue
         if report.anomalies == 0 or time.monotonic() > deadline:
             result.notes.append(f"settle s={timeout_s - deadline + time.monotonic():.1f}")
             return report

@@ -114,3 +114,33 @@ def test_cli_start_status_stop_and_a_restart_keeps_the_tables(tmp_path: Path) ->
     finally:
         runner.invoke(cli, ["catalog", "stop", "--data-dir", str(data_dir)])
     assert catalog_status(data_dir).state == "stopped"
+
+
+def test_a_catalog_killed_by_sigkill_restarts_on_its_data_dir_with_every_commit(
+    tmp_path: Path,
+) -> None:
+    # The fault soak's --catalog-kills drill: the server (and the SQLite store it holds open)
+    # dies without a shutdown hook; the restart serves the same port and every commit made
+    # before the kill, and takes new ones.
+    import pyarrow as pa
+
+    from backfill.sinks.iceberg.rest_server.local import kill_catalog, start_catalog, stop_catalog
+
+    data_dir = tmp_path / "catalog"
+    rows = pa.table({"id": pa.array(range(10), pa.int64())})
+    try:
+        first = start_catalog(data_dir)
+        catalog = load_catalog("c", type="rest", uri=first.uri)
+        catalog.create_namespace("drill")
+        catalog.create_table(("drill", "t"), rows.schema).append(rows)
+        assert kill_catalog(data_dir) == first.pid
+        assert catalog_status(data_dir).state == "stopped"
+        assert kill_catalog(data_dir) is None  # nothing left to kill
+        second = start_catalog(data_dir)
+        assert (second.port, second.pid != first.pid) == (first.port, True)
+        again = load_catalog("c", type="rest", uri=second.uri).load_table(("drill", "t"))
+        assert sorted(again.scan().to_arrow()["id"].to_pylist()) == list(range(10))
+        again.append(rows)
+        assert len(again.scan().to_arrow()) == 20
+    finally:
+        stop_catalog(data_dir)

@@ -316,6 +316,28 @@ def stop_catalog(data_dir: Path, *, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> 
         return [state.pid]
 
 
+def kill_catalog(data_dir: Path) -> int | None:
+    """``kill -9`` the REST catalog of ``data_dir`` (a fault drill: no shutdown hook runs, its
+    SQLite backing store is left as the kill found it) and reap it; returns the killed pid, or
+    ``None`` when none was running. :func:`start_catalog` restarts it on the same data dir
+    and, while it is free, the same port."""
+    data_dir = data_dir.expanduser().resolve()
+    with file_lock(data_dir / ".lock"):
+        state = read_state(data_dir)
+        if state is None or state.pid is None or not is_our_server(state.pid, data_dir):
+            return None
+        os.kill(state.pid, signal.SIGKILL)
+        child = _CHILDREN.pop(state.pid, None)
+        if child is not None:
+            child.wait(10.0)
+        else:
+            deadline = time.monotonic() + 10.0
+            while alive(state.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        log.info("killed local REST catalog pid=%d (SIGKILL)", state.pid)
+        return state.pid
+
+
 def catalog_status(data_dir: Path, *, timeout: float = 5.0) -> CatalogStatus:
     """Probe the REST catalog of ``data_dir``: serving, running but not serving, or stopped."""
     data_dir = data_dir.expanduser().resolve()
