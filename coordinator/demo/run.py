@@ -32,7 +32,6 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from coordinator.core import lineage
 from coordinator.core.errors import (
     CancelledError,
     ConfigError,
@@ -141,13 +140,16 @@ def _broker_pid(kind: str, data_dir: Path) -> int | None:
 
 
 def _late_rows_in_table(job: JobSpec, seeded: Seeded) -> int:
-    """Live rows whose event time lies in the archived years (they survived the overwrite)."""
+    """Rows of the live producer whose event time lies in the archived years (they survived
+    the archive's overwrite). Counted by order id, not by side: a late event produced before
+    the cut (the producer runs while the cut is taken, slowly on a loaded host) is history,
+    written by the backfill, and must be in the table just the same."""
     from coordinator.service import open_reader
 
-    rows = open_reader(job).scan(columns=["ts", lineage.SIDE])
+    rows = open_reader(job).scan(columns=["ts", "order_id"])
     old = pc.less(rows["ts"], seeded.window.archive_end)
-    live = pc.equal(rows[lineage.SIDE], "live")
-    return int(pc.sum(pc.and_(old, live)).as_py() or 0)
+    produced_live = pc.greater_equal(rows["order_id"], seeded.next_order_id)
+    return int(pc.sum(pc.and_(old, produced_live)).as_py() or 0)
 
 
 @dataclass

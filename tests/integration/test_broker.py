@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from coordinator.cli.main import cli
 from coordinator.testing.pytest_plugin import TopicFactory
@@ -77,11 +84,28 @@ def _read(bootstrap: str, starts: list[TopicPartition], expected: int) -> Delive
     return got
 
 
+NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+}
+
+
 def _watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """Every partition's watermarks; a retriable error (no leader yet: a restarted broker is
+    still loading its partitions, slowly on a loaded host) is asked again for up to 60 s."""
     consumer = _consumer(bootstrap)
+    deadline = time.monotonic() + 60
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                for p in range(partitions)}
+        while True:
+            try:
+                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                        for p in range(partitions)}  # fmt: skip
+            except KafkaException as exc:
+                if exc.args[0].code() not in NO_LEADER_YET or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 
