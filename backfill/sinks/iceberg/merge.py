@@ -200,7 +200,7 @@ class MergePlanner:
     ) -> None:
         self.rows, self.rule, self.sort_by, self.scope = rows, rule, sort_by, scope
         self.columns = list(dict.fromkeys((*rule.key, *rule.order)))
-        self.hit = merge.arrow_key_filter(rows, rule.key) if rows.num_rows else None
+        self.hit = merge.KeySet(rows, rule.key) if rows.num_rows else None
         self._files: dict[_FileKey, pa.Table] = {}  # the rows of a data file, read once
         self._groups: list[tuple[frozenset[tuple[_FileKey, bytes]], list[DataFile]]] = []
         self._winners: tuple[bytes, list[DataFile]] | None = None
@@ -231,7 +231,8 @@ class MergePlanner:
         ]
         versions, where = [], []
         for i, (part, drop) in enumerate(zip(parts, scoped, strict=True)):
-            mask = merge.in_scope(part, self.hit) & ~drop  # a scope row is no version
+            hit = self.hit.mask(part) if self.hit is not None else np.zeros(part.num_rows, bool)
+            mask = hit & ~drop  # a scope row is no version
             at = np.flatnonzero(mask)
             versions.append(part.select(self.columns).take(pa.array(at)))
             where.append(np.stack([np.full(at.size, i, np.int64), at.astype(np.int64)]))

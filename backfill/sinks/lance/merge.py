@@ -123,17 +123,19 @@ def plan_changes(
     an SQL ``IN`` of every key.
     """
     rng = _range(rows, rule.key)
-    hit = merge.arrow_key_filter(rows, rule.key)
-    keyed = rng[1] if rng is not None else hit
+    wanted = merge.KeySet(rows, rule.key)
+    keyed = rng[1] if rng is not None else merge.arrow_key_filter(rows, rule.key)
     # one scan for the keys' rows and the slice's own scope (the fragments to touch)
     found, touched = _read(ds, keyed if scope is None else keyed | scope[1])
-    if scope is not None:
-        found = found.filter(keyed)
-    existing = merge.outside(found.filter(hit) if rng is not None else found, scope and scope[1])
+    # boolean masks over ``found`` (one hash set of the batch's keys, no filter per subset)
+    hit = wanted.mask(found)
+    own = merge.in_scope(found, scope and scope[1])  # a slice re-run replaces its own scope
+    near = merge.in_scope(found, rng[1]) if rng is not None else hit  # in the key range
+    existing = found.filter(pa.array(hit & ~own))
     decided = merge.plan(rows, existing, rule)
     out = decided.rows
-    if rng is not None and found.num_rows <= _REWRITE_FACTOR * rows.num_rows:
-        others = merge.outside(found.filter(~hit), scope and scope[1])
+    if rng is not None and int(near.sum()) <= _REWRITE_FACTOR * rows.num_rows:
+        others = found.filter(pa.array(near & ~hit & ~own))
         if others.num_rows:
             out = pa.concat_tables([out, others.select(out.column_names).cast(out.schema)])
         replace: str | None = rng[0]
