@@ -147,8 +147,8 @@ def plan_changes(
     kept: list[Any] = []
     for frag in ds.get_fragments():
         before = frag.metadata
-        hit = delete and frag.fragment_id in touched  # only fragments holding these rows
-        after = frag.delete(" OR ".join(f"({p})" for p in delete)) if hit else before
+        holds = bool(delete) and frag.fragment_id in touched  # only fragments holding rows
+        after = frag.delete(" OR ".join(f"({p})" for p in delete)) if holds else before
         if after is None:
             removed.append(frag.fragment_id)
             continue
