@@ -97,8 +97,19 @@ class MergeRule:
 class MergePlan:
     """What one merge commit does: delete every table row of ``replace`` keys, add ``rows``."""
 
-    rows: pa.Table
+    rows: pa.Table  # the batch's winners first, then the table's winners (rewritten)
     keys: pa.Table  # the batch's key columns
+    fresh: int = -1  # how many leading ``rows`` are the batch's (-1: all of them)
+
+    @property
+    def batch_rows(self) -> pa.Table:
+        """The winners taken from the batch."""
+        return self.rows if self.fresh < 0 else self.rows.slice(0, self.fresh)
+
+    @property
+    def carried(self) -> pa.Table:
+        """The table's winners, rewritten unchanged (lineage included)."""
+        return self.rows.slice(self.rows.num_rows) if self.fresh < 0 else self.rows.slice(self.fresh)
 
     @cached_property
     def replace(self) -> pa.Table:
@@ -177,7 +188,8 @@ def plan(batch: pa.Table, existing: pa.Table, rule: MergeRule) -> MergePlan:
     kept = np.ones(existing.num_rows, dtype=bool)
     kept[decided.losers] = False
     old = existing.filter(pa.array(kept)).select(batch.column_names).cast(batch.schema)
-    return MergePlan(pa.concat_tables([decided.rows, old]).combine_chunks(), keys)
+    rows = pa.concat_tables([decided.rows, old]).combine_chunks()
+    return MergePlan(rows, keys, decided.rows.num_rows)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,16 @@ class FragmentBounds:
             self._known[files] = got
         return got
 
+    def seed(self, fragments: list[Any], rows: pa.Table) -> None:
+        """Bounds of fragments just written from ``rows`` (their bounds contain the
+        fragments'), so they are never read back for them."""
+        if not rows.num_rows or not fragments:
+            return
+        k, t = pc.min_max(rows[self.key]), pc.min_max(_micros(rows[self.event_time]))
+        got = (k["min"].as_py(), k["max"].as_py(), t["min"].as_py(), t["max"].as_py())
+        for meta in fragments:
+            self._known[tuple(f.path for f in meta.data_files())] = got
+
     def candidates(
         self, ds: lance.LanceDataset, lo: object, hi: object, window: tuple[Any, Any] | None
     ) -> list[Any]:
@@ -199,11 +209,14 @@ def plan_changes(
     near = merge.in_scope(found, rng[1]) if rng is not None else hit  # in the key range
     existing = found.filter(pa.array(hit & ~own))
     decided = merge.plan(rows, existing, rule)
-    out = decided.rows
+    # the table rows rewritten unchanged go to fragments of their own: the batch's
+    # fragments keep the batch's tight key and event-time bounds (see FragmentBounds)
+    out, carried = decided.batch_rows, decided.carried
     if rng is not None and int(near.sum()) <= _REWRITE_FACTOR * rows.num_rows:
         others = found.filter(pa.array(near & ~hit & ~own))
         if others.num_rows:
-            out = pa.concat_tables([out, others.select(out.column_names).cast(out.schema)])
+            others = others.select(out.column_names).cast(out.schema)
+            carried = pa.concat_tables([carried, others])
         replace: str | None = rng[0]
     else:  # built only when used: an IN of every key costs ~30 us per key to spell
         replace = key_predicate(decided.replace, rule.key)
@@ -221,9 +234,11 @@ def plan_changes(
         kept.append(after)
         if after != before:
             updated.append(after)
-    new = (
-        write_fragments(out, uri, schema=schema, storage_options=storage_options)
-        if out.num_rows
-        else []
-    )
-    return LanceMergeChanges(ds.version, removed, updated, kept, new, out.num_rows)
+    new: list[Any] = []
+    for part in (out, carried):
+        if part.num_rows:
+            written = write_fragments(part, uri, schema=schema, storage_options=storage_options)
+            if prune is not None:
+                prune[0].seed(written, part)
+            new += written
+    return LanceMergeChanges(ds.version, removed, updated, kept, new, out.num_rows + carried.num_rows)
