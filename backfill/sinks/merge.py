@@ -279,7 +279,8 @@ class KeySet:
 
     def __init__(self, rows: pa.Table, keys: tuple[str, ...]) -> None:
         self.keys = keys
-        self.values = pc.unique(rows[keys[0]].combine_chunks()) if len(keys) == 1 else None
+        # a value set may repeat values (``pc.is_in`` hashes it): no ``unique`` pass first
+        self.values = rows[keys[0]].combine_chunks() if len(keys) == 1 else None
         self.expr = arrow_key_filter(rows, keys) if len(keys) > 1 else None
 
     def mask(self, table: pa.Table) -> np.ndarray:
