@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.table import Table
 
 from backfill.sinks.common import conform
 from backfill.sinks.iceberg.internals import CachedTransaction
-from backfill.sinks.iceberg.merge import MergePlanner
+from backfill.sinks.iceberg.merge import MergeFiles, MergePlanner, merge_turn
 from backfill.sinks.iceberg.sink import IcebergSink
 from coordinator.core.values import (
     CommitToken,
@@ -101,5 +102,49 @@ def test_a_plan_overtaken_by_a_commit_is_replanned_reading_only_the_new_file(
         planner.stage(tx, table, {"seamline.test": "replan"})
     # only the new file is read; the archive day's rewrite (same losing rows) is reused
     assert planner.plans == 2 and planner.files_read - read_before == 1
+    want = {k: 1.0 for k in range(50)} | {k: 2.0 for k in range(50, 150)}
+    assert _amounts(sink) == want | {k: 3.0 for k in range(120, 130)}
+
+
+class _Overtaken(MergePlanner):
+    """Records where each real plan was made; the first one is overtaken by a live commit
+    landing right after it (before the merge lock is taken)."""
+
+    def __init__(self, rows: pa.Table, sink: IcebergSink) -> None:
+        assert sink.rule is not None
+        super().__init__(rows, sink.rule, "ts")
+        self.sink, self.phase = sink, "outside"
+        self.where: list[str] = []
+
+    def plan(self, table: Table) -> MergeFiles:
+        before = self.plans
+        out = super().plan(table)
+        if self.plans > before:
+            self.where.append(self.phase)
+            if len(self.where) == 1:  # another writer commits newer versions of 120..129
+                self.sink.append_live(_kafka(range(120, 130), 3.0, 30, 500, "live"), _live(500, 10))
+        return out
+
+
+@pytest.mark.parametrize(("rounds", "where"), [(3, ["outside", "outside"]), (0, ["outside", "body"])])
+def test_a_plan_overtaken_before_the_lock_is_redone_outside_it_within_bounded_rounds(
+    iceberg_catalog: SqlCatalog, rounds: int, where: list[str]
+) -> None:
+    sink = IcebergSink(iceberg_catalog, f"t.turn{rounds}", USER, "ts", mode="merge",
+                       key=["order_id"])  # fmt: skip
+    sink.ensure_table()
+    archive = add_lineage(_user(range(0, 100), 1.0, 0), None, None, "archive", "backfill")
+    sink.write_slice(Scope("archive", bucket=JAN), archive,
+                     CommitToken("job", "jan", 1, Epoch(1), "backfill", ()))  # fmt: skip
+    table = sink.live_table().table
+    rows = conform(_kafka(range(50, 150), 2.0, 20, 0, "backfill"), table.schema().as_arrow(), "ts")
+    planner = _Overtaken(rows, sink)
+    with merge_turn(planner, table.refresh, rounds) as head:
+        planner.phase = "body"  # the merge lock is held from here to the commit
+        with CachedTransaction(head) as tx:
+            planner.stage(tx, head, {"seamline.test": "turn"})
+    # default: the overtaken plan is redone outside the lock, the body only commits;
+    # no rounds left: the body re-plans under the lock (the old behaviour, still bounded)
+    assert planner.where == where
     want = {k: 1.0 for k in range(50)} | {k: 2.0 for k in range(50, 150)}
     assert _amounts(sink) == want | {k: 3.0 for k in range(120, 130)}

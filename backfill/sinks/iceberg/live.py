@@ -27,8 +27,9 @@ Concurrent appenders of disjoint partitions never move each other's offsets back
 **Merge mode** (``merge_rule`` set): each attempt plans the batch on the head (reads the
 versions of the batch's keys, decides the winners under the declared order, writes the files:
 ``backfill.sinks.iceberg.merge.MergePlanner``), then, under the table's host-local merge lock
-(shared with history merge slices), reloads the table, re-validates the offsets, re-plans if
-the head moved (only the files added since are read) and commits "replace the files holding
+(shared with history merge slices), reloads the table; if the head moved it plans again outside
+the lock (bounded rounds, then under it: ``merge_turn``; only the files added since are read),
+then re-validates the offsets and commits "replace the files holding
 losing rows, add the winners, move the offsets" in one snapshot. The same ``AssertRefSnapshotId`` makes a plan made on an older
 head fail as a conflict, so a late correction replaces the backfilled row and an older live
 version never overwrites a newer history row.
@@ -53,7 +54,7 @@ from pyiceberg.utils.properties import property_as_bool
 
 from backfill.sinks import common, merge
 from backfill.sinks.iceberg.internals import CachedTransaction, write_data_files
-from backfill.sinks.iceberg.merge import MergePlanner, merge_lock
+from backfill.sinks.iceberg.merge import MergePlanner, merge_turn
 from coordinator.core.errors import CommitConflictError, CommitOutcomeUnknownError, WriterError
 from coordinator.core.faults import crash_point
 from coordinator.core.ports import CommitRecord
@@ -274,12 +275,11 @@ class IcebergLiveTable:
 
     def _merge_once(self, planner: MergePlanner, token: CommitToken) -> None:
         """One merge attempt (module docstring): read, decided and written on the head outside
-        the merge lock, then re-planned (only what changed) on the head loaded under it, so
-        the comparison is made against the versions present at commit time."""
+        the merge lock, committed under it on the head it was planned on (re-planned, only
+        what changed, when the head moved: ``merge_turn``), so the comparison is made against
+        the versions present at commit time."""
         assert self._merge is not None
-        planner.plan(self._table.refresh())
-        with merge_lock(self._table):
-            self._table.refresh()
+        with merge_turn(planner, self._table.refresh):
             ensure_no_library_retry(self._table)
             check_offsets(token, self.loaded_offsets())
             props = token.to_properties()

@@ -14,10 +14,12 @@ commit if anything landed since the plan (``CommitFailedException``: certainly n
 and the caller re-plans on the new snapshot. pyiceberg's own retry would rebase the plan onto
 the new head without re-reading, which is why it is off. On one host, merge writers of a table
 in a local warehouse take turns through a file lock (:func:`merge_lock`) for the commit only:
-each plans on the head first, outside the lock, then re-plans under it on the head it commits
-on, which re-reads only the files added since (data files are immutable) and re-writes only
-what changed; so history slices and live batches neither starve each other with conflicts
-nor wait for each other's reads and writes. Remote warehouses rely on the requirement and the
+each plans on the head first, outside the lock, and commits under it at once if the head did
+not move; if it moved, the lock is released and the plan redone outside it (a re-plan re-reads
+only the files added since: data files are immutable, and re-writes only what changed), and
+after a bounded number of such rounds the plan is made under the lock (:func:`merge_turn`);
+so history slices and live batches neither starve each other with conflicts nor wait for
+each other's reads and writes. Remote warehouses rely on the requirement and the
 retry policy (bounded, with jitter) alone.
 """
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,34 @@ def merge_lock(table: Table) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with common.dataset_lock(str(path), "merge"):
         yield
+
+
+OPTIMISTIC_ROUNDS = 3  # plans made outside the merge lock before one is made under it
+
+
+@contextlib.contextmanager
+def merge_turn(
+    planner: MergePlanner, load: Callable[[], Table], rounds: int = OPTIMISTIC_ROUNDS
+) -> Iterator[Table]:
+    """The table loaded under the merge lock, with ``planner`` planned on it when possible.
+
+    Each round plans on the head OUTSIDE the lock (reads, decides, writes), then takes the
+    lock and reloads: if the head is still the planned one, the body commits at once (the
+    lock is held for the metadata commit only); if another merge committed meanwhile, the
+    lock is released and the plan is redone outside it (incremental: only the files added
+    since are read). After ``rounds`` such rounds the body runs anyway and the planner
+    re-plans under the lock, so a writer always gets its turn (bounded), and neither side
+    holds the other off for its whole read and rewrite. Correctness never depends on the
+    rounds: the body stages against the snapshot loaded under the lock."""
+    for attempt in range(rounds + 1):
+        head = load()
+        planner.plan(head)
+        with merge_lock(head):
+            table = load()
+            if attempt == rounds or planner.planned_on(table):
+                yield table
+                return
+        log.debug("merge: the head moved while planning, planning again outside the lock")
 
 
 def key_filter(keys: tuple[str, ...], key_rows: pa.Table) -> BooleanExpression:
@@ -200,7 +230,7 @@ class MergePlanner:
     ) -> None:
         self.rows, self.rule, self.sort_by, self.scope = rows, rule, sort_by, scope
         self.columns = list(dict.fromkeys((*rule.key, *rule.order)))
-        self.hit = merge.arrow_key_filter(rows, rule.key) if rows.num_rows else None
+        self.hit = merge.KeySet(rows, rule.key) if rows.num_rows else None
         self._files: dict[_FileKey, pa.Table] = {}  # the rows of a data file, read once
         self._groups: list[tuple[frozenset[tuple[_FileKey, bytes]], list[DataFile]]] = []
         self._winners: tuple[bytes, list[DataFile]] | None = None
@@ -218,6 +248,10 @@ class MergePlanner:
         self.plans += 1
         return planned
 
+    def planned_on(self, table: Table) -> bool:
+        """Whether the last plan was made on ``table``'s current snapshot."""
+        return self._planned is not None and self._planned[0] == table.metadata.current_snapshot_id
+
     def _plan(self, table: Table) -> MergeFiles:
         by_keys, own = _candidates(table, self.rows, self.rule.key, self.scope and self.scope[0])
         tasks = [*by_keys, *own]
@@ -231,7 +265,8 @@ class MergePlanner:
         ]
         versions, where = [], []
         for i, (part, drop) in enumerate(zip(parts, scoped, strict=True)):
-            mask = merge.in_scope(part, self.hit) & ~drop  # a scope row is no version
+            hit = self.hit.mask(part) if self.hit is not None else np.zeros(part.num_rows, bool)
+            mask = hit & ~drop  # a scope row is no version
             at = np.flatnonzero(mask)
             versions.append(part.select(self.columns).take(pa.array(at)))
             where.append(np.stack([np.full(at.size, i, np.int64), at.astype(np.int64)]))

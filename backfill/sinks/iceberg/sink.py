@@ -55,7 +55,7 @@ from backfill.sinks.iceberg.live import (
     ensure_no_library_retry,
     snapshot_records,
 )
-from backfill.sinks.iceberg.merge import MergePlanner, merge_lock
+from backfill.sinks.iceberg.merge import MergePlanner, merge_turn
 from backfill.sinks.scopes import arrow_scope, ice_or, ice_true, iceberg_scope
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
@@ -238,14 +238,16 @@ class IcebergSink:
         def action() -> Table:
             try:
                 # read, decide and write on the head outside the lock (the live merger
-                # commits meanwhile); under it, re-plan only if the head moved: reads only
-                # the files added since, re-writes only what changed
-                planner.plan(self._table())
-                with merge_lock(first):  # fair turns with the live merger on this host
-                    table = self._table()
-                    with _quiet_empty_delete(), CachedTransaction(table) as tx:
-                        planner.stage(tx, table, props)
-                        common.crash_point("worker.before_commit")  # files written
+                # commits meanwhile); under it, commit at once if the head did not move,
+                # else plan again outside it (bounded rounds): fair turns with the live
+                # merger on this host, each holding the lock for its commit only
+                with (
+                    merge_turn(planner, self._table) as table,
+                    _quiet_empty_delete(),
+                    CachedTransaction(table) as tx,
+                ):
+                    planner.stage(tx, table, props)
+                    common.crash_point("worker.before_commit")  # files written
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise WriterError(f"{what}: merge refused ({exc})") from exc
             return table

@@ -42,7 +42,7 @@ from backfill.sinks.lance import merge as merge_lance
 from backfill.sinks.lance import tokens
 from backfill.sinks.lance.io import dataset_io
 from backfill.sinks.lance.live import LanceLive, live_checkpoint
-from backfill.sinks.scopes import arrow_scope, lance_scope
+from backfill.sinks.scopes import arrow_scope, lance_scope, micros
 from coordinator.core import lineage
 from coordinator.core.errors import WriterError
 from coordinator.core.ports import CommitRecord
@@ -91,6 +91,12 @@ class LanceSink:
             storage_options=storage_options, host_lock=host_lock, merge_rule=self.rule,
         )  # fmt: skip
         self._txns = tokens.TransactionCache()
+        # key/event-time bounds per fragment: merge slices scan only the fragments they meet
+        self._bounds = (
+            merge_lance.FragmentBounds(self.key[0], event_time)
+            if self.rule is not None and len(self.key) == 1
+            else None
+        )
 
     # -- dataset -------------------------------------------------------------------------
 
@@ -186,8 +192,13 @@ class LanceSink:
         if self.rule is not None:
             batch = merge.dedupe(rows, self.rule)
             own = (predicate, arrow_scope(scope, self.event_time))
+            window = (
+                (micros(scope.bucket.start), micros(scope.bucket.end))
+                if scope.bucket is not None
+                else None  # a Kafka scope: its rows may be in any fragment
+            )
             with common.dataset_lock(self.uri, "merge"):
-                return self._commit(what, token, lambda: self._merge(batch, own, props))
+                return self._commit(what, token, lambda: self._merge(batch, own, props, window))
         new = (
             write_fragments(
                 rows, self.uri, schema=self.schema, storage_options=self.storage_options
@@ -338,21 +349,31 @@ class LanceSink:
         )
 
     def _merge(
-        self, rows: pa.Table, scope: tuple[str, Any], props: dict[str, str]
+        self,
+        rows: pa.Table,
+        scope: tuple[str, Any],
+        props: dict[str, str],
+        window: tuple[int, int] | None,
     ) -> lance.LanceDataset:
         with common.dataset_lock(self.uri, "commit"):
-            return self._merge_locked(rows, scope, props)
+            return self._merge_locked(rows, scope, props, window)
 
     def _merge_locked(
-        self, rows: pa.Table, scope: tuple[str, Any], props: dict[str, str]
+        self,
+        rows: pa.Table,
+        scope: tuple[str, Any],
+        props: dict[str, str],
+        window: tuple[int, int] | None,
     ) -> lance.LanceDataset:
         """Upsert by key under the declared order (``backfill.sinks.lance.merge``): deletions
         of the replaced keys and of the slice's own scope plus the winners, in one version."""
         assert self.rule is not None
         ds = self._dataset()
         try:
+            prune = (self._bounds, window) if self._bounds is not None else None
             ch = merge_lance.plan_changes(ds, self.uri, self.schema, rows, self.rule, scope,
-                                          storage_options=self.storage_options)  # fmt: skip
+                                          storage_options=self.storage_options,
+                                          prune=prune)  # fmt: skip
         except (ValueError, pa.ArrowInvalid) as exc:
             raise WriterError(f"uri={self.uri}: merge refused ({exc})") from exc
         op = lance.LanceOperation.Update(
