@@ -26,12 +26,10 @@ from coordinator.core.values import (
     TimeBucket,
 )
 from stream.decode.base import add_lineage
+from tests.integration.test_merge_large_batches import JAN, USER
 
 pytestmark = pytest.mark.integration
 
-USER = pa.schema([pa.field("order_id", pa.int64()), pa.field("amount", pa.float64()),
-                  pa.field("ts", pa.timestamp("ms", tz="UTC"))])  # fmt: skip
-JAN = TimeBucket(datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC))
 FEB = TimeBucket(datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC))
 
 
