@@ -334,6 +334,14 @@ class SliceStore(StoreBase):
             raise StateError(f"job={job_id} epoch={epoch} slice={slice_id} is not in the plan")
         return row
 
+    def _staged_row(self, conn: Connection, job_id: str, slice_id: str, epoch: int) -> Row[Any]:
+        row = self._row(conn, job_id, slice_id, epoch)
+        if row.status != "staged":
+            raise StateError(
+                f"job={job_id} slice={slice_id}: expected status 'staged', found {row.status!r}"
+            )
+        return row
+
     def _transition(
         self,
         job_id: str,
@@ -448,12 +456,7 @@ class SliceStore(StoreBase):
         with self._tx() as conn:
             self._check_epoch(conn, job_id, epoch)
             for slice_id in slice_ids:
-                row = self._row(conn, job_id, slice_id, epoch)
-                if row.status != "staged":
-                    raise StateError(
-                        f"job={job_id} slice={slice_id}: expected status 'staged', "
-                        f"found {row.status!r}"
-                    )
+                row = self._staged_row(conn, job_id, slice_id, epoch)
                 doc = {**(row.commit_token or {}), "snapshot_id": snapshot_id}
                 conn.execute(
                     t.slices.update()
@@ -470,12 +473,7 @@ class SliceStore(StoreBase):
         with self._tx() as conn:
             self._check_epoch(conn, job_id, epoch)
             for slice_id in slice_ids:
-                row = self._row(conn, job_id, slice_id, epoch)
-                if row.status != "staged":
-                    raise StateError(
-                        f"job={job_id} slice={slice_id}: expected status 'staged', "
-                        f"found {row.status!r}"
-                    )
+                row = self._staged_row(conn, job_id, slice_id, epoch)
                 doc = dict(row.commit_token or {})
                 doc["staged"] = {**(doc.get("staged") or {}), "batch": batch_id}
                 conn.execute(
