@@ -147,7 +147,10 @@ class LineProgress:
         line = msg if not self._json else json.dumps(
             {"level": "INFO", "logger": __name__, "msg": msg, "progress": self._label}
         )
-        print(line, file=self._out, flush=True)
+        # One write per line: stderr is write-through, so print()'s separate newline write
+        # lets a worker's log line land between this line and its newline.
+        self._out.write(line + "\n")
+        self._out.flush()
 
     def _line(self) -> str:
         elapsed = max(self._clock() - self._t0, 1e-6)

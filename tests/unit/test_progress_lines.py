@@ -89,3 +89,25 @@ def test_with_json_logs_every_progress_line_is_a_json_object(
     plain = io.StringIO()
     progress_for(plain, label="backfill").start(1, 0)
     assert plain.getvalue().startswith("backfill: ")
+
+
+class Writes(io.StringIO):
+    """Records each write call: stderr is write-through, so each call is one syscall."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_line_is_one_write_so_worker_log_lines_cannot_land_inside_it() -> None:
+    out = Writes()
+    sink = LineProgress(out, every_slices=1, json_lines=True)
+    sink.start(total=2, done=0)
+    sink.slice_done(rows=3)
+    sink.slice_done(rows=4)
+    assert len(out.calls) == 3
+    assert all(call.endswith("\n") and call.count("\n") == 1 for call in out.calls), out.calls
