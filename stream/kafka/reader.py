@@ -84,29 +84,34 @@ def _handle_error(msg: Any, topic: str, prog: _Progress) -> None:
 
 def _take(msgs: list[Any], topic: str, prog: _Progress) -> list[RawMessage]:
     out: list[RawMessage] = []
+    start, end, last = prog.rng.start, prog.rng.end, prog.last_seen
+    arrived = False
     for msg in msgs:
         if msg.error() is not None:
             _handle_error(msg, topic, prog)
             continue
+        arrived = True
         offset = msg.offset()
-        prog.touch()
-        if offset >= prog.rng.end:
+        if offset >= end:
             prog.done = True
             continue
-        if offset < prog.rng.start or offset <= prog.last_seen:
+        if offset < start or offset <= last:
             continue  # never yield a record twice, never below the range
-        prog.last_seen = offset
+        last = offset
         ts_type, ts = msg.timestamp()
         out.append(
             RawMessage(
-                partition=msg.partition(),
-                offset=offset,
-                value=msg.value(),
-                key=msg.key(),
-                timestamp_ms=ts if ts_type != 0 else None,
-                headers=tuple(msg.headers() or ()) or None,
+                msg.partition(),
+                offset,
+                msg.value(),
+                msg.key(),
+                ts if ts_type != 0 else None,
+                tuple(msg.headers() or ()) or None,
             )
         )
+    if arrived:
+        prog.touch()  # a record of the partition arrived: progress
+    prog.last_seen = last
     return out
 
 
