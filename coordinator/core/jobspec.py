@@ -7,8 +7,6 @@ Relative paths are resolved against the job file's folder.
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
 import tomllib
 from pathlib import Path
@@ -36,46 +34,10 @@ from coordinator.core.controls import AssertSpec, WhereSpec, where_expression
 from coordinator.core.errors import ConfigError
 from coordinator.core.fieldtypes import field_type
 from coordinator.core.jobchecks import cross_checks
+from coordinator.core.jobtext import check_userinfo, describe_error, expand_env
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-#: Keys whose values are never echoed back in an error (they may hold credentials).
-_SECRET_KEYS = (
-    "state",
-    "table.catalog_uri",
-    "table.catalog_properties",
-    "table.catalog.uri",
-    "table.catalog.credential",
-    "table.catalog.token",
-    "table.catalog.properties",
-    "table.storage.access_key_id",
-    "table.storage.secret_access_key",
-    "table.storage.session_token",
-    "stream.security",
-    "stream.avro.registry_url",
-)
-_SHOWN_MAX = 80
-
-
-def _check_userinfo(url: str) -> None:
-    """Refuse a URL whose password holds an unencoded ``@`` (or ``/``) before the host.
-
-    Such a URL parses with part of the password as the "host", which then reaches errors,
-    ``status`` and the state store. The URL itself is never part of the message.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower().startswith(("sqlite", "file")):
-        return
-    head = re.split(r"[?#]", rest, maxsplit=1)[0]
-    ats = head.count("@")
-    if ats > 1 or (ats == 1 and "/" in head.split("@", 1)[0]):
-        raise ValueError(
-            "expected user:password@host with the password percent-encoded; the user or "
-            "password holds an unencoded '@' or '/' (write '@' as %40 and '/' as %2F)"
-        )
-
 
 #: Arrow field metadata marking a float field whose NaN / Infinity values are kept.
 NON_FINITE_KEY = b"seamline.non_finite"
@@ -109,7 +71,7 @@ class AvroSpec(_Model):
     def _registry_url(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
             url = v.get_secret_value()
-            _check_userinfo(url)
+            check_userinfo(url)
             if not url.startswith(("http://", "https://")):
                 raise ValueError("expected an http:// or https:// URL")
         return v
@@ -258,7 +220,7 @@ class TableSpec(_Model):
     @classmethod
     def _catalog_uri(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            _check_userinfo(v.get_secret_value())
+            check_userinfo(v.get_secret_value())
         return v
 
     @field_validator("identifier")
@@ -417,7 +379,7 @@ class StateSpec(_Model):
     @classmethod
     def _url(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            _check_userinfo(v.get_secret_value())
+            check_userinfo(v.get_secret_value())
         return v
 
 
@@ -497,89 +459,10 @@ def _anchor_sqlite(url: str, base_dir: Path) -> str:
     return parsed.set(database=str(base_dir / db)).render_as_string(hide_password=False)
 
 
-def _expand_env(value: Any, where: str, used: set[str] | None = None) -> Any:
-    """``value`` with every ``${NAME}`` replaced; the values substituted go into ``used``."""
-    used = set() if used is None else used
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else k, used) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]", used) for i, v in enumerate(value)]
-    if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(
-                    f"key={where}: environment variable {name} is not set",
-                    hint=f"export {name}=... before running seamline",
-                )
-            if os.environ[name]:
-                used.add(os.environ[name])
-            return os.environ[name]
-
-        return _ENV_REF.sub(sub, value)
-    return value
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        info = current.model_fields.get(part) if hasattr(current, "model_fields") else None
-        if info is None:
-            by_alias = {f.alias: f for f in current.model_fields.values() if f.alias}
-            info = by_alias.get(part)
-        if info is None:
-            return []
-        ann = info.annotation
-        args = getattr(ann, "__args__", ())
-        current = next(
-            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-        if current is None:
-            return []
-    return [f.alias or n for n, f in current.model_fields.items() if n != "base_dir"]
-
-
-def _secret_key(key: str) -> bool:
-    return (
-        any(key == k or key.startswith(k + ".") for k in _SECRET_KEYS)
-        or any(w in key.lower() for w in ("password", "secret", "token", "url", "uri"))
-    )
-
-
-def _shown(key: str, found: Any, env_values: set[str]) -> str:
-    """What an error may echo of the value at ``key``: never a secret, never a long table."""
-    text = repr(found)
-    if _secret_key(key) or any(v in text for v in env_values):
-        return "***"
-    if isinstance(found, dict | list):
-        return f"a {'table' if isinstance(found, dict) else 'list'} of {len(found)} entries"
-    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
-
-
-def _describe(err: Any, env_values: set[str] | frozenset[str] = frozenset()) -> str:
-    loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc)
-    if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _allowed_keys(JobSpec, loc), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"key={key}: unknown key{hint}"
-    if err["type"] == "missing":
-        return f"key={key}: required key is missing"
-    if err["type"] == "value_error":  # our validators say "expected X, found Y" themselves
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if _secret_key(key) or any(v in msg for v in env_values):
-            msg = msg.split(", found", 1)[0] + " (value not shown)"
-        return f"key={key}: {msg}"
-    return f"key={key}: {err['msg']}, found {_shown(key, err.get('input'), set(env_values))}"
-
-
 def parse_job(doc: dict[str, Any], *, base_dir: Path, default_id: str) -> JobSpec:
     """Validate a parsed TOML document. Raises ``ConfigError`` listing every problem."""
     env_values: set[str] = set()
-    doc = _expand_env(dict(doc), "", env_values)
+    doc = expand_env(dict(doc), "", env_values)
     job = doc.pop("job", {})
     if not isinstance(job, dict) or set(job) - {"id"}:
         raise ConfigError("key=job: only 'id' is allowed in [job]")
@@ -588,7 +471,7 @@ def parse_job(doc: dict[str, Any], *, base_dir: Path, default_id: str) -> JobSpe
             {**doc, "job_id": job.get("id", default_id), "base_dir": base_dir}
         )
     except ValidationError as exc:
-        lines = [_describe(e, env_values) for e in exc.errors()]
+        lines = [describe_error(e, JobSpec, env_values) for e in exc.errors()]
         raise ConfigError("invalid job file: " + "; ".join(lines)) from None
     cross_checks(spec)
     return spec
