@@ -20,9 +20,9 @@ the coordinator keeps in the state store; one publish commit makes every slice v
 (``coordinator.run.publish``). With ``[backfill] committer = "coordinator"`` slices are staged
 the same way and the coordinator commits them in batches (``coordinator.run.committer``).
 
-Warm workers keep their sink: a worker process (one of the coordinator's pool) serving many
-slices of one job opens the job's catalog/dataset sink once, creates the table once, and reuses
-it (:func:`worker_sink`). That is safe because the backfill sinks hold no table state between
+Warm workers keep their sink: a worker process (one of the coordinator's pool, or a Ray
+worker) serving many slices of one job opens the job's catalog/dataset sink once, creates the
+table once, and reuses it (:func:`worker_sink`). That is safe because the backfill sinks hold no table state between
 calls: every lookup and every commit loads the table's current head (an Iceberg table is
 reloaded, a Lance dataset opened at its latest version), so a commit stays conditional on the
 head it was planned on; what they keep is the catalog (its connections) and, for Lance, the
@@ -59,6 +59,7 @@ from coordinator.core.jobspec import JobSpec
 from coordinator.core.lineage import with_lineage
 from coordinator.core.logs import configure_worker_logging
 from coordinator.core.ports import SliceResult, SliceWriter, TableReader
+from coordinator.core.role import is_slice_worker
 from coordinator.core.values import CommitToken, Slice
 from stream.decode.base import Quarantined
 from stream.kafka.quarantine import QuarantineWriter, default_topic, ensure_topic
@@ -104,10 +105,11 @@ def _job_key(job: JobSpec) -> bytes:
 def worker_sink(job: JobSpec) -> tuple[ScopeWriter, bytes | None]:
     """The job's sink, its table ensured, and its cache key (``None``: not cached).
 
-    In a worker process the sink is opened once and reused for every later slice of the job;
-    anywhere else a fresh one is opened each time.
+    In a slice worker (a worker-pool process or a Ray worker, see
+    :mod:`coordinator.core.role`) the sink is opened once and reused for every later slice of
+    the job; anywhere else a fresh one is opened each time.
     """
-    if multiprocessing.parent_process() is None:
+    if not is_slice_worker():
         fresh: ScopeWriter = open_sink(job)
         fresh.ensure_table()
         return fresh, None

@@ -33,6 +33,7 @@ from typing import Any
 from coordinator.core.errors import ConfigError, ServiceError
 from coordinator.core.logs import configure_worker_logging, current_log_settings, redact
 from coordinator.core.ports import SliceOutcome, SliceTask
+from coordinator.core.role import become_slice_worker
 from coordinator.run.pool import outcome_of_error, run_one
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ def import_ray() -> Any:
 
 
 def _worker_run(task: SliceTask, log_settings: tuple[str, bool]) -> SliceOutcome:
-    """The Ray task: one slice through :func:`run_one`, inside a Ray worker process."""
+    """The Ray task: one slice through :func:`run_one`, inside a Ray worker process (which
+    serves many slices: it keeps each job's sink, as a local worker process does)."""
+    become_slice_worker()
     configure_worker_logging(*log_settings)  # the coordinator's level, JSON choice, redaction
     # Ctrl-C at the coordinator's terminal: the coordinator decides about cancelling
     with contextlib.suppress(ValueError):  # ValueError: not the worker's main thread

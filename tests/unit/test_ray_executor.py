@@ -181,3 +181,43 @@ def test_ray_errors_become_outcomes_a_dead_worker_is_retriable(
     assert out["raised"].error is not None and "KeyError" in out["raised"].error
     assert not out["unschedulable"].worker_died
     pool.shutdown()
+
+
+class _Sink:
+    def ensure_table(self) -> None:
+        pass
+
+
+def test_a_ray_task_makes_its_worker_keep_the_jobs_sink_between_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ray worker has no multiprocessing parent; the task marks it as a slice worker, so
+    its next slices reuse the job's catalog and table like a local pool worker's do."""
+    import multiprocessing
+    from collections import OrderedDict
+
+    from backfill import executor
+    from coordinator.core import role
+
+    opened: list[_Sink] = []
+
+    def open_sink(_: JobSpec) -> _Sink:
+        opened.append(_Sink())
+        return opened[-1]
+
+    monkeypatch.setattr(executor, "open_sink", open_sink)
+    monkeypatch.setattr(executor, "_SINKS", OrderedDict())
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: None)
+    monkeypatch.setattr(role, "_SLICE_WORKER", False)
+    spec = job({})
+    assert executor.worker_sink(spec)[0] is not executor.worker_sink(spec)[0]  # not a worker
+    assert len(opened) == 2
+
+    rng = (OffsetRange(PartitionId(0), Offset(0), Offset(1)),)
+    slice_ = Slice("k-p0-000000000-000000001", Scope("kafka", rng))
+    token = CommitToken("orders", slice_.slice_id, 1, Epoch(1), "backfill")
+    task = SliceTask("x:y", spec, slice_, token)
+    monkeypatch.setattr(ray_pool, "run_one", lambda *_: SliceOutcome(slice_.slice_id, 1, None))
+    ray_pool._worker_run(task, ("WARNING", False))
+    first, key = executor.worker_sink(spec)
+    assert key is not None and executor.worker_sink(spec)[0] is first and len(opened) == 3
