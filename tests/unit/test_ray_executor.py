@@ -217,7 +217,7 @@ def test_a_ray_task_makes_its_worker_keep_the_jobs_sink_between_slices(
     slice_ = Slice("k-p0-000000000-000000001", Scope("kafka", rng))
     token = CommitToken("orders", slice_.slice_id, 1, Epoch(1), "backfill")
     task = SliceTask("x:y", spec, slice_, token)
-    monkeypatch.setattr(ray_pool, "run_one", lambda *_: SliceOutcome(slice_.slice_id, 1, None))
+    monkeypatch.setattr(ray_pool, "run_one", lambda *_: SliceOutcome(slice_.slice_id, error="x"))
     ray_pool._worker_run(task, ("WARNING", False))
     first, key = executor.worker_sink(spec)
     assert key is not None and executor.worker_sink(spec)[0] is first and len(opened) == 3
