@@ -87,8 +87,19 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+#: Longest log line written in one piece. POSIX writes of at most PIPE_BUF (4,096) bytes to a
+#: pipe are never interleaved with another process's: the coordinator and its workers share
+#: one stderr, so a longer JSON record is split into parts that each fit.
+LINE_BYTES = 4_000
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, message and traceback redacted."""
+    """One JSON object per line, message and traceback redacted.
+
+    A record whose line would exceed :data:`LINE_BYTES` becomes several lines: each holds the
+    record's ``ts``, ``level`` and ``logger``, ``part`` and ``parts`` (1-based), and a piece of
+    ``msg``; joined in order, the pieces are the message, then a newline and the traceback.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -99,7 +110,42 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(doc)
+        line = json.dumps(doc)
+        if len(line) <= LINE_BYTES:  # json.dumps escapes to ASCII: characters are bytes
+            return line
+        return "\n".join(split_record(doc))
+
+
+def split_record(doc: dict[str, Any]) -> list[str]:
+    """``doc`` (with ``msg`` and maybe ``exc``) as JSON lines of at most :data:`LINE_BYTES`."""
+    text = doc["msg"] + ("\n" + doc["exc"] if "exc" in doc else "")
+    head = {k: doc[k] for k in ("ts", "level", "logger")}
+    room = LINE_BYTES - len(json.dumps({**head, "msg": "", "part": 10**6, "parts": 10**6}))
+    pieces, start = [], 0
+    while start < len(text):
+        size = room
+        while len(json.dumps(text[start : start + size])) - 2 > room:  # escapes grow a piece
+            size = max(1, size // 2)
+        pieces.append(text[start : start + size])
+        start += size
+    n = len(pieces)
+    return [json.dumps({**head, "msg": p, "part": i, "parts": n}) for i, p in enumerate(pieces, 1)]
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stderr handler that writes each line of a formatted record with its own write, so a
+    JSON line never shares a write with another (see :data:`LINE_BYTES`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            for line in text.split("\n") if isinstance(self.formatter, JsonFormatter) else [text]:
+                self.stream.write(line + self.terminator)
+                self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def _excepthook(
@@ -115,7 +161,7 @@ def _excepthook(
 
 
 def _install(level: str | int, json_lines: bool) -> None:
-    handler = logging.StreamHandler()
+    handler = LineHandler()
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if json_lines else RedactingFormatter())
     root = logging.getLogger()
