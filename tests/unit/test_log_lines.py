@@ -4,24 +4,12 @@ record is split into parts that join back to the whole, redacted."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import sys
 
 from coordinator.core.logs import LINE_BYTES, JsonFormatter, LineHandler, RedactingFilter
-
-
-class Writes(io.StringIO):
-    """Records each write call (stderr is write-through: one call is one write(2))."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.calls.append(text)
-        return super().write(text)
+from tests.unit.test_progress_lines import Writes
 
 
 def emit(msg: str, exc: bool) -> Writes:
