@@ -22,8 +22,8 @@ the same way and the coordinator commits them in batches (``coordinator.run.comm
 
 Warm workers keep their sink: a worker process (one of the coordinator's pool, or a Ray
 worker) serving many slices of one job opens the job's catalog/dataset sink once, creates the
-table once, and reuses it (:func:`worker_sink`). That is safe because the backfill sinks hold no table state between
-calls: every lookup and every commit loads the table's current head (an Iceberg table is
+table once, and reuses it (:func:`worker_sink`). That is safe because the backfill sinks hold
+no table state between calls: every lookup and every commit loads the table's current head (an Iceberg table is
 reloaded, a Lance dataset opened at its latest version), so a commit stays conditional on the
 head it was planned on; what they keep is the catalog (its connections) and, for Lance, the
 transaction properties of committed versions (immutable once written). A slice that fails drops

@@ -50,7 +50,6 @@ def check_userinfo(url: str) -> None:
         )
 
 
-
 def expand_env(value: Any, where: str, used: set[str] | None = None) -> Any:
     """``value`` with every ``${NAME}`` replaced; the values substituted go into ``used``."""
     used = set() if used is None else used
