@@ -20,15 +20,16 @@ the coordinator keeps in the state store; one publish commit makes every slice v
 (``coordinator.run.publish``). With ``[backfill] committer = "coordinator"`` slices are staged
 the same way and the coordinator commits them in batches (``coordinator.run.committer``).
 
-Warm workers keep their sink: a worker process (one of the coordinator's pool, or a Ray
-worker) serving many slices of one job opens the job's catalog/dataset sink once, creates the
-table once, and reuses it (:func:`worker_sink`). That is safe because the backfill sinks hold
-no table state between calls: every lookup and every commit loads the table's current head (an Iceberg table is
-reloaded, a Lance dataset opened at its latest version), so a commit stays conditional on the
-head it was planned on; what they keep is the catalog (its connections) and, for Lance, the
-transaction properties of committed versions (immutable once written). A slice that fails drops
-its sink (the next one starts from a fresh catalog). Outside a worker (``reprocess``, tests
-calling :func:`execute_slice` directly) every call opens a fresh sink, as before.
+Warm workers keep their sink: a worker process (one of the coordinator's pool, or a Ray worker)
+serving many slices of one job opens the job's catalog/dataset sink once, creates the table
+once, and reuses it (:func:`worker_sink`). That is safe because the backfill sinks hold no
+table state between calls: every lookup and every commit loads the table's current head (an
+Iceberg table is reloaded, a Lance dataset opened at its latest version), so a commit stays
+conditional on the head it was planned on; what they keep is the catalog (its connections) and,
+for Lance, the transaction properties of committed versions (immutable once written). A slice
+that fails drops its sink (the next one starts from a fresh catalog). Outside a worker
+(``reprocess``, tests calling :func:`execute_slice` directly) every call opens a fresh sink, as
+before.
 
 Crash points (``coordinator.core.faults``, armed by ``SEAMLINE_CRASH_AT``):
 ``worker.before_commit`` (data files written, commit not yet made) and ``worker.after_commit``
