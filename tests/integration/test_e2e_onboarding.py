@@ -58,7 +58,12 @@ def test_onboarding_kill_9_mid_run_then_resume_ends_reconciled(
     producer = LiveProducer(kafka_bootstrap, topic, first_id=1_000_000)
     producer.start()
     with live_consumer(job) as live:
-        first = start(job, "run", job_path(job), "--output", "json", log_name="run1.log")
+        # each slice of the first run sleeps 1 s first (tests/integration/slow_executor.py):
+        # on a quiet machine the whole run could otherwise finish between two polls
+        slow = {"SEAMLINE_TEST_EXEC_DIR": str(job.base_dir), "SEAMLINE_TEST_EXEC_SLEEP": "1.0"}
+        first = start(job, "run", job_path(job), "--output", "json", "--executor",
+                      "tests.integration.slow_executor:execute", log_name="run1.log",
+                      env=slow)  # fmt: skip
         wait_until(lambda: committed(job) >= 3, 180, "three committed slices")
         kill_group(first)  # kill -9 the coordinator and its workers mid-run
         with StateStore(job.state_url(), create=False) as store:
