@@ -134,6 +134,16 @@ class MergeFiles:
     remove: list[DataFile]
 
 
+def sorted_keys(keys: np.ndarray) -> np.ndarray:
+    """``keys`` in ascending order, as :func:`_bounds_may_hold` searches them. Already sorted
+    input (history slices of an ordered archive) is returned as is; duplicates are harmless
+    to the binary search, so no ``np.unique`` (hash-based in numpy 2: ~110 ms per 250 k keys,
+    a third of a month slice's merge, against ~1 ms for the order check)."""
+    if keys.size < 2 or bool((keys[1:] >= keys[:-1]).all()):
+        return keys
+    return np.sort(keys)
+
+
 def _bounds_may_hold(task: FileScanTask, field_id: int, ftype: Any, keys: np.ndarray) -> bool:
     """Whether a data file's key statistics (min/max) can hold one of the sorted ``keys``;
     ``True`` when the file has no statistics for the key."""
@@ -141,9 +151,13 @@ def _bounds_may_hold(task: FileScanTask, field_id: int, ftype: Any, keys: np.nda
     upper = (task.file.upper_bounds or {}).get(field_id)
     if lower is None or upper is None:
         return True
-    lo, hi = from_bytes(ftype, lower), from_bytes(ftype, upper)
+    return range_holds(from_bytes(ftype, lower), from_bytes(ftype, upper), keys)
+
+
+def range_holds(lo: Any, hi: Any, keys: np.ndarray) -> bool:
+    """Whether one of the ascending ``keys`` lies in ``[lo, hi]`` (a binary search)."""
     i = int(np.searchsorted(keys, lo, side="left"))
-    return i < len(keys) and keys[i] <= hi
+    return i < len(keys) and bool(keys[i] <= hi)
 
 
 def candidate_files(
@@ -169,9 +183,9 @@ def _candidates(
     by_keys = bounds or key_filter(keys, rows)
     tasks = table.scan(row_filter=by_keys).plan_files()
     column = rows[keys[0]] if len(keys) == 1 else None
-    if column is not None and pa.types.is_integer(column.type) and column.null_count == 0:
+    if tasks and column is not None and pa.types.is_integer(column.type) and column.null_count == 0:
         field = table.schema().find_field(keys[0])
-        wanted = np.unique(column.to_numpy())
+        wanted = sorted_keys(column.to_numpy())
         tasks = [t for t in tasks if _bounds_may_hold(t, field.field_id, field.field_type, wanted)]
     if scope is None:
         return list(tasks), []
