@@ -143,7 +143,12 @@ def throughput(bootstrap: str, root: Path, n: int, fmt: str = "iceberg") -> floa
             topic=topic,
             group=f"{topic}-g",
             schema=SCHEMA,
-            limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds),
+            limits=BatchLimits(
+                live.batch_records,
+                live.batch_seconds,
+                live.min_commit_seconds,
+                max_commit_share=live.max_commit_share,
+            ),
             partitions=(0, 1, 2),
         )
         start = {PartitionId(p): Offset(0) for p in range(3)}

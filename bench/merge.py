@@ -41,14 +41,14 @@ import pyarrow.compute as pc
 from backfill.sinks.iceberg.sink import IcebergSink
 from backfill.sinks.lance.sink import LanceSink
 from bench.backfill import USER, catalog, in_bucket, months, orders, token
-from coordinator.core.jobspec import load_job
+from coordinator.core.jobspec import LiveSpec, load_job
 from coordinator.core.values import Cut, Epoch, Offset, OffsetRange, PartitionId, Scope, Slice
 from reconcile.run import reconcile_job
 from stream.decode.base import add_lineage
+from stream.live.core import BatchLimits
 
-LIVE_BATCH = 2_000
+LIVE_RATE = 2_000  # records/s reaching the live writer; a commit takes all since the last
 LIVE_DAY = datetime(2025, 6, 1, tzinfo=UTC)
-LIVE_EVERY_S = 1.0  # the default [live] min_commit_seconds
 ALONE_S = 6.0  # the live writer alone after the history slices: its baseline
 
 
@@ -89,36 +89,45 @@ def counted() -> Counted:
     return _COUNTED[0]
 
 
-def live_writer(kind: str, target: str, mode: str, rows: int, stop: Any, out: Any) -> None:
-    """Child process: live batches (events of one recent day, one commit a second at most, as
-    ``[live] min_commit_seconds = 1``) until ``stop``; in merge mode a quarter are corrections
-    of history keys (``0..rows``), the rest new keys. Puts ``(end, seconds)`` per commit on
-    ``out`` (monotonic clock, shared by the processes of one host), then the retried conflicts
-    (an int)."""
+def live_writer(
+    kind: str, target: str, mode: str, rows: int, share: float, stop: Any, out: Any
+) -> None:
+    """Child process: live batches of the records that arrived at :data:`LIVE_RATE` since the
+    last commit (events of one recent day), paced as ``seamline live`` paces its commits
+    (``BatchLimits.gap``: ``[live] min_commit_seconds`` and ``max_commit_share = share``) until
+    ``stop``; in merge mode a quarter are corrections of history keys (``0..rows``), the rest
+    new keys. Puts ``(end, seconds)`` per commit on ``out`` (monotonic clock, shared by the
+    processes of one host), then the retried conflicts (an int)."""
     count = counted()
     sink = open_sink(kind, target, mode)
     off, rng = 0, np.random.default_rng(5)
-    while not stop.wait(LIVE_EVERY_S):  # paced like [live] min_commit_seconds
-        batch = orders(LIVE_BATCH, seed=off, base=10**9 + off)
+    limits = BatchLimits(LIVE_RATE, 1.0, LiveSpec().min_commit_seconds, max_commit_share=share)
+    wait, last = limits.min_commit_seconds, time.monotonic()
+    while not stop.wait(wait):  # paced as the live consumer is (BatchLimits.gap)
+        t = time.monotonic()
+        n = max(1, int(LIVE_RATE * (t - last)))  # the records that arrived since the last one
+        last = t
+        batch = orders(n, seed=off, base=10**9 + off)
         now = int(LIVE_DAY.timestamp() * 1000) + off  # live events are recent: one day
-        stamps = pa.array(np.arange(now, now + LIVE_BATCH), pa.int64())
+        stamps = pa.array(np.arange(now, now + n), pa.int64())
         batch = batch.set_column(3, USER.field("ts"), stamps.cast(USER.field("ts").type))
         if mode == "merge":
             ids = batch["order_id"].to_numpy().copy()
-            ids[: LIVE_BATCH // 4] = rng.integers(0, rows, LIVE_BATCH // 4)
+            ids[: n // 4] = rng.integers(0, rows, n // 4)
             batch = batch.set_column(0, "order_id", pa.array(ids, pa.int64()))
-        part = OffsetRange(PartitionId(0), Offset(off), Offset(off + LIVE_BATCH))
+        part = OffsetRange(PartitionId(0), Offset(off), Offset(off + n))
         live = add_lineage(
             batch.select(USER.names),
-            pa.array([0] * LIVE_BATCH, pa.int32()),
-            pa.array(range(off, off + LIVE_BATCH), pa.int64()),
+            pa.array([0] * n, pa.int32()),
+            pa.array(range(off, off + n), pa.int64()),
             "kafka",
             "live",
         )
-        t = time.monotonic()
         sink.append_live(live, token(f"live-{off}", "live", part))
-        out.put((time.monotonic(), time.monotonic() - t))
-        off += LIVE_BATCH
+        took = time.monotonic() - t
+        wait = max(0.0, limits.gap(took) - took)
+        out.put((time.monotonic(), took))
+        off += n
     out.put(count.conflicts)
 
 
@@ -143,7 +152,9 @@ class Live:
                 f"max {self.max_s:5.2f} s")  # fmt: skip
 
 
-def history(kind: str, target: str, mode: str, data: pa.Table, buckets: int) -> tuple[float, int]:
+def history(
+    kind: str, target: str, mode: str, data: pa.Table, buckets: int, share: float
+) -> tuple[float, int]:
     """Month slices in ``mode`` under a concurrent live writer: (rows/s, live commits). Also
     the live writer alone for :data:`ALONE_S` after the slices (its baseline, same table)."""
     sink = open_sink(kind, target, mode)
@@ -152,7 +163,7 @@ def history(kind: str, target: str, mode: str, data: pa.Table, buckets: int) -> 
     before = (count.conflicts, count.plans)
     ctx = multiprocessing.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=live_writer, args=(kind, target, mode, data.num_rows, stop, out))
+    child = ctx.Process(target=live_writer, args=(kind, target, mode, data.num_rows, share, stop, out))
     child.start()
     commits: list[tuple[float, float]] = [out.get(timeout=120) for _ in range(2)]  # it is up
     t0 = time.monotonic()
@@ -280,6 +291,8 @@ def main() -> None:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--months", type=int, default=6, help="month slices written (of 36)")
     p.add_argument("--rounds", type=int, default=2, help="overwrite then merge, this many times")
+    p.add_argument("--commit-share", type=float, default=LiveSpec().max_commit_share,
+                   help="the live writer's [live] max_commit_share")  # fmt: skip
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     data = pa.concat_tables([in_bucket(orders(args.rows * 36 // args.months, seed=1), b)
@@ -291,7 +304,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     target = Path(tmp) / mode[0]
                     where = str(target / "t.lance" if kind == "lance" else target)
-                    rates[mode].append(history(kind, where, mode, data, args.months)[0])
+                    rates[mode].append(history(kind, where, mode, data, args.months, args.commit_share)[0])
             ratio = rates["merge"][-1] / rates["overwrite"][-1]
             print(f"{kind}: round {r + 1} merge / overwrite = {ratio:.2f}", flush=True)
         best = max(rates["merge"]) / max(rates["overwrite"])

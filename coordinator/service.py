@@ -428,7 +428,8 @@ def _live_settings(job: JobSpec, epoch: int, partitions: tuple[int, ...] | None)
         job_id=job.job_id, topic=job.stream.topic,
         group=job.stream.group or f"seamline-live-{job.job_id}",
         schema=job.schema_.arrow_schema(),
-        limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds),
+        limits=BatchLimits(live.batch_records, live.batch_seconds, live.min_commit_seconds,
+                           max_commit_share=live.max_commit_share),
         epoch=epoch, partitions=partitions,
         decoder=decoder_for(job.stream.format, job),
     )  # fmt: skip

@@ -203,6 +203,9 @@ DESCRIPTIONS: dict[str, str] = {
     "live.keep_snapshots": "Snapshots (Lance: versions) always kept when expiring.",
     "live.min_commit_seconds": "Minimum seconds between two live commits (batches grow "
     "under load instead).",
+    "live.max_commit_share": "Largest share of the live consumer's time spent committing: "
+    "after a commit that took T seconds the next starts no sooner than T / share after it "
+    "started (slow merge commits leave room for the backfill; batches grow instead).",
     "state.url": "State store URL (SQLite or PostgreSQL, a secret); default "
     "`sqlite:///.seamline/<job id>.db` next to the job file.",
 }

@@ -354,6 +354,9 @@ class LiveSpec(_Model):
     # Minimum seconds between two live table commits (batches grow under load instead):
     # keeps the snapshot count low and leaves room for the backfill's overwrites.
     min_commit_seconds: Annotated[float, Field(ge=0)] = 1.0
+    # Slow commits are paced too: the next one starts no sooner than the last one's duration
+    # divided by this share (a 4 s Iceberg merge commits at most every 8 s at 0.5).
+    max_commit_share: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @field_validator("quarantine_topic")
     @classmethod

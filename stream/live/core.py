@@ -27,12 +27,22 @@ class BatchLimits:
     old, but never sooner than ``min_commit_seconds`` after the previous commit: under load
     batches grow instead of commits getting more frequent (fewer snapshots, less contention
     with the backfill's overwrites). ``hard_records`` bounds memory regardless.
+
+    ``max_commit_share`` paces slow commits the same way: the next commit starts no sooner
+    than ``took / max_commit_share`` after the previous one started, ``took`` being how long
+    that one took. A 50 ms append is not held back (``min_commit_seconds`` decides), while a
+    copy-on-write merge that rewrites most of an Iceberg table for 4 s spends at most half
+    the consumer's time (at the default 0.5) committing, leaving the other half of the
+    machine and of the table's commit slots to the backfill's merge slices; its batches grow
+    instead, so no record waits longer than one paced cycle (like Flink's minimum pause
+    between checkpoints).
     """
 
     max_records: int
     max_seconds: float
     min_commit_seconds: float = 1.0
     hard_factor: int = 4
+    max_commit_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_records <= 0 or self.max_seconds <= 0 or self.min_commit_seconds < 0:
@@ -40,6 +50,15 @@ class BatchLimits:
                 f"expected positive batch limits, found max_records={self.max_records} "
                 f"max_seconds={self.max_seconds} min_commit_seconds={self.min_commit_seconds}"
             )
+        if not 0 < self.max_commit_share <= 1:
+            raise ValueError(
+                f"expected 0 < max_commit_share <= 1, found {self.max_commit_share}"
+            )
+
+    def gap(self, took: float) -> float:
+        """Seconds from the start of a commit that took ``took`` seconds to the earliest start
+        of the next one (batches grow meanwhile; ``hard_records`` still flushes)."""
+        return max(self.min_commit_seconds, took / self.max_commit_share)
 
     @property
     def hard_records(self) -> int:
@@ -158,7 +177,8 @@ class LiveBook:
     positions: dict[PartitionId, Offset] = field(default_factory=dict)
     pending: dict[PartitionId, _Buffer] = field(default_factory=dict)
     batch_started: float | None = None
-    last_commit: float = 0.0
+    last_commit: float = 0.0  # when the last batch was taken for committing
+    commit_seconds: float = 0.0  # how long that commit took (see BatchLimits.gap)
     dropped: int = 0  # messages ignored: not owned or below the position (already committed)
     # Ends of the batch being committed (see :meth:`take`): the next batch starts there.
     inflight: dict[PartitionId, Offset] = field(default_factory=dict)
@@ -232,7 +252,7 @@ class LiveBook:
             return False
         if size >= limits.hard_records:
             return True
-        if now - self.last_commit < limits.min_commit_seconds:
+        if now - self.last_commit < limits.gap(self.commit_seconds):
             return False
         return size >= limits.max_records or now - self.batch_started >= limits.max_seconds
 
@@ -268,14 +288,22 @@ class LiveBook:
         return Batch(ranges, records)
 
     def settle(
-        self, committed: Iterable[OffsetRange], reseek: Mapping[PartitionId, Offset]
+        self,
+        committed: Iterable[OffsetRange],
+        reseek: Mapping[PartitionId, Offset],
+        now: float | None = None,
     ) -> dict[PartitionId, Offset]:
         """The in-flight batch is resolved: ``committed`` ranges are in the table.
+
+        ``now``: when it was resolved (same clock as :meth:`take`); how long the commit took
+        paces the next one (:meth:`BatchLimits.gap`).
 
         Partitions of the in-flight batch that were not committed restart at ``reseek``'s
         offset (else at their unchanged position), and the records buffered behind them are
         dropped. Returns ``{partition: offset}`` of the owned partitions the reader must seek.
         """
+        if now is not None and self.inflight:
+            self.commit_seconds = max(0.0, now - self.last_commit)
         done = {r.partition for r in committed}
         for r in committed:
             if r.partition in self.positions:

@@ -136,7 +136,7 @@ class FaustBatchWriter:
                 self._book.add_many(p, offsets, values, time.monotonic())
             raise
         committed = outcome.record.token.ranges if outcome.record is not None else ()
-        self._book.settle(committed, outcome.reseek)
+        self._book.settle(committed, outcome.reseek, time.monotonic())
         if outcome.record is not None:
             self._count(outcome)
         return outcome

@@ -391,7 +391,7 @@ class LiveConsumer:
             self._book.settle((), {})  # nothing known to be committed: re-read from positions
             raise
         committed = outcome.record.token.ranges if outcome.record is not None else ()
-        seek = self._book.settle(committed, outcome.reseek)
+        seek = self._book.settle(committed, outcome.reseek, self._clock())
         if seek:
             self._reseek(seek)
         if outcome.record is not None:

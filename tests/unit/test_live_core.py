@@ -78,6 +78,44 @@ def test_due_respects_size_age_and_min_commit_interval() -> None:
     assert not book2.due(limits, 4.9) and book2.due(limits, 5.0)
 
 
+def test_a_slow_commit_paces_the_next_one_by_the_commit_share_and_the_batch_grows() -> None:
+    limits = BatchLimits(max_records=2, max_seconds=5.0, min_commit_seconds=1.0,
+                         hard_factor=100, max_commit_share=0.5)  # fmt: skip
+    book = LiveBook()
+    book.assign({_p(0): _o(0)})
+    for o in range(2):
+        book.add(_msg(0, o), now=0.0)
+    batch = book.take(now=10.0)
+    book.add(_msg(0, 2), now=10.5)
+    book.add(_msg(0, 3), now=10.5)
+    book.settle(batch.ranges, {}, now=14.0)  # a 4 s commit (a copy-on-write merge)
+    assert book.commit_seconds == 4.0
+    assert not book.due(limits, 17.9)  # full, but 4 s / 0.5 = 8 s after the last one started
+    book.add(_msg(0, 4), now=17.0)
+    assert book.due(limits, 18.0) and book.size == 3  # the paced batch grew meanwhile
+    fast = book.take(now=18.0)
+    book.add(_msg(0, 5), now=18.1)
+    book.add(_msg(0, 6), now=18.1)
+    book.settle(fast.ranges, {}, now=18.05)  # a 50 ms append: min_commit_seconds decides
+    assert not book.due(limits, 18.9) and book.due(limits, 19.0)
+
+
+def test_the_hard_bound_flushes_even_inside_a_paced_gap_and_bad_shares_are_refused() -> None:
+    limits = BatchLimits(max_records=1, max_seconds=5.0, hard_factor=2, max_commit_share=0.25)
+    book = LiveBook()
+    book.assign({_p(0): _o(0)})
+    book.add(_msg(0, 0), now=0.0)
+    batch = book.take(now=1.0)
+    book.settle(batch.ranges, {}, now=3.0)  # 2 s at a quarter share: next at 1 + 8 = 9 s
+    book.add(_msg(0, 1), now=3.0)
+    assert not book.due(limits, 8.9) and book.due(limits, 9.0)
+    book.add(_msg(0, 2), now=3.0)
+    assert book.due(limits, 3.1)  # memory bound: two records is the hard limit
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="max_commit_share"):
+            BatchLimits(max_records=1, max_seconds=1.0, max_commit_share=share)
+
+
 def test_revoke_and_reseek_discard_buffered_records() -> None:
     book = LiveBook()
     book.assign({_p(0): _o(0), _p(1): _o(0)})
