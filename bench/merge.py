@@ -1,11 +1,14 @@
 """Benchmark merge mode (issue 13), all figures measured in one run.
 
-    uv run python -m bench.merge [--rows 300000] [--reconcile-rows 1000000] [--rounds 2]
+    uv run python -m bench.merge [--rows 300000] [--months 6] [--reconcile-rows 1000000]
+        [--rounds 2] [--commit-share 0.5]
 
 1. Throughput of history writes under a concurrent live writer, per format: the overwrite
-   writer (month slices) while a live process appends 2,000-row batches (at most one a
-   second, events of one recent day), against the merge writer (month slices) while a live
-   process MERGES such batches (a quarter of them corrections of history keys). Rows/s of the
+   writer (month slices) while a live process appends what arrived (2,000 records a second,
+   events of one recent day; commits paced as ``seamline live`` paces them, by
+   ``min_commit_seconds`` and ``--commit-share``), against the merge writer (month slices)
+   while a live process MERGES such batches (a quarter of them corrections of history keys;
+   a live commit's latency includes building its batch). Rows/s of the
    history side and the merge/overwrite ratio; progress under contention: the live writer's
    commits/s and per-commit latency (p50, max) while the history slices run against the same
    live writer alone on the same table right after (its baseline), conflicts retried on both
